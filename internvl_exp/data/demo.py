@@ -1,0 +1,181 @@
+"""Deterministic demo data in InternVL's own format: a meta JSON, jsonl annotations and real PNG files.
+
+Four datasets whose answers are learnable from the pixels (or the text):
+  shapes    single image, one coloured shape: "What colour is the shape?" / "What shape is it?"
+  counting  single image, 1-4 shapes: "How many shapes are there?"
+  compare   two images: "Which image has more shapes?"
+  text      text only: "What number comes after 3?"
+
+Generated once into a directory (written to a temporary sibling and renamed, so concurrent jobs of a
+sweep never see a half-written set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image, ImageDraw
+
+DEMO_VERSION = 1
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
+SHAPES = ("circle", "square", "triangle")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+# Canvas sizes with different aspect ratios, so dynamic tiling picks different grids.
+CANVAS_SIZES = ((64, 64), (128, 64), (64, 128), (96, 96), (128, 128), (192, 64))
+SAMPLES_PER_DATASET = 48
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
+
+
+def _canvas(rng: random.Random) -> Image.Image:
+    w, h = rng.choice(CANVAS_SIZES)
+    return Image.new("RGB", (w, h), (245, 245, 245))
+
+
+def _place(rng: random.Random, img: Image.Image, n: int) -> list[tuple[int, int, int, int]]:
+    """n non-overlapping boxes on a coarse grid of the canvas."""
+    w, h = img.size
+    cell = min(w, h) // 2
+    cells = [(cx, cy) for cx in range(w // cell) for cy in range(h // cell)]
+    rng.shuffle(cells)
+    boxes = []
+    for cx, cy in cells[:n]:
+        pad = max(2, cell // 6)
+        boxes.append((cx * cell + pad, cy * cell + pad, (cx + 1) * cell - pad, (cy + 1) * cell - pad))
+    return boxes
+
+
+def _shapes_image(rng: random.Random, n: int, colour: str | None = None, shape: str | None = None):
+    img = _canvas(rng)
+    while len(_place(rng, img, n)) < n:  # canvas too small for n shapes: take a bigger one
+        img = Image.new("RGB", (128, 128), (245, 245, 245))
+    draw = ImageDraw.Draw(img)
+    for box in _place(rng, img, n):
+        _draw_shape(draw, shape or rng.choice(SHAPES), box, COLOURS[colour or rng.choice(list(COLOURS))])
+    return img
+
+
+def _conv(*turns: str) -> list[dict]:
+    roles = ("human", "gpt")
+    return [{"from": roles[i % 2], "value": t} for i, t in enumerate(turns)]
+
+
+def _gen_shapes(rng: random.Random, out: Path) -> Iterator[dict]:
+    for i in range(SAMPLES_PER_DATASET):
+        colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+        img = _shapes_image(rng, 1, colour, shape)
+        rel = f"images/shapes_{i:03d}.png"
+        img.save(out / rel)
+        turns = [f"<image>\nWhat colour is the shape?", colour.capitalize() + "."]
+        if i % 2:
+            turns += ["What shape is it?", f"A {shape}."]
+        yield {"id": f"shapes-{i}", "image": rel, "width": img.width, "height": img.height, "conversations": _conv(*turns)}
+
+
+def _gen_counting(rng: random.Random, out: Path) -> Iterator[dict]:
+    for i in range(SAMPLES_PER_DATASET):
+        n = rng.randint(1, 4)
+        img = _shapes_image(rng, n)
+        rel = f"images/counting_{i:03d}.png"
+        img.save(out / rel)
+        conv = _conv("<image>\nHow many shapes are there?", f"{NUMBER_WORDS[n].capitalize()}.")
+        yield {"id": f"counting-{i}", "image": rel, "width": img.width, "height": img.height, "conversations": conv}
+
+
+def _gen_compare(rng: random.Random, out: Path) -> Iterator[dict]:
+    for i in range(SAMPLES_PER_DATASET):
+        a, b = rng.sample(range(1, 5), 2)
+        rels = []
+        for j, n in enumerate((a, b)):
+            rel = f"images/compare_{i:03d}_{j}.png"
+            _shapes_image(rng, n).save(out / rel)
+            rels.append(rel)
+        answer = "The first." if a > b else "The second."
+        conv = _conv("Image-1: <image>\nImage-2: <image>\nWhich image has more shapes?", answer)
+        yield {"id": f"compare-{i}", "image": rels, "conversations": conv}
+
+
+def _gen_text(rng: random.Random, out: Path) -> Iterator[dict]:
+    for i in range(SAMPLES_PER_DATASET):
+        n = rng.randint(0, 9)
+        turns = [f"What number comes after {n}?", f"{n + 1}."]
+        if i % 3 == 0:
+            turns += ["And before it?", f"{n - 1}." if n > 0 else "None."]
+        yield {"id": f"text-{i}", "conversations": _conv(*turns)}
+
+
+GENERATORS = {"shapes": _gen_shapes, "counting": _gen_counting, "compare": _gen_compare, "text": _gen_text}
+
+
+def corpus_sentences() -> Iterator[str]:
+    """Every prompt/answer form the demo uses (for the tiny tokenizer's BPE merges)."""
+    yield "What colour is the shape?"
+    yield "What shape is it?"
+    yield "How many shapes are there?"
+    yield "Which image has more shapes? The first. The second."
+    yield "Image-1: Image-2:"
+    for c in COLOURS:
+        yield c.capitalize() + "."
+    for s in SHAPES:
+        yield f"A {s}."
+    for w in NUMBER_WORDS:
+        yield w.capitalize() + "."
+    for n in range(11):
+        yield f"What number comes after {n}? {n}. And before it? None."
+
+
+def is_complete(directory: str | os.PathLike) -> bool:
+    marker = Path(directory) / ".complete"
+    return marker.exists() and marker.read_text().strip() == str(DEMO_VERSION)
+
+
+def generate_demo_data(directory: str | os.PathLike, seed: int = 0) -> Path:
+    """Create the demo set in `directory` unless a complete copy of this version is already there."""
+    target = Path(directory)
+    if is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-tmp-", dir=target.parent))
+    try:
+        (tmp / "images").mkdir()
+        meta = {}
+        for name, gen in GENERATORS.items():
+            rng = random.Random(f"{seed}-{name}")
+            rows = list(gen(rng, tmp))
+            with open(tmp / f"{name}.jsonl", "w") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+            meta[name] = {
+                "root": ".",
+                "annotation": f"{name}.jsonl",
+                "data_augment": False,
+                "repeat_time": 1,
+                "length": len(rows),
+            }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / ".complete").write_text(str(DEMO_VERSION))
+        try:
+            if target.exists():  # stale or incomplete copy
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        except OSError:
+            if not is_complete(target):  # lost a race against a concurrent job: fine if theirs is complete
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,129 @@
+"""Reading InternVL's meta JSON + jsonl annotations, and `repeat_time` sampling.
+
+Meta JSON: {"<name>": {"root", "annotation", "data_augment", "max_dynamic_patch", "repeat_time", "length"}}.
+Relative `annotation`/`root` paths resolve against the meta JSON's folder when they exist there, else
+against the working directory (InternVL's scripts use the working directory).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+
+class DataConfigError(ValueError):
+    """A problem with the data configuration or files (the message names the file/key and the fix)."""
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    annotation: Path
+    root: Path
+    repeat_time: float = 1.0
+    data_augment: bool = False
+    max_dynamic_patch: int | None = None
+
+
+@dataclass(frozen=True)
+class RawLine:
+    """One annotation line: where it came from, and its text."""
+
+    dataset: str
+    path: Path
+    line_no: int  # 1-based
+    text: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line_no}"
+
+
+def _resolve(path: str, base: Path | None) -> Path:
+    p = Path(path).expanduser()
+    if p.is_absolute() or base is None:
+        return p
+    if (base / p).exists() or not p.exists():
+        return base / p
+    return p
+
+
+def _entry(name: str, spec: Mapping[str, Any], base: Path | None, where: str) -> DatasetEntry:
+    known = {"root", "annotation", "data_augment", "max_dynamic_patch", "repeat_time", "length"}
+    unknown = set(spec) - known
+    if unknown:
+        raise DataConfigError(f"{where}: dataset {name!r} has unknown key(s) {sorted(unknown)}; known keys: {sorted(known)}")
+    if not spec.get("annotation"):
+        raise DataConfigError(f"{where}: dataset {name!r} needs an 'annotation' (a .jsonl file)")
+    annotation = _resolve(str(spec["annotation"]), base)
+    if annotation.suffix != ".jsonl":
+        raise DataConfigError(f"{where}: dataset {name!r}: annotation {annotation} must be a .jsonl file")
+    if not annotation.exists():
+        raise DataConfigError(f"{where}: dataset {name!r}: annotation file {annotation} does not exist")
+    repeat = spec.get("repeat_time", 1)
+    if repeat is None or float(repeat) <= 0:
+        raise DataConfigError(f"{where}: dataset {name!r}: repeat_time must be > 0, got {repeat!r}")
+    mdp = spec.get("max_dynamic_patch")
+    return DatasetEntry(
+        name=name,
+        annotation=annotation,
+        root=_resolve(str(spec.get("root") or "."), base),
+        repeat_time=float(repeat),
+        data_augment=bool(spec.get("data_augment", False)),
+        max_dynamic_patch=int(mdp) if mdp is not None else None,
+    )
+
+
+def load_entries(meta_path: str | None, inline: Mapping[str, Mapping[str, Any]] | None = None) -> list[DatasetEntry]:
+    """Datasets from a meta JSON and/or inline specs (inline wins on a name clash), in order."""
+    specs: dict[str, tuple[Mapping[str, Any], Path | None, str]] = {}
+    if meta_path:
+        mp = Path(meta_path).expanduser()
+        if not mp.exists():
+            raise DataConfigError(f"data.meta_path: {mp} does not exist")
+        try:
+            meta = json.loads(mp.read_text())
+        except json.JSONDecodeError as e:
+            raise DataConfigError(f"{mp}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(meta, dict):
+            raise DataConfigError(f"{mp}: the meta JSON must be an object of datasets")
+        for name, spec in meta.items():
+            if not isinstance(spec, dict):
+                raise DataConfigError(f"{mp}: dataset {name!r} must be an object")
+            specs[name] = (spec, mp.parent, str(mp))
+    for name, spec in (inline or {}).items():
+        specs[name] = (dict(spec), None, f"data.datasets.{name}")
+    if not specs:
+        raise DataConfigError("no datasets: set data.meta_path or data.datasets")
+    return [_entry(name, spec, base, where) for name, (spec, base, where) in specs.items()]
+
+
+def read_lines(entry: DatasetEntry) -> list[RawLine]:
+    """Non-blank lines of the annotation file."""
+    with open(entry.annotation, encoding="utf-8") as f:
+        return [RawLine(entry.name, entry.annotation, i, line) for i, line in enumerate(f, 1) if line.strip()]
+
+
+def apply_repeat_time(items: list, repeat_time: float, rng: random.Random) -> list:
+    """Whole copies for the integer part, plus a seeded random subset for the fraction (never a prefix)."""
+    whole = math.floor(repeat_time)
+    frac = repeat_time - whole
+    out = list(items) * whole
+    k = int(round(len(items) * frac))
+    if k:
+        picked = sorted(rng.sample(range(len(items)), k))
+        out += [items[i] for i in picked]
+    return out
+
+
+def iter_samples(entries: Iterable[DatasetEntry], seed: int) -> list[tuple[DatasetEntry, RawLine]]:
+    """All annotation lines of all datasets after `repeat_time`, in dataset order."""
+    out = []
+    for entry in entries:
+        rng = random.Random(f"{seed}-{entry.name}")
+        out += [(entry, line) for line in apply_repeat_time(read_lines(entry), entry.repeat_time, rng)]
+    return out

@@ -1,0 +1,227 @@
+"""InternVL's conversation templates and per-turn label masking.
+
+The prompt text matches InternVL's own ``conversation.py`` exactly (see docs/data.md). Each turn is
+tokenised on its own and the pieces are concatenated, so the labels can never drift from the tokens
+(InternVL's "tokenization mismatch ... (ignored)", which silently masks a whole sample, cannot happen).
+Only assistant content plus the end-of-turn token carries loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>"
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+
+_SYSTEM_INTERNVL2_5 = (
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+)
+_SYSTEM_INTERNLM2 = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    system_template: str  # formatted with system_message
+    system_message: str
+    user_prefix: str
+    assistant_prefix: str
+    end_of_turn: str  # supervised at the end of an assistant turn
+    turn_suffix: str = ""  # follows end_of_turn on every turn, never supervised
+    strip_values: bool = False
+
+    def render(self, conversations: Sequence[dict], system_message: str | None = None) -> str:
+        """The full prompt text, before `<image>` expansion (for display and golden tests)."""
+        return "".join(text for turn in self.turn_segments(conversations, system_message) for text, _ in turn)
+
+    def turn_segments(self, conversations: Sequence[dict], system_message: str | None = None) -> list[list[tuple[str, bool]]]:
+        """Per turn, a list of (text, supervised) pieces; the system prompt is turn 0."""
+        turns = normalise_roles(conversations)
+        if turns and turns[0][0] == "system":
+            system_message = turns[0][1]
+            turns = turns[1:]
+        if system_message is None:
+            system_message = self.system_message
+        eot = self.end_of_turn + self.turn_suffix
+        out = [[(self.system_template.format(system_message=system_message) + eot, False)]]
+        for role, value in turns:
+            if self.strip_values:
+                value = value.strip()
+            if role == "human":
+                out.append([(self.user_prefix + value + eot, False)])
+            else:
+                pieces = [(self.assistant_prefix, False), (value + self.end_of_turn, True)]
+                if self.turn_suffix:
+                    pieces.append((self.turn_suffix, False))
+                out.append(pieces)
+        return out
+
+
+TEMPLATES: dict[str, Template] = {
+    "internvl2_5": Template(
+        name="internvl2_5",
+        system_template="<|im_start|>system\n{system_message}",
+        system_message=_SYSTEM_INTERNVL2_5,
+        user_prefix="<|im_start|>user\n",
+        assistant_prefix="<|im_start|>assistant\n",
+        end_of_turn="<|im_end|>",
+        turn_suffix="\n",
+    ),
+    "internlm2-chat": Template(
+        name="internlm2-chat",
+        system_template="<|im_start|>system\n{system_message}",
+        system_message=_SYSTEM_INTERNLM2,
+        user_prefix="<|im_start|>user\n",
+        assistant_prefix="<|im_start|>assistant\n",
+        end_of_turn="<|im_end|>",
+        strip_values=True,
+    ),
+    "Hermes-2": Template(
+        name="Hermes-2",
+        system_template="<|im_start|>system\n{system_message}",
+        system_message=_SYSTEM_INTERNLM2,
+        user_prefix="<|im_start|>user\n",
+        assistant_prefix="<|im_start|>assistant\n",
+        end_of_turn="<|im_end|>",
+    ),
+    "phi3-chat": Template(
+        name="phi3-chat",
+        system_template="<|system|>\n{system_message}",
+        system_message=_SYSTEM_INTERNLM2,
+        user_prefix="<|user|>\n",
+        assistant_prefix="<|assistant|>\n",
+        end_of_turn="<|end|>",
+    ),
+}
+
+_ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
+
+
+class ConversationError(ValueError):
+    """A conversation that cannot be turned into a training sample (the message says why)."""
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ConversationError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}") from None
+
+
+def normalise_roles(conversations: Sequence[dict]) -> list[tuple[str, str]]:
+    """[(role, value)] with roles human/gpt/system; checks alternation (an optional system turn first)."""
+    if not isinstance(conversations, (list, tuple)) or not conversations:
+        raise ConversationError("'conversations' must be a non-empty list of turns")
+    turns = []
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise ConversationError(f"turn {i} must be an object with 'from' and 'value'")
+        role = _ROLE_ALIASES.get(str(turn["from"]).lower())
+        if role is None:
+            raise ConversationError(f"turn {i} has unknown role {turn['from']!r} (expected human/gpt/system)")
+        if not isinstance(turn["value"], str):
+            raise ConversationError(f"turn {i} 'value' must be a string")
+        turns.append((role, turn["value"]))
+    body = turns[1:] if turns[0][0] == "system" else turns
+    if not body:
+        raise ConversationError("no human/gpt turns after the system turn")
+    for i, (role, _) in enumerate(body):
+        expected = "human" if i % 2 == 0 else "gpt"
+        if role != expected:
+            raise ConversationError(f"roles must alternate human/gpt; turn {i + len(turns) - len(body)} is {role!r}, expected {expected!r}")
+    if body[-1][0] != "gpt":
+        raise ConversationError("the last turn must be an assistant ('gpt') answer")
+    return turns
+
+
+class _TokenIds:
+    """Ids of the image tokens and whether the tokenizer prepends a BOS, looked up once per tokenizer."""
+
+    def __init__(self, tokenizer: Any):
+        ids = tokenizer.convert_tokens_to_ids([IMG_START, IMG_END, IMG_CONTEXT])
+        unk = getattr(tokenizer, "unk_token_id", None)
+        for tok, i in zip((IMG_START, IMG_END, IMG_CONTEXT), ids):
+            if i is None or (unk is not None and i == unk):
+                raise ConversationError(f"tokenizer has no {tok} token; add InternVL's special tokens first")
+        self.img_start, self.img_end, self.img_context = ids
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        bos = getattr(tokenizer, "bos_token_id", None)
+        self.bos = bos if (bos is not None and probe and probe[0] == bos) else None
+
+
+_IDS_CACHE: dict[int, _TokenIds] = {}
+
+
+def _token_ids(tokenizer: Any) -> _TokenIds:
+    key = id(tokenizer)
+    if key not in _IDS_CACHE:
+        _IDS_CACHE[key] = _TokenIds(tokenizer)
+    return _IDS_CACHE[key]
+
+
+def tokenize_turns(
+    conversations: Sequence[dict],
+    tokenizer: Any,
+    template: str | Template,
+    num_image_tokens: Sequence[int] = (),
+    system_message: str | None = None,
+) -> list[dict[str, list[int]]]:
+    """Like `tokenize_conversation`, but one {"input_ids","labels","num_images"} block per turn.
+
+    Turn 0 is the system prompt (plus the BOS where the tokenizer adds one). Used by the length policy
+    to cut whole trailing turns.
+    """
+    tpl = get_template(template) if isinstance(template, str) else template
+    ids = _token_ids(tokenizer)
+    segments = tpl.turn_segments(conversations, system_message)
+    n_placeholders = sum(text.count(IMAGE_PLACEHOLDER) for turn in segments for text, _ in turn)
+    if n_placeholders != len(num_image_tokens):
+        raise ConversationError(
+            f"{n_placeholders} <image> placeholder(s) in the conversation but {len(num_image_tokens)} image(s)"
+        )
+    image_iter = iter(num_image_tokens)
+    blocks = []
+    for t, turn in enumerate(segments):
+        input_ids: list[int] = []
+        labels: list[int] = []
+        n_images = 0
+        if t == 0 and ids.bos is not None:
+            input_ids.append(ids.bos)
+            labels.append(IGNORE_INDEX)
+        for text, supervised in turn:
+            parts = text.split(IMAGE_PLACEHOLDER)
+            for k, part in enumerate(parts):
+                if k > 0:
+                    n = next(image_iter)
+                    span = [ids.img_start] + [ids.img_context] * n + [ids.img_end]
+                    input_ids += span
+                    labels += [IGNORE_INDEX] * len(span)
+                    n_images += 1
+                if part:
+                    piece = tokenizer(part, add_special_tokens=False)["input_ids"]
+                    input_ids += piece
+                    labels += piece if supervised else [IGNORE_INDEX] * len(piece)
+        blocks.append({"input_ids": input_ids, "labels": labels, "num_images": n_images})
+    return blocks
+
+
+def tokenize_conversation(
+    conversations: Sequence[dict],
+    tokenizer: Any,
+    template: str | Template,
+    num_image_tokens: Sequence[int] = (),
+    system_message: str | None = None,
+) -> dict[str, list[int]]:
+    """Tokenise one conversation with `template`.
+
+    `num_image_tokens` has one count per `<image>` placeholder (in order): each placeholder becomes
+    `<img>` + `<IMG_CONTEXT>` * count + `</img>`. Returns {"input_ids", "labels"} (lists of ints) where
+    labels are -100 everywhere except assistant content and its end-of-turn token.
+    """
+    blocks = tokenize_turns(conversations, tokenizer, template, num_image_tokens, system_message)
+    return {
+        "input_ids": [i for b in blocks for i in b["input_ids"]],
+        "labels": [i for b in blocks for i in b["labels"]],
+    }

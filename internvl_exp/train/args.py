@@ -1,0 +1,60 @@
+"""Mapping our config groups onto transformers' TrainingArguments (5.x names)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from internvl_exp.outputs import RunDir
+
+
+def use_cpu(trainer_cfg: Any) -> bool:
+    if trainer_cfg.device == "cpu":
+        return True
+    if trainer_cfg.device == "cuda":
+        return False
+    return not torch.cuda.is_available()
+
+
+def report_to(logger_cfg: Any) -> list[str]:
+    return {"none": [], "tensorboard": ["tensorboard"], "wandb": ["wandb"]}.get(logger_cfg.name, [])
+
+
+def training_arguments(cfg: Any, run_dir: RunDir):
+    from transformers import TrainingArguments
+
+    t, opt = cfg.trainer, cfg.optimizer
+    ds = OmegaConf.to_container(cfg.deepspeed.config, resolve=True) if cfg.deepspeed.stage is not None else None
+    return TrainingArguments(
+        output_dir=str(run_dir.checkpoints),
+        run_name=str(cfg.run_name),
+        seed=cfg.seed,
+        data_seed=cfg.data.seed,
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=opt.lr,
+        weight_decay=opt.weight_decay,
+        adam_beta1=opt.betas[0],
+        adam_beta2=opt.betas[1],
+        adam_epsilon=opt.eps,
+        lr_scheduler_type=opt.scheduler,
+        warmup_steps=opt.warmup_ratio,  # a float in [0, 1) is a ratio in transformers 5
+        max_grad_norm=opt.max_grad_norm,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        dataloader_num_workers=t.dataloader_num_workers,
+        bf16=t.bf16,
+        use_cpu=use_cpu(t),
+        activation_checkpointing=t.activation_checkpointing,
+        deepspeed=ds,
+        report_to=report_to(cfg.logger),
+        remove_unused_columns=False,  # our collator needs every key the dataset returns
+        disable_tqdm=False,
+    )

@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""internvl-exp: compose a run from config groups and train it.
+
+    python launch.py                                   # tiny model + demo data on CPU
+    python launch.py data=mix freeze=full optimizer.lr=1e-3
+    python launch.py -m optimizer.lr=1e-3,3e-3         # a sweep
+    python launch.py --help                            # groups and options
+
+This file is the only Hydra entry point. It imports nothing heavy at module level, so --help and
+--cfg job stay fast (no torch, no transformers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from internvl_exp.config.schema import register_configs
+
+register_configs(project_root=str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from internvl_exp.launch.job import run_job
+
+    hc = HydraConfig.get()
+    return run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Shared fixtures: compose the real config tree (Hydra's compose API) into a temporary output dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+sys.path.insert(0, str(ROOT))
+
+# Never touch the network in tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def compose(overrides: list[str] | None = None, tmp_path: Path | None = None, demo_dir: Path | None = None):
+    """The composed config, as launch.py would see it (run dir under tmp_path when given)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from internvl_exp.config.schema import register_configs
+
+    register_configs(project_root=str(ROOT))
+    extra = []
+    if tmp_path is not None:
+        extra.append(f"paths.output_dir={tmp_path / 'outputs'}")
+    if demo_dir is not None:
+        extra.append(f"paths.demo_data_dir={demo_dir}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=extra + list(overrides or []))
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    from internvl_exp.data.demo import generate_demo_data
+
+    d = tmp_path_factory.mktemp("demo") / "demo_data"
+    generate_demo_data(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
+
+    return load_tiny_tokenizer()
+
+
+def run_launch(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python launch.py ARGS` in a subprocess (the real entry point)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
