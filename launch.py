@@ -4,6 +4,7 @@
     python launch.py                                   # tiny model + demo data on CPU
     python launch.py data=mix freeze=full optimizer.lr=1e-3
     python launch.py -m optimizer.lr=1e-3,3e-3         # a sweep
+    python launch.py hparams_search=optuna_lr          # an Optuna search
     python launch.py --help                            # groups and options
 
 This file is the only Hydra entry point. It imports nothing heavy at module level, so --help and
@@ -16,11 +17,14 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from internvl_exp.config.schema import register_configs
+from internvl_exp.launch.resolvers import register_resolvers
 
 register_configs(project_root=str(Path(__file__).resolve().parent))
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -28,7 +32,8 @@ def main(cfg: DictConfig) -> float | None:
     from internvl_exp.launch.job import run_job
 
     hc = HydraConfig.get()
-    return run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+    sweep_dir = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+    return run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), sweep_dir)
 
 
 if __name__ == "__main__":

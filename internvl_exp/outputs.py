@@ -1,4 +1,8 @@
-"""The run directory: what goes where, and writing the config snapshots."""
+"""The run directory: what goes where, and writing the config snapshots (scrubbed of secrets).
+
+    <run_dir>/config.yaml  overrides.yaml  provenance/  train.log  metrics.json  checkpoints/  final/
+    (+ wandb/ or tensorboard/ with those loggers)
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from internvl_exp.redact import scrub
 
 
 @dataclass(frozen=True)
@@ -38,15 +44,40 @@ class RunDir:
     def log(self) -> Path:
         return self.root / "train.log"
 
+    @property
+    def provenance(self) -> Path:
+        return self.root / "provenance"
 
-def write_config(run_dir: RunDir, resolved: dict[str, Any], overrides: list[str]) -> None:
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+
+def write_config(run_dir: RunDir, resolved: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Write config.yaml and overrides.yaml with secrets scrubbed; return the config as saved."""
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    run_dir.config.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    run_dir.overrides.write_text(yaml.safe_dump(list(overrides)))
+    text = scrub(yaml.safe_dump(resolved, sort_keys=False))
+    run_dir.config.write_text(text)
+    run_dir.overrides.write_text(scrub(yaml.safe_dump(list(overrides))))
+    return yaml.safe_load(text)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write via a temporary file and rename, so a reader never sees half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(scrub(json.dumps(data, indent=2, sort_keys=False, default=str)) + "\n")
     tmp.replace(path)
+
+
+def metric_value(metrics: dict[str, Any], key: str) -> Any:
+    """`metrics[key]`, with dots reaching into nested dicts (`throughput.tokens_per_s`)."""
+    node: Any = metrics
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            flat = sorted(k for k, v in metrics.items() if not isinstance(v, (dict, list)))
+            raise KeyError(
+                f"optimized_metric={key!r}: no such key in metrics.json; use one of {flat} "
+                "(or a dotted path into a nested block, e.g. throughput.tokens_per_s)"
+            )
+        node = node[part]
+    return node

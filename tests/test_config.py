@@ -85,7 +85,8 @@ def test_fast_edge_does_not_import_torch(args):
 def test_help_lists_groups_and_options():
     res = run_launch(["--help"])
     assert res.returncode == 0
-    for line in ("freeze: full, llm, mlp_only, vision", "logger: none, tensorboard, wandb", "model: tiny"):
+    for line in ("freeze: full, llm, lora_all, lora_llm, mlp_only, vision, vit_last_n",
+                 "logger: none, tensorboard, wandb", "model: tiny"):
         assert line in res.stdout
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import random
-from pathlib import Path
 
-import pytest
 import torch
 
 GOLDEN_INTERNVL2_5 = (

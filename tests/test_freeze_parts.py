@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CONF, compose
+from conftest import compose
 
 EXPECTED = {
     "vision": {"projector", "llm", "lm_head"},
@@ -24,11 +24,12 @@ def tiny_model(tokenizer):
 @pytest.mark.parametrize("option", sorted(EXPECTED))
 def test_freeze_option_trains_exactly_its_parts(option, tiny_model, tmp_path):
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.freeze import apply_freeze, parameter_report
+    from internvl_exp.train.freeze import apply_freeze
+    from internvl_exp.train.param_report import parameter_report
 
     cfg = compose([f"freeze={option}"], tmp_path)
     family = get_family(cfg.model.family)
-    apply_freeze(tiny_model, family, dict(cfg.freeze.parts))
+    apply_freeze(tiny_model, family, cfg.freeze)
     report = parameter_report(tiny_model, family)
     trainable = {p for p in ("vision", "projector", "llm", "lm_head") if report[p]["trainable"]}
     assert trainable == EXPECTED[option]
@@ -44,3 +45,39 @@ def test_every_parameter_belongs_to_a_part(tiny_model):
     family = get_family("internvl_hf")
     parts = {family.part_of(n) for n, _ in tiny_model.named_parameters()}
     assert parts == {"vision", "projector", "llm", "lm_head"}
+
+
+def test_part_names_see_through_peft_wrappers():
+    from internvl_exp.models.registry import get_family
+
+    family = get_family("internvl_hf")
+    peft = "base_model.model."
+    assert family.part_of(peft + "model.multi_modal_projector.modules_to_save.default.linear_1.weight") == "projector"
+    assert family.part_of(peft + "model.multi_modal_projector.original_module.linear_1.weight") == "projector"
+    assert family.part_of(peft + "model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight") == "llm"
+    assert family.part_of(peft + "lm_head.modules_to_save.default.weight") == "lm_head"
+    assert family.is_embeddings(peft + "model.language_model.embed_tokens.weight")
+    assert not family.is_embeddings("model.language_model.embed_tokens_extra.weight")
+    assert family.vision_layer_index(peft + "model.vision_tower.encoder.layer.11.modules_to_save.default.mlp.fc1.weight") == 11
+    assert family.vision_layer_index("model.vision_tower.embeddings.cls_token") is None
+    with pytest.raises(KeyError, match="belongs to no part"):
+        family.part_of("model.somewhere_else.weight")
+
+
+def test_lora_regex_is_anchored_per_tower():
+    """Identically named projections in both towers: each regex fullmatches only its own tower's modules."""
+    import re
+
+    from internvl_exp.models.registry import get_family
+
+    family = get_family("internvl_hf")
+    llm_only = family.lora_target_regex(family.llm_lora_targets, None)
+    assert re.fullmatch(llm_only, "model.language_model.layers.3.self_attn.q_proj")
+    assert re.fullmatch(llm_only, "model.language_model.layers.3.mlp.down_proj")
+    assert not re.fullmatch(llm_only, "model.vision_tower.encoder.layer.3.attention.q_proj")
+    assert not re.fullmatch(llm_only, "model.language_model.layers.3.self_attn.q_proj.base_layer")
+    both = family.lora_target_regex(family.llm_lora_targets, family.vision_lora_targets)
+    assert re.fullmatch(both, "model.vision_tower.encoder.layer.3.attention.q_proj")
+    assert re.fullmatch(both, "model.vision_tower.encoder.layer.0.mlp.fc2")
+    assert not re.fullmatch(both, "model.multi_modal_projector.linear_1")
+    assert not re.fullmatch(both, "lm_head")

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
-import pytest
 import torch
 
 from conftest import compose, run_launch

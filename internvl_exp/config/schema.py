@@ -49,7 +49,11 @@ class ModelConfig:
     normalize_type: str = "imagenet"
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
+    # Stochastic depth on the ViT's residual branches (timm DropPath), linear from 0 (first layer) to this rate
+    # (last layer); active in training only, and only on trainable vision layers unless drop_path_on_frozen.
     drop_path_rate: float = 0.0
+    # Also drop paths in frozen vision layers (InternVL's official behaviour; needs freeze.frozen_mode=train).
+    drop_path_on_frozen: bool = False
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
@@ -63,6 +67,8 @@ class DatasetSpec:
     data_augment: bool = False
     max_dynamic_patch: Optional[int] = None
     length: Optional[int] = None
+    # Relative share of this dataset in a weighted mixture (set on every dataset or none; docs/data.md).
+    weight: Optional[float] = None
 
 
 @dataclass
@@ -80,15 +86,45 @@ class DataConfig:
     on_error: str = "strict"
     system_message: Optional[str] = None
     seed: int = 0
+    # Video samples: frames per video drawn uniformly in [min_num_frame, max_num_frame] (capped by the
+    # frames available), picked from equal segments at random ("rand") or at their middle ("middle").
+    min_num_frame: int = 8
+    max_num_frame: int = 32
+    frame_sampling: str = "rand"
+    # Image resize kernel: "torch" (torchvision's, = transformers' GotOcr2ImageProcessor, fast) or "pil"
+    # (= InternVL's own training code); they differ by at most 2 uint8 levels (docs/data.md).
+    resize_backend: str = "torch"
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on the parts whose mode is `lora` (docs/freeze.md)."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Module names inside one LLM decoder layer / one ViT layer, e.g. [self_attn.q_proj, self_attn.v_proj];
+    # null = the family's defaults (all attention and MLP projections).
+    llm_targets: Optional[list[str]] = None
+    vision_targets: Optional[list[str]] = None
 
 
 @dataclass
 class FreezeConfig:
     name: str = MISSING
-    # Per-part training mode: frozen | full | lora.
+    # Per-part training mode: frozen | full | lora (lora: vision and llm only).
     parts: dict[str, str] = field(
         default_factory=lambda: {"vision": "frozen", "projector": "full", "llm": "full", "lm_head": "full"}
     )
+    # The LLM's input token embeddings (a sub-part of llm): frozen | full; null = follow llm (full when llm is
+    # full, frozen when llm is frozen or lora). Tied to lm_head? Then both must have the same mode.
+    embeddings: Optional[str] = None
+    # Train the last N layers of an otherwise frozen ViT (needs parts.vision=frozen). N counts from the top:
+    # 2 = the last two layers, unlike InternVL's `unfreeze_vit_layers` slice start.
+    vit_last_n: Optional[int] = None
+    # How frozen modules run in training: eval (no dropout / drop-path, deterministic) or train (InternVL's way).
+    frozen_mode: str = "eval"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -109,8 +145,22 @@ class OptimizerConfig:
     scheduler: str = "cosine"
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
-    # Multiplies `lr` per part, e.g. {vision: 0.1}. Parts not listed use 1.0.
+    # Multiplies `lr` per part, e.g. {vision: 0.1}. Parts not listed use 1.0; `embeddings` defaults to llm's.
     part_lr_scale: dict[str, float] = field(default_factory=dict)
+    # Layer-wise lr decay for the ViT: the last layer keeps the vision lr, each layer below is multiplied by this
+    # factor once more (the patch/position embeddings once more than layer 0). null = off.
+    vision_layer_decay: Optional[float] = None
+    # No weight decay on embeddings (LLM token embeddings, ViT position embeddings / class token). Biases and
+    # norm weights never get weight decay.
+    no_decay_embeddings: bool = True
+    # torch's fused AdamW kernel: null = use it when every trainable parameter is on a device that supports it.
+    fused: Optional[bool] = None
+    # warmup_stable_decay: the share of all steps spent decaying at the end.
+    decay_ratio: float = 0.1
+    # cosine_with_min_lr / warmup_stable_decay: the final lr as a fraction of the peak.
+    min_lr_ratio: float = 0.0
+    # Extra keyword arguments for the HF scheduler (e.g. {num_cycles: 0.5}); they win over the two above.
+    scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,6 +180,9 @@ class TrainerConfig:
     device: str = "auto"
     activation_checkpointing: bool = False
     save_final: bool = True
+    # Peak dense TFLOPS of one device, the MFU denominator. null: looked up from the device name
+    # (internvl_exp/train/flops.py, bf16 dense tensor-core peaks); no MFU when unknown (e.g. CPU).
+    peak_tflops: Optional[float] = None
 
 
 @dataclass
@@ -175,6 +228,10 @@ class Config:
     paths: PathsConfig = MISSING
     experiment_name: str = "default"
     run_name: str = MISSING
+    # The sweep's directory name under outputs/<experiment_name>/multirun/ (null for single runs).
+    sweep_name: Optional[str] = None
+    # The metrics.json key (dotted for nested) a job returns to the sweeper as its objective.
+    optimized_metric: str = "final_loss"
     seed: int = 42
 
 

@@ -29,8 +29,11 @@ def config_problems(cfg: Any) -> list[str]:
     for part, mode in parts.items():
         if mode not in PART_MODES:
             problems.append(f"freeze.parts.{part}: mode {mode!r} is not one of {list(PART_MODES)}")
-    if parts and all(parts.get(p) == "frozen" for p in PARTS):
+    if parts and all(parts.get(p) == "frozen" for p in PARTS) and not (
+        cfg.freeze.vit_last_n or cfg.freeze.embeddings == "full"
+    ):
         problems.append("freeze.parts: every part is frozen, so nothing would train; set at least one part to full or lora")
+    problems += _freeze_problems(cfg)
     if cfg.model.source not in ("tiny", "pretrained"):
         problems.append(f"model.source: {cfg.model.source!r} is not 'tiny' or 'pretrained'")
     if cfg.model.source == "pretrained" and not cfg.model.path:
@@ -53,9 +56,7 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append(f"optimizer.scheduler: {cfg.optimizer.scheduler!r} is not one of {list(SCHEDULERS)}")
     if not 0.0 <= cfg.optimizer.warmup_ratio < 1.0:
         problems.append("optimizer.warmup_ratio must be in [0, 1)")
-    for part in cfg.optimizer.part_lr_scale:
-        if part not in PARTS:
-            problems.append(f"optimizer.part_lr_scale.{part}: unknown part; parts are {list(PARTS)}")
+    problems += _optimizer_problems(cfg)
     if cfg.trainer.max_steps <= 0 and cfg.trainer.num_train_epochs <= 0:
         problems.append("trainer: set trainer.max_steps > 0 or trainer.num_train_epochs > 0")
     if cfg.trainer.device not in ("auto", "cpu", "cuda"):
@@ -66,6 +67,83 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("logger.wandb: logger=wandb needs a wandb block (project, mode, ...)")
     if cfg.launcher.name == "local" and cfg.launcher.nproc_per_node != 1:
         problems.append("launcher.nproc_per_node: the local launcher runs one process; use a multi-process launcher")
+    return problems
+
+
+def _freeze_problems(cfg: Any) -> list[str]:
+    """freeze: LoRA only on the towers, vit_last_n on a frozen ViT, embeddings/frozen_mode values, LoRA settings;
+    model: drop-path rate and where it applies."""
+    fz, problems = cfg.freeze, []
+    parts = dict(fz.parts)
+    for part in ("projector", "lm_head"):
+        if parts.get(part) == "lora":
+            problems.append(f"freeze.parts.{part}: lora is only available for vision and llm; use full or frozen")
+    if fz.embeddings not in (None, "frozen", "full"):
+        problems.append(f"freeze.embeddings: {fz.embeddings!r} is not frozen, full or null (null follows llm)")
+    if fz.frozen_mode not in ("eval", "train"):
+        problems.append(f"freeze.frozen_mode: {fz.frozen_mode!r} is not eval or train")
+    if fz.vit_last_n is not None:
+        if fz.vit_last_n < 1:
+            problems.append(f"freeze.vit_last_n: {fz.vit_last_n} must be >= 1 (or null to train no ViT layer)")
+        elif parts.get("vision") != "frozen":
+            problems.append(
+                f"freeze.vit_last_n: unfreezes the last N layers of a frozen ViT, but freeze.parts.vision="
+                f"{parts.get('vision')}; set freeze.parts.vision=frozen or freeze.vit_last_n=null"
+            )
+        elif cfg.model.source == "tiny" and fz.vit_last_n > cfg.model.tiny.vision_layers:
+            problems.append(
+                f"freeze.vit_last_n: {fz.vit_last_n} is more than the model's {cfg.model.tiny.vision_layers} "
+                "vision layers (model.tiny.vision_layers)"
+            )
+    towers = {"llm_targets": "llm", "vision_targets": "vision"}
+    if "lora" in parts.values():
+        if fz.lora.r < 1:
+            problems.append(f"freeze.lora.r: {fz.lora.r} must be >= 1")
+        if fz.lora.alpha <= 0:
+            problems.append(f"freeze.lora.alpha: {fz.lora.alpha} must be > 0")
+        if not 0.0 <= fz.lora.dropout < 1.0:
+            problems.append(f"freeze.lora.dropout: {fz.lora.dropout} must be in [0, 1)")
+    for key, part in towers.items():
+        targets = fz.lora[key]
+        if targets is not None and parts.get(part) != "lora":
+            problems.append(
+                f"freeze.lora.{key} is set but freeze.parts.{part}={parts.get(part)}; "
+                f"set freeze.parts.{part}=lora or freeze.lora.{key}=null"
+            )
+        elif targets is not None and len(targets) == 0:
+            problems.append(f"freeze.lora.{key}: empty list; use null for the family's default targets")
+    if not 0.0 <= cfg.model.drop_path_rate < 1.0:
+        problems.append(f"model.drop_path_rate: {cfg.model.drop_path_rate} must be in [0, 1)")
+    if cfg.model.drop_path_on_frozen and fz.frozen_mode != "train":
+        problems.append(
+            "model.drop_path_on_frozen=true has no effect while frozen layers run in eval mode; "
+            "set freeze.frozen_mode=train as well (InternVL's behaviour) or drop_path_on_frozen=false"
+        )
+    return problems
+
+
+def _optimizer_problems(cfg: Any) -> list[str]:
+    opt, problems = cfg.optimizer, []
+    for part, scale in opt.part_lr_scale.items():
+        if part not in (*PARTS, "embeddings"):
+            problems.append(f"optimizer.part_lr_scale.{part}: unknown part; parts are {[*PARTS, 'embeddings']}")
+        elif scale < 0:
+            problems.append(f"optimizer.part_lr_scale.{part}: {scale} must be >= 0")
+    if opt.vision_layer_decay is not None and not 0.0 < opt.vision_layer_decay <= 1.0:
+        problems.append(f"optimizer.vision_layer_decay: {opt.vision_layer_decay} must be in (0, 1] (or null: off)")
+    if opt.weight_decay < 0:
+        problems.append(f"optimizer.weight_decay: {opt.weight_decay} must be >= 0")
+    if opt.max_grad_norm < 0:
+        problems.append(f"optimizer.max_grad_norm: {opt.max_grad_norm} must be >= 0 (0 turns clipping off)")
+    if not 0.0 <= opt.min_lr_ratio <= 1.0:
+        problems.append(f"optimizer.min_lr_ratio: {opt.min_lr_ratio} must be in [0, 1]")
+    if not 0.0 < opt.decay_ratio <= 1.0:
+        problems.append(f"optimizer.decay_ratio: {opt.decay_ratio} must be in (0, 1]")
+    elif opt.scheduler == "warmup_stable_decay" and opt.warmup_ratio + opt.decay_ratio > 1.0:
+        problems.append(
+            f"optimizer.warmup_ratio + optimizer.decay_ratio = {opt.warmup_ratio + opt.decay_ratio:g} > 1: "
+            "warmup_stable_decay has no room for its phases; lower one of them"
+        )
     return problems
 
 

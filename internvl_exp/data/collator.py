@@ -1,40 +1,97 @@
 """Batch collation for variable tile counts and lengths.
 
 Pads with the tokenizer's pad id (never a hard-coded 0), builds the attention mask from the true
-lengths (a real token with id 0 stays attended), and concatenates `pixel_values` in placeholder order.
+lengths (a real token with id 0 stays attended), and builds `pixel_values` in placeholder order.
+Samples that failed to load (None, under data.on_error=skip) are dropped and counted.
+
+The dataset hands over uint8 tiles (`pixel_tiles`, 4x smaller than floats) and the collator normalises
+them straight into the one float buffer of the batch: no per-sample float copies and no concatenation
+pass. Inside a data-loader worker that buffer is allocated in shared memory (as torch's default_collate
+does), so sending the batch to the training process copies nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import multiprocessing
 from typing import Any, Sequence
 
 import torch
 
+from internvl_exp.data.images import normalize_into
 from internvl_exp.data.templates import IGNORE_INDEX
 
 
-@dataclass
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def pixel_values(features: Sequence[dict[str, Any]]) -> torch.Tensor | None:
+    """All tiles of `features`, in order, as one normalised float tensor (None when there are none).
+
+    Accepts dataset items (`pixel_tiles` uint8 + `pixel_norm`) and already-normalised `pixel_values`.
+    """
+    parts = []
+    for f in features:
+        if f.get("pixel_tiles") is not None:
+            parts.append((f["pixel_tiles"], f["pixel_norm"]))
+        elif f.get("pixel_values") is not None:
+            parts.append((f["pixel_values"], None))
+    if not parts:
+        return None
+    floats = [t.dtype for t, norm in parts if norm is None]
+    dtype = floats[0] if floats else torch.float32
+    out = _empty((sum(len(t) for t, _ in parts), *parts[0][0].shape[1:]), dtype)
+    start = 0
+    for tiles, norm in parts:
+        view = out[start : start + len(tiles)]
+        if norm is None:
+            view.copy_(tiles)
+        else:
+            normalize_into(view, tiles, norm)
+        start += len(tiles)
+    return out
+
+
 class Collator:
-    pad_token_id: int
-    skipped: int = 0  # samples dropped because their media failed to load (on_error=skip)
+    def __init__(self, pad_token_id: int | None):
+        if pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its EOS) before training")
+        self.pad_token_id = int(pad_token_id)
+        # Shared memory: the collator runs in data-loader workers, and the count must reach the main process.
+        self._skipped = multiprocessing.Value("q", 0)
+
+    @property
+    def skipped(self) -> int:
+        """Samples dropped because their media failed to load (on_error=skip), across all workers."""
+        return int(self._skipped.value)
 
     def __call__(self, features: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
         batch = [f for f in features if f is not None]
-        self.skipped += len(features) - len(batch)
+        if len(batch) < len(features):
+            with self._skipped.get_lock():
+                self._skipped.value += len(features) - len(batch)
         if not batch:
-            raise RuntimeError("every sample of this batch failed to load; see the warnings above")
+            raise RuntimeError(
+                "every sample of this batch failed to load (data.on_error=skip; see the warnings above). Find such "
+                "files before training with `python -m internvl_exp.tools.data_check data=... --decode`, or use a "
+                "larger trainer.per_device_train_batch_size"
+            )
         longest = max(len(f["input_ids"]) for f in batch)
         input_ids = torch.full((len(batch), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
         for i, f in enumerate(batch):
             n = len(f["input_ids"])
-            input_ids[i, :n] = f["input_ids"]
-            labels[i, :n] = f["labels"]
+            input_ids[i, :n] = torch.as_tensor(f["input_ids"])
+            labels[i, :n] = torch.as_tensor(f["labels"])
             attention_mask[i, :n] = 1
         out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-        pixels = [f["pixel_values"] for f in batch if f.get("pixel_values") is not None]
-        if pixels:
-            out["pixel_values"] = torch.cat(pixels)
+        pixels = pixel_values(batch)
+        if pixels is not None:
+            out["pixel_values"] = pixels
         return out

@@ -80,7 +80,7 @@ def _gen_shapes(rng: random.Random, out: Path) -> Iterator[dict]:
         img = _shapes_image(rng, 1, colour, shape)
         rel = f"images/shapes_{i:03d}.png"
         img.save(out / rel)
-        turns = [f"<image>\nWhat colour is the shape?", colour.capitalize() + "."]
+        turns = ["<image>\nWhat colour is the shape?", colour.capitalize() + "."]
         if i % 2:
             turns += ["What shape is it?", f"A {shape}."]
         yield {"id": f"shapes-{i}", "image": rel, "width": img.width, "height": img.height, "conversations": _conv(*turns)}

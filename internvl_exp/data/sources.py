@@ -1,6 +1,7 @@
 """Reading InternVL's meta JSON + jsonl annotations, and `repeat_time` sampling.
 
-Meta JSON: {"<name>": {"root", "annotation", "data_augment", "max_dynamic_patch", "repeat_time", "length"}}.
+Meta JSON: {"<name>": {"root", "annotation", "data_augment", "max_dynamic_patch", "repeat_time", "length",
+"weight"}} (`weight` is ours: a share in a weighted mixture; `length` is informational, as in InternVL).
 Relative `annotation`/`root` paths resolve against the meta JSON's folder when they exist there, else
 against the working directory (InternVL's scripts use the working directory).
 """
@@ -27,6 +28,7 @@ class DatasetEntry:
     repeat_time: float = 1.0
     data_augment: bool = False
     max_dynamic_patch: int | None = None
+    weight: float | None = None  # share in a weighted mixture (see mixture.py)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def _resolve(path: str, base: Path | None) -> Path:
 
 
 def _entry(name: str, spec: Mapping[str, Any], base: Path | None, where: str) -> DatasetEntry:
-    known = {"root", "annotation", "data_augment", "max_dynamic_patch", "repeat_time", "length"}
+    known = {"root", "annotation", "data_augment", "max_dynamic_patch", "repeat_time", "length", "weight"}
     unknown = set(spec) - known
     if unknown:
         raise DataConfigError(f"{where}: dataset {name!r} has unknown key(s) {sorted(unknown)}; known keys: {sorted(known)}")
@@ -64,17 +66,31 @@ def _entry(name: str, spec: Mapping[str, Any], base: Path | None, where: str) ->
         raise DataConfigError(f"{where}: dataset {name!r}: annotation {annotation} must be a .jsonl file")
     if not annotation.exists():
         raise DataConfigError(f"{where}: dataset {name!r}: annotation file {annotation} does not exist")
-    repeat = spec.get("repeat_time", 1)
-    if repeat is None or float(repeat) <= 0:
-        raise DataConfigError(f"{where}: dataset {name!r}: repeat_time must be > 0, got {repeat!r}")
-    mdp = spec.get("max_dynamic_patch")
+    def number(key: str, cast, default, ok, rule: str):
+        value = spec.get(key)
+        if value is None:
+            return default
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            out = cast(value)
+        except (TypeError, ValueError):
+            raise DataConfigError(f"{where}: dataset {name!r}: {key} must be a number {rule}, got {value!r}") from None
+        if not ok(out):
+            raise DataConfigError(f"{where}: dataset {name!r}: {key} must be {rule}, got {value!r}")
+        return out
+
+    augment = spec.get("data_augment", False)
+    if not isinstance(augment, bool) and augment is not None:
+        raise DataConfigError(f"{where}: dataset {name!r}: data_augment must be true or false, got {augment!r}")
     return DatasetEntry(
         name=name,
         annotation=annotation,
         root=_resolve(str(spec.get("root") or "."), base),
-        repeat_time=float(repeat),
-        data_augment=bool(spec.get("data_augment", False)),
-        max_dynamic_patch=int(mdp) if mdp is not None else None,
+        repeat_time=number("repeat_time", float, 1.0, lambda v: v > 0, "> 0"),
+        data_augment=bool(augment),
+        max_dynamic_patch=number("max_dynamic_patch", int, None, lambda v: v >= 1, ">= 1"),
+        weight=number("weight", float, None, lambda v: v >= 0, ">= 0"),
     )
 
 

@@ -8,6 +8,7 @@ Only assistant content plus the end-of-turn token carries loss.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -137,7 +138,9 @@ def normalise_roles(conversations: Sequence[dict]) -> list[tuple[str, str]]:
 
 
 class _TokenIds:
-    """Ids of the image tokens and whether the tokenizer prepends a BOS, looked up once per tokenizer."""
+    """Ids of the image tokens, whether the tokenizer prepends a BOS, and a fast text encoder."""
+
+    _PROBE = "Hello <|im_start|>user\nWhat is 1+1?<|im_end|>\n"
 
     def __init__(self, tokenizer: Any):
         ids = tokenizer.convert_tokens_to_ids([IMG_START, IMG_END, IMG_CONTEXT])
@@ -149,16 +152,39 @@ class _TokenIds:
         probe = tokenizer("a", add_special_tokens=True)["input_ids"]
         bos = getattr(tokenizer, "bos_token_id", None)
         self.bos = bos if (bos is not None and probe and probe[0] == bos) else None
+        # The Rust tokenizer encodes a whole batch of pieces in one call, several times faster than one
+        # `tokenizer(...)` per piece; used only when it gives exactly the same ids on a probe.
+        backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+        if backend is not None:
+            slow = tokenizer(self._PROBE, add_special_tokens=False)["input_ids"]
+            if backend.encode(self._PROBE, add_special_tokens=False).ids != slow:
+                backend = None
+        self._backend = backend
+
+    def encode(self, tokenizer: Any, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens (BOS/EOS) added. (The tokenizer is passed in, not
+        kept: this object is the value of a cache keyed weakly by the tokenizer.)"""
+        if not texts:
+            return []
+        b = self._backend
+        # A previous `tokenizer(..., truncation=True)` call leaves truncation switched on in the backend.
+        if b is not None and b.truncation is None and b.padding is None:
+            return [e.ids for e in b.encode_batch(texts, add_special_tokens=False)]
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-_IDS_CACHE: dict[int, _TokenIds] = {}
+# Keyed weakly by the tokenizer object (an id() key could be reused by a different tokenizer).
+_IDS_CACHE: "weakref.WeakKeyDictionary[Any, _TokenIds]" = weakref.WeakKeyDictionary()
 
 
 def _token_ids(tokenizer: Any) -> _TokenIds:
-    key = id(tokenizer)
-    if key not in _IDS_CACHE:
-        _IDS_CACHE[key] = _TokenIds(tokenizer)
-    return _IDS_CACHE[key]
+    try:
+        return _IDS_CACHE[tokenizer]
+    except KeyError:
+        ids = _IDS_CACHE[tokenizer] = _TokenIds(tokenizer)
+        return ids
+    except TypeError:  # not weak-referenceable: no caching
+        return _TokenIds(tokenizer)
 
 
 def tokenize_turns(
@@ -167,11 +193,12 @@ def tokenize_turns(
     template: str | Template,
     num_image_tokens: Sequence[int] = (),
     system_message: str | None = None,
-) -> list[dict[str, list[int]]]:
+) -> list[dict[str, Any]]:
     """Like `tokenize_conversation`, but one {"input_ids","labels","num_images"} block per turn.
 
     Turn 0 is the system prompt (plus the BOS where the tokenizer adds one). Used by the length policy
-    to cut whole trailing turns.
+    to cut whole trailing turns. Each `<image>` becomes one whole `<img>...</img>` span inside its turn,
+    so cutting at a turn boundary can never split an image.
     """
     tpl = get_template(template) if isinstance(template, str) else template
     ids = _token_ids(tokenizer)
@@ -181,17 +208,20 @@ def tokenize_turns(
         raise ConversationError(
             f"{n_placeholders} <image> placeholder(s) in the conversation but {len(num_image_tokens)} image(s)"
         )
+    # Every text piece of the conversation, encoded in one batch.
+    split = [[(text.split(IMAGE_PLACEHOLDER), supervised) for text, supervised in turn] for turn in segments]
+    pieces = [part for turn in split for parts, _ in turn for part in parts if part]
+    encoded = iter(ids.encode(tokenizer, pieces))
     image_iter = iter(num_image_tokens)
     blocks = []
-    for t, turn in enumerate(segments):
+    for t, turn in enumerate(split):
         input_ids: list[int] = []
         labels: list[int] = []
         n_images = 0
         if t == 0 and ids.bos is not None:
             input_ids.append(ids.bos)
             labels.append(IGNORE_INDEX)
-        for text, supervised in turn:
-            parts = text.split(IMAGE_PLACEHOLDER)
+        for parts, supervised in turn:
             for k, part in enumerate(parts):
                 if k > 0:
                     n = next(image_iter)
@@ -200,7 +230,7 @@ def tokenize_turns(
                     labels += [IGNORE_INDEX] * len(span)
                     n_images += 1
                 if part:
-                    piece = tokenizer(part, add_special_tokens=False)["input_ids"]
+                    piece = next(encoded)
                     input_ids += piece
                     labels += piece if supervised else [IGNORE_INDEX] * len(piece)
         blocks.append({"input_ids": input_ids, "labels": labels, "num_images": n_images})

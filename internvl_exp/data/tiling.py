@@ -17,15 +17,15 @@ from PIL import Image
 
 @lru_cache(maxsize=64)
 def candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
-    """All (cols, rows) with min_tiles <= cols*rows <= max_tiles, in InternVL's order."""
-    grids = {
-        (i, j)
-        for n in range(min_tiles, max_tiles + 1)
-        for i in range(1, n + 1)
-        for j in range(1, n + 1)
-        if min_tiles <= i * j <= max_tiles
-    }
-    return tuple(sorted(grids, key=lambda g: g[0] * g[1]))
+    """All (cols, rows) with min_tiles <= cols*rows <= max_tiles, by tile count, then by columns.
+
+    The order only matters when two grids with the same tile count tie exactly on aspect-ratio distance
+    (the image ratio is the midpoint of theirs): the earlier one wins. InternVL sorts a Python `set`,
+    whose order for equal counts is an accident of hashing; transformers' GotOcr2ImageProcessor (what
+    HF-native checkpoints use at inference) and InternVL's documentation use columns ascending, so we do.
+    """
+    grids = [(i, j) for i in range(1, max_tiles + 1) for j in range(1, max_tiles + 1) if min_tiles <= i * j <= max_tiles]
+    return tuple(sorted(grids, key=lambda g: (g[0] * g[1], g[0])))
 
 
 def choose_grid(width: int, height: int, min_tiles: int = 1, max_tiles: int = 12, tile_size: int = 448) -> tuple[int, int]:

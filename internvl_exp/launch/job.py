@@ -1,37 +1,104 @@
-"""What one Hydra job does: validate, create the run directory, snapshot the config, run, report."""
+"""What one Hydra job does: name the run, snapshot config and provenance, validate, run, record the outcome.
+
+A failed job always leaves `metrics.json` with `status: failed` and the error (the traceback is in train.log).
+In a sweep the job then returns None, so the sweeper records a failed trial and the sweep goes on; a single
+run exits non-zero with one clear line. Nothing written here carries a secret (redact.py).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from internvl_exp.config.validate import validate
+from internvl_exp.config.validate import ConfigError, validate
+from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
+from internvl_exp.redact import scrub, scrub_tree
 
 log = logging.getLogger(__name__)
 
 
-def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
-    validate(cfg)  # before anything heavy is imported or loaded
-    from internvl_exp.outputs import RunDir, write_config
+def name_run(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> None:
+    """In a sweep a job is named after its directory (`<num>_<overrides>`) and carries the sweep's name;
+    a single run keeps its run_name and has no sweep_name."""
+    if sweep_dir is not None:
+        cfg.run_name = run_dir.name
+        cfg.sweep_name = sweep_dir.name
+    else:
+        cfg.sweep_name = None
 
+
+def record_failure(rd: RunDir, error: BaseException, started: float, status: str = "failed") -> dict[str, Any]:
+    metrics = {
+        "status": status,
+        "error": scrub(f"{type(error).__name__}: {error}"),
+        "error_type": type(error).__name__,
+        "runtime_s": time.time() - started,
+        "run_dir": str(rd.root),
+    }
+    write_json_atomic(rd.metrics, metrics)
+    return metrics
+
+
+def objective(metrics: dict[str, Any], key: str, sweep: bool) -> float | None:
+    """The value the sweeper optimises; None (a failed trial) when missing or not a finite number."""
+    try:
+        value = metric_value(metrics, key)
+    except KeyError as e:
+        (log.error if sweep else log.warning)("%s", e.args[0])
+        return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        log.warning("optimized_metric=%s is %r: not a finite number, the sweeper records a failed trial", key, value)
+        return None
+    return float(value)
+
+
+def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float | None:
+    started = time.time()
     rd = RunDir(run_dir)
-    write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    sweep = sweep_dir is not None
+    try:
+        name_run(cfg, rd.root, sweep_dir)
+        saved = write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # scrubbed
+        validate(cfg)  # before anything heavy is imported or loaded
 
-    from internvl_exp.train.loggers import experiment_logger
-    from internvl_exp.train.run import run
+        from internvl_exp.launch.console import print_config_tree
+        from internvl_exp.provenance import write_provenance
 
-    with experiment_logger(cfg, rd):
-        metrics = run(cfg, rd)
-    log.info(
-        "run finished: loss %.4f -> %.4f in %d steps (%.1f s). Run directory: %s",
-        metrics["initial_loss"] or float("nan"),
-        metrics["final_loss"] or float("nan"),
-        metrics["steps"],
-        metrics["runtime_s"],
-        rd.root,
-    )
+        print_config_tree(saved)
+        write_provenance(rd.provenance, Path(cfg.paths.root_dir))
+
+        from internvl_exp.train.loggers import experiment_logger
+        from internvl_exp.train.run import run
+
+        with experiment_logger(cfg, rd, saved):
+            metrics = run(cfg, rd)
+    except KeyboardInterrupt as e:
+        record_failure(rd, e, started, status="interrupted")
+        scrub_tree(rd.root)
+        raise
+    except Exception as e:
+        record_failure(rd, e, started)
+        clear = isinstance(e, ConfigError)  # the message says it all; no traceback for a config mistake
+        log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not clear)
+        scrub_tree(rd.root)
+        if sweep:
+            log.error("job %s failed (recorded in its metrics.json); the sweep goes on", rd.root.name)
+            return None
+        where = "metrics.json has the status" + ("" if clear else ", train.log the traceback")
+        raise SystemExit(scrub(f"run failed: {type(e).__name__}: {e}\nRun directory: {rd.root} ({where})"))
+
+    from internvl_exp.launch.console import summary_line
+
+    value = objective(metrics, cfg.optimized_metric, sweep)
+    metrics.update({"optimized_metric": cfg.optimized_metric, "objective": value})
+    write_json_atomic(rd.metrics, metrics)
+    log.info("%s. Run directory: %s", summary_line(metrics), rd.root)
+    scrub_tree(rd.root)
     print(f"\nRun directory: {rd.root}")
-    return metrics["final_loss"]
+    return value

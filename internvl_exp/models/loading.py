@@ -89,11 +89,16 @@ def load_model(model_cfg: Any, tokenizer: Any):
     return model
 
 
-def model_tokens_per_tile(model: Any) -> int:
-    vc = model.config.vision_config
+def config_tokens_per_tile(config: Any) -> int:
+    """Image tokens per tile of an `InternVLConfig`."""
+    vc = config.vision_config
     size = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
     patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
-    return tokens_per_tile(size, patch, model.config.downsample_ratio)
+    return tokens_per_tile(size, patch, config.downsample_ratio)
+
+
+def model_tokens_per_tile(model: Any) -> int:
+    return config_tokens_per_tile(model.config)
 
 
 def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int):

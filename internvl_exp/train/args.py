@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from internvl_exp.outputs import RunDir
+from internvl_exp.train.schedule import hf_scheduler_name
 
 
 def use_cpu(trainer_cfg: Any) -> bool:
@@ -19,7 +20,8 @@ def use_cpu(trainer_cfg: Any) -> bool:
 
 
 def report_to(logger_cfg: Any) -> list[str]:
-    return {"none": [], "tensorboard": ["tensorboard"], "wandb": ["wandb"]}.get(logger_cfg.name, [])
+    # wandb is logged by our own callback (train/loggers.py), which keeps the run's config = our resolved config.
+    return {"none": [], "tensorboard": ["tensorboard"], "wandb": []}.get(logger_cfg.name, [])
 
 
 def training_arguments(cfg: Any, run_dir: RunDir):
@@ -41,7 +43,7 @@ def training_arguments(cfg: Any, run_dir: RunDir):
         adam_beta1=opt.betas[0],
         adam_beta2=opt.betas[1],
         adam_epsilon=opt.eps,
-        lr_scheduler_type=opt.scheduler,
+        lr_scheduler_type=hf_scheduler_name(opt.scheduler),  # kwargs: InternVLTrainer.create_scheduler
         warmup_steps=opt.warmup_ratio,  # a float in [0, 1) is a ratio in transformers 5
         max_grad_norm=opt.max_grad_norm,
         logging_steps=t.logging_steps,

@@ -1,4 +1,17 @@
-"""Experiment loggers beyond the console: TensorBoard event files and WandB runs named from config."""
+"""Experiment loggers beyond the console: TensorBoard event files and WandB runs named from config.
+
+logger=none         nothing beyond the console, train.log and metrics.json
+logger=tensorboard  event files in <run_dir>/tensorboard (HF's TensorBoardCallback, pointed there by
+                    TENSORBOARD_LOGGING_DIR for the duration of the run)
+logger=wandb        one wandb run per job, in <run_dir>/wandb/: project/entity/job_type/mode/tags from
+                    logger.wandb, group = logger.wandb.group or the sweep (the experiment for single runs),
+                    name = the run's name; config = the resolved config exactly as in config.yaml; every
+                    Trainer log (loss, lr, grad norm, throughput) under train/; parameter counts per part in
+                    the summary. Always finished (wandb.finish), also when the run fails.
+
+We log to wandb with our own small callback instead of transformers' WandbCallback, which would merge all
+TrainingArguments and the model config into the run's config (overwriting e.g. our `deepspeed` and `seed`).
+"""
 
 from __future__ import annotations
 
@@ -6,32 +19,59 @@ import contextlib
 import os
 from typing import Any, Iterator
 
-from omegaconf import OmegaConf
+from transformers import TrainerCallback
 
 from internvl_exp.outputs import RunDir
 
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def wandb_tags(cfg: Any) -> list[str]:
+    """The configured tags plus one per chosen group option (model, data, freeze, deepspeed)."""
+    chosen = [f"{group}:{cfg[group].name}" for group in ("model", "data", "freeze", "deepspeed")]
+    return list(dict.fromkeys([*map(str, cfg.logger.wandb.tags), *chosen]))
+
+
+def wandb_group(cfg: Any) -> str:
+    return str(cfg.logger.wandb.group or cfg.sweep_name or cfg.experiment_name)
+
 
 @contextlib.contextmanager
-def experiment_logger(cfg: Any, run_dir: RunDir, is_main: bool = True) -> Iterator[None]:
-    """Set up the configured logger for the duration of a run; always closes it (wandb.finish)."""
+def experiment_logger(cfg: Any, run_dir: RunDir, resolved: dict[str, Any], is_main: bool = True) -> Iterator[None]:
+    """Set up the configured logger for the duration of a run; always closes it (wandb.finish).
+
+    `resolved` is the config as saved in config.yaml (resolved, scrubbed): it becomes the wandb run's config.
+    """
     if cfg.logger.name == "tensorboard":
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir.root / "tensorboard")
+        previous = os.environ.get("TENSORBOARD_LOGGING_DIR")
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir.tensorboard)
+        try:
+            yield
+        finally:  # do not leak into the next in-process job of a sweep
+            if previous is None:
+                os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+            else:
+                os.environ["TENSORBOARD_LOGGING_DIR"] = previous
+        return
     if cfg.logger.name != "wandb" or not is_main:
         yield
         return
     import wandb
 
     w = cfg.logger.wandb
+    if w.mode not in WANDB_MODES:
+        raise ValueError(f"logger.wandb.mode: {w.mode!r} is not one of {list(WANDB_MODES)} "
+                         "(offline writes <run_dir>/wandb/ to upload later with `wandb sync`)")
     run = wandb.init(
         project=w.project,
         entity=w.entity,
-        group=w.group or str(cfg.experiment_name),
+        group=wandb_group(cfg),
         name=str(cfg.run_name),
-        tags=list(w.tags),
+        tags=wandb_tags(cfg),
         job_type=w.job_type,
         mode=w.mode,
         dir=str(run_dir.root),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=resolved,
         reinit="finish_previous",
     )
     try:
@@ -41,3 +81,34 @@ def experiment_logger(cfg: Any, run_dir: RunDir, is_main: bool = True) -> Iterat
         raise
     else:
         run.finish()
+
+
+def log_parameter_counts(params: dict[str, dict[str, int]]) -> None:
+    """Parameter counts per part (total / trainable) into the active wandb run's summary, if any."""
+    import sys
+
+    wandb = sys.modules.get("wandb")  # only when a wandb run was started (never import it for nothing)
+    if wandb is None or wandb.run is None:
+        return
+    for part, row in params.items():
+        for kind, n in row.items():
+            wandb.run.summary[f"parameters/{part}/{kind}"] = n
+
+
+class WandbLogCallback(TrainerCallback):
+    """Every Trainer log into the active wandb run (numbers only, `train/` prefix) at the Trainer's step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import wandb
+
+        if not state.is_world_process_zero or wandb.run is None or not logs:
+            return
+        row = {(k if "/" in k else f"train/{k}"): v for k, v in logs.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        row["train/global_step"] = state.global_step
+        wandb.run.log(row, step=state.global_step)
+
+
+def logger_callbacks(cfg: Any) -> list[TrainerCallback]:
+    """Trainer callbacks the configured logger needs (TensorBoard's comes with TrainingArguments.report_to)."""
+    return [WandbLogCallback()] if cfg.logger.name == "wandb" else []

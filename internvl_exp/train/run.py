@@ -6,20 +6,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
-import torch
-from omegaconf import OmegaConf
-
 from internvl_exp.data.collator import Collator
-from internvl_exp.data.dataset import ImageSettings, build_dataset
-from internvl_exp.data.sources import load_entries
+from internvl_exp.data.from_config import build_from_config, tokens_per_tile
 from internvl_exp.models.loading import build_processor, load_model, load_tokenizer, model_tokens_per_tile
 from internvl_exp.models.registry import get_family
 from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.train.args import training_arguments
-from internvl_exp.train.freeze import apply_freeze, parameter_report
+from internvl_exp.train.callbacks import ThroughputCallback, install_first
+from internvl_exp.train.flops import FlopsModel
+from internvl_exp.train.optim import parameter_groups
+from internvl_exp.train.param_report import format_report, training_report
+from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
+from internvl_exp.train.trainable import make_trainable
 from internvl_exp.train.trainer import InternVLTrainer
 
 log = logging.getLogger(__name__)
@@ -27,31 +27,7 @@ log = logging.getLogger(__name__)
 
 def prepare_data(cfg: Any, tokenizer: Any, num_tokens_per_tile: int):
     """Generate demo data if asked, then scan and plan every sample (fails before training on bad data)."""
-    if cfg.data.generate_demo:
-        from internvl_exp.data.demo import generate_demo_data
-
-        generate_demo_data(cfg.paths.demo_data_dir)
-    inline = OmegaConf.to_container(cfg.data.datasets, resolve=True) if cfg.data.datasets else None
-    entries = load_entries(cfg.data.meta_path, inline)
-    settings = ImageSettings(
-        tile_size=cfg.model.image_size,
-        tokens_per_tile=num_tokens_per_tile,
-        min_dynamic_patch=cfg.model.min_dynamic_patch,
-        max_dynamic_patch=cfg.model.max_dynamic_patch,
-        use_thumbnail=cfg.model.use_thumbnail,
-        normalize_type=cfg.model.normalize_type,
-    )
-    return build_dataset(
-        entries,
-        tokenizer,
-        cfg.model.template,
-        settings,
-        max_seq_length=cfg.data.max_seq_length,
-        length_policy=cfg.data.length_policy,
-        on_error=cfg.data.on_error,
-        system_message=cfg.data.system_message,
-        seed=cfg.data.seed,
-    )
+    return build_from_config(cfg, tokenizer, num_tokens_per_tile)
 
 
 def _losses(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
@@ -66,18 +42,31 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     family = get_family(cfg.model.family)
 
     tokenizer = load_tokenizer(cfg.model)
-    args = training_arguments(cfg, run_dir)  # before the model: ZeRO-3 must see it at construction
-    model = load_model(cfg.model, tokenizer)
-    num_tokens_per_tile = model_tokens_per_tile(model)
-    processor = build_processor(cfg.model, tokenizer, num_tokens_per_tile)
-
-    apply_freeze(model, family, dict(cfg.freeze.parts))
-    params = parameter_report(model, family)
-    for part, row in params.items():
-        log.info("parameters %-9s total %10d  trainable %10d", part, row["total"], row["trainable"])
-
+    # The pre-flight data scan runs before the model loads: bad data fails in seconds, not after a 70B load.
+    num_tokens_per_tile = tokens_per_tile(cfg.model)
     dataset, data_report = prepare_data(cfg, tokenizer, num_tokens_per_tile)
     log.info("data: %d samples %s", data_report.samples, data_report.per_dataset)
+
+    args = training_arguments(cfg, run_dir)  # before the model: ZeRO-3 must see it at construction
+    model = load_model(cfg.model, tokenizer)
+    if model_tokens_per_tile(model) != num_tokens_per_tile:
+        raise ValueError(
+            f"model {cfg.model.name!r} has {model_tokens_per_tile(model)} image tokens per tile but its config "
+            f"gives {num_tokens_per_tile}; check model.image_size / model.downsample_ratio"
+        )
+    processor = build_processor(cfg.model, tokenizer, num_tokens_per_tile)
+
+    # Drop-path, freezing, eval-mode frozen parts, LoRA. The random tiny base is saved for merge_lora.
+    save_base = cfg.model.source == "tiny" and cfg.trainer.save_final and args.process_index == 0
+    model = make_trainable(model, family, cfg.freeze, cfg.model, run_dir.final / "base" if save_base else None).model
+    report = training_report(model, family, parameter_groups(model, family, cfg.optimizer))
+    params = report["parameters"]
+    log.info("what trains:\n%s", format_report(report))
+    if args.process_index == 0:
+        run_dir.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir.root / "params.json", report)
+    log_parameter_counts(params)
+
     collator = Collator(pad_token_id=tokenizer.pad_token_id)
 
     trainer = InternVLTrainer(
@@ -89,6 +78,13 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         family=family,
         optimizer_config=cfg.optimizer,
     )
+    # Throughput/MFU first, so the loggers and the console printer see the numbers it adds to each log.
+    throughput = ThroughputCallback(
+        FlopsModel.from_model(model, family, num_tokens_per_tile), cfg.trainer.peak_tflops, args.world_size
+    )
+    install_first(trainer, throughput)
+    for callback in logger_callbacks(cfg):
+        trainer.add_callback(callback)
     result = trainer.train()
 
     if cfg.trainer.save_final:
@@ -111,6 +107,8 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         "train_runtime_s": result.metrics.get("train_runtime"),
         "runtime_s": time.time() - started,
         "trainable_parameters": params,
+        "optimizer_groups": report["optimizer_groups"],
+        "throughput": throughput.summary(),
         "data": {**data_report.as_dict(), "load_failures": collator.skipped},
         "run_dir": str(run_dir.root),
     }

@@ -1,0 +1,67 @@
+"""The data path from a composed config: demo generation, dataset entries, settings, pre-flight scan.
+
+Shared by training (`train.run.prepare_data`) and the data check tool, so both see exactly the same
+samples for the same config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from internvl_exp.data.dataset import DataReport, SupervisedDataset, build_dataset
+from internvl_exp.data.planner import ImageSettings
+from internvl_exp.data.sources import DatasetEntry, load_entries
+
+
+def tokens_per_tile(model_cfg: Any) -> int:
+    """Image tokens per tile from the config alone (tiny) or the checkpoint's config.json (pretrained), so
+    the data can be scanned before the model is built."""
+    from internvl_exp.models.loading import config_tokens_per_tile, tokens_per_tile as formula
+
+    if model_cfg.source == "tiny":
+        return formula(model_cfg.image_size, model_cfg.tiny.patch_size, model_cfg.downsample_ratio)
+    from transformers import AutoConfig
+
+    return config_tokens_per_tile(AutoConfig.from_pretrained(str(model_cfg.path)))
+
+
+def image_settings(cfg: Any, num_tokens_per_tile: int) -> ImageSettings:
+    return ImageSettings(
+        tile_size=cfg.model.image_size,
+        tokens_per_tile=num_tokens_per_tile,
+        min_dynamic_patch=cfg.model.min_dynamic_patch,
+        max_dynamic_patch=cfg.model.max_dynamic_patch,
+        use_thumbnail=cfg.model.use_thumbnail,
+        normalize_type=cfg.model.normalize_type,
+        min_num_frame=cfg.data.min_num_frame,
+        max_num_frame=cfg.data.max_num_frame,
+        frame_sampling=cfg.data.frame_sampling,
+        resize_backend=cfg.data.resize_backend,
+    )
+
+
+def dataset_entries(cfg: Any) -> list[DatasetEntry]:
+    """Generate the demo data if the config asks for it, then read the meta JSON / inline datasets."""
+    from omegaconf import OmegaConf
+
+    if cfg.data.generate_demo:
+        from internvl_exp.data.demo import generate_demo_data
+
+        generate_demo_data(cfg.paths.demo_data_dir)
+    inline = OmegaConf.to_container(cfg.data.datasets, resolve=True) if cfg.data.datasets else None
+    return load_entries(cfg.data.meta_path, inline)
+
+
+def build_from_config(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> tuple[SupervisedDataset, DataReport]:
+    """Scan and plan every sample (fails before training on bad data under on_error=strict)."""
+    return build_dataset(
+        dataset_entries(cfg),
+        tokenizer,
+        cfg.model.template,
+        image_settings(cfg, num_tokens_per_tile),
+        max_seq_length=cfg.data.max_seq_length,
+        length_policy=cfg.data.length_policy,
+        on_error=cfg.data.on_error,
+        system_message=cfg.data.system_message,
+        seed=cfg.data.seed,
+    )

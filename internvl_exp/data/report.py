@@ -1,0 +1,75 @@
+"""What the data pipeline found: pre-flight counts, and load-time failures counted across workers."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+# Reasons a planned sample can still fail when its pixels are loaded (files change, or only a full
+# decode finds the damage: the pre-flight scan reads image headers and video metadata only).
+LOAD_REASONS = ("missing_media", "corrupt_media", "video_unreadable")
+
+
+class LoadFailures:
+    """Per-reason counters in shared memory, so increments made in data-loader workers are seen by
+    the main process (a plain attribute would be incremented in the worker's copy only)."""
+
+    def __init__(self) -> None:
+        self._counts = multiprocessing.Array("q", len(LOAD_REASONS))
+
+    def add(self, reason: str) -> None:
+        with self._counts.get_lock():
+            self._counts[LOAD_REASONS.index(reason)] += 1
+
+    def as_dict(self) -> dict[str, int]:
+        with self._counts.get_lock():
+            return {r: int(n) for r, n in zip(LOAD_REASONS, self._counts[:]) if n}
+
+    @property
+    def total(self) -> int:
+        return sum(self.as_dict().values())
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One skipped annotation line."""
+
+    where: str  # "file:line"
+    reason: str  # a key of planner.REASONS
+    detail: str
+    dataset: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}: {self.detail}"
+
+
+@dataclass
+class DataReport:
+    """What the pre-flight scan found; goes into logs and metrics.json (`metrics["data"]`)."""
+
+    samples: int = 0
+    per_dataset: dict[str, int] = field(default_factory=dict)  # usable samples per dataset (after repeat_time)
+    skipped: Counter = field(default_factory=Counter)  # reason -> lines skipped
+    truncated: int = 0
+    problems: list[Problem] = field(default_factory=list)  # every skipped line, in file order
+    mixture: dict[str, int] | None = None  # samples per dataset in one epoch, when weights are set
+    tokens: int = 0  # total tokens in one epoch
+    supervised_tokens: int = 0
+    load_failures: LoadFailures | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "samples": self.samples,
+            "per_dataset": dict(self.per_dataset),
+            "skipped_by_reason": dict(self.skipped),
+            "truncated": self.truncated,
+            "tokens_per_epoch": self.tokens,
+            "supervised_tokens_per_epoch": self.supervised_tokens,
+        }
+        if self.mixture is not None:
+            out["mixture"] = dict(self.mixture)
+        if self.load_failures is not None:
+            out["load_failures_by_reason"] = self.load_failures.as_dict()
+        return out

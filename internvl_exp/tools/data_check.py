@@ -1,0 +1,296 @@
+"""Check a data config before training: what would go into the model, and what is wrong with the data.
+
+    python -m internvl_exp.tools.data_check                          # the default config (data=demo)
+    python -m internvl_exp.tools.data_check data=mix --show 3        # + render 3 samples, loss tokens highlighted
+    python -m internvl_exp.tools.data_check data.meta_path=/data/meta.json data.generate_demo=false --decode
+
+Takes the same Hydra overrides as launch.py (composed from conf/ with the same schema), runs the same
+pre-flight scan as training, and reports per dataset: samples, skipped lines by reason, truncated samples,
+token-length percentiles, tiles per sample, and tokens per epoch. Exit status: 0 when training would
+start, 1 when it would stop on bad data (data.on_error=strict) or find no usable sample, 2 on a config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parents[2]  # the folder of launch.py and conf/
+
+EPILOG = """\
+overrides: any `key=value` or `group=option` that launch.py accepts, e.g.
+  data=mix  model.max_dynamic_patch=12  data.max_seq_length=4096  data.length_policy=truncate
+  data.on_error=skip  data.meta_path=/path/to/meta.json data.generate_demo=false
+
+examples:
+  python -m internvl_exp.tools.data_check data=mix --show 2
+  python -m internvl_exp.tools.data_check data.meta_path=meta.json data.generate_demo=false --json report.json
+  python -m internvl_exp.tools.data_check data=demo --decode        # also decode every image/video fully
+
+exit status: 0 ok, 1 bad data under data.on_error=strict (every problem is listed as file:line: reason)
+or no usable sample, 2 invalid config.
+"""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m internvl_exp.tools.data_check",
+        description=(
+            "Scan the datasets of a config exactly as training would (same composition, same pre-flight checks), and\n"
+            "report per dataset: usable samples, skipped lines by reason (every problem as file:line: reason), truncated\n"
+            "samples, token-length percentiles (p50/p95/max), tiles per sample, and estimated tokens per epoch."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, as for launch.py (key=value, group=option)")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="render N samples with the supervised tokens highlighted")
+    p.add_argument("--show-from", type=int, default=0, metavar="I", help="index of the first sample --show renders (default 0)")
+    p.add_argument("--decode", action="store_true", help="also load every sample's pixels (finds files that only fail on a full decode)")
+    p.add_argument("--max-problems", type=int, default=50, metavar="N", help="problems to print (all go to --json); default 50")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the full report (every problem included) as JSON")
+    p.add_argument("--config-dir", type=Path, default=ROOT / "conf", help="config tree to compose from (default: the repo's conf/)")
+    return p.parse_intermixed_args(argv)  # overrides may come before or after the options
+
+
+def compose_config(overrides: Sequence[str], config_dir: Path = ROOT / "conf"):
+    """The composed config, as launch.py sees it (same schema registration and resolvers)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from internvl_exp.config.schema import register_configs
+    from internvl_exp.launch.resolvers import register_resolvers
+
+    register_configs(project_root=str(ROOT))
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def percentile(values: Sequence[int], q: float) -> int:
+    """Nearest-rank percentile (0 for no values)."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))  # the smallest value with at least q% of values <= it
+    return ordered[rank - 1]
+
+
+def dataset_stats(entries, samples, epoch, report) -> list[dict[str, Any]]:
+    """One row per dataset (plus a total): counts, lengths, tiles, tokens per epoch."""
+    by_name: dict[str, list] = defaultdict(list)
+    for s in samples:
+        by_name[s.entry.name].append(s)
+    in_epoch = Counter(s.entry.name for s in epoch)
+    epoch_tokens = Counter()
+    for s in epoch:
+        epoch_tokens[s.entry.name] += s.length
+    skipped: dict[str, Counter] = defaultdict(Counter)
+    for p in report.problems:
+        skipped[p.dataset][p.reason] += 1
+
+    def row(name: str, group: list, n_epoch: int, tokens: int, skip: Counter) -> dict[str, Any]:
+        lengths = [s.length for s in group]
+        tiles = [sum(s.num_tiles) for s in group]
+        return {
+            "dataset": name,
+            "samples": len(group),
+            "in_epoch": n_epoch,
+            "images": sum(len(s.images) for s in group),
+            "videos": sum(1 for s in group if s.video is not None),
+            "skipped": dict(skip),
+            "truncated": sum(1 for s in group if s.truncated),
+            "length_p50": percentile(lengths, 50),
+            "length_p95": percentile(lengths, 95),
+            "length_max": max(lengths, default=0),
+            "tiles_mean": round(sum(tiles) / len(tiles), 2) if tiles else 0.0,
+            "tiles_max": max(tiles, default=0),
+            "tokens_per_epoch": tokens,
+        }
+
+    rows = [row(e.name, by_name[e.name], in_epoch[e.name], epoch_tokens[e.name], skipped[e.name]) for e in entries]
+    total_skip = sum(skipped.values(), Counter())
+    rows.append(row("total", samples, len(epoch), sum(epoch_tokens.values()), total_skip))
+    return rows
+
+
+def render_sample(console, sample, item, tokenizer, index: int) -> None:
+    """The sample's tokens as text: supervised tokens in bold green, image spans collapsed."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from internvl_exp.data.templates import IGNORE_INDEX, IMG_CONTEXT
+
+    ctx = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    marks = not console.is_terminal  # no colours when piped: bracket the supervised stretches instead
+    ids = item["input_ids"].tolist()
+    labels = item["labels"].tolist()
+    text = Text()
+    i = 0
+    while i < len(ids):
+        if ids[i] == ctx:
+            j = i
+            while j < len(ids) and ids[j] == ctx:
+                j += 1
+            text.append(f"{IMG_CONTEXT}×{j - i}", style="magenta")
+            i = j
+            continue
+        sup = labels[i] != IGNORE_INDEX
+        j = i
+        while j < len(ids) and ids[j] != ctx and (labels[j] != IGNORE_INDEX) == sup:
+            j += 1
+        piece = tokenizer.decode(ids[i:j])
+        text.append(f"[[{piece}]]" if sup and marks else piece, style="bold green" if sup else "dim")
+        i = j
+    media = f"{len(sample.images)} image(s)" if sample.images else (f"video, {sample.num_frames} frame(s)" if sample.video else "text only")
+    pixels = item.get("pixel_tiles")
+    title = (
+        f"sample {index} · {sample.line.where} · {sample.length} tokens · {media} · "
+        f"{0 if pixels is None else pixels.shape[0]} tile(s){' · truncated' if sample.truncated else ''}"
+    )
+    legend = Text("[[supervised]], the rest masked") if marks else Text.from_markup("[bold green]supervised[/] [dim]masked[/]")
+    console.print(Panel(text, title=title, title_align="left", subtitle=legend))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    from internvl_exp.config.validate import ConfigError, validate
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = compose_config(args.overrides, args.config_dir)
+        validate(cfg)
+    except (ConfigError, HydraException, OmegaConfBaseException) as e:  # bad key, type, group option or rule
+        console.print(f"config error: {e}", markup=False, style="red")
+        return 2
+
+    from internvl_exp.data.dataset import apply_weights, fatal_problems, scan
+    from internvl_exp.data.from_config import dataset_entries, image_settings, tokens_per_tile
+    from internvl_exp.data.sources import DataConfigError
+    from internvl_exp.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    n_tok = tokens_per_tile(cfg.model)
+    settings = image_settings(cfg, n_tok)
+    d = cfg.data
+    try:
+        entries = dataset_entries(cfg)
+    except DataConfigError as e:
+        console.print(f"data config error: {e}", markup=False, style="red")
+        return 2
+    samples, report = scan(entries, tokenizer, cfg.model.template, settings, d.max_seq_length, d.length_policy, d.system_message, d.seed)
+    epoch = apply_weights(entries, samples, report, d.seed) if samples else []
+
+    console.print(
+        f"[bold]data={d.name}[/] template={cfg.model.template} tile={settings.tile_size}px "
+        f"tokens/tile={n_tok} max_dynamic_patch={settings.max_dynamic_patch} max_seq_length={d.max_seq_length} "
+        f"length_policy={d.length_policy} on_error={d.on_error}"
+    )
+    rows = dataset_stats(entries, samples, epoch, report)
+    counts = Table(title="samples per dataset", title_justify="left")
+    lengths = Table(title="tokens and tiles per sample", title_justify="left")
+    for col in ("dataset", "usable", "in epoch", "skipped", "truncated", "images", "videos"):
+        counts.add_column(col, justify="left" if col == "dataset" else "right")
+    for col in ("dataset", "len p50", "len p95", "len max", "tiles mean", "tiles max", "tokens/epoch"):
+        lengths.add_column(col, justify="left" if col == "dataset" else "right")
+    for r in rows:
+        last = r["dataset"] == rows[-2]["dataset"]
+        counts.add_row(r["dataset"], str(r["samples"]), str(r["in_epoch"]), str(sum(r["skipped"].values())), str(r["truncated"]),
+                       str(r["images"]), str(r["videos"]), end_section=last)
+        lengths.add_row(r["dataset"], str(r["length_p50"]), str(r["length_p95"]), str(r["length_max"]), f"{r['tiles_mean']:.2f}",
+                        str(r["tiles_max"]), f"{r['tokens_per_epoch']:,}", end_section=last)
+    console.print(counts)
+    console.print(lengths)
+    for r in rows[:-1]:
+        if r["skipped"]:
+            console.print(f"  {r['dataset']}: skipped by reason {dict(sorted(r['skipped'].items()))}", markup=False)
+    epoch_tokens = sum(s.length for s in epoch)
+    supervised = sum(s.supervised_tokens for s in epoch)
+    console.print(
+        f"epoch: {len(epoch)} samples, {epoch_tokens:,} tokens ({supervised:,} supervised), before padding"
+        + (f"; mixture weights give {report.mixture}" if report.mixture else "")
+    )
+    missing = report.skipped.get("missing_media", 0)
+    corrupt = report.skipped.get("corrupt_media", 0) + report.skipped.get("video_unreadable", 0)
+    console.print(f"media: {missing} line(s) with missing files, {corrupt} with corrupt/unreadable files")
+
+    load_failures: dict[str, int] = {}
+    if args.decode and epoch:
+        from internvl_exp.data.dataset import SupervisedDataset
+
+        ds = SupervisedDataset(samples, tokenizer, cfg.model.template, settings, "skip", d.system_message, d.seed)
+        import logging
+
+        dataset_log = logging.getLogger("internvl_exp.data.dataset")
+        level = dataset_log.level
+        dataset_log.setLevel(logging.ERROR)  # one warning per failure is noise here: they are listed below
+        try:
+            failed = [s.line.where for i, s in enumerate(samples) if ds[i] is None]
+        finally:
+            dataset_log.setLevel(level)
+        load_failures = ds.load_failures.as_dict()
+        console.print(f"decode: {len(samples) - len(failed)} of {len(samples)} samples load; failures {load_failures or 'none'}")
+        for where in failed[: args.max_problems]:
+            console.print(f"  {where}", markup=False, soft_wrap=True)
+
+    fatal = fatal_problems(report)
+    if report.problems:
+        console.print(f"[yellow]{len(report.problems)} line(s) skipped[/] by reason: {dict(report.skipped)}")
+        for p in report.problems[: args.max_problems]:
+            console.print(f"  {p}", markup=False, soft_wrap=True)  # one line each: paths stay copy-pasteable
+        if len(report.problems) > args.max_problems:
+            console.print(f"  ... and {len(report.problems) - args.max_problems} more (--max-problems N, or --json PATH for all)")
+
+    if args.show and epoch:
+        from internvl_exp.data.dataset import SupervisedDataset
+
+        ds = SupervisedDataset(epoch, tokenizer, cfg.model.template, settings, "skip", d.system_message, d.seed)
+        for i in range(args.show_from, min(len(epoch), args.show_from + args.show)):
+            item = ds[i]
+            if item is None:
+                console.print(f"[red]sample {i} ({epoch[i].line.where}) failed to load[/]")
+                continue
+            render_sample(console, epoch[i], item, tokenizer, i)
+
+    status = 0
+    if not samples:
+        console.print("[red]no usable samples[/]: training would stop")
+        status = 1
+    elif fatal and d.on_error == "strict":
+        console.print(f"[red]{len(fatal)} problem(s): training would stop (data.on_error=strict)[/]; fix them or set data.on_error=skip")
+        status = 1
+    elif load_failures and d.on_error == "strict":
+        console.print(f"[red]{sum(load_failures.values())} sample(s) fail to load: training would stop when it reaches them[/]")
+        status = 1
+    else:
+        console.print("[green]ok[/]: training would start")
+
+    if args.json:
+        out = {
+            "config": {"data": d.name, "template": cfg.model.template, "tokens_per_tile": n_tok, "max_seq_length": d.max_seq_length,
+                       "length_policy": d.length_policy, "on_error": d.on_error},
+            "datasets": rows,
+            "report": {**report.as_dict(), "samples": len(epoch), "tokens_per_epoch": epoch_tokens, "supervised_tokens_per_epoch": supervised},
+            "load_failures_by_reason": load_failures,
+            "problems": [{"where": p.where, "reason": p.reason, "detail": p.detail} for p in report.problems],
+            "exit_status": status,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
