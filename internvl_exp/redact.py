@@ -55,13 +55,6 @@ def scrub(text: str, secrets: Iterable[str] | None = None) -> str:
     return text
 
 
-def redacted_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A copy of the environment with secret-named variables' values replaced (names kept, for the record)."""
-    env = os.environ if environ is None else environ
-    secrets = secret_values(env)
-    return {k: (REDACTED if is_secret_name(k) else scrub(v, secrets)) for k, v in env.items()}
-
-
 class ScrubFilter(logging.Filter):
     """A logging filter that removes secrets from the message and the traceback of every record.
 

@@ -27,10 +27,6 @@ class LoadFailures:
         with self._counts.get_lock():
             return {r: int(n) for r, n in zip(LOAD_REASONS, self._counts[:]) if n}
 
-    @property
-    def total(self) -> int:
-        return sum(self.as_dict().values())
-
 
 @dataclass(frozen=True)
 class Problem:

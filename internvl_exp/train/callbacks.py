@@ -38,7 +38,7 @@ class _Counts:
 
     def __init__(self) -> None:
         self.device_sums: torch.Tensor | None = None
-        self.padded = self.samples = self.tiles = self.steps = 0
+        self.padded = self.samples = self.tiles = 0
 
     def drain(self) -> dict[str, float]:
         sums = self.device_sums.tolist() if self.device_sums is not None else [0.0, 0.0, 0.0]
@@ -51,7 +51,6 @@ class _Counts:
 class ThroughputCallback(TrainerCallback):
     def __init__(self, flops: FlopsModel, peak_tflops: float | None = None, world_size: int = 1) -> None:
         self.flops = flops
-        self.configured_peak = peak_tflops
         self.world_size = max(1, world_size)
         self.peak_tflops: float | None = peak_tflops
         self.peak_source: str | None = "trainer.peak_tflops" if peak_tflops else None
