@@ -203,11 +203,11 @@ def test_mixed_batch_runs_through_the_tiny_model(tmp_path, tokenizer, demo_dir):
     from conftest import compose
     from internvl_exp.data.collator import Collator
     from internvl_exp.data.from_config import tokens_per_tile
-    from internvl_exp.models.loading import load_model, model_tokens_per_tile
+    from internvl_exp.models.loading import config_tokens_per_tile, load_model
 
     cfg = compose([], tmp_path, demo_dir)
     model = load_model(cfg.model, tokenizer)
-    n_tok = model_tokens_per_tile(model)
+    n_tok = config_tokens_per_tile(model.config)
     assert tokens_per_tile(cfg.model) == n_tok  # the config-only count the scan (and data_check) can use
     write_video(tmp_path / "v.mp4", frames=12)
     write_image(tmp_path / "a.png", (150, 60))

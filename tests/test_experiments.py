@@ -102,14 +102,14 @@ def test_peak_table(name, tflops):
 def test_flops_are_6n_when_everything_trains_and_forward_only_for_a_frozen_tower(tokenizer):
     import torch.nn as nn
 
-    from internvl_exp.models.loading import load_model, model_tokens_per_tile
+    from internvl_exp.models.loading import config_tokens_per_tile, load_model
     from internvl_exp.models.registry import get_family
     from internvl_exp.train.flops import FlopsModel
 
     cfg = compose([])
     model = load_model(cfg.model, tokenizer)
     family = get_family(cfg.model.family)
-    tpt = model_tokens_per_tile(model)
+    tpt = config_tokens_per_tile(model.config)
     fm = FlopsModel.from_model(model, family, tpt)
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
     assert sum(w.total for w in fm.weights.values()) == linear
@@ -141,7 +141,7 @@ def test_flops_are_6n_when_everything_trains_and_forward_only_for_a_frozen_tower
 
 def test_flops_count_a_full_part_once_beside_lora(tokenizer):
     """PEFT keeps an idle `original_module` copy of a part in `full` mode beside LoRA: not compute."""
-    from internvl_exp.models.loading import load_model, model_tokens_per_tile
+    from internvl_exp.models.loading import config_tokens_per_tile, load_model
     from internvl_exp.models.registry import get_family
     from internvl_exp.train.flops import FlopsModel
     from internvl_exp.train.trainable import make_trainable
@@ -149,7 +149,7 @@ def test_flops_count_a_full_part_once_beside_lora(tokenizer):
     cfg = compose(["freeze=lora_llm", "freeze.parts.projector=full"])
     family = get_family(cfg.model.family)
     plain = load_model(cfg.model, tokenizer)
-    tpt = model_tokens_per_tile(plain)
+    tpt = config_tokens_per_tile(plain.config)
     before = FlopsModel.from_model(plain, family, tpt).weights["projector"].total
     setup = make_trainable(load_model(cfg.model, tokenizer), family, cfg.freeze, cfg.model)
     after = FlopsModel.from_model(setup.model, family, tpt).weights["projector"]

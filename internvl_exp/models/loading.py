@@ -89,16 +89,16 @@ def load_model(model_cfg: Any, tokenizer: Any):
     return model
 
 
+def vision_tile_geometry(vision_config: Any) -> tuple[int, int]:
+    """(tile size, patch size) in pixels of a vision config (each stored as an int or a square [h, w] pair)."""
+    size, patch = vision_config.image_size, vision_config.patch_size
+    return (size[0] if isinstance(size, (list, tuple)) else size, patch[0] if isinstance(patch, (list, tuple)) else patch)
+
+
 def config_tokens_per_tile(config: Any) -> int:
     """Image tokens per tile of an `InternVLConfig`."""
-    vc = config.vision_config
-    size = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
-    patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
+    size, patch = vision_tile_geometry(config.vision_config)
     return tokens_per_tile(size, patch, config.downsample_ratio)
-
-
-def model_tokens_per_tile(model: Any) -> int:
-    return config_tokens_per_tile(model.config)
 
 
 def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int):

@@ -79,6 +79,8 @@ class FlopsModel:
     def from_model(cls, model: Any, family: Family, image_tokens_per_tile: int) -> "FlopsModel":
         import torch.nn as nn
 
+        from internvl_exp.models.loading import vision_tile_geometry
+
         weights = {p: PartWeights() for p in PARTS}
         for name, module in model.named_modules():
             if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
@@ -93,8 +95,7 @@ class FlopsModel:
                 row.trainable += n
         cfg = model.config
         vc, tc = cfg.vision_config, cfg.get_text_config()
-        size = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
-        patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
+        size, patch = vision_tile_geometry(vc)
         head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
         return cls(
             weights=weights,

@@ -10,7 +10,7 @@ from typing import Any
 
 from internvl_exp.data.collator import Collator
 from internvl_exp.data.from_config import build_from_config, tokens_per_tile
-from internvl_exp.models.loading import build_processor, load_model, load_tokenizer, model_tokens_per_tile
+from internvl_exp.models.loading import build_processor, config_tokens_per_tile, load_model, load_tokenizer
 from internvl_exp.models.registry import get_family
 from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.train.args import training_arguments
@@ -49,9 +49,9 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
 
     args = training_arguments(cfg, run_dir)  # before the model: ZeRO-3 must see it at construction
     model = load_model(cfg.model, tokenizer)
-    if model_tokens_per_tile(model) != num_tokens_per_tile:
+    if config_tokens_per_tile(model.config) != num_tokens_per_tile:
         raise ValueError(
-            f"model {cfg.model.name!r} has {model_tokens_per_tile(model)} image tokens per tile but its config "
+            f"model {cfg.model.name!r} has {config_tokens_per_tile(model.config)} image tokens per tile but its config "
             f"gives {num_tokens_per_tile}; check model.image_size / model.downsample_ratio"
         )
     processor = build_processor(cfg.model, tokenizer, num_tokens_per_tile)
