@@ -229,6 +229,22 @@ def test_mixed_batch_runs_through_the_tiny_model(tmp_path, tokenizer, demo_dir):
     assert torch.isfinite(out.loss)
 
 
+def test_pretrained_tokens_per_tile_come_from_the_checkpoint(tmp_path, tokenizer, demo_dir):
+    """source=pretrained: tokens per tile from the checkpoint's config.json, and a model.image_size that is not
+    the checkpoint's tile size stops before the scan, naming the key and the value to set."""
+    from conftest import compose
+    from internvl_exp.data.from_config import tokens_per_tile
+    from internvl_exp.models.loading import tiny_config
+
+    tiny = compose([], tmp_path, demo_dir).model
+    tiny_config(tiny, tokenizer).save_pretrained(tmp_path / "ckpt")
+    cfg = compose(["model.source=pretrained", f"model.path={tmp_path / 'ckpt'}"], tmp_path, demo_dir)
+    assert tokens_per_tile(cfg.model) == tokens_per_tile(tiny)
+    cfg = compose(["model.source=pretrained", f"model.path={tmp_path / 'ckpt'}", "model.image_size=32"], tmp_path, demo_dir)
+    with pytest.raises(ValueError, match=r"model.image_size=32, .* 64-px tiles .*set model.image_size=64"):
+        tokens_per_tile(cfg.model)
+
+
 def test_video_settings_are_validated():
     with pytest.raises(ValueError, match="min_num_frame <= max_num_frame"):
         ImageSettings(tile_size=TILE, tokens_per_tile=TOKENS, min_num_frame=9, max_num_frame=4)

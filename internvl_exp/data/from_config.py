@@ -15,14 +15,23 @@ from internvl_exp.data.sources import DatasetEntry, load_entries
 
 def tokens_per_tile(model_cfg: Any) -> int:
     """Image tokens per tile from the config alone (tiny) or the checkpoint's config.json (pretrained), so
-    the data can be scanned before the model is built."""
-    from internvl_exp.models.loading import config_tokens_per_tile, tokens_per_tile as formula
+    the data can be scanned before the model is built. A checkpoint must take tiles of model.image_size."""
+    from internvl_exp.models.loading import checkpoint_path, config_tokens_per_tile, vision_tile_geometry
+    from internvl_exp.models.loading import tokens_per_tile as formula
 
     if model_cfg.source == "tiny":
         return formula(model_cfg.image_size, model_cfg.tiny.patch_size, model_cfg.downsample_ratio)
     from transformers import AutoConfig
 
-    return config_tokens_per_tile(AutoConfig.from_pretrained(str(model_cfg.path)))
+    path = checkpoint_path(model_cfg)
+    config = AutoConfig.from_pretrained(path)
+    size, _ = vision_tile_geometry(config.vision_config)
+    if size != model_cfg.image_size:
+        raise ValueError(
+            f"model.image_size={model_cfg.image_size}, but the checkpoint's vision tower takes {size}-px tiles "
+            f"({path}/config.json, vision_config.image_size); set model.image_size={size}"
+        )
+    return config_tokens_per_tile(config)
 
 
 def image_settings(cfg: Any, num_tokens_per_tile: int) -> ImageSettings:

@@ -21,10 +21,10 @@ def load_tokenizer(model_cfg: Any):
         return load_tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_require_path(model_cfg))
+    return AutoTokenizer.from_pretrained(checkpoint_path(model_cfg))
 
 
-def _require_path(model_cfg: Any) -> str:
+def checkpoint_path(model_cfg: Any) -> str:
     if not model_cfg.path:
         raise ValueError(f"model.path is not set for model {model_cfg.name!r} (source=pretrained needs a checkpoint path)")
     return str(model_cfg.path)
@@ -79,7 +79,7 @@ def load_model(model_cfg: Any, tokenizer: Any):
         )
     elif model_cfg.source == "pretrained":
         model = AutoModelForImageTextToText.from_pretrained(
-            _require_path(model_cfg), dtype=dtype, attn_implementation=model_cfg.attn_implementation
+            checkpoint_path(model_cfg), dtype=dtype, attn_implementation=model_cfg.attn_implementation
         )
     else:
         raise ValueError(f"model.source must be 'tiny' or 'pretrained', got {model_cfg.source!r}")
