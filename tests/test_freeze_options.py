@@ -57,10 +57,10 @@ def _expected(name: str, include: list[str], exclude: list[str]) -> bool:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, demo_dir, tokenizer):
     from conftest import compose
-    from internvl_exp.train.run import prepare_data
+    from internvl_exp.data.from_config import build_from_config
 
     cfg = compose([], tmp_path_factory.mktemp("data"), demo_dir)
-    return prepare_data(cfg, tokenizer, 16)[0]
+    return build_from_config(cfg, tokenizer, 16)[0]
 
 
 def test_every_freeze_option_is_covered():

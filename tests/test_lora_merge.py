@@ -16,9 +16,10 @@ def test_lora_run_merges_into_a_plain_checkpoint(tmp_path, demo_dir, capsys):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from internvl_exp.data.collator import Collator
+    from internvl_exp.data.from_config import build_from_config
     from internvl_exp.outputs import RunDir
     from internvl_exp.tools import merge_lora
-    from internvl_exp.train.run import prepare_data, run
+    from internvl_exp.train.run import run
 
     cfg = compose(QUICK + ["freeze=lora_all", "freeze.parts.projector=full", "optimizer.weight_decay=0.01"],
                   tmp_path, demo_dir)
@@ -52,7 +53,7 @@ def test_lora_run_merges_into_a_plain_checkpoint(tmp_path, demo_dir, capsys):
     assert set(merged.state_dict()) == set(base.state_dict())  # a plain model: no lora_ / modules_to_save keys
     adapter = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(rd.final / "base"), rd.final)
 
-    dataset, _ = prepare_data(cfg, processor.tokenizer, 16)
+    dataset, _ = build_from_config(cfg, processor.tokenizer, 16)
     batch = Collator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
     assert "pixel_values" in batch
     batch.pop("labels")

@@ -36,8 +36,9 @@ def test_reloaded_final_reproduces_training_loss(tmp_path, demo_dir):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from internvl_exp.data.collator import Collator
+    from internvl_exp.data.from_config import build_from_config
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.run import prepare_data, run
+    from internvl_exp.train.run import run
 
     cfg = compose(["trainer.max_steps=5", "data=mix", "freeze=full", "run_name=reload"], tmp_path, demo_dir)
     rd = RunDir(tmp_path / "run")
@@ -63,7 +64,7 @@ def test_reloaded_final_reproduces_training_loss(tmp_path, demo_dir):
     processor = AutoProcessor.from_pretrained(rd.final)
     reloaded = AutoModelForImageTextToText.from_pretrained(rd.final)
     trained = captured["model"]
-    dataset, _ = prepare_data(cfg, processor.tokenizer, 16)
+    dataset, _ = build_from_config(cfg, processor.tokenizer, 16)
     batch = _batch(dataset, Collator(processor.tokenizer.pad_token_id))
     assert "pixel_values" in batch
     trained.eval(), reloaded.eval()

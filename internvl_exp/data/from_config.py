@@ -1,6 +1,6 @@
 """The data path from a composed config: demo generation, dataset entries, settings, pre-flight scan.
 
-Shared by training (`train.run.prepare_data`) and the data check tool, so both see exactly the same
+Shared by training (`train.run.run`) and the data check tool, so both see exactly the same
 samples for the same config.
 """
 

@@ -25,11 +25,6 @@ from internvl_exp.train.trainer import InternVLTrainer
 log = logging.getLogger(__name__)
 
 
-def prepare_data(cfg: Any, tokenizer: Any, num_tokens_per_tile: int):
-    """Generate demo data if asked, then scan and plan every sample (fails before training on bad data)."""
-    return build_from_config(cfg, tokenizer, num_tokens_per_tile)
-
-
 def _losses(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in log_history if "loss" in h and "train_runtime" not in h]
 
@@ -44,7 +39,7 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model)
     # The pre-flight data scan runs before the model loads: bad data fails in seconds, not after a 70B load.
     num_tokens_per_tile = tokens_per_tile(cfg.model)
-    dataset, data_report = prepare_data(cfg, tokenizer, num_tokens_per_tile)
+    dataset, data_report = build_from_config(cfg, tokenizer, num_tokens_per_tile)
     log.info("data: %d samples %s", data_report.samples, data_report.per_dataset)
 
     args = training_arguments(cfg, run_dir)  # before the model: ZeRO-3 must see it at construction
