@@ -87,11 +87,15 @@ def fully_trained(family: Family, plan: FreezePlan, base_name: str, last_layers:
     return False
 
 
+def ties_lm_head(model: nn.Module) -> bool:
+    """Whether the checkpoint ties lm_head to the input embeddings (one tensor)."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    return out is not None and inp is not None and out.weight is inp.weight
+
+
 def check_tied_embeddings(model: nn.Module, plan: FreezePlan) -> None:
     """lm_head tied to the input embeddings is one tensor: it cannot be frozen and trained at once."""
-    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
-    tied = out is not None and inp is not None and out.weight is inp.weight
-    if tied and plan.modes["lm_head"] in ("frozen", "full") and plan.modes["lm_head"] != plan.embeddings:
+    if ties_lm_head(model) and plan.modes["lm_head"] in ("frozen", "full") and plan.modes["lm_head"] != plan.embeddings:
         raise ValueError(
             f"freeze.parts.lm_head={plan.modes['lm_head']} but the input embeddings are {plan.embeddings} "
             "(freeze.embeddings), and this checkpoint ties lm_head to them (one tensor); "

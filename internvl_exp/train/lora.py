@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from internvl_exp.models.registry import PARTS, Family
-from internvl_exp.train.freeze import FreezePlan, num_vision_layers, trainable_vision_layers
+from internvl_exp.train.freeze import FreezePlan, num_vision_layers, ties_lm_head, trainable_vision_layers
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,7 @@ def apply_lora(model: nn.Module, family: Family, plan: FreezePlan, lora_cfg: Any
     """Wrap the model in a PeftModel with LoRA on the `lora` parts; returns the wrapped model."""
     from peft import LoraConfig, get_peft_model
 
-    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
-    if out is not None and inp is not None and out.weight is inp.weight and "full" in (
-        plan.modes["lm_head"], plan.embeddings
-    ):
+    if ties_lm_head(model) and "full" in (plan.modes["lm_head"], plan.embeddings):
         raise ValueError(
             "freeze: this checkpoint ties lm_head to the input embeddings, and training them fully next to LoRA "
             "is not supported; set freeze.parts.lm_head=frozen and freeze.embeddings=frozen"
