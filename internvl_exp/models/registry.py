@@ -83,6 +83,11 @@ class Family:
             return None
         return int(name[len(prefix):].split(".", 1)[0])
 
+    def is_peft_original(self, name: str) -> bool:
+        """True for PEFT's idle original of a `modules_to_save` module (a parameter or module name): it never
+        trains or runs, its trainable copy does."""
+        return ".original_module." in f".{name}."
+
     def is_lora_param(self, param_name: str) -> bool:
         return bool(_LORA_PARAM.search(param_name))
 

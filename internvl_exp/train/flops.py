@@ -85,7 +85,7 @@ class FlopsModel:
         for name, module in model.named_modules():
             if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 continue
-            if ".original_module." in f".{name}.":  # PEFT's idle copy of a part in `full` mode beside LoRA
+            if family.is_peft_original(name):  # PEFT's idle copy of a part in `full` mode beside LoRA
                 continue
             w = module.weight
             n = int(getattr(w, "ds_numel", 0) or w.numel())  # ZeRO-3 keeps the full size in ds_numel

@@ -110,7 +110,7 @@ def set_requires_grad(model: nn.Module, family: Family, plan: FreezePlan) -> Non
     for name, param in model.named_parameters():
         if family.is_lora_param(name):
             param.requires_grad = True
-        elif ".original_module." in name:
+        elif family.is_peft_original(name):
             param.requires_grad = False
         else:
             param.requires_grad = fully_trained(family, plan, family.base_name(name), last_layers)

@@ -22,7 +22,7 @@ def parameter_report(model: Any, family: Family) -> dict[str, dict[str, int]]:
     modules are left out so totals match the plain model. `lora` counts the adapters' parameters."""
     report = {p: {"total": 0, "trainable": 0, "lora": 0} for p in (*PARTS, EMBEDDINGS_ROW)}
     for name, param in model.named_parameters():
-        if ".original_module." in name:
+        if family.is_peft_original(name):
             continue
         rows = [report[family.part_of(name)]]
         if family.is_embeddings(name):
