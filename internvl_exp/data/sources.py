@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from internvl_exp.data.mixture import take
+
 
 class DataConfigError(ValueError):
     """A problem with the data configuration or files (the message names the file/key and the fix)."""
@@ -127,13 +129,7 @@ def read_lines(entry: DatasetEntry) -> list[RawLine]:
 def apply_repeat_time(items: list, repeat_time: float, rng: random.Random) -> list:
     """Whole copies for the integer part, plus a seeded random subset for the fraction (never a prefix)."""
     whole = math.floor(repeat_time)
-    frac = repeat_time - whole
-    out = list(items) * whole
-    k = int(round(len(items) * frac))
-    if k:
-        picked = sorted(rng.sample(range(len(items)), k))
-        out += [items[i] for i in picked]
-    return out
+    return take(items, whole * len(items) + int(round(len(items) * (repeat_time - whole))), rng)
 
 
 def iter_samples(entries: Iterable[DatasetEntry], seed: int) -> list[tuple[DatasetEntry, RawLine]]:
