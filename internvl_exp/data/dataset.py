@@ -188,9 +188,7 @@ def build_dataset(entries: list[DatasetEntry], tokenizer: Any, template: str, se
     if not samples:
         raise DataError("no usable samples after the pre-flight scan:\n  " + "\n  ".join(map(str, report.problems[:20])))
     samples = apply_weights(entries, samples, report, seed)
-    report.samples = len(samples)
-    report.tokens = sum(s.length for s in samples)
-    report.supervised_tokens = sum(s.supervised_tokens for s in samples)
+    report.count_epoch(samples)
     dataset = SupervisedDataset(samples, tokenizer, template, settings, on_error, system_message, seed)
     report.load_failures = dataset.load_failures
     return dataset, report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 # Reasons a planned sample can still fail when its pixels are loaded (files change, or only a full
 # decode finds the damage: the pre-flight scan reads image headers and video metadata only).
@@ -54,6 +54,12 @@ class DataReport:
     tokens: int = 0  # total tokens in one epoch
     supervised_tokens: int = 0
     load_failures: LoadFailures | None = None
+
+    def count_epoch(self, epoch: Sequence[Any]) -> None:
+        """Samples and (supervised) tokens of one epoch: the planned samples after mixture weights."""
+        self.samples = len(epoch)
+        self.tokens = sum(s.length for s in epoch)
+        self.supervised_tokens = sum(s.supervised_tokens for s in epoch)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -192,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     samples, report = scan(entries, tokenizer, cfg.model.template, settings, d.max_seq_length, d.length_policy, d.system_message, d.seed)
     epoch = apply_weights(entries, samples, report, d.seed) if samples else []
+    report.count_epoch(epoch)
 
     console.print(
         f"[bold]data={d.name}[/] template={cfg.model.template} tile={settings.tile_size}px "
@@ -216,10 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows[:-1]:
         if r["skipped"]:
             console.print(f"  {r['dataset']}: skipped by reason {dict(sorted(r['skipped'].items()))}", markup=False)
-    epoch_tokens = sum(s.length for s in epoch)
-    supervised = sum(s.supervised_tokens for s in epoch)
     console.print(
-        f"epoch: {len(epoch)} samples, {epoch_tokens:,} tokens ({supervised:,} supervised), before padding"
+        f"epoch: {report.samples} samples, {report.tokens:,} tokens ({report.supervised_tokens:,} supervised), before padding"
         + (f"; mixture weights give {report.mixture}" if report.mixture else "")
     )
     missing = report.skipped.get("missing_media", 0)
@@ -282,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config": {"data": d.name, "template": cfg.model.template, "tokens_per_tile": n_tok, "max_seq_length": d.max_seq_length,
                        "length_policy": d.length_policy, "on_error": d.on_error},
             "datasets": rows,
-            "report": {**report.as_dict(), "samples": len(epoch), "tokens_per_epoch": epoch_tokens, "supervised_tokens_per_epoch": supervised},
+            "report": report.as_dict(),
             "load_failures_by_reason": load_failures,
             "problems": [{"where": p.where, "reason": p.reason, "detail": p.detail} for p in report.problems],
             "exit_status": status,
