@@ -229,18 +229,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.decode and epoch:
         from internvl_exp.data.dataset import SupervisedDataset
 
-        ds = SupervisedDataset(samples, tokenizer, cfg.model.template, settings, "skip", d.system_message, d.seed)
+        lines = list({id(s): s for s in samples}.values())  # repeat_time copies share one object: decode it once
+        ds = SupervisedDataset(lines, tokenizer, cfg.model.template, settings, "skip", d.system_message, d.seed)
         import logging
 
         dataset_log = logging.getLogger("internvl_exp.data.dataset")
         level = dataset_log.level
         dataset_log.setLevel(logging.ERROR)  # one warning per failure is noise here: they are listed below
         try:
-            failed = [s.line.where for i, s in enumerate(samples) if ds[i] is None]
+            failed = [s.line.where for i, s in enumerate(lines) if ds[i] is None]
         finally:
             dataset_log.setLevel(level)
         load_failures = ds.load_failures.as_dict()
-        console.print(f"decode: {len(samples) - len(failed)} of {len(samples)} samples load; failures {load_failures or 'none'}")
+        console.print(f"decode: {len(lines) - len(failed)} of {len(lines)} samples load; failures {load_failures or 'none'}")
         for where in failed[: args.max_problems]:
             console.print(f"  {where}", markup=False, soft_wrap=True)
 
