@@ -12,7 +12,6 @@ Everything passes through redact.scrub: no secret value is ever written.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -23,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.outputs import write_json_atomic
 from internvl_exp.redact import is_secret_name, scrub
 
 # Environment variables worth recording (prefixes); secret-named ones are dropped even when they match.
@@ -123,8 +123,8 @@ def write_provenance(folder: Path, repo: Path) -> None:
     """Write the provenance files into `folder` (created); every text is scrubbed of secrets."""
     folder.mkdir(parents=True, exist_ok=True)
     info, diff = git_info(repo)
-    (folder / "git.json").write_text(scrub(json.dumps(info, indent=2)) + "\n")
+    write_json_atomic(folder / "git.json", info)
     (folder / "git_diff.patch").write_text(scrub(diff))
     (folder / "pip_freeze.txt").write_text("\n".join(installed_packages()) + "\n")
-    (folder / "environment.json").write_text(scrub(json.dumps(environment_info(), indent=2, default=str)) + "\n")
+    write_json_atomic(folder / "environment.json", environment_info())
     (folder / "command.txt").write_text(scrub(command_line()))
