@@ -12,9 +12,6 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-PART_MODES = ("frozen", "full", "lora")
-PARTS = ("vision", "projector", "llm", "lm_head")
-
 
 @dataclass
 class TinyModelConfig:

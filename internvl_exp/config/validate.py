@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from internvl_exp.config.schema import PART_MODES, PARTS
+from internvl_exp.data.templates import TEMPLATES
+from internvl_exp.models.registry import PART_MODES, PARTS
 
-TEMPLATE_NAMES = ("internvl2_5", "internlm2-chat", "Hermes-2", "phi3-chat")
+TEMPLATE_NAMES = tuple(TEMPLATES)
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay", "cosine_with_min_lr")
 
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from internvl_exp.models.registry import PARTS, Family
+from internvl_exp.models.registry import PART_MODES, PARTS, Family
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def freeze_plan(freeze_cfg: Any) -> FreezePlan:
     )
     modes = dict(get("parts"))
     for part, mode in modes.items():
-        if part not in PARTS or mode not in ("frozen", "full", "lora"):
+        if part not in PARTS or mode not in PART_MODES:
             raise ValueError(f"freeze.parts.{part}: {mode!r} is not a valid mode of a known part {list(PARTS)}")
     missing = [p for p in PARTS if p not in modes]
     if missing:
