@@ -264,6 +264,44 @@ def test_data_augment_is_seeded_per_sample(tmp_path, tokenizer):
     assert np.array_equal(plain[0]["pixel_tiles"].numpy(), plain[1]["pixel_tiles"].numpy())
 
 
+def test_data_augment_draws_change_with_the_epoch(tmp_path, tokenizer):
+    rows = [{"image": "a.png", "conversations": _conv()}]
+    aug = _dataset(tmp_path, tokenizer, rows, {"a.png": (90, 60)}, data_augment=True)
+    per_epoch = []
+    for epoch in range(4):
+        aug.set_epoch(epoch)
+        per_epoch.append(aug[0]["pixel_tiles"].numpy())
+    aug.set_epoch(2)
+    assert np.array_equal(aug[0]["pixel_tiles"].numpy(), per_epoch[2])  # the same epoch draws the same
+    assert any(not np.array_equal(per_epoch[0], other) for other in per_epoch[1:])
+
+
+def test_trainer_hands_the_epoch_to_the_dataset(tmp_path, tokenizer, demo_dir):
+    """The real Trainer (through accelerate's DataLoaderShard.set_epoch) reaches SupervisedDataset.set_epoch."""
+    from conftest import compose
+    from internvl_exp.data.collator import Collator
+    from internvl_exp.data.from_config import build_from_config
+    from internvl_exp.models.loading import load_model
+    from internvl_exp.outputs import RunDir
+    from internvl_exp.train.args import training_arguments
+    from internvl_exp.train.trainer import InternVLTrainer
+    from internvl_exp.models.registry import get_family
+
+    cfg = compose(["data.datasets={}", "trainer.max_steps=-1", "trainer.num_train_epochs=2",
+                   "trainer.per_device_train_batch_size=64", "trainer.save_final=false"], tmp_path, demo_dir)
+    dataset, _ = build_from_config(cfg, tokenizer, 16)
+    seen = []
+    original = dataset.set_epoch
+    dataset.set_epoch = lambda epoch: (seen.append(epoch), original(epoch))
+    args = training_arguments(cfg, RunDir(tmp_path / "run"))
+    args.disable_tqdm = True
+    trainer = InternVLTrainer(model=load_model(cfg.model, tokenizer), args=args, train_dataset=dataset,
+                              data_collator=Collator(tokenizer.pad_token_id), family=get_family(cfg.model.family),
+                              optimizer_config=cfg.optimizer)
+    trainer.train()
+    assert sorted(set(seen)) == [0, 1] and seen[-1] == 1 and dataset.epoch == 1
+
+
 def test_resize_backend_setting_reaches_the_pixels(tmp_path, tokenizer):
     from conftest import compose
     from internvl_exp.data.dataset import ImageSettings

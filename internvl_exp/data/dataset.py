@@ -54,7 +54,13 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.on_error = on_error
         self.system_message = system_message
         self.seed = seed
+        self.epoch = 0
         self.load_failures = LoadFailures()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer's data loader each epoch (accelerate forwards `set_epoch` to the dataset), so
+        augmentation draws (JPEG quality, random video frames) change between epochs yet stay reproducible."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -70,7 +76,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def _pixels(self, sample: PlannedSample, index: int) -> np.ndarray | None:
         s = self.settings
-        rng = random.Random(f"{self.seed}-{index}")
+        rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
         if sample.video is not None:
             frames = self._frames(sample, rng)
             if sample.entry.data_augment:
