@@ -369,6 +369,7 @@ def test_policies_through_launch_py(tmp_path, demo_dir):
     strict = run_launch(base + ["run_name=strict"])
     assert strict.returncode != 0
     assert f"{tmp_path / 'd.jsonl'}:7: invalid_json" in strict.stderr and f"{tmp_path / 'd.jsonl'}:8: missing_media" in strict.stderr
+    assert "Traceback" not in strict.stdout + strict.stderr  # a data mistake gets its message, not a stack
     failed = tmp_path / "out" / "default" / "strict" / "metrics.json"
     assert not failed.exists() or json.loads(failed.read_text())["status"] != "completed"
     skip = run_launch(base + ["run_name=skip", "data.on_error=skip"])

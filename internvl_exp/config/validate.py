@@ -8,14 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from internvl_exp.data.templates import TEMPLATES
+from internvl_exp.errors import ConfigError
 from internvl_exp.models.registry import PART_MODES, PARTS
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay", "cosine_with_min_lr")
-
-
-class ConfigError(ValueError):
-    """The composed config breaks a rule; the message lists every broken rule."""
 
 
 def config_problems(cfg: Any) -> list[str]:

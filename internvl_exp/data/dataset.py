@@ -25,6 +25,7 @@ from internvl_exp.data.report import DataReport, LoadFailures, Problem
 from internvl_exp.data.sources import DatasetEntry, iter_samples
 from internvl_exp.data.templates import tokenize_turns
 from internvl_exp.data.video import VideoError, frame_indices, load_frames
+from internvl_exp.errors import UserError
 
 __all__ = [
     "DataError", "DataReport", "ImageSettings", "PlannedSample", "Planner", "SupervisedDataset",
@@ -34,7 +35,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad data under `on_error=strict`: the message lists every problem as `file:line: reason`."""
 
 

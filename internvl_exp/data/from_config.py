@@ -11,6 +11,7 @@ from typing import Any
 from internvl_exp.data.dataset import DataReport, SupervisedDataset, build_dataset
 from internvl_exp.data.planner import ImageSettings
 from internvl_exp.data.sources import DatasetEntry, load_entries
+from internvl_exp.errors import ConfigError
 
 
 def tokens_per_tile(model_cfg: Any) -> int:
@@ -27,7 +28,7 @@ def tokens_per_tile(model_cfg: Any) -> int:
     config = AutoConfig.from_pretrained(path)
     size, _ = vision_tile_geometry(config.vision_config)
     if size != model_cfg.image_size:
-        raise ValueError(
+        raise ConfigError(
             f"model.image_size={model_cfg.image_size}, but the checkpoint's vision tower takes {size}-px tiles "
             f"({path}/config.json, vision_config.image_size); set model.image_size={size}"
         )

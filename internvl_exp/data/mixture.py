@@ -14,10 +14,12 @@ import math
 import random
 from typing import Mapping, Sequence, TypeVar
 
+from internvl_exp.errors import UserError
+
 T = TypeVar("T")
 
 
-class MixtureError(ValueError):
+class MixtureError(UserError):
     """Weights that cannot define a mixture (the message names the datasets)."""
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from internvl_exp.data.mixture import take
+from internvl_exp.errors import UserError
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError):
     """A problem with the data configuration or files (the message names the file/key and the fix)."""
 
 

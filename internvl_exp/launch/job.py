@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from internvl_exp.config.validate import ConfigError, validate
+from internvl_exp.config.validate import validate
+from internvl_exp.errors import UserError
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import scrub, scrub_tree
 
@@ -57,6 +58,15 @@ def objective(metrics: dict[str, Any], key: str, sweep: bool) -> float | None:
     return float(value)
 
 
+def _traceback_to_log_files(error: BaseException) -> None:
+    """Write the traceback of `error` to the file handlers only (train.log), through their scrub filters."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "traceback of the failure above", None,
+                            (type(error), error, error.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float | None:
     started = time.time()
     rd = RunDir(run_dir)
@@ -84,13 +94,17 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         raise
     except Exception as e:
         record_failure(rd, e, started)
-        clear = isinstance(e, ConfigError)  # the message says it all; no traceback for a config mistake
+        # A user mistake (config key, data file:line) shows just its message on the console; a bug shows the
+        # traceback too. train.log always keeps the traceback.
+        clear = isinstance(e, UserError)
         log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not clear)
+        if clear:
+            _traceback_to_log_files(e)
         scrub_tree(rd.root)
         if sweep:
             log.error("job %s failed (recorded in its metrics.json); the sweep goes on", rd.root.name)
             return None
-        where = "metrics.json has the status" + ("" if clear else ", train.log the traceback")
+        where = "metrics.json has the status, train.log the traceback"
         raise SystemExit(scrub(f"run failed: {type(e).__name__}: {e}\nRun directory: {rd.root} ({where})"))
 
     from internvl_exp.launch.console import summary_line

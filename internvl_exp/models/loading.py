@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from internvl_exp.data.images import normalization
+from internvl_exp.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -26,7 +27,7 @@ def load_tokenizer(model_cfg: Any):
 
 def checkpoint_path(model_cfg: Any) -> str:
     if not model_cfg.path:
-        raise ValueError(f"model.path is not set for model {model_cfg.name!r} (source=pretrained needs a checkpoint path)")
+        raise ConfigError(f"model.path is not set for model {model_cfg.name!r} (source=pretrained needs a checkpoint path)")
     return str(model_cfg.path)
 
 
@@ -82,7 +83,7 @@ def load_model(model_cfg: Any, tokenizer: Any):
             checkpoint_path(model_cfg), dtype=dtype, attn_implementation=model_cfg.attn_implementation
         )
     else:
-        raise ValueError(f"model.source must be 'tiny' or 'pretrained', got {model_cfg.source!r}")
+        raise ConfigError(f"model.source must be 'tiny' or 'pretrained', got {model_cfg.source!r}")
     # Training never needs the KV cache, and a live cache silently disables packed-sequence masks.
     model.config.use_cache = False
     model.config.get_text_config().use_cache = False

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from internvl_exp.errors import ConfigError
 from internvl_exp.models.registry import PART_MODES, PARTS, Family
 
 
@@ -41,10 +42,10 @@ def freeze_plan(freeze_cfg: Any) -> FreezePlan:
     modes = dict(get("parts"))
     for part, mode in modes.items():
         if part not in PARTS or mode not in PART_MODES:
-            raise ValueError(f"freeze.parts.{part}: {mode!r} is not a valid mode of a known part {list(PARTS)}")
+            raise ConfigError(f"freeze.parts.{part}: {mode!r} is not a valid mode of a known part {list(PARTS)}")
     missing = [p for p in PARTS if p not in modes]
     if missing:
-        raise ValueError(f"freeze.parts: no mode for {missing}; every part of {list(PARTS)} needs one")
+        raise ConfigError(f"freeze.parts: no mode for {missing}; every part of {list(PARTS)} needs one")
     embeddings = get("embeddings")
     if embeddings is None:
         # LoRA leaves the base weights, embeddings included, frozen.
@@ -67,7 +68,7 @@ def trainable_vision_layers(plan: FreezePlan, n_layers: int) -> set[int]:
         return set(range(n_layers))
     if plan.vit_last_n:
         if plan.vit_last_n > n_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"freeze.vit_last_n: {plan.vit_last_n} is more than the vision tower's {n_layers} layers; "
                 f"set it to at most {n_layers}"
             )
@@ -96,7 +97,7 @@ def ties_lm_head(model: nn.Module) -> bool:
 def check_tied_embeddings(model: nn.Module, plan: FreezePlan) -> None:
     """lm_head tied to the input embeddings is one tensor: it cannot be frozen and trained at once."""
     if ties_lm_head(model) and plan.modes["lm_head"] in ("frozen", "full") and plan.modes["lm_head"] != plan.embeddings:
-        raise ValueError(
+        raise ConfigError(
             f"freeze.parts.lm_head={plan.modes['lm_head']} but the input embeddings are {plan.embeddings} "
             "(freeze.embeddings), and this checkpoint ties lm_head to them (one tensor); "
             "set freeze.embeddings to the same mode as freeze.parts.lm_head"

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from transformers import TrainerCallback
 
+from internvl_exp.errors import ConfigError
 from internvl_exp.outputs import RunDir
 
 WANDB_MODES = ("offline", "online", "disabled")
@@ -60,7 +61,7 @@ def experiment_logger(cfg: Any, run_dir: RunDir, resolved: dict[str, Any], is_ma
 
     w = cfg.logger.wandb
     if w.mode not in WANDB_MODES:
-        raise ValueError(f"logger.wandb.mode: {w.mode!r} is not one of {list(WANDB_MODES)} "
+        raise ConfigError(f"logger.wandb.mode: {w.mode!r} is not one of {list(WANDB_MODES)} "
                          "(offline writes <run_dir>/wandb/ to upload later with `wandb sync`)")
     run = wandb.init(
         project=w.project,

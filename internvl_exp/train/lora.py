@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from internvl_exp.errors import ConfigError
 from internvl_exp.models.registry import PARTS, Family
 from internvl_exp.train.freeze import FreezePlan, num_vision_layers, ties_lm_head, trainable_vision_layers
 
@@ -49,7 +50,7 @@ def apply_lora(model: nn.Module, family: Family, plan: FreezePlan, lora_cfg: Any
     from peft import LoraConfig, get_peft_model
 
     if ties_lm_head(model) and "full" in (plan.modes["lm_head"], plan.embeddings):
-        raise ValueError(
+        raise ConfigError(
             "freeze: this checkpoint ties lm_head to the input embeddings, and training them fully next to LoRA "
             "is not supported; set freeze.parts.lm_head=frozen and freeze.embeddings=frozen"
         )

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 import torch
 
+from internvl_exp.errors import ConfigError
 from internvl_exp.models.registry import Family
 
 
@@ -82,7 +83,7 @@ def fused_supported(params: Iterable[torch.Tensor]) -> bool:
 def build_optimizer(model: Any, family: Family, opt_cfg: Any) -> torch.optim.Optimizer:
     groups = parameter_groups(model, family, opt_cfg)
     if not groups:
-        raise ValueError("no trainable parameters: every part is frozen; check the freeze strategy (freeze=...)")
+        raise ConfigError("no trainable parameters: every part is frozen; check the freeze strategy (freeze=...)")
     torch_groups = [{k: v for k, v in g.items() if k not in ("names", "part")} for g in groups]
     params = [p for g in groups for p in g["params"]]
     fused = getattr(opt_cfg, "fused", None)

@@ -10,15 +10,16 @@ from typing import Any
 
 from internvl_exp.data.collator import Collator
 from internvl_exp.data.from_config import build_from_config, tokens_per_tile
+from internvl_exp.errors import ConfigError
 from internvl_exp.models.loading import build_processor, config_tokens_per_tile, load_model, load_tokenizer
 from internvl_exp.models.registry import get_family
 from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.train.args import training_arguments
 from internvl_exp.train.callbacks import ThroughputCallback, install_first
 from internvl_exp.train.flops import FlopsModel
+from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.optim import parameter_groups
 from internvl_exp.train.param_report import format_report, training_report
-from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.trainable import make_trainable
 from internvl_exp.train.trainer import InternVLTrainer
 
@@ -45,7 +46,7 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     args = training_arguments(cfg, run_dir)  # before the model: ZeRO-3 must see it at construction
     model = load_model(cfg.model, tokenizer)
     if config_tokens_per_tile(model.config) != num_tokens_per_tile:
-        raise ValueError(
+        raise ConfigError(
             f"model {cfg.model.name!r} has {config_tokens_per_tile(model.config)} image tokens per tile but its config "
             f"gives {num_tokens_per_tile}; check model.image_size / model.downsample_ratio"
         )
