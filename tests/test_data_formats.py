@@ -250,3 +250,26 @@ def test_video_settings_are_validated():
         ImageSettings(tile_size=TILE, tokens_per_tile=TOKENS, min_num_frame=9, max_num_frame=4)
     with pytest.raises(ValueError, match="data.frame_sampling must be one of"):
         ImageSettings(tile_size=TILE, tokens_per_tile=TOKENS, frame_sampling="fps1")
+
+
+def test_a_large_scan_shows_progress_on_a_terminal_and_plans_every_line(tmp_path, tokenizer, monkeypatch):
+    """Past PROGRESS_MIN_LINES the scan wraps its loop in a progress bar (shown on a terminal only)."""
+    import internvl_exp.data.dataset as dataset_mod
+    from internvl_exp.data.dataset import scan
+    from internvl_exp.data.planner import ImageSettings
+    from internvl_exp.data.sources import load_entries
+
+    monkeypatch.setattr(dataset_mod, "PROGRESS_MIN_LINES", 50)
+    bars = []
+    real_tqdm = dataset_mod.tqdm
+    monkeypatch.setattr(dataset_mod, "tqdm", lambda it, **kw: bars.append(kw) or real_tqdm(it, **kw))
+    ann = tmp_path / "t.jsonl"
+    conv = [{"from": "human", "value": "What number comes after 3?"}, {"from": "gpt", "value": "4."}]
+    ann.write_text("".join(json.dumps({"conversations": conv}) + "\n" for _ in range(60)))
+    entries = load_entries(None, {"t": {"annotation": str(ann)}})
+    samples, report = scan(entries, tokenizer, "internvl2_5", ImageSettings(tile_size=64, tokens_per_tile=16), 512)
+    assert len(samples) == 60 and report.per_dataset == {"t": 60}
+    assert bars and bars[0]["disable"] is None and bars[0]["desc"] == "pre-flight data scan"
+    ann.write_text("".join(json.dumps({"conversations": conv}) + "\n" for _ in range(10)))
+    scan(entries, tokenizer, "internvl2_5", ImageSettings(tile_size=64, tokens_per_tile=16), 512)
+    assert bars[-1]["disable"] is True  # small sets: no bar

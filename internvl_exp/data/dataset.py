@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from internvl_exp.data.images import frames_to_tiles_u8, image_to_tiles_u8, jpeg_reencode, load_rgb
 from internvl_exp.data.mixture import mix
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 class DataError(UserError):
     """Bad data under `on_error=strict`: the message lists every problem as `file:line: reason`."""
 
+
+PROGRESS_MIN_LINES = 5000  # about 2 s of scanning (~2,000 image lines/s on one core, see docs/benchmarks.md)
 
 class SupervisedDataset(torch.utils.data.Dataset):
     """Map-style dataset of planned samples; pixels are loaded and tiled in __getitem__.
@@ -135,7 +138,10 @@ def scan(entries: list[DatasetEntry], tokenizer: Any, template: str, settings: I
     report = DataReport()
     samples: list[PlannedSample] = []
     plans: dict[tuple[str, int], tuple] = {}  # repeated lines (repeat_time > 1) are planned once
-    for entry, line in iter_samples(entries, seed):
+    lines = iter_samples(entries, seed)
+    # A bar only where the wait is noticeable (and only on a terminal: tqdm's disable=None).
+    progress = tqdm(lines, desc="pre-flight data scan", unit="line", disable=None if len(lines) >= PROGRESS_MIN_LINES else True)
+    for entry, line in progress:
         key = (entry.name, line.line_no)
         first = key not in plans
         if first:
