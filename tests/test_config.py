@@ -107,3 +107,11 @@ def test_cfg_job_snapshot_of_headline_command():
     assert dict(cfg.freeze.parts) == {"vision": "frozen", "projector": "full", "llm": "full", "lm_head": "full"}
     assert cfg.deepspeed.name == "none" and cfg.optimizer.name == "adamw" and cfg.logger.name == "none"
     assert cfg.launcher.name == "local" and cfg.trainer.name == "default"
+
+
+def test_bad_wandb_mode_fails_before_anything_loads(tmp_path):
+    from internvl_exp.config.validate import ConfigError, validate
+
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["logger=wandb", "logger.wandb.mode=onlin"], tmp_path))
+    assert "logger.wandb.mode" in str(e.value)

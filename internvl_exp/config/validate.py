@@ -12,6 +12,7 @@ from internvl_exp.errors import ConfigError
 from internvl_exp.models.registry import PART_MODES, PARTS
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
+WANDB_MODES = ("offline", "online", "disabled")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay", "cosine_with_min_lr")
 
 
@@ -63,6 +64,9 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append(f"trainer.save_strategy: {cfg.trainer.save_strategy!r} is not no, steps or epoch")
     if cfg.logger.name == "wandb" and cfg.logger.wandb is None:
         problems.append("logger.wandb: logger=wandb needs a wandb block (project, mode, ...)")
+    elif cfg.logger.name == "wandb" and cfg.logger.wandb.mode not in WANDB_MODES:
+        problems.append(f"logger.wandb.mode: {cfg.logger.wandb.mode!r} is not one of {list(WANDB_MODES)} "
+                        "(offline writes <run_dir>/wandb/ to upload later with `wandb sync`)")
     if cfg.launcher.name == "local" and cfg.launcher.nproc_per_node != 1:
         problems.append("launcher.nproc_per_node: the local launcher runs one process; use a multi-process launcher")
     return problems

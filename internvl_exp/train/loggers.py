@@ -21,10 +21,7 @@ from typing import Any, Iterator
 
 from transformers import TrainerCallback
 
-from internvl_exp.errors import ConfigError
 from internvl_exp.outputs import RunDir
-
-WANDB_MODES = ("offline", "online", "disabled")
 
 
 def wandb_tags(cfg: Any) -> list[str]:
@@ -59,10 +56,7 @@ def experiment_logger(cfg: Any, run_dir: RunDir, resolved: dict[str, Any], is_ma
         return
     import wandb
 
-    w = cfg.logger.wandb
-    if w.mode not in WANDB_MODES:
-        raise ConfigError(f"logger.wandb.mode: {w.mode!r} is not one of {list(WANDB_MODES)} "
-                         "(offline writes <run_dir>/wandb/ to upload later with `wandb sync`)")
+    w = cfg.logger.wandb  # logger.wandb.mode is checked by config.validate
     run = wandb.init(
         project=w.project,
         entity=w.entity,
