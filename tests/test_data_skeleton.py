@@ -1,4 +1,4 @@
-"""Data path basics: templates match InternVL's text, masks cover only answers, tiling rule, collation."""
+"""Data path basics: masks cover only answers, collation, the demo data (golden prompt text: test_data_templates.py)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,12 @@ import json
 
 import torch
 
-GOLDEN_INTERNVL2_5 = (
-    "<|im_start|>system\n你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。<|im_end|>\n"
-    "<|im_start|>user\n<image>\nWhat is shown?<|im_end|>\n<|im_start|>assistant\nA red square.<|im_end|>\n"
-    "<|im_start|>user\nAny other shapes?<|im_end|>\n<|im_start|>assistant\nNo.<|im_end|>\n"
-)
 CONV = [
     {"from": "human", "value": "<image>\nWhat is shown?"},
     {"from": "gpt", "value": "A red square."},
     {"from": "human", "value": "Any other shapes?"},
     {"from": "gpt", "value": "No."},
 ]
-
-
-def test_internvl2_5_prompt_text_matches_reference():
-    from internvl_exp.data.templates import TEMPLATES
-
-    assert TEMPLATES["internvl2_5"].render(CONV) == GOLDEN_INTERNVL2_5
 
 
 def test_only_answers_and_end_of_turn_carry_loss(tokenizer):
