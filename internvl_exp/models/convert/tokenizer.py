@@ -21,10 +21,11 @@ def _named_tokens(tok: Any, src: Path) -> dict[str, str]:
     missing = [t for t in IMAGE_TOKENS.values() if t not in vocab]
     if missing:
         raise ConversionError(f"{src}: the tokenizer has no {', '.join(missing)} token(s); this is not an InternVL tokenizer")
-    # Original checkpoints have no <video> token (frames are written as <img>...</img>); the native processor
-    # still needs one, so it names the context token and a video input expands to image tokens as well.
-    return {**IMAGE_TOKENS, "video_token": VIDEO_TOKEN if VIDEO_TOKEN in vocab else IMAGE_TOKENS["context_image_token"]}
-
+    # Original checkpoints have no <video> token, but the native processor needs a distinct one (it counts video
+    # placeholders separately from image ones). It is only a placeholder in prompt text: the processor replaces it
+    # with <img><IMG_CONTEXT>...</img> per frame before tokenisation reaches the model, so an id past the
+    # embedding table (it is appended when absent) is never fed to the model.
+    return {**IMAGE_TOKENS, "video_token": VIDEO_TOKEN}
 
 def load_source_tokenizer(src: Path) -> Any:
     """A PreTrainedTokenizerFast from tokenizer.json (or InternLM2's sentencepiece tokenizer.model), with the
