@@ -1,8 +1,10 @@
 """ensure_converted: convert an original checkpoint once, keyed by its content, shared by every process.
 
-The key hashes what identifies the weights without reading them: config.json, each safetensors file's name, size
-and header (names, shapes, dtypes, byte offsets), the tokenizer and generation files, and the converter version.
-That is a few MB at 150 GB, and a re-uploaded shard (new size or header) or a changed config re-converts.
+The key hashes what identifies the weights without reading them all: config.json, the tokenizer and generation
+files, the converter version, and per safetensors file its name, size, modification time, header (names, shapes,
+dtypes, byte offsets), the first and last 64 KiB of its data, and the Hub's content hash where the file is a Hub
+cache blob (its name) or a `hf download --local-dir` file (its .metadata). That is a few MB at 150 GB; a changed
+config or a rewritten or re-uploaded shard re-converts.
 A conversion is written to a temporary sibling and renamed into place after verification, so a directory named
 by a key is always complete; a file lock makes concurrent ranks convert once while the others wait.
 """
@@ -24,6 +26,7 @@ CONVERTER_VERSION = "1"
 KEYED_FILES = ("config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                "added_tokens.json", "generation_config.json", "model.safetensors.index.json")
 LOCK_LOG_EVERY_S = 30.0
+SAMPLE_BYTES = 64 * 1024
 
 
 def source_fingerprint(src: Path) -> str:
@@ -36,8 +39,17 @@ def source_fingerprint(src: Path) -> str:
             h.update(data)
     for shard in shard_files(src):
         raw, _ = read_header(shard)
-        h.update(f"{shard.name} {shard.stat().st_size} {len(raw)}\n".encode())
+        stat = shard.stat()
+        h.update(f"{shard.name} {stat.st_size} {stat.st_mtime_ns} {shard.resolve().name}\n".encode())
         h.update(raw)
+        with open(shard, "rb") as f:
+            f.seek(8 + len(raw))
+            h.update(f.read(SAMPLE_BYTES))
+            f.seek(max(8 + len(raw), stat.st_size - SAMPLE_BYTES))
+            h.update(f.read(SAMPLE_BYTES))
+        meta = src / ".cache" / "huggingface" / "download" / f"{shard.name}.metadata"
+        if meta.is_file():
+            h.update(meta.read_bytes())
     return h.hexdigest()[:20]
 
 

@@ -58,6 +58,10 @@ def build_plan(src: SourceCheckpoint, mapped: MappedConfig) -> Plan:
     rules += projector_rules([k for k in keys if k.startswith(PROJECTOR_PREFIX)])
     rules += mapped.family.rules([k for k in keys if k.startswith(LLM_PREFIX)], mapped.text_dims)
     dropped = {}
+    for key in keys:
+        if key.endswith("rotary_emb.inv_freq"):
+            # A buffer some older saves include; transformers recomputes it from the rope settings in the config.
+            dropped[key] = "rotary inverse frequencies, recomputed from the config"
     if mapped.tie_word_embeddings:
         # A tied head is the embedding matrix itself: transformers stores it once, so a stored copy is not written.
         for rule in [r for r in rules if r.targets == (NATIVE_HEAD,)]:

@@ -36,7 +36,13 @@ def load_source_tokenizer(src: Path) -> Any:
         plain = PreTrainedTokenizerFast.from_pretrained(str(src))
         return PreTrainedTokenizerFast.from_pretrained(str(src), extra_special_tokens=_named_tokens(plain, src))
     if (src / "tokenizer.model").is_file():
-        from internvl_exp.models.convert.sentencepiece import sentencepiece_to_fast
+        try:
+            from internvl_exp.models.convert.sentencepiece import sentencepiece_to_fast
+        except ImportError as e:
+            raise ConversionError(
+                f"{src / 'tokenizer.model'}: converting a sentencepiece tokenizer needs "
+                f"internvl_exp.models.convert.sentencepiece, which could not be imported ({e})"
+            ) from None
 
         fast = sentencepiece_to_fast(src)
         with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,7 @@ def _names(keys, limit: int = 5) -> str:
 
 def check_coverage(src: SourceCheckpoint, plan: Plan) -> None:
     """Every source key in exactly one rule (or deliberately dropped); every target written once."""
-    uses = Counter(s for r in plan.rules for s in r.sources) + Counter(plan.dropped)
+    uses = Counter(s for r in plan.rules for s in r.sources) + Counter(list(plan.dropped))
     unused = set(src.tensors) - set(uses)
     if unused:
         raise ConversionError(
@@ -102,10 +102,17 @@ def check_written(dst: Path, expected: dict[str, tuple[tuple[int, ...], str]], s
 
 
 def check_targets(src: SourceCheckpoint, plan: Plan, expected: dict[str, tuple[tuple[int, ...], str]]) -> None:
-    """Before any weight is read: every target is a native key, and plain renames already have the right shape."""
-    unknown = [t for t in plan.target_names() if t not in expected]
+    """Before any weight is read: the targets are exactly the native keys, and plain renames have the right shape."""
+    targets = set(plan.target_names())
+    unknown = targets - set(expected)
     if unknown:
         raise ConversionError(f"{src.path}: tensors would map to key(s) the native model does not have: {_names(unknown)}")
+    missing = set(expected) - targets
+    if missing:
+        raise ConversionError(
+            f"{src.path}: the checkpoint has no source tensor for native key(s) {_names(missing)}; "
+            "a shard is missing or incomplete, or config.json does not match the weights"
+        )
     bad = [
         f"{r.sources[0]} {src.tensors[r.sources[0]].shape} (native {r.targets[0]} is {expected[r.targets[0]][0]})"
         for r in plan.rules
