@@ -93,9 +93,11 @@ def test_cli_error_is_one_line(tmp_path, kind):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_help_does_not_import_torch():
+def test_cli_help_and_layout_check_do_not_import_torch():
     code = ("import sys\nfrom internvl_exp.tools import convert\ntry:\n    convert.parse_args(['--help'])\n"
-            "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n")
+            "except SystemExit:\n    pass\nimport internvl_exp.models.convert as c\n"
+            f"assert c.is_original_layout(__import__('pathlib').Path({str(GOLDEN)!r}))\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "InternLM2" in r.stdout and "SRC" in r.stdout
