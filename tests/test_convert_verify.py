@@ -133,3 +133,15 @@ def test_rotary_buffers_are_dropped_by_name(tmp_path):
     _edit_shard(w.path, key, torch.ones(4))
     report = _convert(w.path, tmp_path / "dst")
     assert list(report.dropped) == [key]
+
+
+def test_stored_copy_of_a_tied_head_is_dropped(tmp_path):
+    """llm_config says tied but the file also stores the head (some saves do): the model stays tied, the copy is
+    accounted for as dropped rather than written or reported unused."""
+    w = write_original_checkpoint(tmp_path / "src", "qwen2", "6b", tie=True)
+    cfg = json.loads((w.path / "config.json").read_text())
+    assert cfg["llm_config"]["tie_word_embeddings"] is True
+    _edit_shard(w.path, "language_model.lm_head.weight", w.tensors["language_model.model.embed_tokens.weight"].clone())
+    report = _convert(w.path, tmp_path / "dst")
+    assert report.tie_word_embeddings is True
+    assert list(report.dropped) == ["language_model.lm_head.weight"]

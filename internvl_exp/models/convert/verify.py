@@ -24,10 +24,10 @@ def check_coverage(src: SourceCheckpoint, plan: Plan) -> None:
     uses = Counter(s for r in plan.rules for s in r.sources) + Counter(list(plan.dropped))
     unused = set(src.tensors) - set(uses)
     if unused:
-        raise ConversionError(
-            f"{src.path}: {len(unused)} source tensor(s) would not be converted: {_names(unused)}; "
-            "the checkpoint has weights this converter does not know (a different architecture or extra modules)"
-        )
+        quantised = any(k.endswith(("_blocks", "_scales", ".qweight", ".scales")) for k in unused)
+        why = ("they look quantised (MXFP4/AWQ/GPTQ): convert the unquantised bfloat16 release" if quantised else
+               "the checkpoint has weights this converter does not know (a different architecture or extra modules)")
+        raise ConversionError(f"{src.path}: {len(unused)} source tensor(s) would not be converted: {_names(unused)}; {why}")
     twice = [k for k, n in uses.items() if n > 1]
     if twice:
         raise ConversionError(f"{src.path}: source tensor(s) used by more than one rule: {_names(twice)} (converter bug)")
