@@ -194,3 +194,23 @@ def test_cfg_job_of_a_recipe_imports_no_torch():
     cfg = OmegaConf.create(res.stdout)
     assert cfg.experiment_name == "internvl2_8b_finetune_full" and cfg.model.name == "internvl2_8b"
     assert cfg.deepspeed.name == "zero1" and cfg.trainer.global_batch_size == 128
+
+
+def test_a_recipe_trains_through_launch_with_the_tiny_model(tmp_path, demo_dir):
+    """The LoRA recipe on the tiny model (model=tiny wins over the recipe's preset), CPU, no DeepSpeed: the real
+    Trainer takes 16 samples per optimiser step (4 per device x 4 derived accumulation steps x 1 process)."""
+    import json
+
+    from conftest import run_launch
+
+    res = run_launch(["experiment=internvl2_8b_finetune_lora", "model=tiny", "deepspeed=none", "trainer.bf16=false",
+                      "trainer.max_steps=2", "trainer.dataloader_num_workers=0", "logger=none", "run_name=r",
+                      "trainer.save_final=false", f"data.meta_path={demo_dir / 'meta.json'}",
+                      f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "internvl2_8b_finetune_lora" / "r" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 2
+    assert metrics["samples"] == 32 and metrics["epochs"] == pytest.approx(32 / 192)
+    assert metrics["trainable_parameters"]["llm"]["trainable"] > 0
+    assert metrics["trainable_parameters"]["vision"]["trainable"] == 0
+    assert "global batch 16 = 4 per device x 1 process(es) x 4 accumulation step(s)" in res.stdout + res.stderr
