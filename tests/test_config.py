@@ -18,11 +18,16 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+# Options that train on the user's own data need its path: data=meta and every recipe in experiment/.
+USER_DATA = ["data.meta_path=/data/meta.json"]
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_option_composes_and_validates(group, option, tmp_path):
     from internvl_exp.config.validate import validate
 
-    cfg = compose([f"{group}={option}"], tmp_path)
+    extra = USER_DATA if group == "experiment" or (group, option) == ("data", "meta") else []
+    cfg = compose([f"{group}={option}", *extra], tmp_path)
     assert OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     validate(cfg)
 

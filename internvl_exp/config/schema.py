@@ -163,9 +163,14 @@ class OptimizerConfig:
 @dataclass
 class TrainerConfig:
     name: str = MISSING
-    max_steps: int = -1
-    num_train_epochs: float = 1.0
+    # null: train num_train_epochs epochs; a number caps the run at that many optimiser steps (it wins over epochs).
+    max_steps: Optional[int] = None
+    num_train_epochs: float = 3.0
     per_device_train_batch_size: int = 1
+    # The optimiser's batch across all processes, stated once; gradient accumulation is then derived as
+    # global / (per_device_train_batch_size x world size) and must divide (internvl_exp/train/batch.py).
+    # null: use gradient_accumulation_steps as given.
+    global_batch_size: Optional[int] = None
     gradient_accumulation_steps: int = 1
     logging_steps: int = 10
     save_strategy: str = "no"

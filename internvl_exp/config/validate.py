@@ -10,6 +10,7 @@ from typing import Any
 from internvl_exp.data.templates import TEMPLATES
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.registry import PART_MODES, PARTS
+from internvl_exp.train.batch import batch_problems, world_size
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
 WANDB_MODES = ("offline", "online", "disabled")
@@ -47,7 +48,10 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append(f"data.length_policy: {cfg.data.length_policy!r} is not 'drop' or 'truncate'")
     if cfg.data.on_error not in ("strict", "skip"):
         problems.append(f"data.on_error: {cfg.data.on_error!r} is not 'strict' or 'skip'")
-    if not cfg.data.meta_path and not cfg.data.datasets:
+    if cfg.data.name == "meta" and not cfg.data.meta_path:
+        problems.append("data.meta_path: data=meta trains on your InternVL meta JSON; give its path: "
+                        "data.meta_path=/path/to/meta.json (format: docs/data.md)")
+    elif not cfg.data.meta_path and not cfg.data.datasets:
         problems.append("data: no datasets; set data.meta_path=<meta.json> or data.datasets")
     if cfg.data.max_seq_length <= 0:
         problems.append("data.max_seq_length must be > 0")
@@ -56,8 +60,8 @@ def config_problems(cfg: Any) -> list[str]:
     if not 0.0 <= cfg.optimizer.warmup_ratio < 1.0:
         problems.append("optimizer.warmup_ratio must be in [0, 1)")
     problems += _optimizer_problems(cfg)
-    if cfg.trainer.max_steps <= 0 and cfg.trainer.num_train_epochs <= 0:
-        problems.append("trainer: set trainer.max_steps > 0 or trainer.num_train_epochs > 0")
+    problems += _trainer_problems(cfg)
+    problems += _deepspeed_problems(cfg)
     if cfg.trainer.device not in ("auto", "cpu", "cuda"):
         problems.append(f"trainer.device: {cfg.trainer.device!r} is not auto, cpu or cuda")
     if cfg.trainer.save_strategy not in ("no", "steps", "epoch"):
@@ -146,6 +150,50 @@ def _optimizer_problems(cfg: Any) -> list[str]:
             f"optimizer.warmup_ratio + optimizer.decay_ratio = {opt.warmup_ratio + opt.decay_ratio:g} > 1: "
             "warmup_stable_decay has no room for its phases; lower one of them"
         )
+    return problems
+
+
+def _trainer_problems(cfg: Any) -> list[str]:
+    """trainer: epochs or a step cap, and a batch that splits evenly over the planned processes."""
+    t, problems = cfg.trainer, []
+    if t.max_steps is not None and t.max_steps <= 0:
+        problems.append(f"trainer.max_steps: {t.max_steps} must be > 0; use trainer.max_steps=null to train "
+                        "trainer.num_train_epochs epochs")
+    if t.max_steps is None and t.num_train_epochs <= 0:
+        problems.append(f"trainer.num_train_epochs: {t.num_train_epochs} must be > 0 (or set trainer.max_steps)")
+    return problems + batch_problems(t, world_size(cfg.launcher))
+
+
+# ZeRO stages, and the stages that can offload each kind of state (DeepSpeed: parameters need ZeRO-3).
+ZERO_STAGES = (0, 1, 2, 3)
+OFFLOAD_STAGES = {"offload_optimizer": (1, 2, 3), "offload_param": (3,)}
+
+
+def _deepspeed_problems(cfg: Any) -> list[str]:
+    """deepspeed: a stage comes with its JSON and the JSON's own stage agrees; offload only where it exists."""
+    ds, problems = cfg.deepspeed, []
+    config = ds.config or {}
+    if ds.stage is None:
+        if config:
+            problems.append("deepspeed.config is set but deepspeed.stage is null, so it would be ignored; "
+                            "choose a stage (deepspeed=zero1|zero2|zero3) or deepspeed=none")
+        return problems
+    if ds.stage not in ZERO_STAGES:
+        return [f"deepspeed.stage: {ds.stage} is not a ZeRO stage {list(ZERO_STAGES)}"]
+    zero = config.get("zero_optimization")
+    if not zero:
+        return [f"deepspeed.stage={ds.stage} has no deepspeed.config.zero_optimization (the DeepSpeed JSON); "
+                "choose deepspeed=zero1|zero2|zero3 (they carry InternVL's JSONs) or give the config"]
+    if zero.get("stage") != ds.stage:
+        problems.append(f"deepspeed.config.zero_optimization.stage={zero.get('stage')} disagrees with "
+                        f"deepspeed.stage={ds.stage}; set both to the same stage")
+    for key, stages in OFFLOAD_STAGES.items():
+        offload = zero.get(key)
+        if offload and offload.get("device", "none") != "none" and ds.stage not in stages:
+            allowed = " or ".join(", ".join(map(str, stages)).rsplit(", ", 1))
+            problems.append(f"deepspeed.config.zero_optimization.{key}: DeepSpeed offloads {key.split('_')[1]} "
+                            f"state only under ZeRO stage {allowed}, not stage {ds.stage}; remove {key} or use "
+                            "deepspeed=zero3_offload")
     return problems
 
 

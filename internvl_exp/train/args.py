@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 from internvl_exp.outputs import RunDir
+from internvl_exp.train.batch import accumulation_steps, world_size
 from internvl_exp.train.schedule import hf_scheduler_name
+
+log = logging.getLogger(__name__)
 
 
 def use_cpu(trainer_cfg: Any) -> bool:
@@ -28,16 +32,21 @@ def training_arguments(cfg: Any, run_dir: RunDir):
     from transformers import TrainingArguments
 
     t, opt = cfg.trainer, cfg.optimizer
+    world = world_size()  # at run time: the real process group / WORLD_SIZE, not what the launcher planned
+    accumulation = accumulation_steps(t, world)
+    if t.global_batch_size is not None:
+        log.info("global batch %d = %d per device x %d process(es) x %d accumulation step(s)",
+                 t.global_batch_size, t.per_device_train_batch_size, world, accumulation)
     ds = OmegaConf.to_container(cfg.deepspeed.config, resolve=True) if cfg.deepspeed.stage is not None else None
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(run_dir.checkpoints),
         run_name=str(cfg.run_name),
         seed=cfg.seed,
         data_seed=cfg.data.seed,
-        max_steps=t.max_steps,
+        max_steps=-1 if t.max_steps is None else t.max_steps,  # -1: HF trains num_train_epochs
         num_train_epochs=t.num_train_epochs,
         per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         learning_rate=opt.lr,
         weight_decay=opt.weight_decay,
         adam_beta1=opt.betas[0],
@@ -60,3 +69,6 @@ def training_arguments(cfg: Any, run_dir: RunDir):
         remove_unused_columns=False,  # our collator needs every key the dataset returns
         disable_tqdm=False,
     )
+    if args.world_size != world:  # the accumulation above assumed `world` processes
+        raise RuntimeError(f"the Trainer sees {args.world_size} processes but WORLD_SIZE / the process group says {world}")
+    return args
