@@ -253,7 +253,7 @@ def test_training_path_tokenises_like_the_slow_tokenizer(internlm2):
 def test_other_sentencepiece_settings_are_reproduced(tmp_path, trainer):
     ckpt = make_internlm2_checkpoint(tmp_path / "ckpt", **trainer)
     fast, slow = sentencepiece_to_fast(ckpt), SlowInternLM2(ckpt)
-    texts = SUITE + _random_texts(200, seed=3) + ["a<ud1>b [[x]]c  <ud1>"]
+    texts = SUITE + _random_texts(200, seed=3) + ["a<ud1>b [[x]]c  <ud1>", "<ud1>", " <ud1> ", "<img><ud1>[[x]][[x]]", "<ud1><|im_end|>x"]
     assert fast(texts)["input_ids"] == [slow.encode(t) for t in texts]
 
 

@@ -158,6 +158,20 @@ def _bpe_merges(pieces: list[tuple[str, float, int]]) -> list[tuple[str, str]]:
     return [(left, right) for _, _, left, right in ranked]
 
 
+def _check_pieces_reachable(model: Any, normal: list[tuple[str, float, int]], where: Path) -> None:
+    """Every normal piece, BPE-merged from its own characters, must end as that one piece."""
+    from tokenizers import Tokenizer
+
+    probe = Tokenizer(model)
+    pieces = [piece for piece, _, _ in normal]
+    bad = [p for p, enc in zip(pieces, probe.encode_batch(pieces, add_special_tokens=False)) if len(enc.ids) != 1]
+    if bad:
+        raise TokenizerConversionError(
+            f"{where}: {len(bad)} pieces (e.g. {bad[0]!r}) are not reachable by merging their characters; with "
+            "user-defined pieces in the model the fast tokenizer could then differ from sentencepiece"
+        )
+
+
 def build_backend(proto: Any, vocab: list[str], added: list[AddedTokenSpec], *, add_bos: bool, add_eos: bool,
                   where: Path):
     """The `tokenizers.Tokenizer` equivalent of encoding with sentencepiece, piece by piece between added tokens."""
@@ -176,17 +190,22 @@ def build_backend(proto: Any, vocab: list[str], added: list[AddedTokenSpec], *, 
             f"{where}: sentencepiece model_type {spec.model_type} is not BPE; only BPE models (InternLM2's) "
             "convert with identical ids"
         )
-    normal = [(vocab[i], p.score, i) for i, p in enumerate(proto.pieces) if p.type == _NORMAL]
-    user_defined = [vocab[i] for i, p in enumerate(proto.pieces) if p.type == _USER_DEFINED]
-    model = models.BPE(
+    renamed = {t.id for t in added}  # e.g. InternLM2's [UNUSED_TOKEN_N]: only ever matched as added tokens
+    normal = [(vocab[i], p.score, i) for i, p in enumerate(proto.pieces) if p.type == _NORMAL and i not in renamed]
+    user_defined = [vocab[i] for i, p in enumerate(proto.pieces) if p.type == _USER_DEFINED and i not in renamed]
+    bpe = dict(
         vocab={piece: i for i, piece in enumerate(vocab)},
         merges=_bpe_merges(normal),
         unk_token=vocab[spec.unk_id],
         fuse_unk=True,  # sentencepiece merges a run of unknown pieces into one <unk>
         byte_fallback=spec.byte_fallback,
-        # A user-defined piece, isolated by the pre-tokenizer below, is emitted whole.
-        ignore_merges=bool(user_defined),
     )
+    if user_defined:
+        _check_pieces_reachable(models.BPE(**bpe), normal, where)
+    # With user-defined pieces, the pre-tokenizer below isolates them and the model emits them whole
+    # (ignore_merges: a word that is a piece maps to it directly; _check_pieces_reachable shows the merges
+    # would have reached the same piece for every normal one).
+    model = models.BPE(**bpe, ignore_merges=bool(user_defined))
     tok = Tokenizer(model)
 
     # Normaliser, in sentencepiece's order; `tokenizers` runs it on each piece of text between added tokens.
@@ -206,6 +225,8 @@ def build_backend(proto: Any, vocab: list[str], added: list[AddedTokenSpec], *, 
         steps.append(normalizers.Prepend(_SPACE))
     tok.normalizer = normalizers.Sequence(steps)
     if user_defined:
+        # Sentencepiece matches them in the normalised text, after the dummy prefix, and they do not start a
+        # new piece of text (so no new prefix after them): split them off after normalisation.
         pattern = "|".join(re.escape(p) for p in sorted(user_defined, key=len, reverse=True))
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
 
