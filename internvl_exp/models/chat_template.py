@@ -34,36 +34,47 @@ def chat_template(template: str, image_token: str = IMG_CONTEXT) -> str:
     strip = "| trim " if tpl.strip_values else ""
     # One content renderer for every turn: a string is our training value (its `<image>` marks become
     # image_token); a list of parts is transformers' multimodal format.
-    return (
-        f"{{#- {tpl.name}: renders the prompt text of internvl_exp.data.templates, images as {image_token} -#}}"
-        "{%- macro content(message) -%}"
-        "{%- if message['content'] is string -%}"
-        f"{{{{- message['content'] | replace({_lit(IMAGE_PLACEHOLDER)}, {_lit(image_token)}) -}}}}"
-        "{%- else -%}{%- for part in message['content'] -%}"
-        "{%- if part['type'] == 'text' -%}{{- part['text'] -}}"
-        f"{{%- elif part['type'] == 'image' -%}}{{{{- {_lit(image_token + chr(10))} -}}}}"
-        "{%- else -%}{{- raise_exception('this chat template takes text and image parts, not ' ~ part['type']"
-        " ~ ' (videos: give the frames as images)') -}}"
-        "{%- endif -%}{%- endfor -%}{%- endif -%}"
-        "{%- endmacro -%}"
-        f"{{%- set ns = namespace(system={_lit(tpl.system_message)}, first=0) -%}}"
-        "{%- if messages and messages[0]['role'] == 'system' -%}"
-        "{%- set ns.system = content(messages[0]) -%}{%- set ns.first = 1 -%}"
-        "{%- endif -%}"
-        f"{{{{- {_lit(sys_prefix)} + ns.system + {_lit(sys_suffix + eot)} -}}}}"
-        "{%- for message in messages[ns.first:] -%}"
-        f"{{%- set text = content(message) {strip}-%}}"
-        "{%- if message['role'] == 'user' -%}"
-        f"{{{{- {_lit(tpl.user_prefix)} + text + {_lit(eot)} -}}}}"
-        "{%- elif message['role'] == 'assistant' -%}"
-        # The supervised part in training (answer + end of turn) is the generation block, so
+    lines = [
+        f"{{#- {tpl.name}: the prompt text of internvl_exp.data.templates; each image is {image_token} -#}}",
+        "{%- macro content(message) -%}",
+        "  {%- if message['content'] is string -%}",
+        f"    {{{{- message['content'] | replace({_lit(IMAGE_PLACEHOLDER)}, {_lit(image_token)}) -}}}}",
+        "  {%- else -%}",
+        "    {%- for part in message['content'] -%}",
+        "      {%- if part['type'] == 'text' -%}",
+        "        {{- part['text'] -}}",
+        "      {%- elif part['type'] == 'image' -%}",
+        f"        {{{{- {_lit(image_token + chr(10))} -}}}}",
+        "      {%- else -%}",
+        "        {{- raise_exception('this chat template takes text and image parts, not ' ~ part['type']"
+        " ~ ' (give the frames of a video as images)') -}}",
+        "      {%- endif -%}",
+        "    {%- endfor -%}",
+        "  {%- endif -%}",
+        "{%- endmacro -%}",
+        f"{{%- set ns = namespace(system={_lit(tpl.system_message)}, first=0) -%}}",
+        "{%- if messages and messages[0]['role'] == 'system' -%}",
+        "  {%- set ns.system = content(messages[0]) -%}",
+        "  {%- set ns.first = 1 -%}",
+        "{%- endif -%}",
+        f"{{{{- {_lit(sys_prefix)} + ns.system + {_lit(sys_suffix + eot)} -}}}}",
+        "{%- for message in messages[ns.first:] -%}",
+        f"  {{%- set text = content(message) {strip}-%}}",
+        "  {%- if message['role'] == 'user' -%}",
+        f"    {{{{- {_lit(tpl.user_prefix)} + text + {_lit(eot)} -}}}}",
+        "  {%- elif message['role'] == 'assistant' -%}",
+        f"    {{{{- {_lit(tpl.assistant_prefix)} -}}}}",
+        # What training supervises (answer + end of turn) is the generation block, so
         # `return_assistant_tokens_mask=True` marks exactly the tokens that carry loss.
-        f"{{{{- {_lit(tpl.assistant_prefix)} -}}}}"
-        f"{{%- generation -%}}{{{{- text + {_lit(tpl.end_of_turn)} -}}}}{{%- endgeneration -%}}"
-        f"{{{{- {_lit(tpl.turn_suffix)} -}}}}"
-        "{%- else -%}"
-        "{{- raise_exception('unexpected role ' ~ message['role'] ~ ': use user/assistant, and system only first') -}}"
-        "{%- endif -%}"
-        "{%- endfor -%}"
-        f"{{%- if add_generation_prompt -%}}{{{{- {_lit(tpl.assistant_prefix)} -}}}}{{%- endif -%}}"
-    )
+        f"    {{%- generation -%}}{{{{- text + {_lit(tpl.end_of_turn)} -}}}}{{%- endgeneration -%}}",
+        f"    {{{{- {_lit(tpl.turn_suffix)} -}}}}",
+        "  {%- else -%}",
+        "    {{- raise_exception('unexpected role ' ~ message['role'] ~ ': use user/assistant, and system only first') -}}",
+        "  {%- endif -%}",
+        "{%- endfor -%}",
+        "{%- if add_generation_prompt -%}",
+        f"  {{{{- {_lit(tpl.assistant_prefix)} -}}}}",
+        "{%- endif -%}",
+    ]
+    # Every tag trims the whitespace around it, so the indentation and newlines above never reach the output.
+    return "\n".join(lines) + "\n"
