@@ -84,6 +84,20 @@ def test_any_conversation_renders_like_the_training_template(render, name, struc
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_system_message_override_like_data_system_message(render, name):
+    tpl = get_template(name)
+    messages = to_messages(TWO_TURN, True)
+    got = render(messages, name, image_token="<image>", system_message="Be brief.")
+    assert got == tpl.render(TWO_TURN, system_message="Be brief.")
+    assert "Be brief." in got and tpl.system_message not in got
+    # A system turn in the conversation still wins, as in training.
+    with_turn = [{"from": "system", "value": "Turn wins."}, *TWO_TURN]
+    assert render(to_messages(with_turn, True), name, image_token="<image>", system_message="Be brief.") == tpl.render(
+        with_turn, system_message="Be brief."
+    )
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_generation_prompt_is_the_training_text_up_to_the_answer(render, name):
     tpl = get_template(name)
     conv = TWO_TURN

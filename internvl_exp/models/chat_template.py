@@ -24,9 +24,14 @@ def _lit(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def chat_template(template: str, image_token: str = IMG_CONTEXT) -> str:
-    """The Jinja chat template of the named conversation template (internvl2_5, internlm2-chat, ...)."""
+def chat_template(template: str, image_token: str = IMG_CONTEXT, system_message: str | None = None) -> str:
+    """The Jinja chat template of the named conversation template (internvl2_5, internlm2-chat, ...).
+
+    `system_message` replaces the template's default system message, as `data.system_message` does in
+    training; a system turn in the messages still wins over both.
+    """
     tpl = get_template(template)
+    default_system = tpl.system_message if system_message is None else system_message
     if "{system_message}" not in tpl.system_template:
         raise ValueError(f"template {template!r}: system_template has no {{system_message}} field")
     sys_prefix, sys_suffix = tpl.system_template.split("{system_message}", 1)
@@ -52,7 +57,7 @@ def chat_template(template: str, image_token: str = IMG_CONTEXT) -> str:
         "    {%- endfor -%}",
         "  {%- endif -%}",
         "{%- endmacro -%}",
-        f"{{%- set ns = namespace(system={_lit(tpl.system_message)}, first=0) -%}}",
+        f"{{%- set ns = namespace(system={_lit(default_system)}, first=0) -%}}",
         "{%- if messages and messages[0]['role'] == 'system' -%}",
         "  {%- set ns.system = content(messages[0]) -%}",
         "  {%- set ns.first = 1 -%}",
