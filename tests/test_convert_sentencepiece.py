@@ -186,7 +186,10 @@ def test_special_tokens_and_ids(internlm2):
         assert fast.convert_tokens_to_ids(t) == n - 6 + k
     for k, t in enumerate(INTERNVL_TOKENS):
         assert fast.convert_tokens_to_ids(t) == n + k
-    assert len(fast) == n + len(INTERNVL_TOKENS)
+    # One token more than the checkpoint: the video placeholder the processor needs, after the last id.
+    assert len(fast) == n + len(INTERNVL_TOKENS) + 1
+    assert (fast.video_token, fast.video_token_id) == ("<video>", n + len(INTERNVL_TOKENS))
+    assert len(sentencepiece_to_fast(ckpt, add_video_token=False)) == n + len(INTERNVL_TOKENS)
     assert (fast.bos_token, fast.eos_token, fast.pad_token, fast.unk_token) == ("<s>", "</s>", "</s>", "<unk>")
     assert (fast.bos_token_id, fast.eos_token_id, fast.unk_token_id) == (slow.sp.bos_id(), slow.sp.eos_id(), slow.sp.unk_id())
     # The named tokens transformers' InternVLProcessor reads.
@@ -219,6 +222,23 @@ def test_save_and_reload_keeps_the_ids(internlm2, tmp_path):
     texts = SUITE + [_rendered_internlm2_prompt()] + _random_texts(100, seed=2)
     assert again(texts)["input_ids"] == [slow.encode(t) for t in texts]
     assert again.context_image_token_id == fast.context_image_token_id
+
+
+def test_a_processor_built_on_it_expands_images(internlm2):
+    """transformers' InternVLProcessor accepts the converted tokenizer (it needs the four named tokens)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from internvl_exp.models.loading import build_processor
+
+    _, fast, slow = internlm2
+    cfg = SimpleNamespace(normalize_type="imagenet", image_size=32, min_dynamic_patch=1, max_dynamic_patch=6)
+    processor = build_processor(cfg, fast, 4)
+    text = "<|im_start|>user\n<IMG_CONTEXT>\nWhat is shown?<|im_end|>"
+    out = processor(text=text, images=[Image.new("RGB", (32, 32), (255, 0, 0))])
+    expanded = text.replace("<IMG_CONTEXT>", "<img>" + "<IMG_CONTEXT>" * 4 + "</img>")
+    assert out["input_ids"][0] == slow.encode(expanded)
 
 
 def test_training_path_tokenises_like_the_slow_tokenizer(internlm2):

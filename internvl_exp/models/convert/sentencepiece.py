@@ -262,12 +262,18 @@ def build_backend(proto: Any, vocab: list[str], added: list[AddedTokenSpec], *, 
     return tok
 
 
-def sentencepiece_to_fast(src: Path):
+def sentencepiece_to_fast(src: Path, *, add_video_token: bool = True):
     """A `PreTrainedTokenizerFast` for the sentencepiece checkpoint in `src` (tokenizer.model + json files).
 
     Every added token keeps its original id; bos/eos/pad/unk are those tokenizer_config.json (or
     special_tokens_map.json) names; `add_bos_token`/`add_eos_token` as configured (defaults true/false,
-    InternLM2Tokenizer's). The ids equal the original slow tokenizer's for any text.
+    InternLM2Tokenizer's). The ids equal the original slow tokenizer's for any text (but a literal
+    `<video>` when the video token below is added).
+
+    transformers' InternVLProcessor needs a named `video_token`; InternLM2 checkpoints have none (InternVL
+    writes video frames as images). With `add_video_token`, `<video>` is appended as one special token
+    after the last original id. It never reaches the model: the processor replaces it by frame spans, and
+    our training path expands `<video>` before tokenising.
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -277,6 +283,9 @@ def sentencepiece_to_fast(src: Path):
     smap = _read_json(src / "special_tokens_map.json")
     vocab = [p.piece for p in proto.pieces]
     added = added_tokens(src, config, len(vocab))
+    if add_video_token and NAMED_IMAGE_TOKENS["video_token"] not in {t.content for t in added} | set(vocab):
+        next_id = max([len(vocab) - 1] + [t.id for t in added]) + 1
+        added.append(AddedTokenSpec(next_id, NAMED_IMAGE_TOKENS["video_token"], special=True))
     for t in added:  # InternLM2 renames its own [UNUSED_TOKEN_N] pieces (e.g. 92543 -> <|im_start|>)
         if t.id < len(vocab):
             vocab[t.id] = t.content
