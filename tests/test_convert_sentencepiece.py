@@ -118,21 +118,31 @@ class SlowInternLM2:
         self.sp = spm.SentencePieceProcessor(model_file=str(ckpt / "tokenizer.model"))
         decoder = json.loads((ckpt / "tokenizer_config.json").read_text())["added_tokens_decoder"]
         self.added = {v["content"]: int(k) for k, v in decoder.items()}
+        self.flags = {v["content"]: v for v in decoder.values()}
         self.added.update(json.loads((ckpt / "added_tokens.json").read_text()))
         # Longest added token first: the regex then takes the longest match at the leftmost position.
         self.split_re = re.compile("|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True)))
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
+        # Split out added tokens, then strip around those with lstrip/rstrip as transformers' slow
+        # tokenizer does (rstrip: the next chunk loses its leading whitespace; lstrip: the previous its trailing).
+        segments, pos = [], 0
+        for m in self.split_re.finditer(text):
+            segments += [text[pos : m.start()], m.group()]
+            pos = m.end()
+        segments.append(text[pos:])
+        for i in range(1, len(segments), 2):
+            flags = self.flags.get(segments[i], {})
+            if flags.get("rstrip"):
+                segments[i + 1] = segments[i + 1].lstrip()
+            if flags.get("lstrip"):
+                segments[i - 1] = segments[i - 1].rstrip()
         ids = [self.sp.bos_id()] if bos else []
-        pos = 0
-        for m in [*self.split_re.finditer(text), None]:
-            chunk = text[pos : m.start() if m else len(text)]
-            if chunk:
-                pieces = self.sp.encode(chunk, out_type=str)
-                ids += [self.added.get(p, self.sp.piece_to_id(p)) for p in pieces]
-            if m:
-                ids.append(self.added[m.group()])
-                pos = m.end()
+        for i, seg in enumerate(segments):
+            if i % 2:
+                ids.append(self.added[seg])
+            elif seg:
+                ids += [self.added.get(p, self.sp.piece_to_id(p)) for p in self.sp.encode(seg, out_type=str)]
         return ids
 
 
@@ -274,6 +284,22 @@ def test_other_sentencepiece_settings_are_reproduced(tmp_path, trainer):
     ckpt = make_internlm2_checkpoint(tmp_path / "ckpt", **trainer)
     fast, slow = sentencepiece_to_fast(ckpt), SlowInternLM2(ckpt)
     texts = SUITE + _random_texts(200, seed=3) + ["a<ud1>b [[x]]c  <ud1>", "<ud1>", " <ud1> ", "<img><ud1>[[x]][[x]]", "<ud1><|im_end|>x"]
+    assert fast(texts)["input_ids"] == [slow.encode(t) for t in texts]
+
+
+def test_lstrip_rstrip_flags_strip_like_the_slow_tokenizer(tmp_path):
+    ckpt = make_internlm2_checkpoint(tmp_path / "strip")
+    cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
+    for entry in cfg["added_tokens_decoder"].values():
+        if entry["content"] == "<ref>":
+            entry["rstrip"] = True
+        if entry["content"] == "</ref>":
+            entry["lstrip"] = True
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
+    fast, slow = sentencepiece_to_fast(ckpt), SlowInternLM2(ckpt)
+    texts = ["a <ref>  the cat \n </ref>  b", "<ref>\t\tx</ref>", " <ref> </ref> ", "<ref></ref>"]
+    # The flags do something: whitespace after <ref> and before </ref> is eaten.
+    assert fast("<ref>  x \n</ref>")["input_ids"] == fast("<ref>x</ref>")["input_ids"]
     assert fast(texts)["input_ids"] == [slow.encode(t) for t in texts]
 
 

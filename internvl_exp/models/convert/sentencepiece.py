@@ -7,8 +7,9 @@ tokenizer around `sentencepiece`. It encodes like this, and the fast tokenizer b
   the text first, honouring its lstrip/rstrip/single_word flags; each piece of text between added tokens is
   then encoded by `SentencePieceProcessor.encode` on its own. So the model's normaliser, including the dummy
   "▁" prefix, applies to every such piece, not only to the start of the text.
-- InternLM2 renames some of its own pieces: ids 92538-92543 are `[UNUSED_TOKEN_N]` in tokenizer.model and
-  `<|plugin|>` ... `<|im_start|>` in `added_tokens_decoder`. The renamed text is what the tokenizer matches.
+- InternLM2 renames some of its own pieces: `added_tokens_decoder` gives ids inside the sentencepiece
+  vocabulary new text (92542/92543, `[UNUSED_TOKEN_145]`/`[UNUSED_TOKEN_146]` in older InternLM2 code, are
+  `<|im_end|>`/`<|im_start|>`). The renamed text is what the tokenizer matches and decodes to.
 - BOS (the model's `bos_id`) is prepended when `add_bos_token` (default true); EOS appended only when
   `add_eos_token`. Unknown characters fall back to `<0xNN>` byte pieces (byte_fallback).
 
@@ -97,9 +98,8 @@ def added_tokens(src: Path, config: dict, vocab_size: int) -> list[AddedTokenSpe
     specials = {_token_str(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
     smap = _read_json(src / "special_tokens_map.json")
     specials |= {_token_str(smap.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
-    for key in ("additional_special_tokens",):
-        for group in (config.get(key), smap.get(key)):
-            specials |= {_token_str(t) for t in group or []}
+    for group in (config.get("additional_special_tokens"), smap.get("additional_special_tokens")):
+        specials |= {_token_str(t) for t in group or []}
     specials.discard(None)
 
     by_id: dict[int, AddedTokenSpec] = {}
