@@ -15,8 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-spm = pytest.importorskip("sentencepiece")  # a test dependency (pyproject `test` extra)
+import sentencepiece as spm  # the oracle (pyproject `test` extra)
 
 from internvl_exp.data.templates import IMG_CONTEXT, IMG_END, IMG_START, get_template
 from internvl_exp.models.convert.sentencepiece import TokenizerConversionError, sentencepiece_to_fast
