@@ -142,8 +142,18 @@ def _processor(tokenizer, template: str, tile: int, tokens_per_tile: int):
     return processor
 
 
+@pytest.fixture(scope="module")
+def internlm2_tokenizer(tmp_path_factory):
+    """A real sentencepiece tokenizer laid out like InternLM2's, converted (dummy prefix, BOS)."""
+    from internvl_exp.models.convert.sentencepiece import sentencepiece_to_fast
+    from test_convert_sentencepiece import make_internlm2_checkpoint
+
+    return sentencepiece_to_fast(make_internlm2_checkpoint(tmp_path_factory.mktemp("internlm2")))
+
+
 @pytest.mark.parametrize("name", ["internvl2_5", "internlm2-chat"])
-def test_saved_processor_keeps_the_template_and_matches_the_dataset_ids(tmp_path, tokenizer, name):
+@pytest.mark.parametrize("kind", ["tiny", "internlm2"])
+def test_saved_processor_keeps_the_template_and_matches_the_dataset_ids(tmp_path, request, kind, name):
     from PIL import Image
     from transformers import AutoProcessor
 
@@ -151,6 +161,7 @@ def test_saved_processor_keeps_the_template_and_matches_the_dataset_ids(tmp_path
     from internvl_exp.data.dataset import ImageSettings, build_dataset
     from internvl_exp.data.sources import load_entries
 
+    tokenizer = request.getfixturevalue("tokenizer" if kind == "tiny" else "internlm2_tokenizer")
     tile, per_tile = 32, 4
     _processor(tokenizer, name, tile, per_tile).save_pretrained(tmp_path / "final")
     processor = AutoProcessor.from_pretrained(str(tmp_path / "final"))

@@ -250,23 +250,38 @@ def test_a_processor_built_on_it_expands_images(internlm2):
     assert out["input_ids"][0] == slow.encode(expanded)
 
 
-def test_training_path_tokenises_like_the_slow_tokenizer(internlm2):
-    """tokenize_conversation with the converted tokenizer: BOS once, each turn as the slow tokenizer sees it."""
-    from internvl_exp.data.templates import tokenize_conversation
+@pytest.mark.parametrize("name", ["internlm2-chat", "internvl2_5"])
+def test_training_path_tokenises_like_internvl(internlm2, name):
+    """Our dataset's ids for an InternLM2 tokenizer are InternVL's: internlm2-chat tokenises the whole prompt
+    at once (preprocess_internlm), internvl2_5 each turn on its own with one BOS (preprocess_internvl2_5).
+    Both equal the slow tokenizer on the full text, so training sees what inference (the processor) sees:
+    no dummy-prefix "▁" in front of the answers."""
+    from internvl_exp.data.templates import IGNORE_INDEX, tokenize_conversation
 
     _, fast, slow = internlm2
-    conv = [{"from": "human", "value": "<image>\n图里有什么？"}, {"from": "gpt", "value": "A red square."}]
-    out = tokenize_conversation(conv, fast, "internlm2-chat", [4])
-    tpl = get_template("internlm2-chat")
-    expected = [slow.sp.bos_id()]
-    for turn in tpl.turn_segments(conv):
-        for text, _ in turn:
-            for k, part in enumerate(text.split("<image>")):
-                if k:
-                    expected += slow.encode(IMG_START + IMG_CONTEXT * 4 + IMG_END, bos=False)
-                if part:
-                    expected += slow.encode(part, bos=False)
+    conv = [
+        {"from": "human", "value": "<image>\n图里有什么？"},
+        {"from": "gpt", "value": "A red square."},
+        {"from": "human", "value": "And now?"},
+        {"from": "gpt", "value": "没有了。"},
+    ]
+    out = tokenize_conversation(conv, fast, name, [4])
+    tpl = get_template(name)
+    image = IMG_START + IMG_CONTEXT * 4 + IMG_END
+    if name == "internlm2-chat":
+        expected = slow.encode(tpl.render(conv).replace("<image>", image))
+    else:
+        turns = ["".join(text for text, _ in turn).replace("<image>", image) for turn in tpl.turn_segments(conv)]
+        expected = [slow.sp.bos_id()] + [i for turn in turns for i in slow.encode(turn, bos=False)]
     assert out["input_ids"] == expected
+    runs, cur = [], []
+    for tok, lab in zip(out["input_ids"], out["labels"]):
+        if lab != IGNORE_INDEX:
+            cur.append(tok)
+        elif cur:
+            runs, cur = runs + [cur], []
+    runs += [cur] if cur else []
+    assert [fast.decode(r) for r in runs] == ["A red square.<|im_end|>", "没有了。<|im_end|>"]
 
 
 @pytest.mark.parametrize(
