@@ -1,7 +1,9 @@
 """InternVL's conversation templates and per-turn label masking.
 
 The prompt text matches InternVL's own ``conversation.py`` exactly (see docs/data.md). Each turn is
-tokenised on its own and the pieces are concatenated, so the labels can never drift from the tokens
+tokenised on its own (an assistant header together with its answer, as InternVL does, so a sentencepiece
+tokenizer's dummy prefix never lands before an answer) and the pieces are concatenated, so the labels can
+never drift from the tokens
 (InternVL's "tokenization mismatch ... (ignored)", which silently masks a whole sample, cannot happen).
 Only assistant content plus the end-of-turn token carries loss.
 """
@@ -187,6 +189,22 @@ def _token_ids(tokenizer: Any) -> _TokenIds:
         return _TokenIds(tokenizer)
 
 
+def _join_headers(turn: list[tuple[str, bool]]) -> list[tuple[str, str, bool]]:
+    """[(text, supervised)] -> [(text, header, supervised)]: a masked piece right before a supervised one
+    becomes that unit's `header` (its leading, masked text); other pieces have header ""."""
+    out: list[tuple[str, str, bool]] = []
+    i = 0
+    while i < len(turn):
+        text, supervised = turn[i]
+        if not supervised and i + 1 < len(turn) and turn[i + 1][1] and IMAGE_PLACEHOLDER not in text:
+            out.append((text + turn[i + 1][0], text, True))
+            i += 2
+        else:
+            out.append((text, "", supervised))
+            i += 1
+    return out
+
+
 def tokenize_turns(
     conversations: Sequence[dict],
     tokenizer: Any,
@@ -208,10 +226,17 @@ def tokenize_turns(
         raise ConversationError(
             f"{n_placeholders} <image> placeholder(s) in the conversation but {len(num_image_tokens)} image(s)"
         )
-    # Every text piece of the conversation, encoded in one batch.
-    split = [[(text.split(IMAGE_PLACEHOLDER), supervised) for text, supervised in turn] for turn in segments]
-    pieces = [part for turn in split for parts, _ in turn for part in parts if part]
-    encoded = iter(ids.encode(tokenizer, pieces))
+    # A masked header followed by the answer (`<|im_start|>assistant\n` + answer) is one text to the
+    # tokenizer, as in InternVL, which tokenises whole turns: encoded apart, a sentencepiece tokenizer
+    # (InternLM2) would put its dummy-prefix "▁" before every answer, which inference never sees. The
+    # header's own token count says where the loss starts (InternVL's preprocess counts it the same way).
+    units = [_join_headers(turn) for turn in segments]
+    split = [[(text.split(IMAGE_PLACEHOLDER), header, supervised) for text, header, supervised in turn] for turn in units]
+    pieces = [part for turn in split for parts, _, _ in turn for part in parts if part]
+    headers = [header for turn in split for _, header, _ in turn if header]
+    encoded_all = ids.encode(tokenizer, pieces + headers)
+    encoded = iter(encoded_all[: len(pieces)])
+    header_len = iter(len(h) for h in encoded_all[len(pieces) :])
     image_iter = iter(num_image_tokens)
     blocks = []
     for t, turn in enumerate(split):
@@ -221,7 +246,8 @@ def tokenize_turns(
         if t == 0 and ids.bos is not None:
             input_ids.append(ids.bos)
             labels.append(IGNORE_INDEX)
-        for parts, supervised in turn:
+        for parts, header, supervised in turn:
+            masked = next(header_len) if header else 0  # tokens of the header at the start of this unit
             for k, part in enumerate(parts):
                 if k > 0:
                     n = next(image_iter)
@@ -231,8 +257,9 @@ def tokenize_turns(
                     n_images += 1
                 if part:
                     piece = next(encoded)
+                    cut = min(masked, len(piece)) if k == 0 else 0
                     input_ids += piece
-                    labels += piece if supervised else [IGNORE_INDEX] * len(piece)
+                    labels += [IGNORE_INDEX] * cut + (piece[cut:] if supervised else [IGNORE_INDEX] * (len(piece) - cut))
         blocks.append({"input_ids": input_ids, "labels": labels, "num_images": n_images})
     return blocks
 
