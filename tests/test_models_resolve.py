@@ -240,3 +240,30 @@ def test_native_checkpoint_in_hf_cache_is_found_and_trains(tmp_path, tiny_native
     assert vision and all(torch.equal(final[k], source[k]) for k in vision)
     assert not (run_dir / "final" / "base").exists()  # real weights exist elsewhere: no base copy
     assert (run_dir / "final" / "processor_config.json").exists()
+
+
+def test_load_rechecks_the_checkpoint_and_uses_its_processor(tiny_native):
+    """At load: the tokenizer's id of the image-context token must be the config's; the checkpoint's own
+    processor is used, with the run's tile counts."""
+    from internvl_exp.models.loading import CheckpointMismatchError, load_model, load_processor, load_tokenizer
+
+    cfg = compose(["model.hub.native=" + NATIVE, "model.random_init=false", "model.max_dynamic_patch=2"]).model
+    tokenizer = load_tokenizer(cfg, tiny_native)
+    model = load_model(cfg, tokenizer, tiny_native)
+    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    processor = load_processor(cfg, tokenizer, 16, tiny_native)
+    assert processor.image_processor.max_patches == 2 and processor.image_seq_length == 16
+    wrong = compose(["model.hub.native=" + NATIVE, "model.random_init=false", "model.image_context_token='<img>'"]).model
+    with pytest.raises(CheckpointMismatchError, match=r"config.json: the checkpoint has image_token_id 5, but the tokenizer \(<img>\) says 3"):
+        load_model(wrong, tokenizer, tiny_native)
+
+
+def test_a_preset_without_weights_never_builds_a_random_model(tokenizer):
+    from internvl_exp.errors import ConfigError
+    from internvl_exp.models.loading import load_model, load_tokenizer
+
+    cfg = compose(["model=internvl2_8b"]).model
+    with pytest.raises(ConfigError, match="model=internvl2_8b needs its weights"):
+        load_model(cfg, tokenizer)
+    with pytest.raises(ConfigError, match="model=internvl2_8b needs its weights"):
+        load_tokenizer(cfg)

@@ -46,7 +46,14 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     family = get_family(cfg.model.family)
 
     # The weights on this machine (checked against the preset), converted once if in the original layout.
-    checkpoint = native_checkpoint(resolve_weights(cfg), Path(cfg.paths.cache_dir))
+    weights = resolve_weights(cfg)
+    checkpoint = native_checkpoint(weights, Path(cfg.paths.cache_dir))
+    if weights is None:
+        log.info("model %s: random init from model.arch (no weights)", cfg.model.name)
+    else:
+        log.info("model %s: %s weights from %s (%s)%s", cfg.model.name, weights.layout, weights.path, weights.origin,
+                 ", random init (model.random_init=true): only its tokenizer is used" if cfg.model.random_init else
+                 (f", converted: {checkpoint}" if checkpoint != weights.path else ""))
     tokenizer = load_tokenizer(cfg.model, checkpoint)
     # The pre-flight data scan runs before the model loads: bad data fails in seconds, not after a 70B load.
     num_tokens_per_tile = tokens_per_tile(cfg.model)
