@@ -267,3 +267,14 @@ def test_a_preset_without_weights_never_builds_a_random_model(tokenizer):
         load_model(cfg, tokenizer)
     with pytest.raises(ConfigError, match="model=internvl2_8b needs its weights"):
         load_tokenizer(cfg)
+
+
+def test_random_init_does_not_convert_an_original_checkpoint_for_its_tokenizer(tmp_path):
+    from internvl_exp.models.loading import native_checkpoint
+    from internvl_exp.models.resolve import Weights
+
+    original = Weights(path=tmp_path, config={"model_type": "internvl_chat"}, origin="HF cache")
+    native = Weights(path=tmp_path, config={"model_type": "internvl"}, origin="HF cache")
+    assert native_checkpoint(original, tmp_path / "cache", random_init=True) is None
+    assert native_checkpoint(native, tmp_path / "cache", random_init=True) == tmp_path
+    assert native_checkpoint(None, tmp_path / "cache") is None

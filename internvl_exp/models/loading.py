@@ -13,7 +13,7 @@ from internvl_exp.errors import ConfigError, UserError
 if TYPE_CHECKING:
     from internvl_exp.models.resolve import Weights
 
-# Imported lazily (torch): this module's geometry helpers serve the light config-time code too.
+# torch is imported inside the functions: the geometry helpers here serve light config-time code too.
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
@@ -21,13 +21,16 @@ class CheckpointMismatchError(UserError):
     """A loaded checkpoint (tokenizer, processor, model config) disagrees with the model config."""
 
 
-def native_checkpoint(weights: Weights | None, cache_dir: Path) -> Path | None:
+def native_checkpoint(weights: Weights | None, cache_dir: Path, random_init: bool = False) -> Path | None:
     """The native-layout directory to load `weights` from; an original-layout (remote-code) checkpoint is
-    converted once and cached under `cache_dir` (keyed by its content)."""
+    converted once and cached under `cache_dir` (keyed by its content). Random init only wants a tokenizer, not
+    worth converting a whole checkpoint for: it gets None (the tiny tokenizer) for an original-layout copy."""
     if weights is None:
         return None
     if weights.layout == "native":
         return weights.path
+    if random_init:
+        return None
     from internvl_exp.models.convert import ensure_converted  # the converter (another module's job)
 
     return Path(ensure_converted(weights.path, cache_dir))

@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:  # no weights on this machine, or not the preset's checkpoint
         console.print(f"model error: {e}", markup=False, style="red")
         return 2
-    tokenizer = load_tokenizer(cfg.model, native_checkpoint(weights, Path(cfg.paths.cache_dir)))
+    tokenizer = load_tokenizer(cfg.model, native_checkpoint(weights, Path(cfg.paths.cache_dir), cfg.model.random_init))
     n_tok = tokens_per_tile(cfg.model)
     settings = image_settings(cfg, n_tok)
     d = cfg.data

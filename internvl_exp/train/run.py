@@ -47,13 +47,12 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
 
     # The weights on this machine (checked against the preset), converted once if in the original layout.
     weights = resolve_weights(cfg)
-    checkpoint = native_checkpoint(weights, Path(cfg.paths.cache_dir))
-    if weights is None:
-        log.info("model %s: random init from model.arch (no weights)", cfg.model.name)
+    checkpoint = native_checkpoint(weights, Path(cfg.paths.cache_dir), cfg.model.random_init)
+    if cfg.model.random_init:
+        log.info("model %s: random init from model.arch; tokenizer: %s", cfg.model.name, checkpoint or "tiny")
     else:
-        log.info("model %s: %s weights from %s (%s)%s", cfg.model.name, weights.layout, weights.path, weights.origin,
-                 ", random init (model.random_init=true): only its tokenizer is used" if cfg.model.random_init else
-                 (f", converted: {checkpoint}" if checkpoint != weights.path else ""))
+        log.info("model %s: %s-layout weights from %s (%s)%s", cfg.model.name, weights.layout, weights.path,
+                 weights.origin, f", loaded from {checkpoint}" if checkpoint != weights.path else "")
     tokenizer = load_tokenizer(cfg.model, checkpoint)
     # The pre-flight data scan runs before the model loads: bad data fails in seconds, not after a 70B load.
     num_tokens_per_tile = tokens_per_tile(cfg.model)
