@@ -5,6 +5,7 @@ its model card states; the others refuse random init, naming the missing keys.""
 from __future__ import annotations
 
 import functools
+import math
 import subprocess
 import sys
 
@@ -212,3 +213,46 @@ def test_random_init_of_a_real_preset_uses_the_tiny_tokenizer_ids(tmp_path, toke
     assert config.image_token_id == tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     assert config.text_config.vocab_size == 151936 and config.text_config.head_dim == 128
     assert config.tie_word_embeddings is False and config.image_seq_length == 256
+
+
+SHRINK_VISION = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+SHRINK_TEXT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "intermediate_size": 128, "vocab_size": 671, "head_dim": 16, "num_experts": 4,
+               "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+
+
+# One sourced preset per text model_type (and both ViT kinds: internvl2_26b has the 6B's RMSNorm + qk-norm).
+@pytest.mark.parametrize("name", ["internvl2_26b", "internvl3_1b", "internvl3_5_1b", "internvl3_5_30b_a3b",
+                                  "internvl3_5_gpt_oss_20b_a4b"])
+def test_random_init_of_each_architecture_trains(name, tmp_path, tokenizer, demo_dir):
+    """A sourced preset's architecture, shrunk (its kinds kept: model_type, norms, tie, MoE), builds through
+    random init and trains two real steps on the tiny tokenizer: the LLM's weights move, the loss is finite."""
+    from internvl_exp.data.from_config import build_from_config, tokens_per_tile
+    from training_helpers import build, changed, quick_cfg, snapshot, train
+
+    m = _model(f"model={name}")
+    shrink = [f"model.arch.vision.{k}={v}" for k, v in SHRINK_VISION.items()]
+    shrink += [f"model.arch.text.{k}={v}" for k, v in SHRINK_TEXT.items() if m.arch.text[k] is not None]
+    cfg = quick_cfg([f"model={name}", "model.random_init=true", "model.image_size=64", "model.patch_size=8",
+                     "model.max_dynamic_patch=4", "model.dtype=float32", "model.template=internvl2_5", *shrink],
+                    tmp_path, demo_dir)
+    family, setup = build(cfg, tokenizer)
+    model = setup.model
+    assert model.config.text_config.model_type == m.arch.text.model_type
+    assert model.config.vision_config.norm_type == m.arch.vision.norm_type
+    dataset, _ = build_from_config(cfg, tokenizer, tokens_per_tile(cfg.model))
+    before = snapshot(model)
+    trainer = train(cfg, model, family, dataset, tokenizer, tmp_path)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(l) for l in losses)
+    moved = changed(before, model)
+    assert any(family.part_of(n) == "llm" for n in moved)
+    assert not any(family.part_of(n) == "vision" for n in moved)  # freeze=vision (the default) holds
+
+
+def test_gpt_oss_refuses_sdpa(tmp_path):
+    from internvl_exp.config.validate import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="model.attn_implementation: transformers' GPT-OSS has no sdpa"):
+        validate(compose(["model=internvl3_5_gpt_oss_20b_a4b", "model.template=internvl2_5",
+                          "model.attn_implementation=sdpa"], tmp_path))

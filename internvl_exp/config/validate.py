@@ -156,6 +156,9 @@ def _model_problems(m: Any) -> list[str]:
         hint = (" (the official template of this model, not implemented yet; set model.template to one of these "
                 "to train with another)") if m.template in PLANNED_TEMPLATES else ""
         problems.append(f"model.template: {m.template!r} is not one of {list(TEMPLATE_NAMES)}{hint}")
+    if m.arch.text.model_type == "gpt_oss" and m.attn_implementation == "sdpa":
+        problems.append("model.attn_implementation: transformers' GPT-OSS has no sdpa attention (attention sinks); "
+                        "use eager, or a flash-attention kernel on GPU")
     if m.patch_size <= 0 or m.image_size % m.patch_size:
         problems.append(f"model.image_size/patch_size: {m.image_size} is not a multiple of {m.patch_size}")
     return problems
