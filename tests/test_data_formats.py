@@ -229,20 +229,25 @@ def test_mixed_batch_runs_through_the_tiny_model(tmp_path, tokenizer, demo_dir):
     assert torch.isfinite(out.loss)
 
 
-def test_pretrained_tokens_per_tile_come_from_the_checkpoint(tmp_path, tokenizer, demo_dir):
-    """source=pretrained: tokens per tile from the checkpoint's config.json, and a model.image_size that is not
-    the checkpoint's tile size stops before the scan, naming the key and the value to set."""
+def test_checkpoint_tile_size_must_match_the_model_config(tmp_path, tokenizer, demo_dir):
+    """A checkpoint whose tiles differ from model.image_size stops before the scan (at weight resolution), naming
+    the key and the checkpoint's value; tokens per tile then come from the model config alone."""
     from conftest import compose
     from internvl_exp.data.from_config import tokens_per_tile
-    from internvl_exp.models.loading import tiny_config
+    from internvl_exp.models.loading import config_tokens_per_tile, random_config
+    from internvl_exp.models.resolve import CheckpointError, resolve_weights
 
     tiny = compose([], tmp_path, demo_dir).model
-    tiny_config(tiny, tokenizer).save_pretrained(tmp_path / "ckpt")
-    cfg = compose(["model.source=pretrained", f"model.path={tmp_path / 'ckpt'}"], tmp_path, demo_dir)
-    assert tokens_per_tile(cfg.model) == tokens_per_tile(tiny)
-    cfg = compose(["model.source=pretrained", f"model.path={tmp_path / 'ckpt'}", "model.image_size=32"], tmp_path, demo_dir)
-    with pytest.raises(ValueError, match=r"model.image_size=32, .* 64-px tiles .*set model.image_size=64"):
-        tokens_per_tile(cfg.model)
+    config = random_config(tiny, tokenizer)
+    config.save_pretrained(tmp_path / "ckpt")
+    local = ["model=local", f"model.path={tmp_path / 'ckpt'}", "model.template=internvl2_5", "model.patch_size=8"]
+    cfg = compose([*local, "model.image_size=64"], tmp_path, demo_dir)
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"")  # resolution looks for weight files only
+    assert resolve_weights(cfg) is not None
+    assert tokens_per_tile(cfg.model) == config_tokens_per_tile(config) == 16
+    cfg = compose([*local, "model.image_size=32"], tmp_path, demo_dir)
+    with pytest.raises(CheckpointError, match=r"model.path: .*config.json does not match model=local: it has image_size 64 \(the config has model.image_size=32\)"):
+        resolve_weights(cfg)
 
 
 def test_video_settings_are_validated():

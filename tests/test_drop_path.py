@@ -9,7 +9,7 @@ import torch
 from conftest import compose
 from training_helpers import build
 
-FOUR = ["model.tiny.vision_layers=4"]
+FOUR = ["model.arch.vision.num_hidden_layers=4"]
 
 
 def _cfg(overrides, tmp_path, validate=True):

@@ -103,7 +103,7 @@ def test_lora_targets_never_touch_the_vision_tower_under_lora_llm(tokenizer, tmp
     lora_modules = {n.rsplit(".lora_", 1)[0] for n, _ in setup.model.named_parameters() if ".lora_" in n}
     assert lora_modules and not any("vision_tower" in n for n in lora_modules)
     # 7 projections x 2 decoder layers
-    assert len(lora_modules) == 7 * cfg.model.tiny.text_layers
+    assert len(lora_modules) == 7 * cfg.model.arch.text.num_hidden_layers
     assert setup.model.peft_config["default"].r == 16
 
 

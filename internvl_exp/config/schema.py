@@ -14,19 +14,53 @@ from omegaconf import MISSING
 
 
 @dataclass
-class TinyModelConfig:
-    """Shapes of the random-init tiny model (``model=tiny``)."""
+class HubIds:
+    """Where a release lives on the Hugging Face Hub: OpenGVLab's original repo (remote-code layout, converted on
+    first use) and the transformers-native copy (`-hf` / `-HF`), preferred when it exists."""
 
-    vision_hidden_size: int = 32
-    vision_layers: int = 2
-    vision_heads: int = 4
-    vision_intermediate_size: int = 64
-    patch_size: int = 8
-    text_hidden_size: int = 64
-    text_layers: int = 2
-    text_heads: int = 4
-    text_kv_heads: int = 2
-    text_intermediate_size: int = 128
+    original: Optional[str] = None
+    native: Optional[str] = None
+
+
+@dataclass
+class VisionArch:
+    """InternViT dims (transformers' InternVLVisionConfig names). null = not sourced (docs/models.md)."""
+
+    hidden_size: Optional[int] = None
+    num_hidden_layers: Optional[int] = None
+    num_attention_heads: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    norm_type: Optional[str] = None  # layer_norm (InternViT-300M) | rms_norm (InternViT-6B)
+    use_qk_norm: Optional[bool] = None
+    attention_bias: Optional[bool] = None
+
+
+@dataclass
+class TextArch:
+    """The LLM's dims (transformers' text-config names). null = not sourced, or not used by this model_type
+    (head_dim for llama/qwen2/phi3, the MoE fields for dense models); internvl_exp.models.arch says which."""
+
+    model_type: Optional[str] = None  # llama | qwen2 | qwen3 | qwen3_moe | gpt_oss | phi3
+    hidden_size: Optional[int] = None
+    num_hidden_layers: Optional[int] = None
+    num_attention_heads: Optional[int] = None
+    num_key_value_heads: Optional[int] = None
+    head_dim: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    vocab_size: Optional[int] = None
+    tie_word_embeddings: Optional[bool] = None
+    num_experts: Optional[int] = None
+    num_experts_per_tok: Optional[int] = None
+    moe_intermediate_size: Optional[int] = None
+
+
+@dataclass
+class ArchConfig:
+    """The architecture for random init (`model.random_init=true`) and for checking a checkpoint's size.
+    Loading real weights reads the architecture from the checkpoint's own config.json instead."""
+
+    vision: VisionArch = field(default_factory=VisionArch)
+    text: TextArch = field(default_factory=TextArch)
 
 
 @dataclass
@@ -34,11 +68,22 @@ class ModelConfig:
     name: str = MISSING
     # Family name in the parts registry (internvl_exp.models.registry): how parts map to modules.
     family: str = "internvl_hf"
-    # "tiny": random init from `tiny`; "pretrained": load an HF-native checkpoint from `path`.
-    source: str = "tiny"
+    # The weights: model.path when set, else the Hub ids below looked up offline in the HF cache and
+    # paths.models_dir (internvl_exp.models.resolve). A preset with weights never falls back to random.
+    hub: HubIds = field(default_factory=HubIds)
+    # Other weights of the same architecture, chosen with model.variant (e.g. mpo: the preference-tuned weights).
+    variants: dict[str, HubIds] = field(default_factory=dict)
+    variant: Optional[str] = None
     path: Optional[str] = None
-    template: str = "internvl2_5"
-    image_size: int = 64
+    # Build the architecture from `arch` with random weights (throughput benchmarks, planning); never implied.
+    random_init: bool = False
+    # The conversation template (internvl_exp.data.templates); null = not known, must be set (model=local).
+    template: Optional[str] = "internvl2_5"
+    image_context_token: str = "<IMG_CONTEXT>"
+    # The id the preset expects for image_context_token; checked against the checkpoint (null: not checked).
+    image_token_id: Optional[int] = None
+    image_size: int = 448
+    patch_size: int = 14
     downsample_ratio: float = 0.5
     min_dynamic_patch: int = 1
     max_dynamic_patch: int = 6
@@ -51,7 +96,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     # Also drop paths in frozen vision layers (InternVL's official behaviour; needs freeze.frozen_mode=train).
     drop_path_on_frozen: bool = False
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    arch: ArchConfig = field(default_factory=ArchConfig)
 
 
 @dataclass
@@ -215,6 +260,8 @@ class PathsConfig:
     output_dir: str = MISSING
     cache_dir: str = MISSING
     demo_data_dir: str = MISSING
+    # Local copies of Hub checkpoints: <models_dir>/<repo-name> or <models_dir>/<org>/<repo-name>.
+    models_dir: str = MISSING
 
 
 @dataclass

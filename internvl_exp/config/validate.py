@@ -9,10 +9,14 @@ from typing import Any
 
 from internvl_exp.data.templates import TEMPLATES
 from internvl_exp.errors import ConfigError
+from internvl_exp.models.arch import random_init_refusal
 from internvl_exp.models.registry import PART_MODES, PARTS
 from internvl_exp.train.batch import batch_problems, world_size
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
+# Official conversation templates a preset names that internvl_exp.data.templates does not implement yet.
+PLANNED_TEMPLATES = ("internvl3_5_gpt_oss",)
+LOCAL_MODEL = "local"  # the preset that reads everything from model.path's config.json
 WANDB_MODES = ("offline", "online", "disabled")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay", "cosine_with_min_lr")
 
@@ -34,12 +38,7 @@ def config_problems(cfg: Any) -> list[str]:
     ):
         problems.append("freeze.parts: every part is frozen, so nothing would train; set at least one part to full or lora")
     problems += _freeze_problems(cfg)
-    if cfg.model.source not in ("tiny", "pretrained"):
-        problems.append(f"model.source: {cfg.model.source!r} is not 'tiny' or 'pretrained'")
-    if cfg.model.source == "pretrained" and not cfg.model.path:
-        problems.append(f"model.path: model {cfg.model.name!r} loads a pretrained checkpoint; set model.path=<dir>")
-    if cfg.model.template not in TEMPLATE_NAMES:
-        problems.append(f"model.template: {cfg.model.template!r} is not one of {list(TEMPLATE_NAMES)}")
+    problems += _model_problems(cfg.model)
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         problems.append(f"model.dtype: {cfg.model.dtype!r} is not float32, bfloat16 or float16")
     if not 1 <= cfg.model.min_dynamic_patch <= cfg.model.max_dynamic_patch:
@@ -96,10 +95,10 @@ def _freeze_problems(cfg: Any) -> list[str]:
                 f"freeze.vit_last_n: unfreezes the last N layers of a frozen ViT, but freeze.parts.vision="
                 f"{parts.get('vision')}; set freeze.parts.vision=frozen or freeze.vit_last_n=null"
             )
-        elif cfg.model.source == "tiny" and fz.vit_last_n > cfg.model.tiny.vision_layers:
+        elif (layers := cfg.model.arch.vision.num_hidden_layers) is not None and fz.vit_last_n > layers:
             problems.append(
-                f"freeze.vit_last_n: {fz.vit_last_n} is more than the model's {cfg.model.tiny.vision_layers} "
-                "vision layers (model.tiny.vision_layers)"
+                f"freeze.vit_last_n: {fz.vit_last_n} is more than the model's {layers} vision layers "
+                "(model.arch.vision.num_hidden_layers)"
             )
     towers = {"llm_targets": "llm", "vision_targets": "vision"}
     if "lora" in parts.values():
@@ -125,6 +124,47 @@ def _freeze_problems(cfg: Any) -> list[str]:
             "model.drop_path_on_frozen=true has no effect while frozen layers run in eval mode; "
             "set freeze.frozen_mode=train as well (InternVL's behaviour) or drop_path_on_frozen=false"
         )
+    return problems
+
+
+def _model_problems(m: Any) -> list[str]:
+    """model: one key picks the weights (docs/models.md); random weights only when asked for, by name."""
+    problems = []
+    has_hub = bool(m.hub.original or m.hub.native)
+    if m.variant is not None and m.variant not in m.variants:
+        available = sorted(m.variants) or "none"
+        problems.append(f"model.variant: {m.variant!r} is not available for model={m.name} (variants: {available}); "
+                        "use one of them or model.variant=null")
+    if m.name == LOCAL_MODEL:
+        if not m.path:
+            problems.append("model.path: model=local loads the InternVL checkpoint in model.path; set model.path=DIR")
+        if m.random_init:
+            problems.append("model.random_init: model=local has no architecture of its own (it reads model.path's "
+                            "config.json); pick the preset of that checkpoint for random init")
+    elif not has_hub and not m.random_init and not m.path:
+        problems.append(f"model.random_init: model={m.name} names no weights (no model.hub ids); set "
+                        "model.random_init=true for a random model or model.path=DIR for a checkpoint")
+    elif not has_hub and m.random_init and m.path:
+        # The trap this guards against: `model.path=DIR` on the default model=tiny silently training a random model.
+        problems.append(f"model.path: model={m.name} is a random model and would ignore model.path={m.path}; to train "
+                        "that checkpoint use model=local model.path=DIR (or its preset, e.g. model=internvl2_8b "
+                        "model.path=DIR)")
+    if m.random_init and m.name != LOCAL_MODEL:
+        refusal = random_init_refusal(m)
+        if refusal:
+            problems.append(refusal)
+    if m.template is None:
+        problems.append(f"model.template: not set for model={m.name}; set it to the checkpoint's conversation "
+                        f"template, one of {list(TEMPLATE_NAMES)}")
+    elif m.template not in TEMPLATE_NAMES:
+        hint = (" (the official template of this model, not implemented yet; set model.template to one of these "
+                "to train with another)") if m.template in PLANNED_TEMPLATES else ""
+        problems.append(f"model.template: {m.template!r} is not one of {list(TEMPLATE_NAMES)}{hint}")
+    if m.arch.text.model_type == "gpt_oss" and m.attn_implementation == "sdpa":
+        problems.append("model.attn_implementation: transformers' GPT-OSS has no sdpa attention (attention sinks); "
+                        "use eager, or a flash-attention kernel on GPU")
+    if m.patch_size <= 0 or m.image_size % m.patch_size:
+        problems.append(f"model.image_size/patch_size: {m.image_size} is not a multiple of {m.patch_size}")
     return problems
 
 

@@ -11,28 +11,14 @@ from typing import Any
 from internvl_exp.data.dataset import DataReport, SupervisedDataset, build_dataset
 from internvl_exp.data.planner import ImageSettings
 from internvl_exp.data.sources import DatasetEntry, load_entries
-from internvl_exp.errors import ConfigError
 
 
 def tokens_per_tile(model_cfg: Any) -> int:
-    """Image tokens per tile from the config alone (tiny) or the checkpoint's config.json (pretrained), so
-    the data can be scanned before the model is built. A checkpoint must take tiles of model.image_size."""
-    from internvl_exp.models.loading import checkpoint_path, config_tokens_per_tile, vision_tile_geometry
+    """Image tokens per tile from the model config alone, so the data can be scanned before the model is built.
+    A checkpoint's config.json has been checked to agree with these numbers (models.resolve.check_weights)."""
     from internvl_exp.models.loading import tokens_per_tile as formula
 
-    if model_cfg.source == "tiny":
-        return formula(model_cfg.image_size, model_cfg.tiny.patch_size, model_cfg.downsample_ratio)
-    from transformers import AutoConfig
-
-    path = checkpoint_path(model_cfg)
-    config = AutoConfig.from_pretrained(path)
-    size, _ = vision_tile_geometry(config.vision_config)
-    if size != model_cfg.image_size:
-        raise ConfigError(
-            f"model.image_size={model_cfg.image_size}, but the checkpoint's vision tower takes {size}-px tiles "
-            f"({path}/config.json, vision_config.image_size); set model.image_size={size}"
-        )
-    return config_tokens_per_tile(config)
+    return formula(model_cfg.image_size, model_cfg.patch_size, model_cfg.downsample_ratio)
 
 
 def image_settings(cfg: Any, num_tokens_per_tile: int) -> ImageSettings:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from internvl_exp.config.validate import validate
 from internvl_exp.errors import UserError
+from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import scrub, scrub_tree
 
@@ -76,6 +77,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         name_run(cfg, rd.root, sweep_dir)
         saved = write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # scrubbed
         validate(cfg)  # before anything heavy is imported or loaded
+        resolve_weights(cfg)  # the weights are on this machine (or random is asked for): fail in seconds
 
         from internvl_exp.launch.console import print_config_tree
         from internvl_exp.provenance import write_provenance

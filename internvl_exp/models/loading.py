@@ -5,89 +5,150 @@ One model class at run time: transformers' native `InternVLForConditionalGenerat
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from internvl_exp.errors import ConfigError, UserError
 
-from internvl_exp.data.images import normalization
-from internvl_exp.errors import ConfigError
+if TYPE_CHECKING:
+    from internvl_exp.models.resolve import Weights
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# torch is imported inside the functions: the geometry helpers here serve light config-time code too.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
-def load_tokenizer(model_cfg: Any):
-    if model_cfg.source == "tiny":
+class CheckpointMismatchError(UserError):
+    """A loaded checkpoint (tokenizer, processor, model config) disagrees with the model config."""
+
+
+def native_checkpoint(weights: Weights | None, cache_dir: Path, random_init: bool = False) -> Path | None:
+    """The native-layout directory to load `weights` from; an original-layout (remote-code) checkpoint is
+    converted once and cached under `cache_dir` (keyed by its content). Random init only wants a tokenizer, not
+    worth converting a whole checkpoint for: it gets None (the tiny tokenizer) for an original-layout copy."""
+    if weights is None:
+        return None
+    if weights.layout == "native":
+        return weights.path
+    if random_init:
+        return None
+    from internvl_exp.models.convert import ensure_converted  # the converter (another module's job)
+
+    return Path(ensure_converted(weights.path, cache_dir))
+
+
+def load_tokenizer(model_cfg: Any, checkpoint: Path | None = None):
+    """The checkpoint's own tokenizer; without a checkpoint (random init) the tiny tokenizer."""
+    if checkpoint is None:
+        if not model_cfg.random_init:
+            raise ConfigError(_no_weights(model_cfg))
         from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
 
         return load_tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(checkpoint_path(model_cfg))
+    return AutoTokenizer.from_pretrained(str(checkpoint))
 
 
-def checkpoint_path(model_cfg: Any) -> str:
-    if not model_cfg.path:
-        raise ConfigError(f"model.path is not set for model {model_cfg.name!r} (source=pretrained needs a checkpoint path)")
-    return str(model_cfg.path)
+def _no_weights(model_cfg: Any) -> str:
+    return (f"model={model_cfg.name} needs its weights: resolve them first "
+            "(internvl_exp.models.resolve.resolve_weights) or set model.random_init=true")
 
 
 def tokens_per_tile(image_size: int, patch_size: int, downsample_ratio: float) -> int:
     return int((image_size // patch_size) ** 2 * downsample_ratio**2)
 
 
-def tiny_config(model_cfg: Any, tokenizer: Any):
+def image_token_id(model_cfg: Any, tokenizer: Any) -> int:
+    """The tokenizer's id of the image-context token (model.image_context_token), which must be one token."""
+    token = model_cfg.image_context_token
+    ids = tokenizer.convert_tokens_to_ids([token])
+    if not ids or ids[0] is None or ids[0] == tokenizer.unk_token_id:
+        raise CheckpointMismatchError(
+            f"model.image_context_token: the tokenizer has no token {token!r}; set model.image_context_token"
+        )
+    return int(ids[0])
+
+
+def random_config(model_cfg: Any, tokenizer: Any):
+    """The `InternVLConfig` of the preset's `arch` (random init), image token id from the tokenizer."""
     from transformers import InternVLConfig
 
-    t = model_cfg.tiny
-    return InternVLConfig(
-        vision_config={
-            "hidden_size": t.vision_hidden_size,
-            "num_hidden_layers": t.vision_layers,
-            "num_attention_heads": t.vision_heads,
-            "intermediate_size": t.vision_intermediate_size,
-            "image_size": [model_cfg.image_size, model_cfg.image_size],
-            "patch_size": [t.patch_size, t.patch_size],
-        },
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": t.text_hidden_size,
-            "num_hidden_layers": t.text_layers,
-            "num_attention_heads": t.text_heads,
-            "num_key_value_heads": t.text_kv_heads,
-            "intermediate_size": t.text_intermediate_size,
-            "max_position_embeddings": 4096,
-            "use_cache": False,
-            "tie_word_embeddings": False,
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
-        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
-        downsample_ratio=model_cfg.downsample_ratio,
-        image_seq_length=tokens_per_tile(model_cfg.image_size, t.patch_size, model_cfg.downsample_ratio),
-        tie_word_embeddings=False,
-    )
+    from internvl_exp.models.arch import internvl_config_dict
+
+    if len(tokenizer) > (model_cfg.arch.text.vocab_size or 0):
+        raise ConfigError(
+            f"model.arch.text.vocab_size: {model_cfg.arch.text.vocab_size} is smaller than the tokenizer's "
+            f"{len(tokenizer)} tokens; raise it"
+        )
+    return InternVLConfig(**internvl_config_dict(
+        model_cfg, image_token_id(model_cfg, tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id
+    ))
 
 
-def load_model(model_cfg: Any, tokenizer: Any):
+def build_model_on_meta(model_cfg: Any):
+    """The preset's architecture on the meta device: shapes and parameter counts, no memory (planning).
+    Refused, naming the missing `model.arch` keys, for a preset whose dims are not all sourced."""
+    import torch
+    from transformers import AutoModelForImageTextToText, InternVLConfig
+
+    from internvl_exp.models.arch import internvl_config_dict
+
+    placeholder = model_cfg.image_token_id if model_cfg.image_token_id is not None else 0
+    config = InternVLConfig(**internvl_config_dict(model_cfg, placeholder, None, None))
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(config, dtype=_dtype(model_cfg.dtype))
+
+
+def _dtype(name: str):
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise ConfigError(f"model.dtype: {name!r} is not one of {list(DTYPE_NAMES)}")
+    return getattr(torch, name)
+
+
+def load_model(model_cfg: Any, tokenizer: Any, checkpoint: Path | None = None):
+    """Random init from `arch` (model.random_init=true) or the native checkpoint's weights (never remote code).
+    A preset with weights never falls back to random: without a checkpoint and random_init=false it refuses."""
     from transformers import AutoModelForImageTextToText
 
-    dtype = DTYPES[model_cfg.dtype]
-    if model_cfg.source == "tiny":
+    dtype = _dtype(model_cfg.dtype)
+    if model_cfg.random_init:
         # from_config (not the bare constructor) so ZeRO-3 partitions it at construction.
         model = AutoModelForImageTextToText.from_config(
-            tiny_config(model_cfg, tokenizer), dtype=dtype, attn_implementation=model_cfg.attn_implementation
+            random_config(model_cfg, tokenizer), dtype=dtype, attn_implementation=model_cfg.attn_implementation
         )
-    elif model_cfg.source == "pretrained":
-        model = AutoModelForImageTextToText.from_pretrained(
-            checkpoint_path(model_cfg), dtype=dtype, attn_implementation=model_cfg.attn_implementation
-        )
+    elif checkpoint is None:
+        raise ConfigError(_no_weights(model_cfg))
     else:
-        raise ConfigError(f"model.source must be 'tiny' or 'pretrained', got {model_cfg.source!r}")
+        model = AutoModelForImageTextToText.from_pretrained(
+            str(checkpoint), dtype=dtype, attn_implementation=model_cfg.attn_implementation
+        )
+        check_loaded(model_cfg, model.config, tokenizer, checkpoint)
     # Training never needs the KV cache, and a live cache silently disables packed-sequence masks.
     model.config.use_cache = False
     model.config.get_text_config().use_cache = False
     return model
+
+
+def check_loaded(model_cfg: Any, config: Any, tokenizer: Any, checkpoint: Path) -> None:
+    """Re-check the preset against the loaded checkpoint: image token id (config, tokenizer, preset), tile size
+    and tokens per tile."""
+    problems = []
+    ids = {"the preset (model.image_token_id)": model_cfg.image_token_id,
+           f"the tokenizer ({model_cfg.image_context_token})": image_token_id(model_cfg, tokenizer)}
+    for who, value in ids.items():
+        if value is not None and value != config.image_token_id:
+            problems.append(f"image_token_id {config.image_token_id}, but {who} says {value}")
+    size, patch = vision_tile_geometry(config.vision_config)
+    if size != model_cfg.image_size:
+        problems.append(f"{size}-px tiles, but model.image_size={model_cfg.image_size}")
+    expected = tokens_per_tile(model_cfg.image_size, model_cfg.patch_size, model_cfg.downsample_ratio)
+    if config_tokens_per_tile(config) != expected:
+        problems.append(f"{config_tokens_per_tile(config)} image tokens per tile, but the model config gives {expected} "
+                        "(model.patch_size / model.downsample_ratio)")
+    if problems:
+        raise CheckpointMismatchError(f"{checkpoint}/config.json: the checkpoint has " + "; ".join(problems))
 
 
 def vision_tile_geometry(vision_config: Any) -> tuple[int, int]:
@@ -105,6 +166,8 @@ def config_tokens_per_tile(config: Any) -> int:
 def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int):
     """An InternVLProcessor (GOT-OCR2 image processor + tokenizer) saved next to every checkpoint."""
     from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
+
+    from internvl_exp.data.images import normalization
 
     mean, std = normalization(model_cfg.normalize_type)
     image_processor = GotOcr2ImageProcessor(
@@ -124,3 +187,23 @@ def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int):
         video_processor=video_processor,
         image_seq_length=num_tokens_per_tile,
     )
+
+
+def load_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, checkpoint: Path | None = None):
+    """The checkpoint's own processor when it ships one (native repos do), else one built from the model config.
+    Its tile counts follow the run's model.min/max_dynamic_patch, so final/ preprocesses as training did."""
+    if checkpoint is not None and any((checkpoint / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(str(checkpoint))
+        if getattr(processor, "image_seq_length", num_tokens_per_tile) != num_tokens_per_tile:
+            raise CheckpointMismatchError(
+                f"{checkpoint}: its processor puts {processor.image_seq_length} tokens per tile, the model "
+                f"{num_tokens_per_tile}; the checkpoint's processor config does not match its config.json"
+            )
+        image_processor = processor.image_processor
+        image_processor.min_patches = model_cfg.min_dynamic_patch
+        image_processor.max_patches = model_cfg.max_dynamic_patch
+        processor.tokenizer = tokenizer
+        return processor
+    return build_processor(model_cfg, tokenizer, num_tokens_per_tile)

@@ -179,9 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from internvl_exp.data.dataset import apply_weights, fatal_problems, scan
     from internvl_exp.data.from_config import dataset_entries, image_settings, tokens_per_tile
     from internvl_exp.data.sources import DataConfigError
-    from internvl_exp.models.loading import load_tokenizer
+    from internvl_exp.models.loading import load_tokenizer, native_checkpoint
+    from internvl_exp.models.resolve import resolve_weights
 
-    tokenizer = load_tokenizer(cfg.model)
+    from internvl_exp.errors import UserError
+
+    try:
+        weights = resolve_weights(cfg)
+    except UserError as e:  # no weights on this machine, or not the preset's checkpoint
+        console.print(f"model error: {e}", markup=False, style="red")
+        return 2
+    tokenizer = load_tokenizer(cfg.model, native_checkpoint(weights, Path(cfg.paths.cache_dir), cfg.model.random_init))
     n_tok = tokens_per_tile(cfg.model)
     settings = image_settings(cfg, n_tok)
     d = cfg.data

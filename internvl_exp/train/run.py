@@ -6,12 +6,20 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from internvl_exp.data.collator import Collator
 from internvl_exp.data.from_config import build_from_config, tokens_per_tile
 from internvl_exp.errors import ConfigError
-from internvl_exp.models.loading import build_processor, config_tokens_per_tile, load_model, load_tokenizer
+from internvl_exp.models.loading import (
+    config_tokens_per_tile,
+    load_model,
+    load_processor,
+    load_tokenizer,
+    native_checkpoint,
+)
+from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.models.registry import get_family
 from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.train.args import training_arguments
@@ -37,23 +45,31 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     set_seed(cfg.seed)
     family = get_family(cfg.model.family)
 
-    tokenizer = load_tokenizer(cfg.model)
+    # The weights on this machine (checked against the preset), converted once if in the original layout.
+    weights = resolve_weights(cfg)
+    checkpoint = native_checkpoint(weights, Path(cfg.paths.cache_dir), cfg.model.random_init)
+    if cfg.model.random_init:
+        log.info("model %s: random init from model.arch; tokenizer: %s", cfg.model.name, checkpoint or "tiny")
+    else:
+        log.info("model %s: %s-layout weights from %s (%s)%s", cfg.model.name, weights.layout, weights.path,
+                 weights.origin, f", loaded from {checkpoint}" if checkpoint != weights.path else "")
+    tokenizer = load_tokenizer(cfg.model, checkpoint)
     # The pre-flight data scan runs before the model loads: bad data fails in seconds, not after a 70B load.
     num_tokens_per_tile = tokens_per_tile(cfg.model)
     dataset, data_report = build_from_config(cfg, tokenizer, num_tokens_per_tile)
     log.info("data: %d samples %s", data_report.samples, data_report.per_dataset)
 
     args = training_arguments(cfg, run_dir)  # before the model: ZeRO-3 must see it at construction
-    model = load_model(cfg.model, tokenizer)
+    model = load_model(cfg.model, tokenizer, checkpoint)
     if config_tokens_per_tile(model.config) != num_tokens_per_tile:
         raise ConfigError(
             f"model {cfg.model.name!r} has {config_tokens_per_tile(model.config)} image tokens per tile but its config "
             f"gives {num_tokens_per_tile}; check model.image_size / model.downsample_ratio"
         )
-    processor = build_processor(cfg.model, tokenizer, num_tokens_per_tile)
+    processor = load_processor(cfg.model, tokenizer, num_tokens_per_tile, checkpoint)
 
-    # Drop-path, freezing, eval-mode frozen parts, LoRA. The random tiny base is saved for merge_lora.
-    save_base = cfg.model.source == "tiny" and cfg.trainer.save_final and args.process_index == 0
+    # Drop-path, freezing, eval-mode frozen parts, LoRA. A random base exists nowhere else: saved for merge_lora.
+    save_base = cfg.model.random_init and cfg.trainer.save_final and args.process_index == 0
     model = make_trainable(model, family, cfg.freeze, cfg.model, run_dir.final / "base" if save_base else None).model
     report = training_report(model, family, parameter_groups(model, family, cfg.optimizer))
     params = report["parameters"]
