@@ -167,6 +167,23 @@ class ScrubFilter(logging.Filter):
         return True
 
 
+class ScrubbedStream:
+    """A text stream (sys.stdout / sys.stderr) that scrubs every write before passing it on.
+
+    Installed over the streams a tracker's console capture has wrapped (train/loggers.py), so what it records
+    from prints of any library is scrubbed first."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(scrub(text) if isinstance(text, str) else text)
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding, fileno, ...
+        return getattr(self._stream, name)
+
+
 def _in_weights_dir(root: Path, path: Path) -> bool:
     return any(part in BINARY_SAFE_DIRS for part in path.relative_to(root).parts[:-1])
 

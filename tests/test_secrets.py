@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,27 @@ def test_scrub_covers_configured_patterns_and_credential_shapes(monkeypatch):
         "escape special characters with \\",
         "secrets[1]: matches empty text, so it would redact everywhere; make it specific",
     ]
+
+
+def test_the_console_wandb_records_is_scrubbed_before_wandb_sees_it(tmp_path, monkeypatch):
+    import sys
+
+    from internvl_exp.outputs import RunDir
+    from internvl_exp.train.loggers import experiment_logger
+    from wandb_records import records
+
+    monkeypatch.setenv("MY_SERVICE_TOKEN", SECRET)
+    rd = RunDir(tmp_path / "run")
+    rd.root.mkdir()
+    with experiment_logger(compose(["logger=wandb"], tmp_path), rd, {"note": "plain"}):
+        print(f"a library prints {SECRET}")
+        sys.stderr.write(f"a library warns {SECRET}\n")
+    (log,) = rd.root.rglob("run-*.wandb")
+    console = ""
+    for _ in range(120):  # wandb's service process may still be writing after finish() returns
+        console = "".join(r.output_raw.line for r in records(log) if r.WhichOneof("record_type") == "output_raw")
+        if "warns" in console:
+            break
+        time.sleep(0.5)
+    assert "a library prints <REDACTED>" in console and "a library warns <REDACTED>" in console
+    assert not [p for p in _files(rd.root) if SECRET.encode() in p.read_bytes()]

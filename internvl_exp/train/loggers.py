@@ -74,12 +74,30 @@ def experiment_logger(cfg: Any, run_dir: RunDir, resolved: dict[str, Any], is_ma
         settings=wandb.Settings(x_disable_meta=True, disable_git=True, save_code=False),
     )
     try:
-        yield
+        with scrubbed_console():
+            yield
     except BaseException:
         run.finish(exit_code=1)
         raise
     else:
         run.finish()
+
+
+@contextlib.contextmanager
+def scrubbed_console() -> Iterator[None]:
+    """sys.stdout / sys.stderr scrubbed of secrets for the duration. Installed after wandb.init, outside the
+    write methods wandb's console capture has wrapped, so the console it records (output.log, the .wandb
+    file) is scrubbed before wandb sees it, whichever library printed."""
+    import sys
+
+    from internvl_exp.redact import ScrubbedStream
+
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ScrubbedStream(old[0]), ScrubbedStream(old[1])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = old
 
 
 def log_parameter_counts(params: dict[str, dict[str, int]]) -> None:
