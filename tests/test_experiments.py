@@ -208,6 +208,7 @@ def test_logger_none_writes_nothing_extra_and_a_failed_single_run_exits_nonzero(
     with pytest.raises(SystemExit) as e:  # a config mistake: named key, no training
         _job(tmp_path, demo_dir, ["data.on_error=maybe"], tmp_path / "outputs" / "default" / "badcfg")
     assert "data.on_error" in str(e.value.code)
+    assert not (tmp_path / "outputs" / "default" / "badcfg").exists()  # a rejected config leaves no run dir
 
 
 def test_sweep_jobs_are_named_after_their_directory_and_the_report_shows_failures(tmp_path, demo_dir, capsys):

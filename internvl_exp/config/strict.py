@@ -79,7 +79,10 @@ def secret_problems(cfg: Any) -> list[str]:
     """A credential-shaped value anywhere in the (resolved) config, and unusable `secrets` patterns.
 
     The message never repeats the value (it is printed and may be logged)."""
-    task = _task_container(cfg)
+    try:
+        task = _task_container(cfg)
+    except Exception as e:  # an interpolation that does not resolve (e.g. ${oc.env:UNSET})
+        return [f"config does not resolve: {str(e).splitlines()[0]}"]
     problems = [
         f"{key}: looks like {kind}; a credential must not be in a config or an override (it would be saved with "
         "the run): pass it through an environment variable instead (e.g. export HF_TOKEN=..., WANDB_API_KEY=...), "

@@ -1,6 +1,7 @@
 """What one Hydra job does: name the run, snapshot config and provenance, validate, run, record the outcome.
 
-A failed job always leaves `metrics.json` with `status: failed` and the error (the traceback is in train.log).
+A failed job always leaves `metrics.json` with `status: failed` and the error (the traceback is in train.log),
+except a single run whose config fails validation: that one exits with the message and leaves no directory.
 In a sweep the job then returns None, so the sweeper records a failed trial and the sweep goes on; a single
 run exits non-zero with one clear line. Nothing written here carries a secret (redact.py).
 """
