@@ -91,3 +91,15 @@ def test_a_sweep_records_the_job_that_fails_validation(tmp_path, demo_dir):
     assert failed["status"] == "failed" and failed["error_type"] == "ConfigError"
     assert "data.on_error: 'maybe' is not 'strict' or 'skip'" in failed["error"]
     assert (bad / "config.yaml").is_file()
+
+
+def test_the_validate_tool_checks_every_job_of_a_grid_sweep():
+    res = subprocess.run([sys.executable, "-m", "internvl_exp.tools.validate", "-m", "optimizer.lr=1e-3,2e-3",
+                          "data.on_error=strict,maybe"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    bad = [line for line in res.stderr.splitlines() if line.startswith("job ")]
+    assert bad == ["job 1 (optimizer.lr=0.001 data.on_error=maybe): invalid configuration:",
+                   "job 3 (optimizer.lr=0.002 data.on_error=maybe): invalid configuration:"]
+    ok = subprocess.run([sys.executable, "-m", "internvl_exp.tools.validate", "optimizer.lr=1e-3,2e-3"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("config OK (2 jobs):"), ok.stderr
