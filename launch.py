@@ -13,6 +13,7 @@ This file is the only Hydra entry point. It imports nothing heavy at module leve
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -37,4 +38,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from internvl_exp.launch.precheck import check_cfg_request
+
+    # Hydra's --cfg runs no callback: validate here, so `--cfg job` fails exactly like the launch would.
+    check_cfg_request(sys.argv[1:], Path(__file__).resolve().parent / "conf")
     main()

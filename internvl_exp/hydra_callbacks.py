@@ -1,5 +1,11 @@
 """Hydra callbacks (configured under `hydra.callbacks` in conf/hydra/default.yaml).
 
+RunGuard: a single run's config is validated in `on_run_start`, before Hydra creates the run directory, so a
+rejected config exits non-zero with the same message as `--cfg job` and leaves no directory behind (a sweep job
+is validated inside the job instead, which records the failure). Every job first applies its `secrets`
+patterns to the redaction layer, and a sweep's multirun.yaml (Hydra writes the raw command line into it) is
+scrubbed as soon as its first job starts.
+
 SweepReport: when a multirun ends, write summary.md and summary.png into the sweep directory and scrub
 secrets from Hydra's own files there (multirun.yaml holds the command-line overrides).
 
@@ -11,6 +17,7 @@ a joblib worker unpickles these callbacks before it resolves the job's directory
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,46 @@ from internvl_exp.launch.resolvers import register_resolvers
 
 register_resolvers()
 log = logging.getLogger(__name__)
+
+
+class RunGuard(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from internvl_exp.launch.precheck import check_or_exit
+        from internvl_exp.redact import configure
+
+        configure(config.get("secrets"))
+        HydraConfig.instance().set_config(config)  # so `${hydra:...}` interpolations resolve while checking
+        check_or_exit(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from internvl_exp.redact import configure
+
+        configure(config.get("secrets"))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.types import RunMode
+
+        from internvl_exp.redact import configure
+
+        configure(config.get("secrets"))
+        if config.hydra.mode == RunMode.MULTIRUN:
+            record = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
+            if record.is_file():
+                scrub_file(record)
+
+
+def scrub_file(path: Path) -> None:
+    """Rewrite `path` scrubbed (atomically: joblib workers may do this at the same time), if it holds a secret."""
+    from internvl_exp.redact import scrub
+
+    text = path.read_text()
+    clean = scrub(text)
+    if clean != text:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(clean)
+        tmp.replace(path)
 
 
 class SweepReport(Callback):

@@ -125,6 +125,6 @@ def write_provenance(folder: Path, repo: Path) -> None:
     info, diff = git_info(repo)
     write_json_atomic(folder / "git.json", info)
     (folder / "git_diff.patch").write_text(scrub(diff))
-    (folder / "pip_freeze.txt").write_text("\n".join(installed_packages()) + "\n")
+    (folder / "pip_freeze.txt").write_text(scrub("\n".join(installed_packages()) + "\n"))
     write_json_atomic(folder / "environment.json", environment_info())
     (folder / "command.txt").write_text(scrub(command_line()))

@@ -166,10 +166,16 @@ def _job(tmp_path, demo_dir, overrides, run_dir, sweep_dir=None):
     return run_job(cfg, run_dir, [*FAST, *overrides], sweep_dir)
 
 
-def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp_path, demo_dir, monkeypatch, capsys):
+def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp_path, demo_dir, monkeypatch, capsys,
+                                                                            caplog):
     monkeypatch.setenv("MY_API_KEY", SECRET)
+    plain = "Otter-Lantern-5521"  # secret by its variable's name only, so the config may carry it (run_name)
+    monkeypatch.setenv("MY_DB_PASSWORD", plain)
     run_dir = tmp_path / "outputs" / "default" / "tb"
-    value = _job(tmp_path, demo_dir, ["logger=tensorboard", "optimized_metric=throughput.tokens_per_s"], run_dir)
+    with caplog.at_level(logging.WARNING, logger="internvl_exp.redact"):
+        value = _job(tmp_path, demo_dir, ["logger=tensorboard", "optimized_metric=throughput.tokens_per_s",
+                                          f"run_name=tb-{plain}"], run_dir)
+    assert not [r for r in caplog.records if "removed a secret" in r.getMessage()]  # scrubbed before writing
     out = capsys.readouterr().out
     assert "config" in out and "├── model" in out  # the rich config tree
     assert f"Run directory: {run_dir}" in out
@@ -188,7 +194,9 @@ def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp
     env = json.loads((run_dir / "provenance" / "environment.json").read_text())
     assert env["python"] and env["libraries"]["transformers"] and "MY_API_KEY" not in env["env"]
     assert "pytest" in (run_dir / "provenance" / "command.txt").read_text()
-    assert not any(SECRET.encode() in p.read_bytes() for p in run_dir.rglob("*") if p.is_file())
+    # TensorBoard gets the TrainingArguments (run_name included) as text: scrubbed before it sees them.
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and (SECRET.encode() in p.read_bytes()
+                                                                   or plain.encode() in p.read_bytes())]
 
 
 def test_logger_none_writes_nothing_extra_and_a_failed_single_run_exits_nonzero(tmp_path, demo_dir):
@@ -208,6 +216,7 @@ def test_logger_none_writes_nothing_extra_and_a_failed_single_run_exits_nonzero(
     with pytest.raises(SystemExit) as e:  # a config mistake: named key, no training
         _job(tmp_path, demo_dir, ["data.on_error=maybe"], tmp_path / "outputs" / "default" / "badcfg")
     assert "data.on_error" in str(e.value.code)
+    assert not (tmp_path / "outputs" / "default" / "badcfg").exists()  # a rejected config leaves no run dir
 
 
 def test_sweep_jobs_are_named_after_their_directory_and_the_report_shows_failures(tmp_path, demo_dir, capsys):

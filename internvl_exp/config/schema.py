@@ -282,6 +282,9 @@ class Config:
     # The metrics.json key (dotted for nested) a job returns to the sweeper as its objective.
     optimized_metric: str = "final_loss"
     seed: int = 42
+    # Extra secrets: regular expressions whose matches are redacted from everything a run writes, on top of the
+    # values of secret-named environment variables (internvl_exp/redact.py; docs/experiments.md).
+    secrets: list[str] = field(default_factory=list)
 
 
 def register_configs(project_root: str | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from internvl_exp.config.strict import secret_problems, unknown_key_problems
 from internvl_exp.data.templates import TEMPLATES
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.arch import random_init_refusal
@@ -22,7 +23,7 @@ SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "warmup_st
 
 
 def config_problems(cfg: Any) -> list[str]:
-    problems: list[str] = []
+    problems: list[str] = [*unknown_key_problems(cfg), *secret_problems(cfg)]  # config/strict.py
     parts = dict(cfg.freeze.parts)
     missing = [p for p in PARTS if p not in parts]
     unknown = [p for p in parts if p not in PARTS]
@@ -240,4 +241,6 @@ def _deepspeed_problems(cfg: Any) -> list[str]:
 def validate(cfg: Any) -> None:
     problems = config_problems(cfg)
     if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        from internvl_exp.redact import scrub
+
+        raise ConfigError(scrub("invalid configuration:\n  - " + "\n  - ".join(problems)))

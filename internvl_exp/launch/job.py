@@ -1,6 +1,7 @@
 """What one Hydra job does: name the run, snapshot config and provenance, validate, run, record the outcome.
 
-A failed job always leaves `metrics.json` with `status: failed` and the error (the traceback is in train.log).
+A failed job always leaves `metrics.json` with `status: failed` and the error (the traceback is in train.log),
+except a single run whose config fails validation: that one exits with the message and leaves no directory.
 In a sweep the job then returns None, so the sweeper records a failed trial and the sweep goes on; a single
 run exits non-zero with one clear line. Nothing written here carries a secret (redact.py).
 """
@@ -16,10 +17,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from internvl_exp.config.validate import validate
-from internvl_exp.errors import UserError
+from internvl_exp.errors import ConfigError, UserError
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
-from internvl_exp.redact import scrub, scrub_tree
+from internvl_exp.redact import configure, scrub, scrub_tree
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,37 @@ def _traceback_to_log_files(error: BaseException) -> None:
             handler.handle(record)
 
 
+def _discard_run_dir(root: Path) -> None:
+    """Remove a single run's directory that holds nothing but an empty-so-far log (Hydra made it before the
+    job started), and its experiment folder if that is then empty."""
+    if not root.is_dir() or any(p.name != "train.log" for p in root.iterdir()):
+        return
+    for p in root.iterdir():
+        p.unlink()
+    root.rmdir()
+    if root.parent.is_dir() and not any(root.parent.iterdir()):
+        root.parent.rmdir()
+
+
 def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float | None:
     started = time.time()
+    configure(cfg.get("secrets"))  # the run's `secrets` patterns, before anything is written
     rd = RunDir(run_dir)
-    rd.root.mkdir(parents=True, exist_ok=True)
     sweep = sweep_dir is not None
+    if not sweep:
+        # A single run that fails validation leaves no directory (launched by Hydra, RunGuard has already
+        # checked before the directory existed; this covers run_job called directly).
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            _discard_run_dir(rd.root)
+            raise SystemExit(str(e)) from None
+    rd.root.mkdir(parents=True, exist_ok=True)
     try:
         name_run(cfg, rd.root, sweep_dir)
         saved = write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # scrubbed
-        validate(cfg)  # before anything heavy is imported or loaded
+        if sweep:
+            validate(cfg)  # before anything heavy is imported or loaded; the failure is recorded below
         resolve_weights(cfg)  # the weights are on this machine (or random is asked for): fail in seconds
 
         from internvl_exp.launch.console import print_config_tree

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from transformers import TrainerCallback
 
 from internvl_exp.outputs import RunDir
+from internvl_exp.redact import scrub_value
 
 
 def wandb_tags(cfg: Any) -> list[str]:
@@ -57,25 +58,46 @@ def experiment_logger(cfg: Any, run_dir: RunDir, resolved: dict[str, Any], is_ma
     import wandb
 
     w = cfg.logger.wandb  # logger.wandb.mode is checked by config.validate
+    # wandb is only ever given scrubbed values (its background process writes them whenever it likes, online
+    # mode uploads them at once). Its own metadata (command line, git remote, host) is off: provenance/ has it.
     run = wandb.init(
-        project=w.project,
-        entity=w.entity,
-        group=wandb_group(cfg),
-        name=str(cfg.run_name),
-        tags=wandb_tags(cfg),
-        job_type=w.job_type,
+        project=scrub_value(w.project),
+        entity=scrub_value(w.entity),
+        group=scrub_value(wandb_group(cfg)),
+        name=scrub_value(str(cfg.run_name)),
+        tags=scrub_value(wandb_tags(cfg)),
+        job_type=scrub_value(w.job_type),
         mode=w.mode,
         dir=str(run_dir.root),
-        config=resolved,
+        config=scrub_value(resolved),
         reinit="finish_previous",
+        settings=wandb.Settings(x_disable_meta=True, disable_git=True, save_code=False),
     )
     try:
-        yield
+        with scrubbed_console():
+            yield
     except BaseException:
         run.finish(exit_code=1)
         raise
     else:
         run.finish()
+
+
+@contextlib.contextmanager
+def scrubbed_console() -> Iterator[None]:
+    """sys.stdout / sys.stderr scrubbed of secrets for the duration. Installed after wandb.init, outside the
+    write methods wandb's console capture has wrapped, so the console it records (output.log, the .wandb
+    file) is scrubbed before wandb sees it, whichever library printed."""
+    import sys
+
+    from internvl_exp.redact import ScrubbedStream
+
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ScrubbedStream(old[0]), ScrubbedStream(old[1])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = old
 
 
 def log_parameter_counts(params: dict[str, dict[str, int]]) -> None:

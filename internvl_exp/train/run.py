@@ -22,9 +22,11 @@ from internvl_exp.models.loading import (
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.models.registry import get_family
 from internvl_exp.outputs import RunDir, write_json_atomic
+from internvl_exp.redact import scrub_fields
 from internvl_exp.train.args import training_arguments
 from internvl_exp.train.callbacks import ThroughputCallback, install_first
 from internvl_exp.train.flops import FlopsModel
+from internvl_exp.train.loss_summary import LossWindows
 from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.optim import parameter_groups
 from internvl_exp.train.param_report import format_report, training_report
@@ -59,7 +61,8 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     dataset, data_report = build_from_config(cfg, tokenizer, num_tokens_per_tile)
     log.info("data: %d samples %s", data_report.samples, data_report.per_dataset)
 
-    args = training_arguments(cfg, run_dir)  # before the model: ZeRO-3 must see it at construction
+    # Before the model: ZeRO-3 must see it at construction. Scrubbed: pickled into training_args.bin.
+    args = scrub_fields(training_arguments(cfg, run_dir))
     model = load_model(cfg.model, tokenizer, checkpoint)
     if config_tokens_per_tile(model.config) != num_tokens_per_tile:
         raise ConfigError(
@@ -95,6 +98,8 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         FlopsModel.from_model(model, family, num_tokens_per_tile), cfg.trainer.peak_tflops, args.world_size
     )
     install_first(trainer, throughput)
+    loss_windows = LossWindows()
+    trainer.add_callback(loss_windows)
     for callback in logger_callbacks(cfg):
         trainer.add_callback(callback)
     result = trainer.train()
@@ -109,8 +114,10 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     steps = trainer.state.global_step
     metrics = {
         "status": "completed",
-        "initial_loss": losses[0][1] if losses else None,
-        "final_loss": losses[-1][1] if losses else None,
+        # initial/final: means over the first/last loss_window_steps steps (train/loss_summary.py);
+        # train_loss: the Trainer's mean over all steps; best_loss: the lowest logged window.
+        **loss_windows.summary(trainer.accelerator),
+        "train_loss": result.metrics.get("train_loss"),
         "best_loss": min(l for _, l in losses) if losses else None,
         "loss_history": [{"step": s, "loss": l} for s, l in losses],
         "steps": steps,

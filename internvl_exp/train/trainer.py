@@ -40,4 +40,10 @@ class InternVLTrainer(Trainer):
             observe = getattr(callback, "observe_batch", None)
             if observe is not None:
                 observe(inputs)
-        return super().training_step(model, inputs, *args, **kwargs)
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        # The per-step loss for the summary numbers (train/loss_summary.py), on the device (no sync).
+        for callback in self.callback_handler.callbacks:
+            observe_loss = getattr(callback, "observe_loss", None)
+            if observe_loss is not None:
+                observe_loss(self.state.global_step, loss)
+        return loss

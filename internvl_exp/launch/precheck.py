@@ -1,0 +1,64 @@
+"""Validate a composed config before Hydra makes a run directory: the one check (and the one message) behind
+a launch, `launch.py --cfg job` and `python -m internvl_exp.tools.validate`.
+
+    single run      the RunGuard callback (hydra_callbacks.py) checks in `on_run_start`, before Hydra creates
+                    the run directory: a rejected config leaves nothing behind
+    --cfg job|all   Hydra runs no callback there, so launch.py composes the same config first and checks it
+    sweep job       validated inside the job (launch/job.py), which records the failure in its directory
+
+Light: hydra, omegaconf and our config modules only (no torch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from internvl_exp.errors import ConfigError
+
+
+def config_error(cfg: Any) -> str | None:
+    """The validation message for a composed config (secrets scrubbed), or None when it is valid."""
+    from internvl_exp.config.validate import validate
+
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def check_or_exit(cfg: Any) -> None:
+    """Exit with status 1 and the validation message when `cfg` breaks a rule."""
+    message = config_error(cfg)
+    if message is not None:
+        raise SystemExit(message)
+
+
+def compose_config(config_dir: Path, config_name: str, overrides: list[str]) -> Any:
+    """The task config Hydra would compose for `launch.py OVERRIDES` (run mode)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def check_cfg_request(argv: list[str], config_dir: Path) -> None:
+    """For `launch.py ... --cfg job|all`: exit non-zero with the launch's message when the config is invalid.
+
+    A config that does not even compose is left to Hydra, which then reports it in its own words."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.cfg not in ("job", "all") or args.multirun:
+        return
+    if args.config_path:
+        config_dir = (config_dir.parent / args.config_path).resolve()
+    overrides = list(args.overrides)
+    if args.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]")
+    try:
+        cfg = compose_config(config_dir, args.config_name or "config", overrides)
+    except Exception:  # Hydra's own --cfg path reports composition errors
+        return
+    check_or_exit(cfg)
