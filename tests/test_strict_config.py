@@ -22,7 +22,7 @@ def _problems(overrides, tmp_path) -> str:
 
 
 def test_plus_key_on_a_schema_group_is_refused_with_the_keys_nearby(tmp_path):
-    message = _problems(["+optimizer.lrr=1", "+trainer.resume_from_checkpoint=true", "+model.tiny.text_layer=3"],
+    message = _problems(["+optimizer.lrr=1", "+trainer.resume_from_checkpoint=true", "+model.arch.text.num_hidden_layer=3"],
                         tmp_path)
     lines = message.splitlines()
     assert lines[0] == "invalid configuration:" and len(lines) == 4
@@ -30,8 +30,8 @@ def test_plus_key_on_a_schema_group_is_refused_with_the_keys_nearby(tmp_path):
     assert "did you mean optimizer.lr?" in lrr and "weight_decay" in lrr and "scheduler_kwargs" in lrr
     resume = next(line for line in lines if line.startswith("  - trainer.resume_from_checkpoint: "))
     assert "not a key of trainer" in resume and "max_steps" in resume and "save_steps" in resume
-    nested = next(line for line in lines if line.startswith("  - model.tiny.text_layer: "))
-    assert "did you mean model.tiny.text_layers?" in nested
+    nested = next(line for line in lines if line.startswith("  - model.arch.text.num_hidden_layer: "))
+    assert "did you mean model.arch.text.num_hidden_layers?" in nested
 
 
 def test_plus_key_on_a_top_level_typo_and_free_form_mappings(tmp_path):
@@ -39,10 +39,11 @@ def test_plus_key_on_a_top_level_typo_and_free_form_mappings(tmp_path):
     from internvl_exp.config.validate import validate
 
     # Free-form mappings opt in to new keys: DeepSpeed's JSON, scheduler kwargs, per-part lr scales.
-    cfg = compose(["+deepspeed.config.zero_optimization.stage=2", "+optimizer.scheduler_kwargs.num_cycles=0.5",
+    cfg = compose(["deepspeed=zero2", "+deepspeed.config.zero_optimization.round_robin_gradients=true",
+                   "+optimizer.scheduler_kwargs.num_cycles=0.5",
                    "+optimizer.part_lr_scale.vision=0.1"], tmp_path)
     validate(cfg)
-    assert cfg.deepspeed.config.zero_optimization.stage == 2
+    assert cfg.deepspeed.config.zero_optimization.round_robin_gradients is True
 
 
 
