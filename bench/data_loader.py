@@ -118,7 +118,8 @@ def collate_processor(pad_id: int):
 def build_processor_path(tokenizer):
     from internvl_exp.models.loading import build_processor
 
-    cfg = SimpleNamespace(image_size=TILE, min_dynamic_patch=1, max_dynamic_patch=MAX_PATCH, normalize_type="imagenet")
+    cfg = SimpleNamespace(image_size=TILE, min_dynamic_patch=1, max_dynamic_patch=MAX_PATCH, normalize_type="imagenet",
+                          template="internvl2_5")
     return build_processor(cfg, tokenizer, TOKENS)
 
 

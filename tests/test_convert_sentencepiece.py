@@ -242,7 +242,8 @@ def test_a_processor_built_on_it_expands_images(internlm2):
     from internvl_exp.models.loading import build_processor
 
     _, fast, slow = internlm2
-    cfg = SimpleNamespace(normalize_type="imagenet", image_size=32, min_dynamic_patch=1, max_dynamic_patch=6)
+    cfg = SimpleNamespace(normalize_type="imagenet", image_size=32, min_dynamic_patch=1, max_dynamic_patch=6,
+                          template="internlm2-chat")
     processor = build_processor(cfg, fast, 4)
     text = "<|im_start|>user\n<IMG_CONTEXT>\nWhat is shown?<|im_end|>"
     out = processor(text=text, images=[Image.new("RGB", (32, 32), (255, 0, 0))])

@@ -163,35 +163,27 @@ def config_tokens_per_tile(config: Any) -> int:
     return tokens_per_tile(size, patch, config.downsample_ratio)
 
 
-def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int):
-    """An InternVLProcessor (GOT-OCR2 image processor + tokenizer) saved next to every checkpoint."""
-    from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
+def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, system_message: str | None = None):
+    """An InternVLProcessor built from the model config (tiling, normalisation, chat template of model.template)."""
+    from internvl_exp.models.processor import make_processor
 
-    from internvl_exp.data.images import normalization
-
-    mean, std = normalization(model_cfg.normalize_type)
-    image_processor = GotOcr2ImageProcessor(
-        size={"height": model_cfg.image_size, "width": model_cfg.image_size},
-        crop_to_patches=True,
+    return make_processor(
+        tokenizer,
+        image_size=model_cfg.image_size,
         min_patches=model_cfg.min_dynamic_patch,
         max_patches=model_cfg.max_dynamic_patch,
-        image_mean=list(mean),
-        image_std=list(std),
-    )
-    video_processor = InternVLVideoProcessor(
-        size={"height": model_cfg.image_size, "width": model_cfg.image_size}, image_mean=list(mean), image_std=list(std)
-    )
-    return InternVLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
         image_seq_length=num_tokens_per_tile,
+        template=model_cfg.template,
+        normalize_type=model_cfg.normalize_type,
+        system_message=system_message,
     )
 
 
-def load_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, checkpoint: Path | None = None):
+def load_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, checkpoint: Path | None = None,
+                   system_message: str | None = None):
     """The checkpoint's own processor when it ships one (native repos do), else one built from the model config.
-    Its tile counts follow the run's model.min/max_dynamic_patch, so final/ preprocesses as training did."""
+    Its tile counts follow the run's model.min/max_dynamic_patch and its chat template renders the run's
+    model.template (and data.system_message), so final/ preprocesses and prompts as training did."""
     if checkpoint is not None and any((checkpoint / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
         from transformers import AutoProcessor
 
@@ -205,5 +197,8 @@ def load_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, che
         image_processor.min_patches = model_cfg.min_dynamic_patch
         image_processor.max_patches = model_cfg.max_dynamic_patch
         processor.tokenizer = tokenizer
+        from internvl_exp.models.processor import template_for
+
+        processor.chat_template = template_for(model_cfg.template, system_message) or processor.chat_template
         return processor
-    return build_processor(model_cfg, tokenizer, num_tokens_per_tile)
+    return build_processor(model_cfg, tokenizer, num_tokens_per_tile, system_message)

@@ -69,7 +69,7 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
             f"model {cfg.model.name!r} has {config_tokens_per_tile(model.config)} image tokens per tile but its config "
             f"gives {num_tokens_per_tile}; check model.image_size / model.downsample_ratio"
         )
-    processor = load_processor(cfg.model, tokenizer, num_tokens_per_tile, checkpoint)
+    processor = load_processor(cfg.model, tokenizer, num_tokens_per_tile, checkpoint, cfg.data.system_message)
 
     # Drop-path, freezing, eval-mode frozen parts, LoRA. A random base exists nowhere else: saved for merge_lora.
     save_base = cfg.model.random_init and cfg.trainer.save_final and args.process_index == 0

@@ -6,10 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# InternVL normalises with ImageNet statistics (every release in scope, model-zoo section 0).
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
 
 def write_processor(
     dst: Path,
@@ -21,28 +17,16 @@ def write_processor(
     image_seq_length: int,
     template: str | None,
 ) -> None:
-    """Write preprocessor/processor configs and the tokenizer into dst.
+    """Write preprocessor/processor configs (with the chat template of the original config's `template`, when
+    it is one we know) and the tokenizer into dst. InternVL normalises with ImageNet statistics (model-zoo 0)."""
+    from internvl_exp.models.processor import make_processor
 
-    The chat template for `template` (the original config's `template` name, e.g. "internvl2_5") belongs here:
-    pass `chat_template=internvl_exp.models.chat_template.chat_template(template)` to InternVLProcessor below.
-    """
-    from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
-
-    size = {"height": image_size, "width": image_size}
-    image_processor = GotOcr2ImageProcessor(
-        size=size,
-        crop_to_patches=max_dynamic_patch > 1,
+    make_processor(
+        tokenizer,
+        image_size=image_size,
         min_patches=min_dynamic_patch,
         max_patches=max_dynamic_patch,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        do_convert_rgb=True,
-    )
-    video_processor = InternVLVideoProcessor(size=size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
-    processor = InternVLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
         image_seq_length=image_seq_length,
-    )
-    processor.save_pretrained(str(dst))
+        template=template,
+        normalize_type="imagenet",
+    ).save_pretrained(str(dst))
