@@ -254,7 +254,7 @@ def test_video_settings_are_validated():
 
 def test_a_large_scan_shows_progress_on_a_terminal_and_plans_every_line(tmp_path, tokenizer, monkeypatch):
     """Past PROGRESS_MIN_LINES the scan wraps its loop in a progress bar (shown on a terminal only)."""
-    import internvl_exp.data.dataset as dataset_mod
+    import internvl_exp.data.prescan as dataset_mod
     from internvl_exp.data.dataset import scan
     from internvl_exp.data.planner import ImageSettings
     from internvl_exp.data.sources import load_entries
@@ -262,7 +262,7 @@ def test_a_large_scan_shows_progress_on_a_terminal_and_plans_every_line(tmp_path
     monkeypatch.setattr(dataset_mod, "PROGRESS_MIN_LINES", 50)
     bars = []
     real_tqdm = dataset_mod.tqdm
-    monkeypatch.setattr(dataset_mod, "tqdm", lambda it, **kw: bars.append(kw) or real_tqdm(it, **kw))
+    monkeypatch.setattr(dataset_mod, "tqdm", lambda *a, **kw: bars.append(kw) or real_tqdm(*a, **kw))
     ann = tmp_path / "t.jsonl"
     conv = [{"from": "human", "value": "What number comes after 3?"}, {"from": "gpt", "value": "4."}]
     ann.write_text("".join(json.dumps({"conversations": conv}) + "\n" for _ in range(60)))

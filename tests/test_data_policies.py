@@ -332,18 +332,41 @@ def test_load_time_failures_strict_raise_with_file_and_line(tmp_path, tokenizer)
             ds[index]
 
 
-def test_load_time_failures_skip_count_across_workers(tmp_path, tokenizer):
+def test_load_time_failures_skip_serve_the_next_planned_sample_across_workers(tmp_path, tokenizer):
+    """Skip means skip: a sample that fails to load is replaced by the next planned sample of the epoch order
+    (counted by reason), so batches keep their size; counts made in data-loader workers reach this process."""
     ds, report = build(tmp_path, tokenizer, {"d": (_load_time_failures(tmp_path), {})}, on_error="skip")
+    ref, _ = build(tmp_path, tokenizer, {"d": (_load_time_failures(tmp_path), {})}, on_error="skip")
+    good = [ref[i] for i in range(8)]  # before the media break (only positions 1, 3, 5, 7 are used broken)
     _break_after_scan(tmp_path)
-    assert [i for i in range(8) if ds[i] is None] == list(LOAD_FAILS)
+    assert report.as_dict()["load_failures"] == 0
+    items = [ds[i] for i in range(8)]
+    for i in range(8):
+        served = (i + 1) % 8 if i in LOAD_FAILS else i  # the next planned sample (position 7 wraps to 0)
+        assert items[i]["input_ids"].tolist() == good[served]["input_ids"].tolist()
+        assert torch.equal(pixels(items[i]), pixels(good[served]))
     assert report.as_dict()["load_failures_by_reason"] == {"corrupt_media": 1, "missing_media": 1, "video_unreadable": 2}
     collator = Collator(tokenizer.pad_token_id)
     # Two worker processes, two batches each: the counts made there must reach this process.
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collator)
     batches = list(loader)
-    assert [b["input_ids"].shape[0] for b in batches] == [1, 1, 1, 1]
-    assert collator.skipped == 4
+    assert [b["input_ids"].shape[0] for b in batches] == [2, 2, 2, 2]
     assert report.load_failures.as_dict() == {"corrupt_media": 2, "missing_media": 2, "video_unreadable": 4}
+    assert report.as_dict()["load_failures"] == 8
+
+
+def test_load_time_tile_mismatch_follows_the_policy(tmp_path, tokenizer):
+    """An image replaced by one of another shape after the scan: its planned tokens no longer fit its tiles."""
+    write_image(tmp_path / "a.png", (64, 64))
+    write_image(tmp_path / "ok.png", (32, 32))
+    rows = [{"image": "a.png", "conversations": conv("<image>\nQ?", "A.")}, {"image": "ok.png", "conversations": conv("<image>\nQ?", "B.")}]
+    strict, _ = build(tmp_path, tokenizer, {"d": (rows, {})}, on_error="strict")
+    skip, report = build(tmp_path, tokenizer, {"d": (rows, {})}, on_error="skip")
+    write_image(tmp_path / "a.png", (32, 32))  # 1 tile now, 2x2 + thumbnail planned
+    with pytest.raises(DataError, match=r"d.jsonl:1: tile_mismatch: planned 5 tiles, loaded 1"):
+        strict[0]
+    assert skip[0]["input_ids"].tolist() == skip[1]["input_ids"].tolist()
+    assert report.as_dict()["load_failures_by_reason"] == {"tile_mismatch": 1}
 
 
 def test_data_report_is_json_for_metrics(tmp_path, tokenizer):
