@@ -403,3 +403,24 @@ def test_policies_through_launch_py(tmp_path, demo_dir):
     assert metrics["data"]["samples"] == 6
     log = (run_dir / "train.log").read_text()
     assert "skipped 2 sample(s) by reason" in log and "d.jsonl:8: missing_media" in log
+
+
+def test_skip_keeps_every_step_when_images_fail_to_load_through_launch_py(tmp_path, demo_dir):
+    """on_error=skip, batch size 1, every third image truncated (the header scan accepts it, the decode fails):
+    the run completes all its steps, and metrics.json counts the failures by reason."""
+    from conftest import run_launch
+
+    _truncated_png(tmp_path / "trunc.png")
+    write_image(tmp_path / "ok.png", (64, 64))
+    rows = [{"image": "trunc.png" if i % 3 == 2 else "ok.png", "conversations": conv("<image>\nColour?", "Red.")} for i in range(9)]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"d": {"root": str(tmp_path), "annotation": str(tmp_path / "d.jsonl")}}))
+    res = run_launch([f"paths.output_dir={tmp_path / 'out'}", f"paths.demo_data_dir={demo_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
+                      f"data.meta_path={meta}", "data.generate_demo=false", "data.on_error=skip", "run_name=skip",
+                      "trainer.per_device_train_batch_size=1", "trainer.max_steps=9", "trainer.save_final=false"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "default" / "skip" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 9
+    assert metrics["data"]["samples"] == 9 and metrics["data"]["skipped_by_reason"] == {}
+    assert metrics["data"]["load_failures_by_reason"] == {"corrupt_media": 3} and metrics["data"]["load_failures"] == 3
