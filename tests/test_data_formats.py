@@ -273,3 +273,29 @@ def test_a_large_scan_shows_progress_on_a_terminal_and_plans_every_line(tmp_path
     ann.write_text("".join(json.dumps({"conversations": conv}) + "\n" for _ in range(10)))
     scan(entries, tokenizer, "internvl2_5", ImageSettings(tile_size=64, tokens_per_tile=16), 512)
     assert bars[-1]["disable"] is True  # small sets: no bar
+
+
+def test_video_sampling_seeks_and_decodes_only_near_the_sampled_frames(tmp_path):
+    """Frames are reached by seeking to the keyframe before them, not by decoding from the start."""
+    import numpy as np
+
+    from data_media import LEVEL0, STEP
+    from internvl_exp.data.video import decode_frames, load_frames, probe_video
+
+    path = write_video(tmp_path / "long.mp4", frames=40, fps=10, gop=5)
+    info = probe_video(path, "long.mp4")
+    assert info.count == 40
+
+    def shown(image):
+        return int(round((np.asarray(image, dtype=np.float64).mean() - LEVEL0) / STEP))
+
+    picked, decoded = decode_frames(path, [31, 36, 38])
+    assert {i: shown(im) for i, im in picked.items()} == {31: 31, 36: 36, 38: 38}
+    assert decoded <= 9  # a keyframe and the frames up to each target; decoding from the start takes 39
+    picked, decoded = decode_frames(path, [2, 3, 4, 21, 39])
+    assert {i: shown(im) for i, im in picked.items()} == {2: 2, 3: 3, 4: 4, 21: 21, 39: 39}
+    assert decoded <= 5 + 2 + 5
+    # Through the sampler's entry point, with a clip starting at frame 10 (indices relative to the clip).
+    clip = probe_video(path, "long.mp4", [1.0, 3.0])
+    assert (clip.first, clip.count) == (10, 20)
+    assert [shown(f) for f in load_frames(path, "long.mp4", clip, [0, 7, 19])] == [10, 17, 29]
