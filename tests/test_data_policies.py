@@ -424,3 +424,42 @@ def test_skip_keeps_every_step_when_images_fail_to_load_through_launch_py(tmp_pa
     assert metrics["status"] == "completed" and metrics["steps"] == 9
     assert metrics["data"]["samples"] == 9 and metrics["data"]["skipped_by_reason"] == {}
     assert metrics["data"]["load_failures_by_reason"] == {"corrupt_media": 3} and metrics["data"]["load_failures"] == 3
+
+
+def _epoch_lines(ds, epoch):
+    import numpy as np
+
+    ds.set_epoch(epoch)
+    rows = ds.epoch_order()
+    return list(zip(np.asarray(ds.plan.rows["dataset"])[rows].tolist(), np.asarray(ds.plan.rows["line_no"])[rows].tolist()))
+
+
+def test_weights_with_repeat_time_never_repeat_a_sample_before_a_full_pass(tmp_path, tokenizer):
+    rows = [{"conversations": conv(f"Q{i}", f"A{i}.")} for i in range(30)]
+    # a: 10 lines x repeat_time 3 = a pool of 30 of the 90; weights 1:1:2 give it 23 slots (the tie of 22.5 goes
+    # to the first dataset): two whole passes over its 10 lines, then 3 of them once more, never 3 copies of one
+    # line while another has 1 (what drawing 23 from the 30 copies would allow).
+    ds, report = build(tmp_path, tokenizer, {"a": (rows[:10], {"repeat_time": 3, "weight": 1.0}), "b": (rows, {"weight": 1.0}),
+                                             "c": (rows, {"weight": 2.0})})
+    assert report.per_dataset == {"a": 30, "b": 30, "c": 30} and report.mixture == {"a": 23, "b": 22, "c": 45}
+    for epoch in range(3):
+        counts = Counter(line for d, line in _epoch_lines(ds, epoch) if d == 0)
+        assert len(counts) == 10 and set(counts.values()) == {2, 3}  # 2 whole passes, then 2 of the 10 once more
+        counts_b = Counter(line for d, line in _epoch_lines(ds, epoch) if d == 1)
+        assert len(counts_b) == 22 and set(counts_b.values()) == {1}  # fewer slots than lines: no repeats
+
+
+def test_subsets_change_per_epoch_reproducibly(tmp_path, tokenizer):
+    rows = [{"conversations": conv(f"Q{i}", f"A{i}.")} for i in range(40)]
+    spec = {"half": (rows, {"repeat_time": 0.5}), "weighted": (rows, {"repeat_time": 1})}
+    ds, _ = build(tmp_path, tokenizer, spec, seed=3)
+    epochs = [_epoch_lines(ds, e) for e in range(4)]
+    assert all(len(e) == 60 for e in epochs)
+    halves = [frozenset(line for d, line in e if d == 0) for e in epochs]
+    assert all(len(h) == 20 for h in halves) and len(set(halves)) == 4  # a different half every epoch
+    again, _ = build(tmp_path, tokenizer, spec, seed=3)
+    assert [_epoch_lines(again, e) for e in (2, 0)] == [epochs[2], epochs[0]]  # reproducible, in any order
+    assert _epoch_lines(ds, 1) == epochs[1]
+    ds_w, _ = build(tmp_path, tokenizer, {"a": (rows, {"weight": 1.0}), "b": (rows[:10], {"weight": 1.0})}, seed=3)
+    picks = [frozenset(line for d, line in _epoch_lines(ds_w, e) if d == 0) for e in range(3)]
+    assert all(len(p) == 25 for p in picks) and len(set(picks)) == 3
