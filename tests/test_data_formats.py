@@ -299,3 +299,43 @@ def test_video_sampling_seeks_and_decodes_only_near_the_sampled_frames(tmp_path)
     clip = probe_video(path, "long.mp4", [1.0, 3.0])
     assert (clip.first, clip.count) == (10, 20)
     assert [shown(f) for f in load_frames(path, "long.mp4", clip, [0, 7, 19])] == [10, 17, 29]
+
+
+def test_header_sizes_equal_pil_for_every_format_and_errors_match(tmp_path):
+    """The scan's header reader (JPEG/PNG parsed directly, the rest through PIL) gives PIL's size, and PIL's error."""
+    import numpy as np
+    from PIL import Image
+
+    from internvl_exp.data.image_header import header_size
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "x" * 5000  # orientation (not applied to the size), a long APP1 segment
+    cases = {
+        "plain.jpg": dict(format="JPEG", quality=90),
+        "progressive.jpg": dict(format="JPEG", progressive=True),
+        "exif.jpg": dict(format="JPEG", exif=exif),
+        "icc.jpg": dict(format="JPEG", icc_profile=b"\0" * 70000),  # several APP2 segments, past the first read
+        "rgba.png": dict(format="PNG"),
+        "pic.gif": dict(format="GIF"),
+        "pic.bmp": dict(format="BMP"),
+        "pic.webp": dict(format="WEBP"),
+        "pic.tiff": dict(format="TIFF"),
+    }
+    for name, kw in cases.items():
+        (img.convert("RGBA") if name.endswith("png") else img).save(tmp_path / name, **kw)
+        with Image.open(tmp_path / name) as im:
+            assert header_size(tmp_path / name) == im.size == (53, 37), name
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        (tmp_path / "hopper.jpg").write_bytes(f.read())
+    assert header_size(tmp_path / "hopper.jpg") == (512, 600)
+    (tmp_path / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    (tmp_path / "text.png").write_bytes(b"not an image at all")
+    for name in ("garbage.jpg", "text.png"):
+        with pytest.raises(OSError):
+            header_size(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        header_size(tmp_path / "missing.png")

@@ -15,9 +15,10 @@ from typing import Any
 
 from PIL import Image
 
+from internvl_exp.data.image_header import header_size
 from internvl_exp.data.images import RESIZE_BACKENDS
 from internvl_exp.data.sources import DatasetEntry, RawLine
-from internvl_exp.data.templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, ConversationError, normalise_roles, tokenize_turns
+from internvl_exp.data.templates import IMAGE_PLACEHOLDER, ConversationError, count_turns, normalise_roles
 from internvl_exp.data.tiling import choose_grid
 from internvl_exp.data.video import FRAME_SAMPLING, VideoError, VideoInfo, expand_video_placeholder, probe_video, video_kind
 
@@ -183,20 +184,20 @@ class Planner:
             per_image = 1
         else:
             paths, per_image, tiles = self._plan_images(entry, convs, media)
-        blocks = tokenize_turns(convs, self.tokenizer, self.template, [n * s.tokens_per_tile for n in tiles], self.system_message)
-        length = sum(len(b["input_ids"]) for b in blocks)
+        blocks = count_turns(convs, self.tokenizer, self.template, [n * s.tokens_per_tile for n in tiles], self.system_message)
+        length = sum(b["length"] for b in blocks)
         truncated = False
         if length > self.max_seq_length:
             if self.length_policy == "drop":
                 raise Skip("too_long", f"{length} tokens > max_seq_length {self.max_seq_length}")
             blocks, convs = self._truncate(blocks, convs, length)
-            length = sum(len(b["input_ids"]) for b in blocks)
+            length = sum(b["length"] for b in blocks)
             n_images = sum(b["num_images"] for b in blocks)
             paths, tiles = paths[:n_images], tiles[:n_images]
             if video is not None and n_images == 0:
                 video = None
             truncated = True
-        supervised = sum(1 for b in blocks for t in b["labels"] if t != IGNORE_INDEX)
+        supervised = sum(b["supervised"] for b in blocks)
         return PlannedSample(entry, line, convs, paths, video, per_image, tiles, length, supervised, truncated)
 
     def materialize(self, entry: DatasetEntry, line: RawLine, *, per_image: int, tiles: list[int], n_frames: int,
@@ -240,8 +241,7 @@ class Planner:
         sizes = []
         for p in paths:
             try:
-                with Image.open(p) as im:
-                    sizes.append(im.size)
+                sizes.append(header_size(p))
             except FileNotFoundError:
                 raise Skip("missing_media", f"image {p} does not exist (or is not a file)") from None
             except IsADirectoryError:
@@ -299,9 +299,9 @@ class Planner:
     def _truncate(self, blocks: list[dict], convs: list[dict], length: int) -> tuple[list[dict], list[dict]]:
         """Cut whole trailing (human, gpt) pairs; keep the system block and at least one pair."""
         keep = len(blocks)
-        while keep > 3 and sum(len(b["input_ids"]) for b in blocks[:keep]) > self.max_seq_length:
+        while keep > 3 and sum(b["length"] for b in blocks[:keep]) > self.max_seq_length:
             keep -= 2
-        kept = sum(len(b["input_ids"]) for b in blocks[:keep])
+        kept = sum(b["length"] for b in blocks[:keep])
         if kept > self.max_seq_length:
             raise Skip(
                 "too_long",
