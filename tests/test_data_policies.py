@@ -463,3 +463,31 @@ def test_subsets_change_per_epoch_reproducibly(tmp_path, tokenizer):
     ds_w, _ = build(tmp_path, tokenizer, {"a": (rows, {"weight": 1.0}), "b": (rows[:10], {"weight": 1.0})}, seed=3)
     picks = [frozenset(line for d, line in _epoch_lines(ds_w, e) if d == 0) for e in range(3)]
     assert all(len(p) == 25 for p in picks) and len(set(picks)) == 3
+
+
+def test_two_process_run_scans_once_and_skips_on_every_rank(tmp_path, demo_dir):
+    """torchrun with 2 CPU processes (gloo): one rank scans, the other loads the cached plan; with every third
+    image truncated and batch size 1 both ranks run all their steps; metrics.json sums the failures of both."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    _truncated_png(tmp_path / "trunc.png")
+    write_image(tmp_path / "ok.png", (64, 64))
+    rows = [{"image": "trunc.png" if i % 3 == 2 else "ok.png", "conversations": conv("<image>\nColour?", "Red.")} for i in range(12)]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"d": {"root": str(tmp_path), "annotation": str(tmp_path / "d.jsonl")}}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "launch.py"),
+           f"paths.output_dir={tmp_path / 'out'}", f"paths.demo_data_dir={demo_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
+           f"data.meta_path={meta}", "data.generate_demo=false", "data.on_error=skip", "run_name=two",
+           "trainer.per_device_train_batch_size=1", "trainer.max_steps=6", "trainer.save_final=false"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert out.count("data plan: scanned") == 1 and out.count("data plan: cache hit") == 1
+    metrics = json.loads((tmp_path / "out" / "default" / "two" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 6 and metrics["samples"] == 12
+    served = out.count("skipping sample (corrupt_media)")  # both ranks log their own
+    assert served >= 1 and metrics["data"]["load_failures_by_reason"] == {"corrupt_media": served}

@@ -29,9 +29,21 @@ class LoadFailures:
     def total(self) -> int:
         return sum(self.as_dict().values())
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self, all_ranks: bool = False) -> dict[str, int]:
+        """Counts by reason: this process's (with its data-loader workers), or with `all_ranks` summed over
+        every rank of the distributed run (a collective: every rank must call it)."""
         with self._counts.get_lock():
-            return {r: int(n) for r, n in zip(LOAD_REASONS, self._counts[:]) if n}
+            counts = list(self._counts[:])
+        if all_ranks:
+            import torch
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+                t = torch.tensor(counts, dtype=torch.int64, device=device)
+                dist.all_reduce(t)
+                counts = t.tolist()
+        return {r: int(n) for r, n in zip(LOAD_REASONS, counts) if n}
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,8 @@ class DataReport:
         self.tokens = int(np.asarray(plan.rows["length"], dtype=np.int64)[rows].sum())
         self.supervised_tokens = int(np.asarray(plan.rows["supervised"], dtype=np.int64)[rows].sum())
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, all_ranks: bool = False) -> dict[str, Any]:
+        """The report for metrics.json; `all_ranks`: load failures summed over the ranks (a collective)."""
         out: dict[str, Any] = {
             "samples": self.samples,
             "per_dataset": dict(self.per_dataset),
@@ -81,7 +94,8 @@ class DataReport:
             out["mixture"] = dict(self.mixture)
         if self.load_failures is not None:
             # Each failure was replaced by the next planned sample of the epoch (on_error=skip).
-            out["load_failures_by_reason"] = self.load_failures.as_dict()
-            out["load_failures"] = self.load_failures.total()
+            failures = self.load_failures.as_dict(all_ranks)
+            out["load_failures_by_reason"] = failures
+            out["load_failures"] = sum(failures.values())
         out["plan"] = self.plan_source
         return out
