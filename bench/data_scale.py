@@ -133,6 +133,19 @@ def child(args: argparse.Namespace) -> None:
         loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, shuffle=True, collate_fn=Collator(tokenizer.pad_token_id))
         next(iter(loader))
         out["first_step_s"] = time.perf_counter() - start
+        # What keeping the tokens would save: load-time tokenisation against the whole item, same samples.
+        from internvl_exp.data.templates import tokenize_turns
+
+        picks = range(0, len(ds), max(1, len(ds) // 64))[:64]
+        samples = [ds.samples[i] for i in picks]
+        t = time.perf_counter()
+        for s in samples:
+            tokenize_turns(s.conversations, tokenizer, "internvl2_5", [n * 256 for n in s.num_tiles])
+        out["tokenize_ms"] = (time.perf_counter() - t) / len(samples) * 1e3
+        t = time.perf_counter()
+        for i in picks:
+            ds[i]
+        out["item_ms"] = (time.perf_counter() - t) / len(samples) * 1e3
     print(json.dumps(out), flush=True)
 
 
@@ -203,7 +216,8 @@ def main() -> None:
         rows.append({"n": n, "mb": ann.stat().st_size / 1e6, "one": one, "full": full, "hit": hit, "step": step,
                      "per_sample": per_sample})
         print(f"  RSS per sample {per_sample:.0f} B (plan arrays {hit['plan_bytes'] / hit['samples']:.0f} B/sample); "
-              f"first step {step['first_step_s']:.2f} s", flush=True)
+              f"first step {step['first_step_s']:.2f} s; load-time tokenisation {step['tokenize_ms']:.2f} ms of "
+              f"{step['item_ms']:.1f} ms per item", flush=True)
 
     def cell(r):
         return (f"| {r['n']:,} ({r['mb']:.0f} MB) | {r['one']['lines'] / r['one']['seconds']:,.0f} | "
@@ -238,6 +252,10 @@ images from a pool of 32 real-size JPEGs (640x480 to 1920x1080), 448-px tiles at
   take {rows[-1]['hit']['plan_bytes'] / rows[-1]['hit']['samples']:.0f} bytes per sample, memory-mapped, so the ranks of a node and
   the data-loader workers share one copy in the page cache.
 - **first batch**: the cached load plus a DataLoader (batch 4, 2 workers, shuffled) delivering its first batch.
+- **tokens at load**: loading an item (read the line, parse, tokenise, decode and tile its images) took
+  {rows[-1]['step']['item_ms']:.1f} ms on average, of which tokenising {rows[-1]['step']['tokenize_ms']:.2f} ms ({100 * rows[-1]['step']['tokenize_ms'] / rows[-1]['step']['item_ms']:.0f}%). Keeping
+  the scan's tokens would save that share at ~4 bytes per token of cache ({rows[-1]['mb'] * 2:.0f}+ MB for the largest file
+  here), so the scan counts tokens and loading tokenises again (docs/data.md).
 
 **Machine**: {platform.machine()}, {cores} CPU cores, {"shared with other jobs while measured; " if args.note else ""}{args.note}
 {time.strftime("%Y-%m-%d")}. Python {platform.python_version()}, torch {torch.__version__}, tokenizers {tokenizers.__version__}, numpy {np.__version__}.
