@@ -118,12 +118,15 @@ def child(args: argparse.Namespace) -> None:
     entries = load_entries(None, {"scale": {"annotation": str(ann), "root": str(ann.parent)}})
     settings = ImageSettings(tile_size=448, tokens_per_tile=256, max_dynamic_patch=12)
     before = _rss_now_kb()
+    cpu0 = os.times()
     start = time.perf_counter()
     ds, report = build_dataset(entries, tokenizer, "internvl2_5", settings, 8192, scan_workers=args.workers,
                                cache_dir=args.cache)
     seconds = time.perf_counter() - start
+    cpu1 = os.times()  # this process and its (joined) scan workers
+    cpu_s = sum(getattr(cpu1, k) - getattr(cpu0, k) for k in ("user", "system", "children_user", "children_system"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
-    out = {"seconds": seconds, "samples": len(ds), "lines": len(ds.plan) + len(report.problems), "plan": report.plan_source,
+    out = {"seconds": seconds, "cpu_s": cpu_s, "samples": len(ds), "lines": len(ds.plan) + len(report.problems), "plan": report.plan_source,
            "rss_before_kb": before, "rss_peak_kb": peak, "rss_after_kb": _rss_now_kb(), "plan_bytes": ds.plan.nbytes()}
     if args.first_step:
         import torch
@@ -207,7 +210,8 @@ def main() -> None:
         shutil.rmtree(args.data_dir / f"cache_{n}_single", ignore_errors=True)
         print(f"  scan, 1 worker: {one['lines']} lines in {one['seconds']:.1f} s", flush=True)
         full = measure(ann, cache, None)
-        print(f"  scan, {cores} workers: {full['lines']} lines in {full['seconds']:.1f} s", flush=True)
+        print(f"  scan, {cores} workers: {full['lines']} lines in {full['seconds']:.1f} s "
+              f"({full['cpu_s'] / full['lines'] * 1e3:.2f} ms of CPU per line)", flush=True)
         hit = measure(ann, cache, None)
         assert hit["plan"] == "cache-hit", hit
         print(f"  cached load: {hit['seconds']:.2f} s", flush=True)
@@ -221,7 +225,8 @@ def main() -> None:
 
     def cell(r):
         return (f"| {r['n']:,} ({r['mb']:.0f} MB) | {r['one']['lines'] / r['one']['seconds']:,.0f} | "
-                f"{r['full']['lines'] / r['full']['seconds']:,.0f} ({r['full']['seconds']:.0f} s) | {r['hit']['seconds']:.2f} | "
+                f"{r['full']['lines'] / r['full']['seconds']:,.0f} ({r['full']['seconds']:.0f} s) | "
+                f"{r['full']['lines'] / r['full']['cpu_s']:,.0f} | {r['hit']['seconds']:.2f} | "
                 f"{r['hit']['rss_peak_kb'] / 1024:.0f} MB | {r['per_sample']:.0f} B | {r['step']['first_step_s']:.2f} |")
 
     import numpy as np
@@ -238,14 +243,17 @@ conversations of about 1.3 KB per line (1 to 4 turn pairs), 85% single-image, 5%
 images from a pool of 32 real-size JPEGs (640x480 to 1920x1080), 448-px tiles at 256 tokens, max_dynamic_patch
 12, the `internvl2_5` template, the tiny tokenizer, max_seq_length 8192. Every number comes from a fresh process.
 
-| lines (file) | first scan, 1 worker (lines/s) | first scan, {cores} workers (lines/s) | cached load (s) | peak RSS, cached load | RSS per sample | first batch (s) |
-|---|---|---|---|---|---|---|
+| lines (file) | first scan, 1 worker (lines/s) | first scan, {cores} workers (lines/s) | lines per CPU-second | cached load (s) | peak RSS, cached load | RSS per sample | first batch (s) |
+|---|---|---|---|---|---|---|---|
 {table}
 
 - **first scan, 1 worker**: the first {args.single_lines:,} lines, one process, no cache.
 - **first scan, {cores} workers**: the whole file, `data.scan_workers` = every core, writing the cache. Each
   line is parsed, its conversation checked, its image headers opened and its tokens counted exactly (the
   length policy needs exact lengths). Tokenising is most of the cost.
+- **lines per CPU-second**: the all-workers scan's lines over the CPU time it used (the process and its
+  workers). Unlike lines/s it does not depend on what else runs on the machine: on {cores} idle cores the scan
+  would reach about {cores} times this.
 - **cached load**: `build_dataset` again in a new process: the key (tokenizer, settings, code), the annotation
   files' stat checked against the manifest, the arrays memory-mapped.
 - **RSS per sample**: (peak RSS during the cached load - RSS before it) / samples. The plan arrays themselves

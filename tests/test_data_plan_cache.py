@@ -169,3 +169,10 @@ def test_two_processes_started_at_once_scan_once(tmp_path):
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert sorted(r["plan"] for r in results) == ["cache-hit", "cache-miss"]
     assert results[0]["rows"] == results[1]["rows"] == 3000
+
+
+def test_an_annotation_file_changed_during_the_run_stops_with_a_clear_message(tmp_path, tokenizer):
+    ds, _ = _build(tmp_path, tokenizer, _mixed_rows(tmp_path, 6), on_error="skip")
+    (tmp_path / "d.jsonl").write_text("{oops\n" * 200)
+    with pytest.raises(DataError, match=r"d.jsonl:1: the annotation file changed after the pre-flight scan"):
+        ds[0]

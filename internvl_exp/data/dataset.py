@@ -25,7 +25,7 @@ from PIL import Image
 from internvl_exp.data.images import frames_to_tiles_u8, image_to_tiles_u8, load_rgb
 from internvl_exp.data.mixture import epoch_indices, epoch_slots
 from internvl_exp.data.plan import LineReader, Plan, read_line
-from internvl_exp.data.planner import POLICY_REASONS, ImageSettings, PlannedSample, Planner
+from internvl_exp.data.planner import POLICY_REASONS, ImageSettings, PlannedSample, Planner, Skip
 from internvl_exp.data.prescan import build_plan
 from internvl_exp.data.report import DataReport, LoadFailures
 from internvl_exp.data.sources import DatasetEntry
@@ -125,12 +125,18 @@ class SupervisedDataset(torch.utils.data.Dataset):
     def sample_of_row(self, row: int) -> PlannedSample:
         r = self.plan.rows
         d = int(r["dataset"][row])
-        return self.planner.materialize(
-            self.entries[d], read_line(self.plan, self.reader, row), per_image=int(r["per_image"][row]),
-            tiles=self.plan.tiles_of(row), n_frames=int(r["frames"][row]), video_first=int(r["video_first"][row]),
-            video_count=int(r["video_count"][row]), turns=int(r["turns"][row]), length=int(r["length"][row]),
-            supervised=int(r["supervised"][row]), truncated=bool(r["truncated"][row]),
-        )
+        try:
+            return self.planner.materialize(
+                self.entries[d], read_line(self.plan, self.reader, row), per_image=int(r["per_image"][row]),
+                tiles=self.plan.tiles_of(row), n_frames=int(r["frames"][row]), video_first=int(r["video_first"][row]),
+                video_count=int(r["video_count"][row]), turns=int(r["turns"][row]), length=int(r["length"][row]),
+                supervised=int(r["supervised"][row]), truncated=bool(r["truncated"][row]),
+            )
+        except (Skip, UnicodeDecodeError) as e:  # the bytes at the planned offset are no longer the planned line
+            raise DataError(
+                f"{self.entries[d].annotation}:{int(r['line_no'][row])}: the annotation file changed after the pre-flight "
+                f"scan ({e}); start the run again to plan it again"
+            ) from None
 
     def _frames(self, sample: PlannedSample, rng: random.Random) -> list[Image.Image]:
         video = sample.video
