@@ -265,7 +265,7 @@ images from a pool of 32 real-size JPEGs (640x480 to 1920x1080), 448-px tiles at
   the scan's tokens would save that share at ~4 bytes per token of cache ({rows[-1]['mb'] * 2:.0f}+ MB for the largest file
   here), so the scan counts tokens and loading tokenises again (docs/data.md).
 
-**Machine**: {platform.machine()}, {cores} CPU cores, {"shared with other jobs while measured; " if args.note else ""}{args.note}
+**Machine**: {platform.machine()}, {cores} CPU cores, {args.note + " " if args.note else ""}
 {time.strftime("%Y-%m-%d")}. Python {platform.python_version()}, torch {torch.__version__}, tokenizers {tokenizers.__version__}, numpy {np.__version__}.
 
 Command:
