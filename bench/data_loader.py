@@ -166,19 +166,6 @@ def compare(paths: dict, workers: int, batch: int, repeats: int) -> dict[str, fl
     return {name: len(paths[name][0]) / t for name, t in best.items()}
 
 
-def write_docs(section: str, path: Path) -> None:
-    """Replace (or append) the `## Data loader` section, leaving every other section alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section: what was measured, the numbers, and the exact command.\n"
-    head = "## Data loader"
-    if head in text:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text if text.endswith("\n") else text + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=200)
@@ -277,7 +264,9 @@ Command:
     print()
     print(section)
     if args.write_docs:
-        write_docs(section, ROOT / "docs" / "benchmarks.md")
+        from docs_section import write_section
+
+        write_section(ROOT / "docs" / "benchmarks.md", section)
         print(f"wrote {ROOT / 'docs' / 'benchmarks.md'}")
 
 

@@ -163,19 +163,6 @@ def measure(ann: Path, cache: Path, workers: int | None, lines: int = 0, first_s
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def write_docs(section: str, path: Path) -> None:
-    """Replace (or append) the `## Data plan at scale` section, leaving every other section alone."""
-    text = path.read_text()
-    head = "## Data plan at scale"
-    if head in text:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text if text.endswith("\n") else text + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -277,7 +264,9 @@ Command:
     print()
     print(section)
     if args.write_docs:
-        write_docs(section, ROOT / "docs" / "benchmarks.md")
+        from docs_section import write_section
+
+        write_section(ROOT / "docs" / "benchmarks.md", section)
         print(f"wrote {ROOT / 'docs' / 'benchmarks.md'}")
 
 
