@@ -169,7 +169,7 @@ def scan_files(entries: list[DatasetEntry], planner: Planner, workers: int) -> t
     tasks, n_lines, fingerprints = [], 0, {}
     for d, entry in enumerate(entries):
         chunks, n, fp = chunk_file(entry.annotation, chunk)
-        fingerprints[str(entry.annotation)] = fp
+        fingerprints[str(entry.annotation.resolve())] = fp
         tasks += [(d, s, e, first) for s, e, first in chunks]
         n_lines += n
     # A bar only where the wait is noticeable (and only on a terminal: tqdm's disable=None).
@@ -256,7 +256,7 @@ def _fresh(directory: Path, entries: list[DatasetEntry]) -> bool:
     files = manifest.get("files", {})
     changed = False
     for e in entries:
-        rec = files.get(str(e.annotation))
+        rec = files.get(str(e.annotation.resolve()))
         if rec is None:
             return False
         if rec["stat"] != _stat_identity(e.annotation):
