@@ -7,15 +7,16 @@ Data: 200 generated JPEGs of various sizes and aspect ratios (smooth random cont
 conversations, InternVL's 448-px tiles with 256 tokens per tile, max_dynamic_patch 6 + thumbnail, ImageNet
 normalisation, the `internvl2_5` template and the tiny tokenizer shipped with the package.
 
-Both paths run in a torch DataLoader (batch 4; 0 and 2 workers) and produce what the model consumes (a third
-row set times ours with `resize_backend=pil`, bit-identical to InternVL's own resize):
-  ours       SupervisedDataset (planned once by the pre-flight scan) + Collator: input_ids, labels (per-turn
+Three paths run in a torch DataLoader (batch 4; 0 and 2 workers) and produce what the model consumes:
+  ours       SupervisedDataset (planned once by the pre-flight scan) + Collator with the default
+             `resize_backend=pil`: InternVL's own training pixels, bit for bit. input_ids, labels (per-turn
              masks), attention_mask, pixel_values.
+  ours fast  the same with `resize_backend=torch`: the processor's pixels (torchvision's kernel).
   processor  the prompt rendered by the same template with one `<IMG_CONTEXT>` placeholder, then
              `InternVLProcessor(text=..., images=...)` (GotOcr2ImageProcessor tiling, the fast torchvision
              backend) + padding: input_ids, attention_mask, pixel_values. It builds no labels, so it does less.
-Before timing, the script checks that both paths give identical input_ids and pixel values within the
-documented tolerance on every sample. Each configuration runs `--repeats` times; the best run counts
+Before timing, the script checks that every path gives identical input_ids on every sample, that the fast
+path's pixels equal the processor's (same kernel, float rounding), and reports how far the default's are. Each configuration runs `--repeats` times; the best run counts
 (the machine may be shared, and the best run is the least disturbed one).
 """
 
@@ -68,7 +69,7 @@ def generate(directory: Path, n: int, seed: int = 0) -> Path:
     return ann
 
 
-def build_ours(ann: Path, tokenizer, resize_backend: str = "torch"):
+def build_ours(ann: Path, tokenizer, resize_backend: str = "pil"):
     from internvl_exp.data.dataset import ImageSettings, build_dataset
     from internvl_exp.data.sources import load_entries
 
@@ -123,8 +124,9 @@ def build_processor_path(tokenizer):
     return build_processor(cfg, tokenizer, TOKENS)
 
 
-def check_same_output(ours, theirs) -> float:
-    """Both paths must produce the same tokens and (within tolerance) the same pixels, or the race is unfair."""
+def check_same_output(ours, theirs, max_levels: float) -> float:
+    """Both paths must produce the same tokens and (within `max_levels` uint8 levels) the same pixels, or the
+    race is unfair. Returns the largest pixel difference (after normalisation)."""
     from internvl_exp.data.collator import pixel_values
 
     worst = 0.0
@@ -137,8 +139,8 @@ def check_same_output(ours, theirs) -> float:
             raise SystemExit(f"sample {i}: tile counts differ: {tuple(a['pixel_values'].shape)} vs {tuple(b['pixel_values'].shape)}")
         worst = max(worst, (a["pixel_values"] - b["pixel_values"]).abs().max().item())
     level = 1 / (255 * 0.224)
-    if worst > 2 * level + 1e-5:
-        raise SystemExit(f"pixel values differ by {worst:.4f} (> 2 uint8 levels)")
+    if worst > max_levels * level + 1e-5:
+        raise SystemExit(f"pixel values differ by {worst:.4f} (> {max_levels} uint8 levels)")
     print(f"check: identical input_ids on all {len(ours)} samples; pixel values within {worst / level:.2f} uint8 levels")
     return worst
 
@@ -165,19 +167,6 @@ def compare(paths: dict, workers: int, batch: int, repeats: int) -> dict[str, fl
     return {name: len(paths[name][0]) / t for name, t in best.items()}
 
 
-def write_docs(section: str, path: Path) -> None:
-    """Replace (or append) the `## Data loader` section, leaving every other section alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section: what was measured, the numbers, and the exact command.\n"
-    head = "## Data loader"
-    if head in text:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text if text.endswith("\n") else text + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=200)
@@ -197,31 +186,32 @@ def main() -> None:
     tokenizer = load_tiny_tokenizer()
     ann = generate(args.data_dir, args.samples)
     ours, scan_s = build_ours(ann, tokenizer)
+    ours_fast, _ = build_ours(ann, tokenizer, resize_backend="torch")
     processor = build_processor_path(tokenizer)
     theirs = ProcessorDataset(ours.samples, processor)
-    worst = check_same_output(ours, theirs)
+    worst_fast = check_same_output(ours_fast, theirs, max_levels=0)
+    worst = check_same_output(ours, theirs, max_levels=20)
     tiles = sum(sum(s.num_tiles) for s in ours.samples)
     print(f"{len(ours)} samples, {tiles} tiles ({tiles / len(ours):.2f}/sample); pre-flight scan {scan_s:.2f} s "
           f"({len(ours) / scan_s:.0f} lines/s, once per run, not in the numbers below)")
 
     rows = []
-    ours_pil, _ = build_ours(ann, tokenizer, resize_backend="pil")
     paths = {
         "ours": (ours, Collator(tokenizer.pad_token_id)),
         "processor": (theirs, collate_processor(tokenizer.pad_token_id)),
-        "ours_pil": (ours_pil, Collator(tokenizer.pad_token_id)),
+        "ours_fast": (ours_fast, Collator(tokenizer.pad_token_id)),
     }
     for w in args.workers:
         speed = compare(paths, w, args.batch, args.repeats)
-        a, b, c = speed["ours"], speed["processor"], speed["ours_pil"]
+        a, b, c = speed["ours"], speed["processor"], speed["ours_fast"]
         rows.append((w, a, b, c))
-        print(f"workers={w}: ours {a:.1f} samples/s, processor {b:.1f} samples/s, speed-up {a / b:.2f}x; "
-              f"ours with resize_backend=pil {c:.1f} samples/s ({c / b:.2f}x)", flush=True)
+        print(f"workers={w}: ours (exact) {a:.1f} samples/s, processor {b:.1f} samples/s ({a / b:.2f}x); "
+              f"ours fast (resize_backend=torch) {c:.1f} samples/s ({c / b:.2f}x)", flush=True)
 
     import transformers
 
     cmd = "python bench/data_loader.py --write-docs" + (f" --samples {args.samples}" if args.samples != 200 else "")
-    table = "\n".join(f"| {w} | {a:.1f} | {b:.1f} | **{a / b:.2f}x** | {c:.1f} ({c / b:.2f}x) |" for w, a, b, c in rows)
+    table = "\n".join(f"| {w} | {a:.1f} ({a / b:.2f}x) | {c:.1f} (**{c / b:.2f}x**) | {b:.1f} |" for w, a, b, c in rows)
     section = f"""## Data loader
 
 Data-loader throughput in samples/s, through a torch `DataLoader` with batch size {args.batch}.
@@ -229,21 +219,26 @@ Data-loader throughput in samples/s, through a torch `DataLoader` with batch siz
 - **Data**: {len(ours)} generated JPEGs of 14 sizes, from 350x250 to 2000x1500. A sample has {tiles / len(ours):.2f} tiles
   of 448 px on average (max_dynamic_patch {MAX_PATCH} + thumbnail), at 256 tokens per tile. The `internvl2_5`
   template and the tiny tokenizer are used.
-- **ours**: `SupervisedDataset` + `Collator`, with the default `data.resize_backend=torch`. It produces
-  input_ids, per-turn labels, the attention mask and pixel_values.
+- **ours, exact** (the default, `data.resize_backend=pil`): `SupervisedDataset` + `Collator`. InternVL's own
+  training pixels, bit for bit. It produces input_ids, per-turn labels, the attention mask and pixel_values.
+- **ours, fast** (`data.resize_backend=torch`): the same with torchvision's resize kernel, the processor's.
 - **processor**: transformers' `InternVLProcessor`, built with `internvl_exp.models.loading.build_processor`
   (GotOcr2 tiling, torchvision backend). It runs on the same template text, plus padding. It builds no
   labels, so it does less work.
-- **Check**: before timing, the script checks that both paths give identical `input_ids` on every sample, and
-  pixel values that differ by at most {worst:.2g} (max absolute difference after normalisation).
+- **Check**: before timing, the script checks that all paths give identical `input_ids` on every sample; the
+  fast path's pixel values differ from the processor's by at most {worst_fast:.2g} (max absolute difference after
+  normalisation), the exact path's by at most {worst:.2g} ({worst * 255 * 0.224:.1f} uint8 levels; these are smooth synthetic
+  images, real photographs differ more: docs/data.md).
 - **Runs**: best of {args.repeats} runs per row, alternating between the paths. One torch thread in the main
   process; data-loader workers set this themselves.
 
-| workers | ours (samples/s) | processor (samples/s) | speed-up | ours, `resize_backend=pil` |
-|---|---|---|---|---|
+| workers | ours, exact (default) | ours, fast (`resize_backend=torch`) | processor |
+|---|---|---|---|
 {table}
 
-**Where the speed-up comes from.** The resize reads the decoded image as a channels-last view, which is
+All in samples/s; in brackets, the speed relative to the processor.
+
+**Where the fast path's speed-up comes from.** The resize reads the decoded image as a channels-last view, which is
 torch's fast uint8 kernel. The processor passes a CHW copy, which the kernel converts back. There is no
 second resize pass over every tile. Tiles stay uint8 until the collator normalises them straight into the
 batch's one float buffer: there are no per-sample float tensors and no `stack`/`cat` copies. With workers,
@@ -251,8 +246,8 @@ that buffer is allocated in shared memory, so handing it to the training process
 pieces of a sample are tokenised in one call to the Rust tokenizer. The processor tokenises one string that
 holds thousands of `<IMG_CONTEXT>` tokens.
 
-**The last column** uses PIL's resize, which is bit-identical to InternVL's own training code. It differs from
-the default by at most 2 uint8 levels (see docs/data.md).
+**The exact path** spends its extra time in PIL's resize; the rest of the pipeline (uint8 tiles, one float
+buffer per batch, batched tokenisation) is shared with the fast path.
 
 The pre-flight scan (JSON parsing, image headers, token lengths) took {scan_s:.2f} s for {len(ours)} lines. It runs once per
 run, before training starts, and is not included above.
@@ -270,7 +265,9 @@ Command:
     print()
     print(section)
     if args.write_docs:
-        write_docs(section, ROOT / "docs" / "benchmarks.md")
+        from docs_section import write_section
+
+        write_section(ROOT / "docs" / "benchmarks.md", section)
         print(f"wrote {ROOT / 'docs' / 'benchmarks.md'}")
 
 

@@ -26,7 +26,8 @@ def write_image(path: Path, size=(64, 48), colour=(200, 30, 30)) -> Path:
     return path
 
 
-def write_video(path: Path, frames: int, fps: int = 10, size=(64, 48), codec: str = "mpeg4") -> Path:
+def write_video(path: Path, frames: int, fps: int = 10, size=(64, 48), codec: str = "mpeg4", gop: int | None = None) -> Path:
+    """`gop`: frames between keyframes (None: the codec's default)."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +35,8 @@ def write_video(path: Path, frames: int, fps: int = 10, size=(64, 48), codec: st
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         stream.bit_rate, stream.options = 4_000_000, {"qmax": "2"}  # near-lossless: grey levels survive
+        if gop is not None:
+            stream.codec_context.gop_size = gop
         for i in range(frames):
             arr = np.full((size[1], size[0], 3), level(i), dtype=np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):

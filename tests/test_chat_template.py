@@ -194,3 +194,23 @@ def test_saved_processor_keeps_the_template_and_matches_the_dataset_ids(tmp_path
         prompt = processor.apply_chat_template(messages[:-1], add_generation_prompt=True)
         n = len(processor(text=prompt, images=images)["input_ids"][0])
         assert ours[:n] == processor(text=prompt, images=images)["input_ids"][0]
+
+
+@pytest.mark.parametrize("name", ["internvl2_5", "internlm2-chat"])
+@pytest.mark.parametrize("kind", ["tiny", "internlm2"])
+def test_scan_counts_equal_the_tokenised_turns(request, kind, name):
+    """The pre-flight scan's counts (count_turns) are what loading tokenises (tokenize_turns), turn by turn,
+    also where the header and answer are one text (a sentencepiece tokenizer's dummy prefix)."""
+    from internvl_exp.data.templates import IGNORE_INDEX, count_turns, tokenize_turns
+
+    tok = request.getfixturevalue("tokenizer" if kind == "tiny" else "internlm2_tokenizer")
+    rng = random.Random(7)
+    for _ in range(20):
+        conv = _random_conversation(rng)
+        n_images = sum(turn["value"].count("<image>") for turn in conv)
+        images = [rng.randint(1, 40) for _ in range(n_images)]
+        counts = count_turns(conv, tok, name, images)
+        blocks = tokenize_turns(conv, tok, name, images)
+        assert counts == [{"length": len(b["input_ids"]),
+                           "supervised": sum(l != IGNORE_INDEX for l in b["labels"]),
+                           "num_images": b["num_images"]} for b in blocks]

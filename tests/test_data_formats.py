@@ -259,7 +259,7 @@ def test_video_settings_are_validated():
 
 def test_a_large_scan_shows_progress_on_a_terminal_and_plans_every_line(tmp_path, tokenizer, monkeypatch):
     """Past PROGRESS_MIN_LINES the scan wraps its loop in a progress bar (shown on a terminal only)."""
-    import internvl_exp.data.dataset as dataset_mod
+    import internvl_exp.data.prescan as dataset_mod
     from internvl_exp.data.dataset import scan
     from internvl_exp.data.planner import ImageSettings
     from internvl_exp.data.sources import load_entries
@@ -267,7 +267,7 @@ def test_a_large_scan_shows_progress_on_a_terminal_and_plans_every_line(tmp_path
     monkeypatch.setattr(dataset_mod, "PROGRESS_MIN_LINES", 50)
     bars = []
     real_tqdm = dataset_mod.tqdm
-    monkeypatch.setattr(dataset_mod, "tqdm", lambda it, **kw: bars.append(kw) or real_tqdm(it, **kw))
+    monkeypatch.setattr(dataset_mod, "tqdm", lambda *a, **kw: bars.append(kw) or real_tqdm(*a, **kw))
     ann = tmp_path / "t.jsonl"
     conv = [{"from": "human", "value": "What number comes after 3?"}, {"from": "gpt", "value": "4."}]
     ann.write_text("".join(json.dumps({"conversations": conv}) + "\n" for _ in range(60)))
@@ -278,3 +278,69 @@ def test_a_large_scan_shows_progress_on_a_terminal_and_plans_every_line(tmp_path
     ann.write_text("".join(json.dumps({"conversations": conv}) + "\n" for _ in range(10)))
     scan(entries, tokenizer, "internvl2_5", ImageSettings(tile_size=64, tokens_per_tile=16), 512)
     assert bars[-1]["disable"] is True  # small sets: no bar
+
+
+def test_video_sampling_seeks_and_decodes_only_near_the_sampled_frames(tmp_path):
+    """Frames are reached by seeking to the keyframe before them, not by decoding from the start."""
+    import numpy as np
+
+    from data_media import LEVEL0, STEP
+    from internvl_exp.data.video import decode_frames, load_frames, probe_video
+
+    path = write_video(tmp_path / "long.mp4", frames=40, fps=10, gop=5)
+    info = probe_video(path, "long.mp4")
+    assert info.count == 40
+
+    def shown(image):
+        return int(round((np.asarray(image, dtype=np.float64).mean() - LEVEL0) / STEP))
+
+    picked, decoded = decode_frames(path, [31, 36, 38])
+    assert {i: shown(im) for i, im in picked.items()} == {31: 31, 36: 36, 38: 38}
+    assert decoded <= 9  # a keyframe and the frames up to each target; decoding from the start takes 39
+    picked, decoded = decode_frames(path, [2, 3, 4, 21, 39])
+    assert {i: shown(im) for i, im in picked.items()} == {2: 2, 3: 3, 4: 4, 21: 21, 39: 39}
+    assert decoded <= 5 + 2 + 5
+    # Through the sampler's entry point, with a clip starting at frame 10 (indices relative to the clip).
+    clip = probe_video(path, "long.mp4", [1.0, 3.0])
+    assert (clip.first, clip.count) == (10, 20)
+    assert [shown(f) for f in load_frames(path, "long.mp4", clip, [0, 7, 19])] == [10, 17, 29]
+
+
+def test_header_sizes_equal_pil_for_every_format_and_errors_match(tmp_path):
+    """The scan's header reader (JPEG/PNG parsed directly, the rest through PIL) gives PIL's size, and PIL's error."""
+    import numpy as np
+    from PIL import Image
+
+    from internvl_exp.data.image_header import header_size
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "x" * 5000  # orientation (not applied to the size), a long APP1 segment
+    cases = {
+        "plain.jpg": dict(format="JPEG", quality=90),
+        "progressive.jpg": dict(format="JPEG", progressive=True),
+        "exif.jpg": dict(format="JPEG", exif=exif),
+        "icc.jpg": dict(format="JPEG", icc_profile=b"\0" * 70000),  # several APP2 segments, past the first read
+        "rgba.png": dict(format="PNG"),
+        "pic.gif": dict(format="GIF"),
+        "pic.bmp": dict(format="BMP"),
+        "pic.webp": dict(format="WEBP"),
+        "pic.tiff": dict(format="TIFF"),
+    }
+    for name, kw in cases.items():
+        (img.convert("RGBA") if name.endswith("png") else img).save(tmp_path / name, **kw)
+        with Image.open(tmp_path / name) as im:
+            assert header_size(tmp_path / name) == im.size == (53, 37), name
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        (tmp_path / "hopper.jpg").write_bytes(f.read())
+    assert header_size(tmp_path / "hopper.jpg") == (512, 600)
+    (tmp_path / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    (tmp_path / "text.png").write_bytes(b"not an image at all")
+    for name in ("garbage.jpg", "text.png"):
+        with pytest.raises(OSError):
+            header_size(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        header_size(tmp_path / "missing.png")

@@ -332,18 +332,41 @@ def test_load_time_failures_strict_raise_with_file_and_line(tmp_path, tokenizer)
             ds[index]
 
 
-def test_load_time_failures_skip_count_across_workers(tmp_path, tokenizer):
+def test_load_time_failures_skip_serve_the_next_planned_sample_across_workers(tmp_path, tokenizer):
+    """Skip means skip: a sample that fails to load is replaced by the next planned sample of the epoch order
+    (counted by reason), so batches keep their size; counts made in data-loader workers reach this process."""
     ds, report = build(tmp_path, tokenizer, {"d": (_load_time_failures(tmp_path), {})}, on_error="skip")
+    ref, _ = build(tmp_path, tokenizer, {"d": (_load_time_failures(tmp_path), {})}, on_error="skip")
+    good = [ref[i] for i in range(8)]  # before the media break (only positions 1, 3, 5, 7 are used broken)
     _break_after_scan(tmp_path)
-    assert [i for i in range(8) if ds[i] is None] == list(LOAD_FAILS)
+    assert report.as_dict()["load_failures"] == 0
+    items = [ds[i] for i in range(8)]
+    for i in range(8):
+        served = (i + 1) % 8 if i in LOAD_FAILS else i  # the next planned sample (position 7 wraps to 0)
+        assert items[i]["input_ids"].tolist() == good[served]["input_ids"].tolist()
+        assert torch.equal(pixels(items[i]), pixels(good[served]))
     assert report.as_dict()["load_failures_by_reason"] == {"corrupt_media": 1, "missing_media": 1, "video_unreadable": 2}
     collator = Collator(tokenizer.pad_token_id)
     # Two worker processes, two batches each: the counts made there must reach this process.
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collator)
     batches = list(loader)
-    assert [b["input_ids"].shape[0] for b in batches] == [1, 1, 1, 1]
-    assert collator.skipped == 4
+    assert [b["input_ids"].shape[0] for b in batches] == [2, 2, 2, 2]
     assert report.load_failures.as_dict() == {"corrupt_media": 2, "missing_media": 2, "video_unreadable": 4}
+    assert report.as_dict()["load_failures"] == 8
+
+
+def test_load_time_tile_mismatch_follows_the_policy(tmp_path, tokenizer):
+    """An image replaced by one of another shape after the scan: its planned tokens no longer fit its tiles."""
+    write_image(tmp_path / "a.png", (64, 64))
+    write_image(tmp_path / "ok.png", (32, 32))
+    rows = [{"image": "a.png", "conversations": conv("<image>\nQ?", "A.")}, {"image": "ok.png", "conversations": conv("<image>\nQ?", "B.")}]
+    strict, _ = build(tmp_path, tokenizer, {"d": (rows, {})}, on_error="strict")
+    skip, report = build(tmp_path, tokenizer, {"d": (rows, {})}, on_error="skip")
+    write_image(tmp_path / "a.png", (32, 32))  # 1 tile now, 2x2 + thumbnail planned
+    with pytest.raises(DataError, match=r"d.jsonl:1: tile_mismatch: planned 5 tiles, loaded 1"):
+        strict[0]
+    assert skip[0]["input_ids"].tolist() == skip[1]["input_ids"].tolist()
+    assert report.as_dict()["load_failures_by_reason"] == {"tile_mismatch": 1}
 
 
 def test_data_report_is_json_for_metrics(tmp_path, tokenizer):
@@ -380,3 +403,91 @@ def test_policies_through_launch_py(tmp_path, demo_dir):
     assert metrics["data"]["samples"] == 6
     log = (run_dir / "train.log").read_text()
     assert "skipped 2 sample(s) by reason" in log and "d.jsonl:8: missing_media" in log
+
+
+def test_skip_keeps_every_step_when_images_fail_to_load_through_launch_py(tmp_path, demo_dir):
+    """on_error=skip, batch size 1, every third image truncated (the header scan accepts it, the decode fails):
+    the run completes all its steps, and metrics.json counts the failures by reason."""
+    from conftest import run_launch
+
+    _truncated_png(tmp_path / "trunc.png")
+    write_image(tmp_path / "ok.png", (64, 64))
+    rows = [{"image": "trunc.png" if i % 3 == 2 else "ok.png", "conversations": conv("<image>\nColour?", "Red.")} for i in range(9)]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"d": {"root": str(tmp_path), "annotation": str(tmp_path / "d.jsonl")}}))
+    res = run_launch([f"paths.output_dir={tmp_path / 'out'}", f"paths.demo_data_dir={demo_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
+                      f"data.meta_path={meta}", "data.generate_demo=false", "data.on_error=skip", "run_name=skip",
+                      "trainer.per_device_train_batch_size=1", "trainer.max_steps=9", "trainer.save_final=false"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "default" / "skip" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 9
+    assert metrics["data"]["samples"] == 9 and metrics["data"]["skipped_by_reason"] == {}
+    assert metrics["data"]["load_failures_by_reason"] == {"corrupt_media": 3} and metrics["data"]["load_failures"] == 3
+
+
+def _epoch_lines(ds, epoch):
+    import numpy as np
+
+    ds.set_epoch(epoch)
+    rows = ds.epoch_order()
+    return list(zip(np.asarray(ds.plan.rows["dataset"])[rows].tolist(), np.asarray(ds.plan.rows["line_no"])[rows].tolist()))
+
+
+def test_weights_with_repeat_time_never_repeat_a_sample_before_a_full_pass(tmp_path, tokenizer):
+    rows = [{"conversations": conv(f"Q{i}", f"A{i}.")} for i in range(30)]
+    # a: 10 lines x repeat_time 3 = a pool of 30 of the 90; weights 1:1:2 give it 23 slots (the tie of 22.5 goes
+    # to the first dataset): two whole passes over its 10 lines, then 3 of them once more, never 3 copies of one
+    # line while another has 1 (what drawing 23 from the 30 copies would allow).
+    ds, report = build(tmp_path, tokenizer, {"a": (rows[:10], {"repeat_time": 3, "weight": 1.0}), "b": (rows, {"weight": 1.0}),
+                                             "c": (rows, {"weight": 2.0})})
+    assert report.per_dataset == {"a": 30, "b": 30, "c": 30} and report.mixture == {"a": 23, "b": 22, "c": 45}
+    for epoch in range(3):
+        counts = Counter(line for d, line in _epoch_lines(ds, epoch) if d == 0)
+        assert len(counts) == 10 and set(counts.values()) == {2, 3}  # 2 whole passes, then 2 of the 10 once more
+        counts_b = Counter(line for d, line in _epoch_lines(ds, epoch) if d == 1)
+        assert len(counts_b) == 22 and set(counts_b.values()) == {1}  # fewer slots than lines: no repeats
+
+
+def test_subsets_change_per_epoch_reproducibly(tmp_path, tokenizer):
+    rows = [{"conversations": conv(f"Q{i}", f"A{i}.")} for i in range(40)]
+    spec = {"half": (rows, {"repeat_time": 0.5}), "weighted": (rows, {"repeat_time": 1})}
+    ds, _ = build(tmp_path, tokenizer, spec, seed=3)
+    epochs = [_epoch_lines(ds, e) for e in range(4)]
+    assert all(len(e) == 60 for e in epochs)
+    halves = [frozenset(line for d, line in e if d == 0) for e in epochs]
+    assert all(len(h) == 20 for h in halves) and len(set(halves)) == 4  # a different half every epoch
+    again, _ = build(tmp_path, tokenizer, spec, seed=3)
+    assert [_epoch_lines(again, e) for e in (2, 0)] == [epochs[2], epochs[0]]  # reproducible, in any order
+    assert _epoch_lines(ds, 1) == epochs[1]
+    ds_w, _ = build(tmp_path, tokenizer, {"a": (rows, {"weight": 1.0}), "b": (rows[:10], {"weight": 1.0})}, seed=3)
+    picks = [frozenset(line for d, line in _epoch_lines(ds_w, e) if d == 0) for e in range(3)]
+    assert all(len(p) == 25 for p in picks) and len(set(picks)) == 3
+
+
+def test_two_process_run_scans_once_and_skips_on_every_rank(tmp_path, demo_dir):
+    """torchrun with 2 CPU processes (gloo): one rank scans, the other loads the cached plan; with every third
+    image truncated and batch size 1 both ranks run all their steps; metrics.json sums the failures of both."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    _truncated_png(tmp_path / "trunc.png")
+    write_image(tmp_path / "ok.png", (64, 64))
+    rows = [{"image": "trunc.png" if i % 3 == 2 else "ok.png", "conversations": conv("<image>\nColour?", "Red.")} for i in range(12)]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"d": {"root": str(tmp_path), "annotation": str(tmp_path / "d.jsonl")}}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "launch.py"),
+           f"paths.output_dir={tmp_path / 'out'}", f"paths.demo_data_dir={demo_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
+           f"data.meta_path={meta}", "data.generate_demo=false", "data.on_error=skip", "run_name=two",
+           "trainer.per_device_train_batch_size=1", "trainer.max_steps=6", "trainer.save_final=false"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert out.count("data plan: scanned") == 1 and out.count("data plan: cache hit") == 1
+    metrics = json.loads((tmp_path / "out" / "default" / "two" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 6 and metrics["samples"] == 12
+    served = out.count("skipping sample (corrupt_media)")  # both ranks log their own
+    assert served >= 1 and metrics["data"]["load_failures_by_reason"] == {"corrupt_media": served}

@@ -17,10 +17,11 @@ from internvl_exp.data.tiling import choose_grid, tile_image
 
 # Pixel tolerance against transformers (documented in docs/data.md). Each of our two resize backends
 # reproduces one of transformers' two GotOcr2 image processors up to float rounding (max |diff| <= 1e-5):
-#   resize_backend="torch" (default) == GotOcr2ImageProcessor (torchvision backend, the HF-native processor)
-#   resize_backend="pil"             == GotOcr2ImageProcessorPil (PIL, like InternVL's own training code)
-# Across backends (torch vs PIL kernels) values differ by at most 2 uint8 levels, i.e. 2 / (255 * min(std))
-# = 0.0350 for ImageNet std, and on average by under 0.1 level (0.00175).
+#   resize_backend="pil" (default) == GotOcr2ImageProcessorPil (PIL, InternVL's own training pixels)
+#   resize_backend="torch"         == GotOcr2ImageProcessor (torchvision backend, the HF-native processor)
+# Across backends on these smooth synthetic images values differ by at most 2 uint8 levels, i.e.
+# 2 / (255 * min(std)) = 0.0350 for ImageNet std, and on average by under 0.1 level (0.00175). Real
+# photographs differ more (tests/test_data_pixels.py).
 SAME_KERNEL_TOL = 1e-5
 CROSS_MAX_LEVELS = 2
 CROSS_MEAN_LEVELS = 0.1
@@ -144,7 +145,7 @@ def test_fast_tiles_equal_tile_image_then_normalise():
         for norm in NORMALIZATION:
             slow = tiles_to_array(tile_image(img, 1, 6, 64), 64, norm)
             pil = image_to_tiles(img, 1, 6, 64, True, norm, backend="pil")
-            fast = image_to_tiles(img, 1, 6, 64, True, norm)  # torch, the default
+            fast = image_to_tiles(img, 1, 6, 64, True, norm, backend="torch")
             assert pil.dtype == fast.dtype == np.float32 and pil.shape == fast.shape == slow.shape
             np.testing.assert_allclose(pil, slow, atol=1e-6)
             assert np.abs(fast - slow).max() <= CROSS_MAX_LEVELS * level + 1e-5
@@ -161,8 +162,8 @@ def test_pixel_values_match_transformers_processors(size):
     kw = dict(size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1, max_patches=6,
               image_mean=list(mean), image_std=list(std), resample=Image.Resampling.BICUBIC)
     img = _smooth_image(np.random.default_rng(sum(size)), *size)
-    ours_torch = image_to_tiles(img, 1, 6, 448, True, "imagenet")
-    ours_pil = image_to_tiles(img, 1, 6, 448, True, "imagenet", backend="pil")
+    ours_torch = image_to_tiles(img, 1, 6, 448, True, "imagenet", backend="torch")
+    ours_pil = image_to_tiles(img, 1, 6, 448, True, "imagenet")  # pil, the default
     tv = GotOcr2ImageProcessor(**kw)(images=[img], return_tensors="np")
     pil = GotOcr2ImageProcessorPil(**kw)(images=[img], return_tensors="np")
     cols, rows = choose_grid(*size, 1, 6, 448)
@@ -317,6 +318,7 @@ def test_resize_backend_setting_reaches_the_pixels(tmp_path, tokenizer):
     img = load_rgb(tmp_path / "media" / "a.png")
     np.testing.assert_allclose(by_backend["pil"], tiles_to_array(tile_image(img, 1, 6, 32), 32, "imagenet"), atol=1e-6)
     assert not np.array_equal(by_backend["pil"], by_backend["torch"])  # really two kernels
-    assert image_settings(compose(["data.resize_backend=pil"]), 16).resize_backend == "pil"
+    assert image_settings(compose([]), 16).resize_backend == "pil"  # the default: InternVL's pixels
+    assert image_settings(compose(["data.resize_backend=torch"]), 16).resize_backend == "torch"
     with pytest.raises(ValueError, match="data.resize_backend must be one of"):
         ImageSettings(tile_size=32, tokens_per_tile=4, resize_backend="cv2")

@@ -133,9 +133,13 @@ class DataConfig:
     min_num_frame: int = 8
     max_num_frame: int = 32
     frame_sampling: str = "rand"
-    # Image resize kernel: "torch" (torchvision's, = transformers' GotOcr2ImageProcessor, fast) or "pil"
-    # (= InternVL's own training code); they differ by at most 2 uint8 levels (docs/data.md).
-    resize_backend: str = "torch"
+    # Image resize kernel: "pil" (InternVL's own training pixels, bit for bit) or "torch" (torchvision's, =
+    # transformers' GotOcr2ImageProcessor: faster, differs by up to ~13 uint8 levels on photos; docs/data.md).
+    resize_backend: str = "pil"
+    # Processes for the pre-flight scan (null: every core available); the scan runs once per machine.
+    scan_workers: Optional[int] = None
+    # Cache the pre-flight plan under paths.cache_dir, shared by ranks, reruns and sweep jobs (docs/data.md).
+    plan_cache: bool = True
 
 
 @dataclass

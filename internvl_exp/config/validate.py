@@ -55,6 +55,10 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("data: no datasets; set data.meta_path=<meta.json> or data.datasets")
     if cfg.data.max_seq_length <= 0:
         problems.append("data.max_seq_length must be > 0")
+    if cfg.data.scan_workers is not None and cfg.data.scan_workers < 1:
+        problems.append(f"data.scan_workers: {cfg.data.scan_workers} must be >= 1 (or null for every core available)")
+    if cfg.data.resize_backend not in ("pil", "torch"):
+        problems.append(f"data.resize_backend: {cfg.data.resize_backend!r} is not 'pil' (InternVL's pixels) or 'torch' (fast)")
     if cfg.optimizer.scheduler not in SCHEDULERS:
         problems.append(f"optimizer.scheduler: {cfg.optimizer.scheduler!r} is not one of {list(SCHEDULERS)}")
     if not 0.0 <= cfg.optimizer.warmup_ratio < 1.0:

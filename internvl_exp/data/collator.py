@@ -2,7 +2,8 @@
 
 Pads with the tokenizer's pad id (never a hard-coded 0), builds the attention mask from the true
 lengths (a real token with id 0 stays attended), and builds `pixel_values` in placeholder order.
-Samples that failed to load (None, under data.on_error=skip) are dropped and counted.
+A sample whose media fails to load never reaches it: under data.on_error=skip the dataset serves the next
+planned sample instead (dataset.py), so every batch has the configured size.
 
 The dataset hands over uint8 tiles (`pixel_tiles`, 4x smaller than floats) and the collator normalises
 them straight into the one float buffer of the batch: no per-sample float copies and no concatenation
@@ -13,7 +14,6 @@ does), so sending the batch to the training process copies nothing.
 from __future__ import annotations
 
 import math
-import multiprocessing
 from typing import Any, Sequence
 
 import torch
@@ -62,25 +62,9 @@ class Collator:
         if pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its EOS) before training")
         self.pad_token_id = int(pad_token_id)
-        # Shared memory: the collator runs in data-loader workers, and the count must reach the main process.
-        self._skipped = multiprocessing.Value("q", 0)
 
-    @property
-    def skipped(self) -> int:
-        """Samples dropped because their media failed to load (on_error=skip), across all workers."""
-        return int(self._skipped.value)
-
-    def __call__(self, features: Sequence[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
-        batch = [f for f in features if f is not None]
-        if len(batch) < len(features):
-            with self._skipped.get_lock():
-                self._skipped.value += len(features) - len(batch)
-        if not batch:
-            raise RuntimeError(
-                "every sample of this batch failed to load (data.on_error=skip; see the warnings above). Find such "
-                "files before training with `python -m internvl_exp.tools.data_check data=... --decode`, or use a "
-                "larger trainer.per_device_train_batch_size"
-            )
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = list(features)
         longest = max(len(f["input_ids"]) for f in batch)
         input_ids = torch.full((len(batch), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)

@@ -48,6 +48,11 @@ def dataset_entries(cfg: Any) -> list[DatasetEntry]:
     return load_entries(cfg.data.meta_path, inline)
 
 
+def scan_options(cfg: Any) -> dict[str, Any]:
+    """How the pre-flight scan runs: its worker processes and its cache (shared by every process of a machine)."""
+    return {"scan_workers": cfg.data.scan_workers, "cache_dir": cfg.paths.cache_dir if cfg.data.plan_cache else None}
+
+
 def build_from_config(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> tuple[SupervisedDataset, DataReport]:
     """Scan and plan every sample (fails before training on bad data under on_error=strict)."""
     return build_dataset(
@@ -60,4 +65,5 @@ def build_from_config(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> tup
         on_error=cfg.data.on_error,
         system_message=cfg.data.system_message,
         seed=cfg.data.seed,
+        **scan_options(cfg),
     )

@@ -1,8 +1,9 @@
 """Image loading and the per-tile transform (resize, optional JPEG re-encode, normalise).
 
-Pixels: bicubic antialiased resize (torchvision's uint8 kernel by default, as transformers' processor;
-PIL's on request, as InternVL's own code), then `(x / 255 - mean) / std` per channel, as float32
-`(n_tiles, 3, tile, tile)`. The normalisation is folded into one multiply-add per channel on the uint8
+Pixels: bicubic antialiased resize, by default PIL's, which is exactly what InternVL's own training code
+computes (`dynamic_preprocess` + `build_transform`); torchvision's uint8 kernel on request
+(`resize_backend="torch"`, as transformers' processor: faster, not the same pixels). Then
+`(x / 255 - mean) / std` per channel, as float32 `(n_tiles, 3, tile, tile)`. The normalisation is folded into one multiply-add per channel on the uint8
 tiles, which is the cheap way to do it in a data-loader worker.
 """
 
@@ -16,7 +17,7 @@ from PIL import Image
 
 from internvl_exp.data.tiling import choose_grid
 
-RESIZE_BACKENDS = ("torch", "pil")
+RESIZE_BACKENDS = ("pil", "torch")  # the first is the default
 NORMALIZATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "clip": ((0.4814546, 0.4578275, 0.40821073), (0.2686295, 0.2613025, 0.2757711)),
@@ -39,12 +40,20 @@ def load_rgb(path) -> Image.Image:
 
 
 def jpeg_reencode(image: Image.Image, rng: random.Random) -> Image.Image:
-    """InternVL's `data_augment`: re-encode as JPEG at a random quality in [75, 100]."""
+    """InternVL's `data_augment`: re-encode as JPEG at a random quality in [75, 100] (one draw per call)."""
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=rng.randint(75, 100))
     buf.seek(0)
     with Image.open(buf) as im:
         return im.convert("RGB")
+
+
+def jpeg_tiles(u8: np.ndarray, rng: random.Random) -> np.ndarray:
+    """Re-encode each (3, s, s) tile on its own, in order (tiles row-major, then the thumbnail): InternVL
+    applies its transform, JPEG draw included, to each tile that `dynamic_preprocess` returns."""
+    for k in range(len(u8)):
+        u8[k] = np.asarray(jpeg_reencode(Image.fromarray(np.ascontiguousarray(u8[k].transpose(1, 2, 0))), rng)).transpose(2, 0, 1)
+    return u8
 
 
 def _scale_offset(normalize_type: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,13 +84,16 @@ def tiles_to_array(tiles: list[Image.Image], tile_size: int, normalize_type: str
     return normalize_uint8(np.ascontiguousarray(u8.transpose(0, 3, 1, 2)), normalize_type)
 
 
-def resize_rgb(image: Image.Image | np.ndarray, width: int, height: int, backend: str = "torch") -> np.ndarray:
+def resize_rgb(image: Image.Image | np.ndarray, width: int, height: int, backend: str = "pil") -> np.ndarray:
     """Bicubic, antialiased resize of an RGB image to (height, width, 3) uint8.
 
+    backend "pil" (default): PIL's resize, bit for bit what InternVL's own training code (and
+    transformers' GotOcr2ImageProcessorPil) computes.
     backend "torch": torchvision's uint8 kernel, exactly what transformers' GotOcr2ImageProcessor (the
-    HF-native InternVL processor) computes, and 2-3x faster than PIL when fed a channels-last view.
-    backend "pil": PIL's resize, exactly what InternVL's own training code (and GotOcr2ImageProcessorPil)
-    computes. The two differ by at most 2 uint8 levels on a few pixels (tests/test_data_tiling.py).
+    HF-native InternVL processor) computes, and faster than PIL when fed a channels-last view. It is not
+    InternVL's training pixels: Pillow picks the order of its two 1-D passes from the scale factors and
+    rounds to uint8 between them, torchvision always goes horizontal first; on real photographs the two
+    differ by up to ~13 uint8 levels on a few pixels (measured numbers in docs/data.md).
     """
     if backend == "pil":
         pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
@@ -102,8 +114,9 @@ def resize_rgb(image: Image.Image | np.ndarray, width: int, height: int, backend
 
 
 def image_to_tiles_u8(image: Image.Image, min_tiles: int, max_tiles: int, tile_size: int, use_thumbnail: bool,
-                      backend: str = "torch") -> np.ndarray:
-    """InternVL's dynamic tiling (as `tiling.tile_image`) as uint8 (n, 3, s, s), cut from one resized array."""
+                      backend: str = "pil", jpeg_rng: random.Random | None = None) -> np.ndarray:
+    """InternVL's dynamic tiling (as `tiling.tile_image`) as uint8 (n, 3, s, s), cut from one resized array.
+    With `jpeg_rng` (data_augment), each tile is then JPEG re-encoded with its own quality draw."""
     cols, rows = choose_grid(image.width, image.height, min_tiles, max_tiles, tile_size)
     s = tile_size
     source = np.asarray(image) if backend == "torch" else image
@@ -115,11 +128,11 @@ def image_to_tiles_u8(image: Image.Image, min_tiles: int, max_tiles: int, tile_s
     u8[:n] = grid.reshape(rows, s, cols, s, 3).transpose(0, 2, 4, 1, 3).reshape(n, 3, s, s)
     if thumb:
         u8[n] = resize_rgb(source, s, s, backend).transpose(2, 0, 1)
-    return u8
+    return u8 if jpeg_rng is None else jpeg_tiles(u8, jpeg_rng)
 
 
 def image_to_tiles(image: Image.Image, min_tiles: int, max_tiles: int, tile_size: int, use_thumbnail: bool,
-                   normalize_type: str, backend: str = "torch") -> np.ndarray:
+                   normalize_type: str, backend: str = "pil") -> np.ndarray:
     """InternVL's dynamic tiling straight to normalised float32 (n, 3, s, s).
 
     With backend="pil" the pixels equal `tiles_to_array(tile_image(...))`; with "torch" they equal
@@ -128,8 +141,12 @@ def image_to_tiles(image: Image.Image, min_tiles: int, max_tiles: int, tile_size
     return normalize_uint8(image_to_tiles_u8(image, min_tiles, max_tiles, tile_size, use_thumbnail, backend), normalize_type)
 
 
-def frames_to_tiles_u8(frames: list[Image.Image], tile_size: int, backend: str = "torch") -> np.ndarray:
-    """Video frames, one tile each (resized to the tile, no dynamic tiling), uint8 (n, 3, s, s)."""
+def frames_to_tiles_u8(frames: list[Image.Image], tile_size: int, backend: str = "pil",
+                       jpeg_rng: random.Random | None = None) -> np.ndarray:
+    """Video frames, one tile each (resized to the tile, no dynamic tiling), uint8 (n, 3, s, s). With
+    `jpeg_rng`, each frame is re-encoded before its resize, as InternVL's transform does (JPEG, then Resize)."""
+    if jpeg_rng is not None:
+        frames = [jpeg_reencode(f, jpeg_rng) for f in frames]
     return np.stack([resize_rgb(f, tile_size, tile_size, backend).transpose(2, 0, 1) for f in frames])
 
 

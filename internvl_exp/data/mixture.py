@@ -1,11 +1,12 @@
 """Weighted mixtures: each dataset's share of an epoch set by a per-dataset `weight`.
 
-Without weights, an epoch is the concatenation of every dataset after `repeat_time`. With weights (set on
+Without weights, dataset i gets `repeat_count(n_i, repeat_time_i)` slots per epoch. With weights (set on
 every dataset or on none), the epoch keeps that same total size N, and dataset i gets
-``round(N * w_i / sum(w))`` slots (largest-remainder rounding, so the slots add up to N exactly). A
-dataset fills its slots with whole passes over its samples plus a seeded random subset for the rest, so
-no sample repeats before every sample of its dataset has appeared once. The Trainer's sampler then
-shuffles the epoch as usual.
+``round(N * w_i / sum(w))`` slots (largest-remainder rounding, so the slots add up to N exactly). Either
+way a dataset fills its slots from its *distinct* usable samples: whole passes, plus a random subset
+(without replacement) for the rest, so no sample repeats before every sample of its dataset has appeared
+once. The subset is drawn per epoch (seeded by data.seed, the dataset and the epoch): reproducible, and a
+different part of a down-sampled dataset each epoch. The Trainer's sampler then shuffles the epoch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import math
 import random
 from typing import Mapping, Sequence, TypeVar
+
+import numpy as np
 
 from internvl_exp.errors import UserError
 
@@ -38,26 +41,49 @@ def quotas(sizes: Mapping[str, int], weights: Mapping[str, float], total: int) -
     return {name: out.get(name, 0) for name in weights}
 
 
+def take_indices(n: int, k: int, rng: random.Random) -> np.ndarray:
+    """`k` indices into `n` items: whole passes, then a random subset (without replacement) for the rest."""
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    whole, rest = divmod(k, n)
+    subset = np.sort(np.fromiter(rng.sample(range(n), rest), dtype=np.int64, count=rest))
+    return np.concatenate([np.tile(np.arange(n, dtype=np.int64), whole), subset])
+
+
 def take(items: Sequence[T], k: int, rng: random.Random) -> list[T]:
     """`k` items: whole passes over `items`, then a random subset (without replacement) for the rest."""
-    if not items:
-        return []
-    whole, rest = divmod(k, len(items))
-    out = list(items) * whole
-    out += [items[i] for i in sorted(rng.sample(range(len(items)), rest))]
-    return out
+    return [items[i] for i in take_indices(len(items), k, rng)]
 
 
-def mix(groups: Mapping[str, Sequence[T]], weights: Mapping[str, float], seed: int) -> tuple[list[T], dict[str, int]]:
-    """One epoch of the weighted mixture, and the slots given to each dataset."""
-    missing = [name for name in groups if name not in weights]
+def repeat_count(n: int, repeat_time: float) -> int:
+    """Samples that `repeat_time` makes of `n`: whole copies for the integer part, a share for the fraction."""
+    whole = math.floor(repeat_time)
+    return whole * n + int(round(n * (repeat_time - whole)))
+
+
+def epoch_slots(sizes: Mapping[str, int], repeat_times: Mapping[str, float],
+                weights: Mapping[str, float | None]) -> dict[str, int]:
+    """Samples per dataset in every epoch: `repeat_time`'s count, or the weighted share of their total."""
+    pools = {name: repeat_count(n, repeat_times[name]) for name, n in sizes.items()}
+    given = {name: w for name, w in weights.items() if w is not None}
+    if not given or not any(pools.values()):
+        return pools
+    missing = [name for name in sizes if name not in given]
     if missing:
         raise MixtureError(
             f"dataset(s) {missing} have no weight while others do; set `weight` on every dataset or on none"
         )
-    total = sum(len(g) for g in groups.values())
-    slots = quotas({n: len(g) for n, g in groups.items()}, weights, total)
-    out: list[T] = []
-    for name, group in groups.items():
-        out += take(group, slots[name], random.Random(f"{seed}-mix-{name}"))
-    return out, slots
+    return quotas(pools, given, sum(pools.values()))
+
+
+def epoch_indices(sizes: Mapping[str, int], slots: Mapping[str, int], seed: int, epoch: int) -> dict[str, np.ndarray]:
+    """Per dataset, which of its distinct samples fill its slots in `epoch` (indices into that dataset)."""
+    return {name: take_indices(n, slots[name], random.Random(f"{seed}-{name}-epoch{epoch}")) for name, n in sizes.items()}
+
+
+def mix(groups: Mapping[str, Sequence[T]], weights: Mapping[str, float], seed: int, epoch: int = 0) -> tuple[list[T], dict[str, int]]:
+    """One epoch of the weighted mixture of `groups` (each used once, repeat_time 1), and each one's slots."""
+    sizes = {name: len(g) for name, g in groups.items()}
+    slots = epoch_slots(sizes, {name: 1.0 for name in groups}, weights)
+    picks = epoch_indices(sizes, slots, seed, epoch)
+    return [groups[name][i] for name in groups for i in picks[name]], slots

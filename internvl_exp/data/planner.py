@@ -15,11 +15,12 @@ from typing import Any
 
 from PIL import Image
 
+from internvl_exp.data.image_header import header_size
 from internvl_exp.data.images import RESIZE_BACKENDS
 from internvl_exp.data.sources import DatasetEntry, RawLine
-from internvl_exp.data.templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, ConversationError, normalise_roles, tokenize_turns
+from internvl_exp.data.templates import IMAGE_PLACEHOLDER, ConversationError, count_turns, normalise_roles
 from internvl_exp.data.tiling import choose_grid
-from internvl_exp.data.video import FRAME_SAMPLING, VideoError, VideoInfo, expand_video_placeholder, probe_video
+from internvl_exp.data.video import FRAME_SAMPLING, VideoError, VideoInfo, expand_video_placeholder, probe_video, video_kind
 
 VIDEO_PLACEHOLDER = "<video>"
 
@@ -62,7 +63,7 @@ class ImageSettings:
     min_num_frame: int = 8
     max_num_frame: int = 32
     frame_sampling: str = "rand"
-    resize_backend: str = "torch"
+    resize_backend: str = "pil"
 
     def __post_init__(self) -> None:
         if self.resize_backend not in RESIZE_BACKENDS:
@@ -157,7 +158,8 @@ class Planner:
             return None, e.reason, e.detail
         return sample, None, ("truncated" if sample.truncated else None)
 
-    def _plan(self, entry: DatasetEntry, line: RawLine) -> PlannedSample:
+    def _parse(self, line: RawLine) -> tuple[list[dict], list[str], str | None, list[float] | None]:
+        """The line's conversation (canonical roles) and media fields, or Skip."""
         try:
             sample = json.loads(line.text)
         except json.JSONDecodeError as e:
@@ -170,6 +172,10 @@ class Planner:
             raise Skip("bad_conversation", str(e)) from None
         convs = [{"from": role, "value": value} for role, value in turns]  # canonical roles: system/human/gpt
         media, video_raw, clip = _media_fields(sample)
+        return convs, media, video_raw, clip
+
+    def _plan(self, entry: DatasetEntry, line: RawLine) -> PlannedSample:
+        convs, media, video_raw, clip = self._parse(line)
         s = self.settings
         video = None
         if video_raw is not None:
@@ -178,23 +184,46 @@ class Planner:
             per_image = 1
         else:
             paths, per_image, tiles = self._plan_images(entry, convs, media)
-        blocks = tokenize_turns(convs, self.tokenizer, self.template, [n * s.tokens_per_tile for n in tiles], self.system_message)
-        length = sum(len(b["input_ids"]) for b in blocks)
+        blocks = count_turns(convs, self.tokenizer, self.template, [n * s.tokens_per_tile for n in tiles], self.system_message)
+        length = sum(b["length"] for b in blocks)
         truncated = False
         if length > self.max_seq_length:
             if self.length_policy == "drop":
                 raise Skip("too_long", f"{length} tokens > max_seq_length {self.max_seq_length}")
             blocks, convs = self._truncate(blocks, convs, length)
-            length = sum(len(b["input_ids"]) for b in blocks)
+            length = sum(b["length"] for b in blocks)
             n_images = sum(b["num_images"] for b in blocks)
             paths, tiles = paths[:n_images], tiles[:n_images]
             if video is not None and n_images == 0:
                 video = None
             truncated = True
-        supervised = sum(1 for b in blocks for t in b["labels"] if t != IGNORE_INDEX)
+        supervised = sum(b["supervised"] for b in blocks)
         return PlannedSample(entry, line, convs, paths, video, per_image, tiles, length, supervised, truncated)
 
-    def _plan_images(self, entry: DatasetEntry, convs: list[dict], media: list[str]) -> tuple[list[Path], int, list[int]]:
+    def materialize(self, entry: DatasetEntry, line: RawLine, *, per_image: int, tiles: list[int], n_frames: int,
+                    video_first: int, video_count: int, turns: int, length: int, supervised: int,
+                    truncated: bool) -> PlannedSample:
+        """The PlannedSample of a line planned before (its numbers from the plan arrays): the text is parsed
+        again, media are not probed again (a change since the scan shows when the sample loads)."""
+        convs, media, video_raw, clip = self._parse(line)
+        video = None
+        if video_raw is not None:
+            n_video = self._video_placeholders(convs)
+            self._expand_video(convs, n_video, n_frames)
+            path = entry.root / video_raw
+            video = VideoRef(path, video_raw, VideoInfo(video_kind(path, video_raw), video_first, video_count))
+            paths: list[Path] = []
+        else:
+            self._image_placeholders(convs, media)
+            paths = [entry.root / m for m in media]
+        if truncated:
+            convs = convs[:turns]
+            paths = paths[: len(tiles)]
+            if video is not None and not tiles:
+                video = None
+        return PlannedSample(entry, line, convs, paths, video, per_image, list(tiles), length, supervised, truncated)
+
+    def _image_placeholders(self, convs: list[dict], media: list[str]) -> None:
         n_ph = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in convs)
         if any(VIDEO_PLACEHOLDER in t["value"] for t in convs):
             raise Skip("image_count_mismatch", "a <video> placeholder but no 'video' in the line")
@@ -205,14 +234,18 @@ class Planner:
             n_ph = len(media)
         if n_ph != len(media):
             raise Skip("image_count_mismatch", f"{n_ph} <image> placeholder(s) but {len(media)} image(s)")
+
+    def _plan_images(self, entry: DatasetEntry, convs: list[dict], media: list[str]) -> tuple[list[Path], int, list[int]]:
+        self._image_placeholders(convs, media)
         paths = [entry.root / m for m in media]
         sizes = []
         for p in paths:
-            if not p.is_file():
-                raise Skip("missing_media", f"image {p} does not exist (or is not a file)")
             try:
-                with Image.open(p) as im:
-                    sizes.append(im.size)
+                sizes.append(header_size(p))
+            except FileNotFoundError:
+                raise Skip("missing_media", f"image {p} does not exist (or is not a file)") from None
+            except IsADirectoryError:
+                raise Skip("missing_media", f"image {p} does not exist (or is not a file)") from None
             except (OSError, Image.DecompressionBombError) as e:
                 raise Skip("corrupt_media", f"cannot read image {p}: {e}") from None
         s = self.settings
@@ -222,8 +255,8 @@ class Planner:
         tiles = [_num_tiles(w, h, s.min_dynamic_patch, per_image, s) for w, h in sizes]
         return paths, per_image, tiles
 
-    def _plan_video(self, entry: DatasetEntry, line: RawLine, convs: list[dict], raw: str,
-                    clip: list[float] | None) -> tuple[VideoRef, list[int]]:
+    @staticmethod
+    def _video_placeholders(convs: list[dict]) -> int:
         n_video = sum(t["value"].count(VIDEO_PLACEHOLDER) for t in convs)
         n_image = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in convs)
         if n_image or n_video > 1:
@@ -231,6 +264,20 @@ class Planner:
                 "image_count_mismatch",
                 f"a video line needs one <video> placeholder (or none) and no <image>; found {n_video} <video>, {n_image} <image>",
             )
+        return n_video
+
+    @staticmethod
+    def _expand_video(convs: list[dict], n_video: int, n: int) -> None:
+        if n_video == 0:
+            first = _first_human(convs)
+            convs[first]["value"] = VIDEO_PLACEHOLDER + "\n" + convs[first]["value"]
+        for t in convs:
+            if VIDEO_PLACEHOLDER in t["value"]:
+                t["value"] = expand_video_placeholder(t["value"], n)
+
+    def _plan_video(self, entry: DatasetEntry, line: RawLine, convs: list[dict], raw: str,
+                    clip: list[float] | None) -> tuple[VideoRef, list[int]]:
+        n_video = self._video_placeholders(convs)
         path = entry.root / raw
         if not path.exists():
             raise Skip("missing_media", f"video {path} does not exist")
@@ -246,20 +293,15 @@ class Planner:
         # are taken is drawn at load time.
         rng = random.Random(f"{self.seed}-{entry.name}-{line.line_no}-frames")
         n = min(rng.randint(s.min_num_frame, s.max_num_frame), info.count)
-        if n_video == 0:
-            first = _first_human(convs)
-            convs[first]["value"] = VIDEO_PLACEHOLDER + "\n" + convs[first]["value"]
-        for t in convs:
-            if VIDEO_PLACEHOLDER in t["value"]:
-                t["value"] = expand_video_placeholder(t["value"], n)
+        self._expand_video(convs, n_video, n)
         return VideoRef(path, raw, info), [1] * n
 
     def _truncate(self, blocks: list[dict], convs: list[dict], length: int) -> tuple[list[dict], list[dict]]:
         """Cut whole trailing (human, gpt) pairs; keep the system block and at least one pair."""
         keep = len(blocks)
-        while keep > 3 and sum(len(b["input_ids"]) for b in blocks[:keep]) > self.max_seq_length:
+        while keep > 3 and sum(b["length"] for b in blocks[:keep]) > self.max_seq_length:
             keep -= 2
-        kept = sum(len(b["input_ids"]) for b in blocks[:keep])
+        kept = sum(b["length"] for b in blocks[:keep])
         if kept > self.max_seq_length:
             raise Skip(
                 "too_long",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import multiprocessing
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
+
+import numpy as np
 
 # Reasons a planned sample can still fail when its pixels are loaded (files change, or only a full
 # decode finds the damage: the pre-flight scan reads image headers and video metadata only).
-LOAD_REASONS = ("missing_media", "corrupt_media", "video_unreadable")
+# tile_mismatch: the image decoded to another tile count than planned (it changed since the scan).
+LOAD_REASONS = ("missing_media", "corrupt_media", "video_unreadable", "tile_mismatch")
 
 
 class LoadFailures:
@@ -23,9 +26,24 @@ class LoadFailures:
         with self._counts.get_lock():
             self._counts[LOAD_REASONS.index(reason)] += 1
 
-    def as_dict(self) -> dict[str, int]:
+    def total(self) -> int:
+        return sum(self.as_dict().values())
+
+    def as_dict(self, all_ranks: bool = False) -> dict[str, int]:
+        """Counts by reason: this process's (with its data-loader workers), or with `all_ranks` summed over
+        every rank of the distributed run (a collective: every rank must call it)."""
         with self._counts.get_lock():
-            return {r: int(n) for r, n in zip(LOAD_REASONS, self._counts[:]) if n}
+            counts = list(self._counts[:])
+        if all_ranks:
+            import torch
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+                t = torch.tensor(counts, dtype=torch.int64, device=device)
+                dist.all_reduce(t)
+                counts = t.tolist()
+        return {r: int(n) for r, n in zip(LOAD_REASONS, counts) if n}
 
 
 @dataclass(frozen=True)
@@ -54,14 +72,16 @@ class DataReport:
     tokens: int = 0  # total tokens in one epoch
     supervised_tokens: int = 0
     load_failures: LoadFailures | None = None
+    plan_source: str = "scan"  # "scan" (no cache), "cache-miss" (scanned and cached) or "cache-hit"
 
-    def count_epoch(self, epoch: Sequence[Any]) -> None:
-        """Samples and (supervised) tokens of one epoch: the planned samples after mixture weights."""
-        self.samples = len(epoch)
-        self.tokens = sum(s.length for s in epoch)
-        self.supervised_tokens = sum(s.supervised_tokens for s in epoch)
+    def count_epoch(self, plan: Any, rows: np.ndarray) -> None:
+        """Samples and (supervised) tokens of one epoch: `rows` are the plan rows of the epoch's samples."""
+        self.samples = len(rows)
+        self.tokens = int(np.asarray(plan.rows["length"], dtype=np.int64)[rows].sum())
+        self.supervised_tokens = int(np.asarray(plan.rows["supervised"], dtype=np.int64)[rows].sum())
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, all_ranks: bool = False) -> dict[str, Any]:
+        """The report for metrics.json; `all_ranks`: load failures summed over the ranks (a collective)."""
         out: dict[str, Any] = {
             "samples": self.samples,
             "per_dataset": dict(self.per_dataset),
@@ -73,5 +93,9 @@ class DataReport:
         if self.mixture is not None:
             out["mixture"] = dict(self.mixture)
         if self.load_failures is not None:
-            out["load_failures_by_reason"] = self.load_failures.as_dict()
+            # Each failure was replaced by the next planned sample of the epoch (on_error=skip).
+            failures = self.load_failures.as_dict(all_ranks)
+            out["load_failures_by_reason"] = failures
+            out["load_failures"] = sum(failures.values())
+        out["plan"] = self.plan_source
         return out

@@ -9,13 +9,12 @@ against the working directory (InternVL's scripts use the working directory).
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-from internvl_exp.data.mixture import take
+from internvl_exp.data.mixture import repeat_count, take
 from internvl_exp.errors import UserError
 
 
@@ -121,22 +120,6 @@ def load_entries(meta_path: str | None, inline: Mapping[str, Mapping[str, Any]] 
     return [_entry(name, spec, base, where) for name, (spec, base, where) in specs.items()]
 
 
-def read_lines(entry: DatasetEntry) -> list[RawLine]:
-    """Non-blank lines of the annotation file."""
-    with open(entry.annotation, encoding="utf-8") as f:
-        return [RawLine(entry.name, entry.annotation, i, line) for i, line in enumerate(f, 1) if line.strip()]
-
-
 def apply_repeat_time(items: list, repeat_time: float, rng: random.Random) -> list:
     """Whole copies for the integer part, plus a seeded random subset for the fraction (never a prefix)."""
-    whole = math.floor(repeat_time)
-    return take(items, whole * len(items) + int(round(len(items) * (repeat_time - whole))), rng)
-
-
-def iter_samples(entries: Iterable[DatasetEntry], seed: int) -> list[tuple[DatasetEntry, RawLine]]:
-    """All annotation lines of all datasets after `repeat_time`, in dataset order."""
-    out = []
-    for entry in entries:
-        rng = random.Random(f"{seed}-{entry.name}")
-        out += [(entry, line) for line in apply_repeat_time(read_lines(entry), entry.repeat_time, rng)]
-    return out
+    return take(items, repeat_count(len(items), repeat_time), rng)

@@ -162,6 +162,7 @@ class _TokenIds:
             if backend.encode(self._PROBE, add_special_tokens=False).ids != slow:
                 backend = None
         self._backend = backend
+        self._memo: dict[str, int] = {}
 
     def encode(self, tokenizer: Any, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens (BOS/EOS) added. (The tokenizer is passed in, not
@@ -173,6 +174,25 @@ class _TokenIds:
         if b is not None and b.truncation is None and b.padding is None:
             return [e.ids for e in b.encode_batch(texts, add_special_tokens=False)]
         return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    def lengths(self, tokenizer: Any, texts: list[str]) -> list[int]:
+        """Token counts of each text (as `encode`), without turning the ids into Python lists. Counts are
+        memoised per text: the system prompt and the role headers recur on every line of a dataset."""
+        b = self._backend
+        memo = self._memo
+        if len(memo) > 100_000:  # answers are unique: keep the memo from growing with the dataset
+            memo.clear()
+        out = []
+        for t in texts:
+            n = memo.get(t)
+            if n is None:
+                if b is not None and b.truncation is None and b.padding is None:
+                    n = len(b.encode(t, add_special_tokens=False))
+                else:
+                    n = len(tokenizer(t, add_special_tokens=False)["input_ids"])
+                memo[t] = n
+            out.append(n)
+        return out
 
 
 # Keyed weakly by the tokenizer object (an id() key could be reused by a different tokenizer).
@@ -205,6 +225,30 @@ def _join_headers(turn: list[tuple[str, bool]]) -> list[tuple[str, str, bool]]:
     return out
 
 
+def _split_turns(conversations: Sequence[dict], tokenizer: Any, template: str | Template,
+                 num_image_tokens: Sequence[int], system_message: str | None):
+    """The token ids helper; each turn's units as (text parts between `<image>`s, header, supervised); every
+    non-empty text part in order and every header (what gets encoded).
+
+    A masked header followed by the answer (`<|im_start|>assistant\n` + answer) is one text to the
+    tokenizer, as in InternVL, which tokenises whole turns: encoded apart, a sentencepiece tokenizer
+    (InternLM2) would put its dummy-prefix "▁" before every answer, which inference never sees. The
+    header's own token count says where the loss starts (InternVL's preprocess counts it the same way)."""
+    tpl = get_template(template) if isinstance(template, str) else template
+    ids = _token_ids(tokenizer)
+    segments = tpl.turn_segments(conversations, system_message)
+    n_placeholders = sum(text.count(IMAGE_PLACEHOLDER) for turn in segments for text, _ in turn)
+    if n_placeholders != len(num_image_tokens):
+        raise ConversationError(
+            f"{n_placeholders} <image> placeholder(s) in the conversation but {len(num_image_tokens)} image(s)"
+        )
+    units = [_join_headers(turn) for turn in segments]
+    split = [[(text.split(IMAGE_PLACEHOLDER), header, supervised) for text, header, supervised in turn] for turn in units]
+    pieces = [part for turn in split for parts, _, _ in turn for part in parts if part]
+    headers = [header for turn in split for _, header, _ in turn if header]
+    return ids, split, pieces, headers
+
+
 def tokenize_turns(
     conversations: Sequence[dict],
     tokenizer: Any,
@@ -218,23 +262,8 @@ def tokenize_turns(
     to cut whole trailing turns. Each `<image>` becomes one whole `<img>...</img>` span inside its turn,
     so cutting at a turn boundary can never split an image.
     """
-    tpl = get_template(template) if isinstance(template, str) else template
-    ids = _token_ids(tokenizer)
-    segments = tpl.turn_segments(conversations, system_message)
-    n_placeholders = sum(text.count(IMAGE_PLACEHOLDER) for turn in segments for text, _ in turn)
-    if n_placeholders != len(num_image_tokens):
-        raise ConversationError(
-            f"{n_placeholders} <image> placeholder(s) in the conversation but {len(num_image_tokens)} image(s)"
-        )
-    # A masked header followed by the answer (`<|im_start|>assistant\n` + answer) is one text to the
-    # tokenizer, as in InternVL, which tokenises whole turns: encoded apart, a sentencepiece tokenizer
-    # (InternLM2) would put its dummy-prefix "▁" before every answer, which inference never sees. The
-    # header's own token count says where the loss starts (InternVL's preprocess counts it the same way).
-    units = [_join_headers(turn) for turn in segments]
-    split = [[(text.split(IMAGE_PLACEHOLDER), header, supervised) for text, header, supervised in turn] for turn in units]
-    pieces = [part for turn in split for parts, _, _ in turn for part in parts if part]
-    headers = [header for turn in split for _, header, _ in turn if header]
-    encoded_all = ids.encode(tokenizer, pieces + headers)
+    ids, split, pieces, headers = _split_turns(conversations, tokenizer, template, num_image_tokens, system_message)
+    encoded_all = ids.encode(tokenizer, pieces + headers)  # every text piece of the conversation, in one batch
     encoded = iter(encoded_all[: len(pieces)])
     header_len = iter(len(h) for h in encoded_all[len(pieces) :])
     image_iter = iter(num_image_tokens)
@@ -261,6 +290,40 @@ def tokenize_turns(
                     input_ids += piece
                     labels += [IGNORE_INDEX] * cut + (piece[cut:] if supervised else [IGNORE_INDEX] * (len(piece) - cut))
         blocks.append({"input_ids": input_ids, "labels": labels, "num_images": n_images})
+    return blocks
+
+
+def count_turns(
+    conversations: Sequence[dict],
+    tokenizer: Any,
+    template: str | Template,
+    num_image_tokens: Sequence[int] = (),
+    system_message: str | None = None,
+) -> list[dict[str, int]]:
+    """What `tokenize_turns` would give, counted: one {"length", "supervised", "num_images"} per turn.
+    The pre-flight scan needs only the counts; building the id lists (thousands of image tokens per
+    sample) would cost more than the tokeniser itself."""
+    ids, split, pieces, headers = _split_turns(conversations, tokenizer, template, num_image_tokens, system_message)
+    counted = ids.lengths(tokenizer, pieces + headers)
+    lengths = iter(counted[: len(pieces)])
+    header_len = iter(counted[len(pieces) :])
+    image_iter = iter(num_image_tokens)
+    blocks = []
+    for t, turn in enumerate(split):
+        length = int(t == 0 and ids.bos is not None)
+        supervised = n_images = 0
+        for parts, header, sup in turn:
+            masked = next(header_len) if header else 0
+            for k, part in enumerate(parts):
+                if k > 0:
+                    length += next(image_iter) + 2
+                    n_images += 1
+                if part:
+                    n = next(lengths)
+                    cut = min(masked, n) if k == 0 else 0
+                    length += n
+                    supervised += n - cut if sup else 0
+        blocks.append({"length": length, "supervised": supervised, "num_images": n_images})
     return blocks
 
 

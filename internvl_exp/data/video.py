@@ -101,7 +101,11 @@ def probe_video(path: Path, raw: str, clip: Sequence[float] | None = None) -> Vi
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
             total = stream.frames
-            if not total:  # some containers do not store the count: count packets that hold a frame
+            if not total and stream.duration and stream.time_base:  # no count stored: from the duration (header only)
+                total = int(round(float(stream.duration * stream.time_base) * fps))
+            if not total and container.duration:
+                total = int(round(container.duration / 1_000_000 * fps))
+            if not total:  # no count and no duration: count the packets that hold a frame (reads the file)
                 total = sum(1 for p in container.demux(stream) if p.size)
     except VideoError:
         raise
@@ -132,32 +136,67 @@ def load_frames(path: Path, raw: str, info: VideoInfo, indices: Sequence[int]) -
             return _load_image_frames(path, info.kind, wanted)
         except (OSError, IndexError, EOFError, SyntaxError) as e:
             raise VideoError(f"cannot read frames of {path}: {e}") from e
-    import av
-
-    picked: dict[int, Image.Image] = {}
-    targets = set(wanted)
-    last = max(wanted)
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            latest = None
-            for k, frame in enumerate(container.decode(stream)):
-                if k in targets:
-                    picked[k] = frame.to_image()
-                latest = frame
-                if k >= last:
-                    break
-            # Container frame counts can overstate by a frame or two: such indices take the last frame.
-            if latest is not None:
-                tail = latest.to_image()
-                for i in targets - picked.keys():
-                    picked[i] = tail
+        picked, _ = decode_frames(path, wanted)
+    except VideoError:
+        raise
     except Exception as e:
         raise VideoError(f"cannot decode video {path}: {e}") from e
-    if not picked:
-        raise VideoError(f"video {path} decoded to no frames")
     return [picked[i] for i in wanted]
+
+
+def decode_frames(path: Path, wanted: Sequence[int]) -> tuple[dict[int, Image.Image], int]:
+    """The frames at `wanted` (absolute frame indices) and how many frames were decoded to get them.
+
+    Seeks (to the keyframe before each target, by timestamp) instead of decoding from the start, and keeps
+    decoding forward when the next target is closer than the keyframe spacing seen so far. Container frame
+    counts can overstate by a frame or two: an index past the end takes the last frame.
+    """
+    import av
+
+    targets = sorted(set(wanted))
+    picked: dict[int, Image.Image] = {}
+    decoded = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        tb = float(stream.time_base or 0)
+        start = stream.start_time or 0
+        frames = None
+        current, gop, last_key, latest = -1, 0, None, None
+        for t in targets:
+            if t in picked:
+                continue
+            if frames is None or (tb and t - current > max(gop, 1)):
+                if tb:
+                    container.seek(start + int(t / (fps * tb)), stream=stream, backward=True, any_frame=False)
+                frames = container.decode(stream)
+            for frame in frames:
+                decoded += 1
+                if frame.pts is None or not tb:  # no timestamps: count frames from the start instead
+                    current += 1
+                else:
+                    current = int(round((frame.pts - start) * tb * fps))
+                if frame.key_frame:
+                    if last_key is not None and current > last_key:
+                        gop = current - last_key
+                    last_key = current
+                latest = frame
+                if current >= t:
+                    image = frame.to_image()
+                    for u in targets:
+                        if u not in picked and u <= current:
+                            picked[u] = image
+                    break
+            else:  # the end of the stream
+                break
+        if latest is None:
+            raise VideoError(f"video {path} decoded to no frames")
+        tail = latest.to_image()
+        for u in targets:
+            picked.setdefault(u, tail)
+    return picked, decoded
 
 
 def _load_image_frames(path: Path, kind: str, wanted: Sequence[int]) -> list[Image.Image]:

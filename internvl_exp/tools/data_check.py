@@ -82,41 +82,44 @@ def percentile(values: Sequence[int], q: float) -> int:
     return ordered[rank - 1]
 
 
-def dataset_stats(entries, samples, epoch, report) -> list[dict[str, Any]]:
-    """One row per dataset (plus a total): counts, lengths, tiles, tokens per epoch."""
-    by_name: dict[str, list] = defaultdict(list)
-    for s in samples:
-        by_name[s.entry.name].append(s)
-    in_epoch = Counter(s.entry.name for s in epoch)
-    epoch_tokens = Counter()
-    for s in epoch:
-        epoch_tokens[s.entry.name] += s.length
+def dataset_stats(entries, dataset, report) -> list[dict[str, Any]]:
+    """One row per dataset (plus a total): counts, and lengths/tiles/tokens over the samples of one epoch."""
+    import numpy as np
+
+    plan = dataset.plan
+    order = dataset.epoch_order()
+    ds_of = np.asarray(plan.rows["dataset"])[order]
+    lengths_all = np.asarray(plan.rows["length"])[order]
+    frames = np.asarray(plan.rows["frames"])[order]
+    n_images = np.asarray(plan.rows["n_images"])[order]
+    tiles_all = np.array([sum(plan.tiles_of(int(r))) for r in order], dtype=np.int64)
+    truncated = np.asarray(plan.rows["truncated"])[order]
     skipped: dict[str, Counter] = defaultdict(Counter)
     for p in report.problems:
         skipped[p.dataset][p.reason] += 1
 
-    def row(name: str, group: list, n_epoch: int, tokens: int, skip: Counter) -> dict[str, Any]:
-        lengths = [s.length for s in group]
-        tiles = [sum(s.num_tiles) for s in group]
+    def row(name: str, mask, usable: int, skip: Counter) -> dict[str, Any]:
+        lengths = lengths_all[mask].tolist()
+        tiles = tiles_all[mask]
         return {
             "dataset": name,
-            "samples": len(group),
-            "in_epoch": n_epoch,
-            "images": sum(len(s.images) for s in group),
-            "videos": sum(1 for s in group if s.video is not None),
+            "samples": usable,
+            "in_epoch": int(mask.sum()),
+            "images": int(n_images[mask].sum()),
+            "videos": int((frames[mask] > 0).sum()),
             "skipped": dict(skip),
-            "truncated": sum(1 for s in group if s.truncated),
+            "truncated": int(truncated[mask].sum()),
             "length_p50": percentile(lengths, 50),
             "length_p95": percentile(lengths, 95),
             "length_max": max(lengths, default=0),
-            "tiles_mean": round(sum(tiles) / len(tiles), 2) if tiles else 0.0,
-            "tiles_max": max(tiles, default=0),
-            "tokens_per_epoch": tokens,
+            "tiles_mean": round(float(tiles.mean()), 2) if len(tiles) else 0.0,
+            "tiles_max": int(tiles.max()) if len(tiles) else 0,
+            "tokens_per_epoch": int(lengths_all[mask].sum()),
         }
 
-    rows = [row(e.name, by_name[e.name], in_epoch[e.name], epoch_tokens[e.name], skipped[e.name]) for e in entries]
+    rows = [row(e.name, ds_of == d, report.per_dataset[e.name], skipped[e.name]) for d, e in enumerate(entries)]
     total_skip = sum(skipped.values(), Counter())
-    rows.append(row("total", samples, len(epoch), sum(epoch_tokens.values()), total_skip))
+    rows.append(row("total", np.ones(len(order), dtype=bool), sum(report.per_dataset.values()), total_skip))
     return rows
 
 
@@ -176,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"config error: {e}", markup=False, style="red")
         return 2
 
-    from internvl_exp.data.dataset import apply_weights, fatal_problems, scan
-    from internvl_exp.data.from_config import dataset_entries, image_settings, tokens_per_tile
+    from internvl_exp.data.dataset import fatal_problems, scan
+    from internvl_exp.data.from_config import dataset_entries, image_settings, scan_options, tokens_per_tile
     from internvl_exp.data.sources import DataConfigError
     from internvl_exp.models.loading import load_tokenizer, native_checkpoint
     from internvl_exp.models.resolve import resolve_weights
@@ -198,16 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataConfigError as e:
         console.print(f"data config error: {e}", markup=False, style="red")
         return 2
-    samples, report = scan(entries, tokenizer, cfg.model.template, settings, d.max_seq_length, d.length_policy, d.system_message, d.seed)
-    epoch = apply_weights(entries, samples, report, d.seed) if samples else []
-    report.count_epoch(epoch)
+    opts = scan_options(cfg)
+    dataset, report = scan(entries, tokenizer, cfg.model.template, settings, d.max_seq_length, d.length_policy,
+                           d.system_message, d.seed, opts["scan_workers"], opts["cache_dir"])
+    dataset.on_error = "skip"
+    epoch = dataset.samples
 
     console.print(
         f"[bold]data={d.name}[/] template={cfg.model.template} tile={settings.tile_size}px "
         f"tokens/tile={n_tok} max_dynamic_patch={settings.max_dynamic_patch} max_seq_length={d.max_seq_length} "
         f"length_policy={d.length_policy} on_error={d.on_error}"
     )
-    rows = dataset_stats(entries, samples, epoch, report)
+    rows = dataset_stats(entries, dataset, report)
     counts = Table(title="samples per dataset", title_justify="left")
     lengths = Table(title="tokens and tiles per sample", title_justify="left")
     for col in ("dataset", "usable", "in epoch", "skipped", "truncated", "images", "videos"):
@@ -234,22 +239,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(f"media: {missing} line(s) with missing files, {corrupt} with corrupt/unreadable files")
 
     load_failures: dict[str, int] = {}
-    if args.decode and epoch:
-        from internvl_exp.data.dataset import SupervisedDataset
-
-        lines = list({id(s): s for s in samples}.values())  # repeat_time copies share one object: decode it once
-        ds = SupervisedDataset(lines, tokenizer, cfg.model.template, settings, "skip", d.system_message, d.seed)
+    if args.decode and len(epoch):
         import logging
 
         dataset_log = logging.getLogger("internvl_exp.data.dataset")
         level = dataset_log.level
         dataset_log.setLevel(logging.ERROR)  # one warning per failure is noise here: they are listed below
+        failed = []
         try:
-            failed = [s.line.where for i, s in enumerate(lines) if ds[i] is None]
+            # Each distinct planned line once (repeat_time copies are the same line).
+            for row in range(len(dataset.plan)):
+                try:
+                    dataset.load_row(row)
+                except Exception as e:  # noqa: BLE001 - listed below with its reason
+                    reason = getattr(e, "reason", "corrupt_media")
+                    load_failures[reason] = load_failures.get(reason, 0) + 1
+                    failed.append(dataset.sample_of_row(row).line.where)
         finally:
             dataset_log.setLevel(level)
-        load_failures = ds.load_failures.as_dict()
-        console.print(f"decode: {len(lines) - len(failed)} of {len(lines)} samples load; failures {load_failures or 'none'}")
+        console.print(f"decode: {len(dataset.plan) - len(failed)} of {len(dataset.plan)} samples load; failures {load_failures or 'none'}")
         for where in failed[: args.max_problems]:
             console.print(f"  {where}", markup=False, soft_wrap=True)
 
@@ -261,19 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(report.problems) > args.max_problems:
             console.print(f"  ... and {len(report.problems) - args.max_problems} more (--max-problems N, or --json PATH for all)")
 
-    if args.show and epoch:
-        from internvl_exp.data.dataset import SupervisedDataset
-
-        ds = SupervisedDataset(epoch, tokenizer, cfg.model.template, settings, "skip", d.system_message, d.seed)
+    if args.show and len(epoch):
         for i in range(args.show_from, min(len(epoch), args.show_from + args.show)):
-            item = ds[i]
-            if item is None:
-                console.print(f"[red]sample {i} ({epoch[i].line.where}) failed to load[/]")
-                continue
+            item = dataset[i]  # a sample that fails to load is replaced by the next one (counted in the warning)
             render_sample(console, epoch[i], item, tokenizer, i)
 
     status = 0
-    if not samples:
+    if not len(dataset.plan):
         console.print("[red]no usable samples[/]: training would stop")
         status = 1
     elif fatal and d.on_error == "strict":

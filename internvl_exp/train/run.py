@@ -128,7 +128,7 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         "trainable_parameters": params,
         "optimizer_groups": report["optimizer_groups"],
         "throughput": throughput.summary(),
-        "data": {**data_report.as_dict(), "load_failures": collator.skipped},
+        "data": data_report.as_dict(all_ranks=True),  # load failures summed over the ranks
         "run_dir": str(run_dir.root),
     }
     if metrics["final_loss"] is not None and not math.isfinite(metrics["final_loss"]):

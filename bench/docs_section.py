@@ -1,0 +1,21 @@
+"""Writing one benchmark's section of docs/benchmarks.md, leaving every other section alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HEADER = "# Benchmarks\n\nEach section: what was measured, the numbers, and the exact command.\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the `## ...` section whose heading is `section`'s first line, or append it."""
+    head = section.splitlines()[0]
+    text = path.read_text() if path.exists() else HEADER
+    section = section.rstrip("\n") + "\n"
+    if head in text:
+        start = text.index(head)
+        nxt = text.find("\n## ", start + len(head))
+        text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
