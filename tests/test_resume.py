@@ -220,3 +220,30 @@ def test_completed_run_refuses_and_resume_false_starts_fresh(uninterrupted, demo
     assert json.loads((fresh / "metrics.json").read_text())["status"] == "completed"
     assert (fresh / "final" / "model.safetensors").exists()
     assert {p: p.stat().st_mtime_ns for p in uninterrupted.rglob("*")} == before
+
+
+def test_resume_across_an_epoch_boundary_with_augmentation(tmp_path, demo_dir):
+    """The data position across epochs: 6 augmented samples (JPEG re-encoding drawn per epoch), 3 steps an
+    epoch, resumed from checkpoint-4 (one step into epoch 2): the same samples and draws come next, so the
+    weights equal the uninterrupted run's. (A copy of the run without its later files is what a kill leaves.)"""
+    import shutil
+
+    from internvl_exp.launch.job import run_job
+
+    def overrides(name: str) -> list[str]:
+        return [f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", *RUN, f"run_name={name}",
+                "data.meta_path=null", f"+data.datasets.shapes.annotation={demo_dir}/shapes.jsonl",
+                f"+data.datasets.shapes.root={demo_dir}", "+data.datasets.shapes.repeat_time=0.125",
+                "+data.datasets.shapes.data_augment=true"]
+
+    ref = tmp_path / "default" / "ref"
+    run_job(compose(overrides("ref")), ref, overrides("ref"))
+    assert json.loads((ref / "metrics.json").read_text())["epochs"] == 2.0
+    cut = tmp_path / "default" / "cut"
+    shutil.copytree(ref, cut)
+    for p in (cut / "metrics.json", cut / "final", cut / "checkpoints" / "checkpoint-6"):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    run_job(compose(overrides("cut")), cut, overrides("cut"))
+    metrics = json.loads((cut / "metrics.json").read_text())
+    assert metrics["resumed_from"] == str(cut / "checkpoints" / "checkpoint-4") and metrics["steps"] == 6
+    _assert_same_weights(_weights(cut), _weights(ref))

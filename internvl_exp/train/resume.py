@@ -164,3 +164,11 @@ def agreed_plan(resume: Any, run_dir: Path) -> ResumePlan:
     chosen = [str(plan.checkpoint) if plan.checkpoint is not None else None]
     dist.broadcast_object_list(chosen, src=0)
     return ResumePlan(plan.mode, Path(chosen[0]) if chosen[0] is not None else None)
+
+
+def resume_problems(value: Any) -> list[str]:
+    """Config validation: a `resume` path must exist (checked before any run directory is made)."""
+    if resume_mode(value) == "path" and not Path(str(value)).expanduser().exists():
+        return [f"resume: {value!r} is not auto, true, false or an existing run directory / checkpoint "
+                "(outputs/<experiment>/<run_name> or .../checkpoints/checkpoint-N)"]
+    return []
