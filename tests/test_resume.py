@@ -232,9 +232,8 @@ def test_resume_across_an_epoch_boundary_with_augmentation(tmp_path, demo_dir):
 
     def overrides(name: str) -> list[str]:
         return [f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", *RUN, f"run_name={name}",
-                "data.meta_path=null", f"+data.datasets.shapes.annotation={demo_dir}/shapes.jsonl",
-                f"+data.datasets.shapes.root={demo_dir}", "+data.datasets.shapes.repeat_time=0.125",
-                "+data.datasets.shapes.data_augment=true"]
+                "data=mix", "~data.datasets.counting", "~data.datasets.compare", "~data.datasets.text",
+                "data.datasets.shapes.repeat_time=0.125", "data.datasets.shapes.data_augment=true"]
 
     ref = tmp_path / "default" / "ref"
     run_job(compose(overrides("ref")), ref, overrides("ref"))

@@ -56,6 +56,16 @@ class InternVLTrainer(Trainer):
                 observe_loss(self.state.global_step, loss)
         return loss
 
+    def _run_epoch(self, *args: Any, epoch: int, **kwargs: Any):
+        # The dataset's per-epoch draws (augmentation, video frames: data/dataset.py set_epoch) follow the epoch
+        # being trained. The Trainer's own set_epoch does not reach the dataset when it resumes mid-epoch
+        # (accelerate's skip_first_batches loader has no set_epoch), so a resumed epoch > 0 would redraw
+        # epoch 0's augmentations.
+        set_epoch = getattr(self.train_dataset, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        return super()._run_epoch(*args, epoch=epoch, **kwargs)
+
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         step = self.state.global_step
         if step == self._marked_step:  # e.g. a preemption stop followed by the epoch-end save: already complete
