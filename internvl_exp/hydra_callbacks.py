@@ -40,6 +40,7 @@ class RunGuard(Callback):
         configure(config.get("secrets"))
         HydraConfig.instance().set_config(config)  # so `${hydra:...}` interpolations resolve while checking
         check_or_exit(config)
+        choose_run_dir(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from internvl_exp.redact import configure
@@ -56,6 +57,27 @@ class RunGuard(Callback):
             record = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
             if record.is_file():
                 scrub_file(record)
+
+
+def choose_run_dir(config: DictConfig) -> None:
+    """Before Hydra creates (or reopens) a single run's directory: refuse to touch a finished run, and with
+    resume=false move to a fresh `<run_name>-N` directory when this one already holds work (train/resume.py)."""
+    from omegaconf import open_dict, read_write
+
+    from internvl_exp.train.resume import RunRefused, fresh_run_dir, has_work, plan_resume, resume_mode
+
+    run_dir = Path(str(config.hydra.run.dir))
+    if resume_mode(config.get("resume")) == "never" and has_work(run_dir):
+        fresh = fresh_run_dir(run_dir)
+        with read_write(config), open_dict(config):
+            config.run_name = fresh.name
+            config.hydra.run.dir = str(fresh)
+        log.info("resume=false: %s already holds a run; this one goes to %s", run_dir, fresh)
+        return
+    try:
+        plan_resume(config.get("resume"), run_dir, warn=False)
+    except RunRefused as e:
+        raise SystemExit(str(e)) from None
 
 
 def scrub_file(path: Path) -> None:

@@ -52,6 +52,7 @@ def runs(tmp_path_factory, demo_dir):
         f"paths.root_dir={repo}", f"paths.output_dir={out}", f"paths.cache_dir={tmp / 'cache'}",
         f"paths.demo_data_dir={demo_dir}", "logger=wandb", f"logger.wandb.tags=[tag-{SECRET}]",
         "trainer.max_steps=2", "trainer.logging_steps=1", "trainer.save_strategy=steps", "trainer.save_steps=1",
+        "trainer.save_total_limit=null",  # keep both checkpoints: both are searched
         "trainer.save_final=true", f"run_name=run-{SECRET}", 'secrets=["acct-[0-9]{6}"]',
         f"data.system_message=Be brief. {SECRET} {PATTERNED}",
     ]

@@ -286,6 +286,10 @@ class Config:
     # The metrics.json key (dotted for nested) a job returns to the sweeper as its objective.
     optimized_metric: str = "final_loss"
     seed: int = 42
+    # Re-running a run_name: auto (continue from its newest complete checkpoint; a finished run refuses),
+    # true (must find one), false/never (start over in a fresh <run_name>-N directory), or a path to a run
+    # directory or checkpoint to continue from (internvl_exp/train/resume.py).
+    resume: Any = "auto"
     # Extra secrets: regular expressions whose matches are redacted from everything a run writes, on top of the
     # values of secret-named environment variables (internvl_exp/redact.py; docs/experiments.md).
     secrets: list[str] = field(default_factory=list)

@@ -13,6 +13,7 @@ from internvl_exp.errors import ConfigError
 from internvl_exp.models.arch import random_init_refusal
 from internvl_exp.models.registry import PART_MODES, PARTS
 from internvl_exp.train.batch import batch_problems, world_size
+from internvl_exp.train.resume import resume_problems
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
 # Official conversation templates a preset names that internvl_exp.data.templates does not implement yet.
@@ -65,6 +66,7 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("optimizer.warmup_ratio must be in [0, 1)")
     problems += _optimizer_problems(cfg)
     problems += _trainer_problems(cfg)
+    problems += resume_problems(cfg.get("resume", "auto"))
     problems += _deepspeed_problems(cfg)
     if cfg.trainer.device not in ("auto", "cpu", "cuda"):
         problems.append(f"trainer.device: {cfg.trainer.device!r} is not auto, cpu or cuda")

@@ -21,6 +21,7 @@ from internvl_exp.errors import ConfigError, UserError
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import configure, scrub, scrub_tree
+from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,15 @@ def _discard_run_dir(root: Path) -> None:
         root.parent.rmdir()
 
 
+def resume_command(overrides: list[str], run_name: str) -> str:
+    """The command that continues this run: the same overrides with this run's name (run_name defaults to a
+    timestamp, so a re-run without it would start a new run)."""
+    import shlex
+
+    kept = [o for o in overrides if o.lstrip("+~").partition("=")[0] not in ("run_name", "resume")]
+    return " ".join(["python launch.py", *map(shlex.quote, kept), shlex.quote(f"run_name={run_name}")])
+
+
 def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float | None:
     started = time.time()
     configure(cfg.get("secrets"))  # the run's `secrets` patterns, before anything is written
@@ -94,6 +104,14 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         except ConfigError as e:
             _discard_run_dir(rd.root)
             raise SystemExit(str(e)) from None
+    # Before anything is written: a finished run is never overwritten (train/resume.py).
+    try:
+        plan_resume(cfg.get("resume", "auto"), rd.root, warn=False)
+    except RunRefused as e:
+        if sweep:
+            log.error("job %s not run: %s", rd.root.name, e)
+            return None
+        raise SystemExit(str(e)) from None
     rd.root.mkdir(parents=True, exist_ok=True)
     try:
         name_run(cfg, rd.root, sweep_dir)
@@ -113,9 +131,16 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
 
         with experiment_logger(cfg, rd, saved):
             metrics = run(cfg, rd)
+    except Preempted as e:  # run.py saved the checkpoint and wrote metrics.json (status: preempted)
+        scrub_tree(rd.root)
+        log.warning("run preempted by %s at step %s; checkpoint: %s", e.signal_name, e.metrics.get("steps"),
+                    e.checkpoint)
+        print(f"\nRun directory: {rd.root} (preempted)\nto resume: {resume_command(overrides, cfg.run_name)}")
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
     except KeyboardInterrupt as e:
         record_failure(rd, e, started, status="interrupted")
         scrub_tree(rd.root)
+        print(f"\nto resume: {resume_command(overrides, cfg.run_name)}")
         raise
     except Exception as e:
         record_failure(rd, e, started)
@@ -130,7 +155,9 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
             log.error("job %s failed (recorded in its metrics.json); the sweep goes on", rd.root.name)
             return None
         where = "metrics.json has the status, train.log the traceback"
-        raise SystemExit(scrub(f"run failed: {type(e).__name__}: {e}\nRun directory: {rd.root} ({where})"))
+        raise SystemExit(scrub(f"run failed: {type(e).__name__}: {e}\nRun directory: {rd.root} ({where})\n"
+                               f"to resume (from its newest complete checkpoint, if any): "
+                               f"{resume_command(overrides, cfg.run_name)}"))
 
     from internvl_exp.launch.console import summary_line
 

@@ -19,7 +19,8 @@ from internvl_exp.redact import scrub
 MAX_NAME = 200  # + the job number stays well under the 255-byte file-name limit
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 # Keys that identify the run rather than its hyperparameters, or that name files and folders.
-EXCLUDED_KEYS = {"seed", "run_name", "sweep_name", "experiment_name", "hparams_search", "optimized_metric", "secrets"}
+EXCLUDED_KEYS = {"seed", "run_name", "sweep_name", "experiment_name", "hparams_search", "optimized_metric", "secrets",
+                 "resume"}
 EXCLUDED_PREFIXES = ("paths.", "hydra.", "logger.")
 PATH_LIKE_SUFFIXES = ("path", "dir", "_file", "root", "_json")
 

@@ -30,6 +30,8 @@ from internvl_exp.train.loss_summary import LossWindows
 from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.optim import parameter_groups
 from internvl_exp.train.param_report import format_report, training_report
+from internvl_exp.train.preemption import Preempted, PreemptionCallback
+from internvl_exp.train.resume import agreed_plan
 from internvl_exp.train.trainable import make_trainable
 from internvl_exp.train.trainer import InternVLTrainer
 
@@ -41,6 +43,16 @@ def _losses(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
 
 
 def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
+    # Signals are caught from the start (a SIGTERM during the model load stops at step 1, with a checkpoint).
+    preemption = PreemptionCallback()
+    preemption.install()
+    try:
+        return _run(cfg, run_dir, preemption)
+    finally:
+        preemption.restore()
+
+
+def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str, Any]:
     from transformers import set_seed
 
     started = time.time()
@@ -63,6 +75,8 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
 
     # Before the model: ZeRO-3 must see it at construction. Scrubbed: pickled into training_args.bin.
     args = scrub_fields(training_arguments(cfg, run_dir))
+    plan = agreed_plan(cfg.get("resume", "auto"), run_dir.root)  # the same on every rank (rank 0's)
+    log.info("run %s: %s", run_dir.root.name, plan.describe())
     model = load_model(cfg.model, tokenizer, checkpoint)
     if config_tokens_per_tile(model.config) != num_tokens_per_tile:
         raise ConfigError(
@@ -102,9 +116,12 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     trainer.add_callback(loss_windows)
     for callback in logger_callbacks(cfg):
         trainer.add_callback(callback)
-    result = trainer.train()
+    preemption.accelerator = trainer.accelerator
+    trainer.add_callback(preemption)
+    result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+    preempted = preemption.stopped_by is not None and trainer.state.global_step < trainer.state.max_steps
 
-    if cfg.trainer.save_final:
+    if cfg.trainer.save_final and not preempted:
         trainer.save_model(str(run_dir.final))
         if trainer.is_world_process_zero():
             processor.save_pretrained(str(run_dir.final))
@@ -131,8 +148,15 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         "data": data_report.as_dict(all_ranks=True),  # load failures summed over the ranks
         "run_dir": str(run_dir.root),
     }
+    if plan.checkpoint is not None:
+        metrics["resumed_from"] = str(plan.checkpoint)
     if metrics["final_loss"] is not None and not math.isfinite(metrics["final_loss"]):
         metrics["status"] = "diverged"
+    if preempted:
+        saved = run_dir.checkpoints / f"checkpoint-{steps}"
+        metrics.update({"status": "preempted", "signal": preemption.stopped_by, "checkpoint": str(saved)})
     if trainer.is_world_process_zero():
         write_json_atomic(run_dir.metrics, metrics)
+    if preempted:
+        raise Preempted(preemption.stopped_by, str(saved), metrics)
     return metrics

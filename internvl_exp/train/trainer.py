@@ -2,15 +2,22 @@
 
 Both hooks are also reached under DeepSpeed: with no `optimizer` / `scheduler` block in the DS config, HF's
 `deepspeed_optim_sched` calls `create_optimizer`, and the scheduler is built by `create_scheduler`.
+
+Checkpoints are marked complete after every rank has saved (train/checkpoints.py); retention runs after that.
 """
 
 from __future__ import annotations
 
+import functools
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 
 from internvl_exp.models.registry import Family
+from internvl_exp.train import checkpoints
 from internvl_exp.train.optim import build_optimizer
 from internvl_exp.train.schedule import scheduler_kwargs
 
@@ -20,6 +27,7 @@ class InternVLTrainer(Trainer):
         self.family = family
         self.optimizer_config = optimizer_config
         super().__init__(*args, **kwargs)
+        self._marked_step: int | None = None
 
     def create_optimizer(self, model: Any = None):
         if self.optimizer is None:
@@ -47,3 +55,47 @@ class InternVLTrainer(Trainer):
             if observe_loss is not None:
                 observe_loss(self.state.global_step, loss)
         return loss
+
+    def _run_epoch(self, *args: Any, epoch: int, **kwargs: Any):
+        # The dataset's per-epoch draws (augmentation, video frames: data/dataset.py set_epoch) follow the epoch
+        # being trained. The Trainer's own set_epoch does not reach the dataset when it resumes mid-epoch
+        # (accelerate's skip_first_batches loader has no set_epoch), so a resumed epoch > 0 would redraw
+        # epoch 0's augmentations.
+        set_epoch = getattr(self.train_dataset, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        return super()._run_epoch(*args, epoch=epoch, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        step = self.state.global_step
+        if step == self._marked_step:  # e.g. a preemption stop followed by the epoch-end save: already complete
+            return
+        folder = Path(self._get_output_dir(trial=trial)) / f"{checkpoints.PREFIX}-{step}"
+        # A folder of this name is left over from an interrupted save (or a run resumed from an older step):
+        # remove it first, so no stale file (or marker) mixes with the new save.
+        if self.is_world_process_zero() and folder.exists():
+            shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+        # HF rotates inside _save_checkpoint, before our marker exists (it would count this half-saved folder
+        # as the newest and could delete the last complete one): rotation is ours, after the marker.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        # Checkpoint weights keep the model's own parameter names: transformers 5 saves InternVL in the original
+        # (legacy) key layout by default, which the Trainer's resume (a plain load_state_dict, non-strict) does
+        # not map back, so the resumed model would silently keep its initial weights. final/ keeps the default.
+        target = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        own_names = isinstance(target, PreTrainedModel)
+        if own_names:
+            target.save_pretrained = functools.partial(type(target).save_pretrained, target, save_original_format=False)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+            if own_names:
+                del target.save_pretrained
+        self.accelerator.wait_for_everyone()  # every rank's shards and RNG state are on disk
+        if self.is_world_process_zero():
+            checkpoints.write_marker(folder, {"global_step": step, "epoch": self.state.epoch,
+                                              "world_size": self.args.world_size, "saved_at": time.time()})
+            checkpoints.retain(folder.parent, limit, protect=[self.state.best_model_checkpoint])
+        self.accelerator.wait_for_everyone()
+        self._marked_step = step

@@ -1,0 +1,88 @@
+"""Preemption: SIGTERM or SIGUSR1 saves a complete checkpoint at the next optimizer-step boundary and stops.
+
+SLURM sends SIGTERM when it preempts or cancels a job (and, with `--signal=[B:]USR1@<seconds>`, SIGUSR1 that
+many seconds before the time limit); Kubernetes and most schedulers send SIGTERM. The handler only sets a
+flag; at the end of each optimizer step every rank combines its flag with the others' (one tiny all-reduce),
+so all ranks stop at the same step even if the signal reached only some of them. The Trainer then saves a
+checkpoint (marker included), run.py writes metrics.json with `status: preempted`, and the process exits
+with PREEMPTED_EXIT_CODE. A second signal while waiting for the step to end is not caught again: it acts as
+it would without us (the process terminates).
+
+Exit status 143 = 128 + SIGTERM, what a shell reports for a process ended by SIGTERM: wrappers and schedulers
+that already treat that as "terminated, may be retried" (SLURM requeue scripts, torchrun restarts, Kubernetes
+restart policies) do the same here. metrics.json tells the two apart: `status: preempted` means the
+checkpoint was saved and a re-run of the same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from transformers import TrainerCallback
+
+from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401  (light: job.py imports them)
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class PreemptionCallback(TrainerCallback):
+    """Installs the signal handlers (main thread only) and turns a caught signal into save + stop."""
+
+    def __init__(self, accelerator: Any = None) -> None:
+        self.accelerator = accelerator
+        self.received: str | None = None  # the signal this process caught
+        self.stopped_by: str | None = None  # set on every rank once they agree to stop
+        self._previous: dict[int, Any] = {}
+
+    # -- signals ------------------------------------------------------------------------------------------
+    def install(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("preemption: not in the main thread, so SIGTERM/SIGUSR1 cannot be caught; a signal ends "
+                        "the run without a checkpoint")
+            return False
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        # Keep the handler tiny (no logging: it may interrupt a log call holding the lock). A second signal
+        # gets the previous handler back: the default one terminates the process.
+        self.received = signal.Signals(signum).name
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+
+    # -- Trainer events -----------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self._previous:
+            log.info("preemption: SIGTERM or SIGUSR1 saves a checkpoint at the next step and exits with status %d "
+                     "(re-run the same command to resume)", PREEMPTED_EXIT_CODE)
+
+    def _agreed(self) -> bool:
+        """Whether any rank caught a signal (every rank gets the same answer)."""
+        local = self.received is not None
+        acc = self.accelerator
+        if acc is None or acc.num_processes <= 1:
+            return local
+        import torch
+
+        flag = torch.tensor([1.0 if local else 0.0], device=acc.device)
+        return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_by is None and self._agreed():
+            self.stopped_by = self.received or "a signal on another rank"
+            log.warning("preemption: %s received; saving a checkpoint at step %d and stopping",
+                        self.stopped_by, state.global_step)
+            control.should_save = True
+            control.should_training_stop = True
+        return control
