@@ -249,9 +249,20 @@ class LoggerConfig:
 
 
 @dataclass
-class LauncherConfig:
+class DistributedConfig:
+    """How the training processes start (not Hydra's `hydra/launcher`, which runs the jobs of a sweep):
+    single = in the Hydra job; torchrun = the job starts torchrun on internvl_exp.launch.worker."""
+
     name: str = MISSING
     nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_backend: str = "c10d"
+    # HOST:PORT of the rendezvous (node 0); null on one node: localhost on master_port.
+    rdzv_endpoint: Optional[str] = None
+    rdzv_id: Optional[str] = None
+    # null: a free port is picked on this machine (one node only).
+    master_port: Optional[int] = None
 
 
 @dataclass
@@ -273,7 +284,7 @@ class Config:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
-    launcher: LauncherConfig = MISSING
+    distributed: DistributedConfig = MISSING
     paths: PathsConfig = MISSING
     experiment_name: str = "default"
     run_name: str = MISSING

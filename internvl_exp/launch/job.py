@@ -108,11 +108,16 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         print_config_tree(saved)
         write_provenance(rd.provenance, Path(cfg.paths.root_dir))
 
-        from internvl_exp.train.loggers import experiment_logger
-        from internvl_exp.train.run import run
+        if cfg.distributed.name == "torchrun":  # the workers log to the tracker and write metrics.json
+            from internvl_exp.launch.torchrun import run_workers
 
-        with experiment_logger(cfg, rd, saved):
-            metrics = run(cfg, rd)
+            metrics = run_workers(cfg, rd)
+        else:
+            from internvl_exp.train.loggers import experiment_logger
+            from internvl_exp.train.run import run
+
+            with experiment_logger(cfg, rd, saved):
+                metrics = run(cfg, rd)
     except KeyboardInterrupt as e:
         record_failure(rd, e, started, status="interrupted")
         scrub_tree(rd.root)

@@ -11,6 +11,7 @@ from typing import Any
 
 from internvl_exp.data.collator import Collator
 from internvl_exp.data.from_config import build_from_config, tokens_per_tile
+from internvl_exp.dist import is_main_process
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.loading import (
     config_tokens_per_tile,
@@ -72,12 +73,12 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     processor = load_processor(cfg.model, tokenizer, num_tokens_per_tile, checkpoint)
 
     # Drop-path, freezing, eval-mode frozen parts, LoRA. A random base exists nowhere else: saved for merge_lora.
-    save_base = cfg.model.random_init and cfg.trainer.save_final and args.process_index == 0
+    save_base = cfg.model.random_init and cfg.trainer.save_final and is_main_process()
     model = make_trainable(model, family, cfg.freeze, cfg.model, run_dir.final / "base" if save_base else None).model
     report = training_report(model, family, parameter_groups(model, family, cfg.optimizer))
     params = report["parameters"]
     log.info("what trains:\n%s", format_report(report))
-    if args.process_index == 0:
+    if is_main_process():
         run_dir.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir.root / "params.json", report)
     log_parameter_counts(params)
@@ -106,7 +107,7 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
 
     if cfg.trainer.save_final:
         trainer.save_model(str(run_dir.final))
-        if trainer.is_world_process_zero():
+        if is_main_process():
             processor.save_pretrained(str(run_dir.final))
 
     losses = _losses(trainer.state.log_history)
@@ -133,6 +134,6 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     }
     if metrics["final_loss"] is not None and not math.isfinite(metrics["final_loss"]):
         metrics["status"] = "diverged"
-    if trainer.is_world_process_zero():
+    if is_main_process():
         write_json_atomic(run_dir.metrics, metrics)
     return metrics
