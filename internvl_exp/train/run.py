@@ -31,6 +31,7 @@ from internvl_exp.train.loss_summary import LossWindows
 from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.optim import parameter_groups
 from internvl_exp.train.param_report import format_report, training_report
+from internvl_exp.train.same_graph import keep_vision_in_graph
 from internvl_exp.train.trainable import make_trainable
 from internvl_exp.train.trainer import InternVLTrainer
 
@@ -83,6 +84,7 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         write_json_atomic(run_dir.root / "params.json", report)
     log_parameter_counts(params)
 
+    keep_vision_in_graph(model)  # text-only batches still run the vision path (DDP/ZeRO-3 never hang)
     collator = Collator(pad_token_id=tokenizer.pad_token_id)
 
     trainer = InternVLTrainer(

@@ -1,0 +1,62 @@
+"""Every rank runs the same graph: a text-only batch still goes through the vision tower and the projector.
+
+A batch without images sends no `pixel_values`, so transformers' InternVL skips the vision path, and on that
+rank the trainable projector (and any trainable ViT parameter) gets no gradient while another rank's does:
+DDP (with find_unused_parameters off, as under activation checkpointing) waits for it forever, and ZeRO-3
+never gathers those weights on that rank. InternVL's own code feeds a dummy image with `image_flags=0`;
+transformers' forward refuses pixel_values without matching placeholder tokens, so instead a forward hook
+runs one black tile through `get_image_features` and adds `0 * sum(features)` to the loss: the loss value is
+bit-identical (x + 0.0 == x for finite x) and every trainable vision/projector parameter gets a zero gradient.
+
+The hook sits on the outermost module the Trainer calls (a PEFT wrapper calls the inner forward directly,
+bypassing hooks there), so it runs inside DDP's and DeepSpeed's forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def _vision_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that owns vision_tower + multi_modal_projector (transformers' InternVLModel)."""
+    for module in model.modules():
+        if hasattr(module, "vision_tower") and hasattr(module, "multi_modal_projector") and hasattr(
+            module, "get_image_features"
+        ):
+            return module
+    raise TypeError(f"{type(model).__name__} has no vision_tower/multi_modal_projector to keep in the graph")
+
+
+def dummy_vision_term(vision_model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """0 * (sum of the projector's output for one black tile): zero, but connected to every vision weight."""
+    config = vision_model.config
+    size = config.vision_config.image_size
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    tile = torch.zeros(1, 3, size, size, device=device)
+    features = vision_model.get_image_features(
+        pixel_values=tile,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        return_dict=True,
+    ).pooler_output
+    return features.sum() * 0.0
+
+
+def keep_vision_in_graph(model: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Install the hook on `model` (the module the Trainer will call); returns its handle."""
+    vision_model = _vision_model(model)
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        if not module.training or kwargs.get("pixel_values") is not None:
+            return output
+        loss = output.get("loss") if hasattr(output, "get") else None
+        if loss is None:
+            return output
+        ids = kwargs.get("input_ids")
+        device = ids.device if ids is not None else loss.device
+        output["loss"] = loss + dummy_vision_term(vision_model, device).to(loss.dtype)
+        return output
+
+    return model.register_forward_hook(hook, with_kwargs=True)
