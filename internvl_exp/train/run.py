@@ -24,8 +24,9 @@ from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.models.registry import get_family
 from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.redact import scrub_fields
-from internvl_exp.train.args import training_arguments
+from internvl_exp.train.args import training_arguments, use_cpu
 from internvl_exp.train.callbacks import ThroughputCallback, install_first
+from internvl_exp.train.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
 from internvl_exp.train.flops import FlopsModel
 from internvl_exp.train.loss_summary import LossWindows
 from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
@@ -64,7 +65,10 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     log.info("data: %d samples %s", data_report.samples, data_report.per_dataset)
 
     # Before the model: ZeRO-3 must see it at construction. Scrubbed: pickled into training_args.bin.
+    cpu = use_cpu(cfg.trainer)
+    prepare_environment(cfg, cpu)
     args = scrub_fields(training_arguments(cfg, run_dir))
+    init_before_model(cfg, args, cpu)
     model = load_model(cfg.model, tokenizer, checkpoint)
     if config_tokens_per_tile(model.config) != num_tokens_per_tile:
         raise ConfigError(
@@ -105,6 +109,7 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     trainer.add_callback(loss_windows)
     for callback in logger_callbacks(cfg):
         trainer.add_callback(callback)
+    write_deepspeed_json(trainer.args, run_dir.deepspeed)  # the JSON as DeepSpeed was given it
     result = trainer.train()
 
     if cfg.trainer.save_final:
