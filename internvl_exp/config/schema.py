@@ -89,7 +89,9 @@ class ModelConfig:
     max_dynamic_patch: int = 6
     use_thumbnail: bool = True
     normalize_type: str = "imagenet"
-    dtype: str = "float32"
+    # Weights' dtype: auto = float32 without DeepSpeed (trainer.bf16 autocasts over fp32 master weights),
+    # bfloat16 under DeepSpeed with trainer.bf16 (fp32 master in its optimizer); internvl_exp/train/precision.py.
+    dtype: str = "auto"
     attn_implementation: str = "sdpa"
     # Stochastic depth on the ViT's residual branches (timm DropPath), linear from 0 (first layer) to this rate
     # (last layer); active in training only, and only on trainable vision layers unless drop_path_on_frozen.
@@ -223,6 +225,8 @@ class TrainerConfig:
     save_total_limit: Optional[int] = None
     dataloader_num_workers: int = 0
     bf16: bool = False
+    # Accept half-precision weights trained by a torch optimizer without fp32 master weights (warns).
+    pure_half_precision: bool = False
     # "auto": CPU when no accelerator is visible.
     device: str = "auto"
     activation_checkpointing: bool = False

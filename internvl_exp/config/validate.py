@@ -12,6 +12,7 @@ from internvl_exp.data.templates import TEMPLATES
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.arch import random_init_refusal
 from internvl_exp.models.registry import PART_MODES, PARTS
+from internvl_exp.train.precision import precision_problems
 from internvl_exp.train.batch import batch_problems, world_size
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
@@ -40,8 +41,7 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("freeze.parts: every part is frozen, so nothing would train; set at least one part to full or lora")
     problems += _freeze_problems(cfg)
     problems += _model_problems(cfg.model)
-    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
-        problems.append(f"model.dtype: {cfg.model.dtype!r} is not float32, bfloat16 or float16")
+    problems += precision_problems(cfg)  # train/precision.py
     if not 1 <= cfg.model.min_dynamic_patch <= cfg.model.max_dynamic_patch:
         problems.append("model.min_dynamic_patch/max_dynamic_patch: need 1 <= min_dynamic_patch <= max_dynamic_patch")
     if cfg.data.length_policy not in ("drop", "truncate"):

@@ -31,6 +31,7 @@ from internvl_exp.train.flops import FlopsModel
 from internvl_exp.train.loss_summary import LossWindows
 from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.optim import parameter_groups
+from internvl_exp.train.precision import pure_half_precision, weights_dtype
 from internvl_exp.train.param_report import format_report, training_report
 from internvl_exp.train.same_graph import keep_vision_in_graph
 from internvl_exp.train.trainable import make_trainable
@@ -69,6 +70,10 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     prepare_environment(cfg, cpu)
     args = scrub_fields(training_arguments(cfg, run_dir))
     init_before_model(cfg, args, cpu)
+    cfg.model.dtype = weights_dtype(cfg)  # auto -> what this run loads (train/precision.py)
+    if pure_half_precision(cfg):
+        log.warning("training pure %s weights without fp32 master weights (trainer.pure_half_precision=true): "
+                    "small updates round away", cfg.model.dtype)
     model = load_model(cfg.model, tokenizer, checkpoint)
     if config_tokens_per_tile(model.config) != num_tokens_per_tile:
         raise ConfigError(
