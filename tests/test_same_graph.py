@@ -38,12 +38,13 @@ def test_text_only_batch_keeps_vision_in_the_graph_with_zero_contribution(tmp_pa
     vision_names = [n for n, _ in model.named_parameters() if family.part_of(n) in ("vision", "projector")]
     assert vision_names and all(plain_grads[n] is None for n in vision_names)  # the hazard: not in the graph
 
-    handle = keep_vision_in_graph(model)
+    handles = keep_vision_in_graph(model)
     hooked_loss, hooked_grads = loss_and_grads()
     model.eval()  # outside training the hook leaves the forward alone
     with torch.no_grad():
         assert torch.equal(model(**batch).loss, plain_loss)
-    handle.remove()
+    for handle in handles:
+        handle.remove()
 
     assert torch.equal(hooked_loss, plain_loss), (hooked_loss, plain_loss)  # bit-identical, tolerance 0
     for name in vision_names:

@@ -8,7 +8,9 @@ log warnings and errors to the console only.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,6 +50,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m internvl_exp.launch.worker RUN_DIR (started by torchrun; see docs/distributed.md)",
               file=sys.stderr)
         return 2
+    # `kill -USR2 <pid>` prints every thread's Python stack: where a hung rank waits (docs/distributed.md).
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     rd = RunDir(Path(argv[0]))
     cfg = OmegaConf.load(rd.config)
     configure(cfg.get("secrets"))

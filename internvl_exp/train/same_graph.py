@@ -8,7 +8,12 @@ transformers' forward refuses pixel_values without matching placeholder tokens, 
 runs one black tile through `get_image_features` and adds `0 * sum(features)` to the loss: the loss value is
 bit-identical (x + 0.0 == x for finite x) and every trainable vision/projector parameter gets a zero gradient.
 
-The hook sits on the outermost module the Trainer calls (a PEFT wrapper calls the inner forward directly,
+The black tile runs in a forward *pre*-hook, i.e. before the LLM, where an image batch runs its vision tower:
+under ZeRO-3 every rank then gathers the vision weights at the same point of its forward (gathers are
+collectives; a rank gathering them after the LLM while another gathers them before would deadlock). A forward
+hook adds the stashed term to the loss.
+
+The hooks sit on the outermost module the Trainer calls (a PEFT wrapper calls the inner forward directly,
 bypassing hooks there), so it runs inside DDP's and DeepSpeed's forward.
 """
 
@@ -44,19 +49,29 @@ def dummy_vision_term(vision_model: torch.nn.Module, device: torch.device) -> to
     return features.sum() * 0.0
 
 
-def keep_vision_in_graph(model: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
-    """Install the hook on `model` (the module the Trainer will call); returns its handle."""
+def keep_vision_in_graph(model: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Install the hooks on `model` (the module the Trainer will call); returns their handles."""
     vision_model = _vision_model(model)
+    pending: list[torch.Tensor] = []
 
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
-        if not module.training or kwargs.get("pixel_values") is not None:
+    def needs_dummy(module: torch.nn.Module, kwargs: dict[str, Any]) -> bool:
+        return module.training and kwargs.get("pixel_values") is None and kwargs.get("labels") is not None
+
+    def before(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        pending.clear()  # a forward that raised leaves nothing behind for the next one
+        if needs_dummy(module, kwargs):
+            ids = kwargs.get("input_ids")
+            device = ids.device if ids is not None else next(module.parameters()).device
+            pending.append(dummy_vision_term(vision_model, device))
+
+    def after(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        if not pending:
             return output
+        term = pending.pop()
         loss = output.get("loss") if hasattr(output, "get") else None
-        if loss is None:
-            return output
-        ids = kwargs.get("input_ids")
-        device = ids.device if ids is not None else loss.device
-        output["loss"] = loss + dummy_vision_term(vision_model, device).to(loss.dtype)
+        if loss is not None:
+            output["loss"] = loss + term.to(loss.dtype)
         return output
 
-    return model.register_forward_hook(hook, with_kwargs=True)
+    return [model.register_forward_pre_hook(before, with_kwargs=True),
+            model.register_forward_hook(after, with_kwargs=True)]
