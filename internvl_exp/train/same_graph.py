@@ -8,10 +8,11 @@ transformers' forward refuses pixel_values without matching placeholder tokens, 
 runs one black tile through `get_image_features` and adds `0 * sum(features)` to the loss: the loss value is
 bit-identical (x + 0.0 == x for finite x) and every trainable vision/projector parameter gets a zero gradient.
 
-The black tile runs in a forward *pre*-hook, i.e. before the LLM, where an image batch runs its vision tower:
+The black tile runs in a forward pre-hook of the language model (inside the outer forward, so after
+DeepSpeed's own start-of-forward hook on the outer module), i.e. before the LLM, where an image batch runs its vision tower:
 under ZeRO-3 every rank then gathers the vision weights at the same point of its forward (gathers are
-collectives; a rank gathering them after the LLM while another gathers them before would deadlock). A forward
-hook adds the stashed term to the loss.
+collectives; a rank gathering them after the LLM while another gathers them before would deadlock). A forward hook on
+the outer module adds the stashed term to the loss.
 
 The hooks sit on the outermost module the Trainer calls (a PEFT wrapper calls the inner forward directly,
 bypassing hooks there), so it runs inside DDP's and DeepSpeed's forward.
@@ -50,21 +51,25 @@ def dummy_vision_term(vision_model: torch.nn.Module, device: torch.device) -> to
 
 
 def keep_vision_in_graph(model: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
-    """Install the hooks on `model` (the module the Trainer will call); returns their handles."""
+    """Install the hooks (the module the Trainer will call, and its language model); returns their handles."""
     vision_model = _vision_model(model)
+    wanted: list[bool] = [False]
     pending: list[torch.Tensor] = []
-
-    def needs_dummy(module: torch.nn.Module, kwargs: dict[str, Any]) -> bool:
-        return module.training and kwargs.get("pixel_values") is None and kwargs.get("labels") is not None
 
     def before(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         pending.clear()  # a forward that raised leaves nothing behind for the next one
-        if needs_dummy(module, kwargs):
-            ids = kwargs.get("input_ids")
-            device = ids.device if ids is not None else next(module.parameters()).device
+        wanted[0] = module.training and kwargs.get("pixel_values") is None and kwargs.get("labels") is not None
+
+    def before_llm(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        # Inside the outer forward (after DeepSpeed's own start-of-forward hook), where images would be encoded.
+        if wanted[0]:
+            wanted[0] = False
+            embeds = kwargs.get("inputs_embeds")
+            device = embeds.device if embeds is not None else next(module.parameters()).device
             pending.append(dummy_vision_term(vision_model, device))
 
     def after(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        wanted[0] = False
         if not pending:
             return output
         term = pending.pop()
@@ -74,4 +79,5 @@ def keep_vision_in_graph(model: torch.nn.Module) -> list[torch.utils.hooks.Remov
         return output
 
     return [model.register_forward_pre_hook(before, with_kwargs=True),
+            vision_model.language_model.register_forward_pre_hook(before_llm, with_kwargs=True),
             model.register_forward_hook(after, with_kwargs=True)]
