@@ -1,6 +1,7 @@
 """The run directory: what goes where, and writing the config snapshots (scrubbed of secrets).
 
     <run_dir>/config.yaml  overrides.yaml  provenance/  train.log  metrics.json  checkpoints/  final/
+    (+ deepspeed.json under DeepSpeed)
     (+ wandb/ or tensorboard/ with those loggers)
 """
 
@@ -31,6 +32,10 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
+
+    @property
+    def deepspeed(self) -> Path:
+        return self.root / "deepspeed.json"
 
     @property
     def checkpoints(self) -> Path:

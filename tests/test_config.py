@@ -43,7 +43,7 @@ def test_every_option_composes_and_validates(group, option, tmp_path):
 
 
 def test_groups_required_by_the_design_exist():
-    for group in ("model", "data", "freeze", "deepspeed", "optimizer", "trainer", "logger", "launcher", "paths"):
+    for group in ("model", "data", "freeze", "deepspeed", "optimizer", "trainer", "logger", "distributed", "paths"):
         assert group in GROUPS
     assert {"vision", "llm", "mlp_only", "full"} <= set(_options("freeze"))
     assert {"none", "tensorboard", "wandb"} <= set(_options("logger"))
@@ -122,7 +122,7 @@ def test_cfg_job_snapshot_of_headline_command():
     assert cfg.model.name == "tiny" and cfg.data.name == "demo" and cfg.freeze.name == "vision"
     assert dict(cfg.freeze.parts) == {"vision": "frozen", "projector": "full", "llm": "full", "lm_head": "full"}
     assert cfg.deepspeed.name == "none" and cfg.optimizer.name == "adamw" and cfg.logger.name == "none"
-    assert cfg.launcher.name == "local" and cfg.trainer.name == "default"
+    assert cfg.distributed.name == "single" and cfg.trainer.name == "default"
 
 
 def test_bad_wandb_mode_fails_before_anything_loads(tmp_path):

@@ -51,12 +51,12 @@ def test_global_batch_and_accumulation_together_are_refused():
         accumulation_steps(_trainer(128, 4, accumulation=4), 8)  # consistent, but the batch is stated twice
 
 
-def test_world_size_from_the_launcher_then_the_environment(monkeypatch):
+def test_world_size_from_the_distributed_plan_then_the_environment(monkeypatch):
     from internvl_exp.train.batch import world_size
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert world_size() == 1
-    assert world_size(OmegaConf.create({"name": "local", "nproc_per_node": 1})) == 1
+    assert world_size(OmegaConf.create({"name": "single", "nproc_per_node": 1})) == 1
     assert world_size(OmegaConf.create({"name": "torchrun", "nproc_per_node": 8})) == 8
     assert world_size(OmegaConf.create({"name": "torchrun", "nproc_per_node": 8, "nnodes": 2})) == 16
     monkeypatch.setenv("WORLD_SIZE", "4")  # inside a worker the real process count wins over the plan
@@ -65,10 +65,9 @@ def test_world_size_from_the_launcher_then_the_environment(monkeypatch):
 
 
 def _planned(cfg, nproc, nnodes=1):
-    """The config as a multi-node launcher would plan it (no such launcher option exists yet; a plain copy of the
-    composed config takes its keys)."""
+    """The config as a multi-node launcher would plan it (a plain copy of the composed config takes its keys)."""
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    plain.launcher = {"name": "torchrun", "nproc_per_node": nproc, "nnodes": nnodes}
+    plain.distributed = {"name": "torchrun", "nproc_per_node": nproc, "nnodes": nnodes, "rdzv_endpoint": "node0:29500"}
     return plain
 
 

@@ -74,9 +74,9 @@ META = "data.meta_path=/data/meta.json"
 
 
 def _plain(cfg, nproc: int):
-    """A resolved copy of cfg planned for `nproc` processes (no multi-process launcher option exists yet)."""
+    """A resolved copy of cfg planned for `nproc` processes."""
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    plain.launcher = {"name": "torchrun", "nproc_per_node": nproc}
+    plain.distributed = {"name": "torchrun", "nproc_per_node": nproc}
     return plain
 
 

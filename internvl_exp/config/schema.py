@@ -89,7 +89,9 @@ class ModelConfig:
     max_dynamic_patch: int = 6
     use_thumbnail: bool = True
     normalize_type: str = "imagenet"
-    dtype: str = "float32"
+    # Weights' dtype: auto = float32 without DeepSpeed (trainer.bf16 autocasts over fp32 master weights),
+    # bfloat16 under DeepSpeed with trainer.bf16 (fp32 master in its optimizer); internvl_exp/train/precision.py.
+    dtype: str = "auto"
     attn_implementation: str = "sdpa"
     # Stochastic depth on the ViT's residual branches (timm DropPath), linear from 0 (first layer) to this rate
     # (last layer); active in training only, and only on trainable vision layers unless drop_path_on_frozen.
@@ -227,6 +229,8 @@ class TrainerConfig:
     save_total_limit: Optional[int] = None
     dataloader_num_workers: int = 0
     bf16: bool = False
+    # Accept half-precision weights trained by a torch optimizer without fp32 master weights (warns).
+    pure_half_precision: bool = False
     # "auto": CPU when no accelerator is visible.
     device: str = "auto"
     activation_checkpointing: bool = False
@@ -253,9 +257,20 @@ class LoggerConfig:
 
 
 @dataclass
-class LauncherConfig:
+class DistributedConfig:
+    """How the training processes start (not Hydra's `hydra/launcher`, which runs the jobs of a sweep):
+    single = in the Hydra job; torchrun = the job starts torchrun on internvl_exp.launch.worker."""
+
     name: str = MISSING
     nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_backend: str = "c10d"
+    # HOST:PORT of the rendezvous (node 0); null on one node: localhost on master_port.
+    rdzv_endpoint: Optional[str] = None
+    rdzv_id: Optional[str] = None
+    # null: a free port is picked on this machine (one node only).
+    master_port: Optional[int] = None
 
 
 @dataclass
@@ -277,7 +292,7 @@ class Config:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
-    launcher: LauncherConfig = MISSING
+    distributed: DistributedConfig = MISSING
     paths: PathsConfig = MISSING
     experiment_name: str = "default"
     run_name: str = MISSING

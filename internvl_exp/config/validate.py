@@ -12,6 +12,7 @@ from internvl_exp.data.templates import TEMPLATES
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.arch import random_init_refusal
 from internvl_exp.models.registry import PART_MODES, PARTS
+from internvl_exp.train.precision import precision_problems
 from internvl_exp.train.batch import batch_problems, world_size
 from internvl_exp.train.resume import resume_problems
 
@@ -41,8 +42,7 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("freeze.parts: every part is frozen, so nothing would train; set at least one part to full or lora")
     problems += _freeze_problems(cfg)
     problems += _model_problems(cfg.model)
-    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
-        problems.append(f"model.dtype: {cfg.model.dtype!r} is not float32, bfloat16 or float16")
+    problems += precision_problems(cfg)  # train/precision.py
     if not 1 <= cfg.model.min_dynamic_patch <= cfg.model.max_dynamic_patch:
         problems.append("model.min_dynamic_patch/max_dynamic_patch: need 1 <= min_dynamic_patch <= max_dynamic_patch")
     if cfg.data.length_policy not in ("drop", "truncate"):
@@ -77,8 +77,29 @@ def config_problems(cfg: Any) -> list[str]:
     elif cfg.logger.name == "wandb" and cfg.logger.wandb.mode not in WANDB_MODES:
         problems.append(f"logger.wandb.mode: {cfg.logger.wandb.mode!r} is not one of {list(WANDB_MODES)} "
                         "(offline writes <run_dir>/wandb/ to upload later with `wandb sync`)")
-    if cfg.launcher.name == "local" and cfg.launcher.nproc_per_node != 1:
-        problems.append("launcher.nproc_per_node: the local launcher runs one process; use a multi-process launcher")
+    problems += _distributed_problems(cfg.distributed)
+    return problems
+
+
+DISTRIBUTED = ("single", "torchrun")
+
+
+def _distributed_problems(d: Any) -> list[str]:
+    """distributed: one process in the job, or torchrun with numbers that make sense."""
+    if d.name not in DISTRIBUTED:
+        return [f"distributed: {d.name!r} is not one of {list(DISTRIBUTED)}"]
+    problems = []
+    nodes, node_rank, endpoint = d.get("nnodes", 1), d.get("node_rank", 0), d.get("rdzv_endpoint")
+    if d.name == "single" and (d.nproc_per_node != 1 or nodes != 1):
+        problems.append("distributed.nproc_per_node/nnodes: distributed=single runs one process in the Hydra job; "
+                        "use distributed=torchrun distributed.nproc_per_node=N for several")
+    if d.nproc_per_node < 1 or nodes < 1:
+        problems.append(f"distributed.nproc_per_node={d.nproc_per_node}, nnodes={nodes}: both must be >= 1")
+    if not 0 <= node_rank < max(nodes, 1):
+        problems.append(f"distributed.node_rank={node_rank} must be in [0, nnodes={nodes})")
+    if nodes > 1 and not endpoint:
+        problems.append(f"distributed.rdzv_endpoint: {nodes} nodes need the rendezvous HOST:PORT of node 0 "
+                        "(the same on every node), e.g. distributed.rdzv_endpoint=node0:29500")
     return problems
 
 
@@ -208,7 +229,7 @@ def _trainer_problems(cfg: Any) -> list[str]:
                         "trainer.num_train_epochs epochs")
     if t.max_steps is None and t.num_train_epochs <= 0:
         problems.append(f"trainer.num_train_epochs: {t.num_train_epochs} must be > 0 (or set trainer.max_steps)")
-    return problems + batch_problems(t, world_size(cfg.launcher))
+    return problems + batch_problems(t, world_size(cfg.distributed))
 
 
 # ZeRO stages, and the stages that can offload each kind of state (DeepSpeed: parameters need ZeRO-3).

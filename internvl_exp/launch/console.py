@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 # Group order in the tree (anything else follows, then the top-level scalars).
-ORDER = ("model", "data", "freeze", "deepspeed", "optimizer", "trainer", "logger", "launcher", "paths")
+ORDER = ("model", "data", "freeze", "deepspeed", "optimizer", "trainer", "logger", "distributed", "paths")
 
 
 def print_config_tree(resolved: dict[str, Any]) -> None:

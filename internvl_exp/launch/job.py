@@ -126,11 +126,18 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         print_config_tree(saved)
         write_provenance(rd.provenance, Path(cfg.paths.root_dir))
 
-        from internvl_exp.train.loggers import experiment_logger
-        from internvl_exp.train.run import run
+        if cfg.distributed.name == "torchrun":  # the workers log to the tracker and write metrics.json
+            from internvl_exp.launch.torchrun import run_workers
 
-        with experiment_logger(cfg, rd, saved):
-            metrics = run(cfg, rd)
+            metrics = run_workers(cfg, rd)
+            if metrics.get("status") == "preempted":  # rank 0 saved the checkpoint and wrote metrics.json
+                raise Preempted(metrics.get("signal", "a signal"), metrics.get("checkpoint"), metrics)
+        else:
+            from internvl_exp.train.loggers import experiment_logger
+            from internvl_exp.train.run import run
+
+            with experiment_logger(cfg, rd, saved):
+                metrics = run(cfg, rd)
     except Preempted as e:  # run.py saved the checkpoint and wrote metrics.json (status: preempted)
         scrub_tree(rd.root)
         log.warning("run preempted by %s at step %s; checkpoint: %s", e.signal_name, e.metrics.get("steps"),

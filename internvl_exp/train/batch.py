@@ -9,33 +9,13 @@ Light on purpose (imported by config validation): no torch import here.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
+from internvl_exp.dist import world_size  # noqa: F401  (re-exported: the batch maths' world)
 from internvl_exp.errors import ConfigError
 
 # TrainerConfig.gradient_accumulation_steps' default; any other value next to global_batch_size states the batch twice.
 DEFAULT_ACCUMULATION = 1
-
-
-def world_size(launcher_cfg: Any = None) -> int:
-    """The number of training processes.
-
-    Inside the training processes the truth is the initialised process group, else WORLD_SIZE (set by torchrun
-    and our launchers), else 1. Before any worker starts (validating in the Hydra job) pass the launcher config:
-    with neither of those set, the answer is what it will start, launcher.nproc_per_node x launcher.nnodes
-    (1 node when the launcher has no `nnodes`)."""
-    dist = sys.modules.get("torch.distributed")  # only if torch is already loaded: validation must stay light
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        return int(dist.get_world_size())
-    env = os.environ.get("WORLD_SIZE")
-    if env:
-        return int(env)
-    if launcher_cfg is None:
-        return 1
-    nodes = launcher_cfg.get("nnodes", 1) if hasattr(launcher_cfg, "get") else getattr(launcher_cfg, "nnodes", 1)
-    return int(launcher_cfg.nproc_per_node) * int(nodes or 1)
 
 
 def batch_problems(trainer_cfg: Any, world: int) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from transformers import TrainerCallback
 
+from internvl_exp.dist import is_main_process
 from internvl_exp.outputs import RunDir
 from internvl_exp.redact import scrub_value
 
@@ -118,7 +119,7 @@ class WandbLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         import wandb
 
-        if not state.is_world_process_zero or wandb.run is None or not logs:
+        if not is_main_process() or wandb.run is None or not logs:
             return
         row = {(k if "/" in k else f"train/{k}"): v for k, v in logs.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}

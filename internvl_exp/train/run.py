@@ -11,6 +11,7 @@ from typing import Any
 
 from internvl_exp.data.collator import Collator
 from internvl_exp.data.from_config import build_from_config, tokens_per_tile
+from internvl_exp.dist import is_main_process
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.loading import (
     config_tokens_per_tile,
@@ -23,15 +24,18 @@ from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.models.registry import get_family
 from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.redact import scrub_fields
-from internvl_exp.train.args import training_arguments
+from internvl_exp.train.args import training_arguments, use_cpu
 from internvl_exp.train.callbacks import ThroughputCallback, install_first
+from internvl_exp.train.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
 from internvl_exp.train.flops import FlopsModel
 from internvl_exp.train.loss_summary import LossWindows
 from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.optim import parameter_groups
+from internvl_exp.train.precision import pure_half_precision, weights_dtype
 from internvl_exp.train.param_report import format_report, training_report
 from internvl_exp.train.preemption import Preempted, PreemptionCallback
 from internvl_exp.train.resume import agreed_plan
+from internvl_exp.train.same_graph import keep_vision_in_graph
 from internvl_exp.train.trainable import make_trainable
 from internvl_exp.train.trainer import InternVLTrainer
 
@@ -74,9 +78,16 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     log.info("data: %d samples %s", data_report.samples, data_report.per_dataset)
 
     # Before the model: ZeRO-3 must see it at construction. Scrubbed: pickled into training_args.bin.
+    cpu = use_cpu(cfg.trainer)
+    prepare_environment(cfg, cpu)
     args = scrub_fields(training_arguments(cfg, run_dir))
+    init_before_model(cfg, args, cpu)
     plan = agreed_plan(cfg.get("resume", "auto"), run_dir.root)  # the same on every rank (rank 0's)
     log.info("run %s: %s", run_dir.root.name, plan.describe())
+    cfg.model.dtype = weights_dtype(cfg)  # auto -> what this run loads (train/precision.py)
+    if pure_half_precision(cfg):
+        log.warning("training pure %s weights without fp32 master weights (trainer.pure_half_precision=true): "
+                    "small updates round away", cfg.model.dtype)
     model = load_model(cfg.model, tokenizer, checkpoint)
     if config_tokens_per_tile(model.config) != num_tokens_per_tile:
         raise ConfigError(
@@ -86,16 +97,17 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     processor = load_processor(cfg.model, tokenizer, num_tokens_per_tile, checkpoint, cfg.data.system_message)
 
     # Drop-path, freezing, eval-mode frozen parts, LoRA. A random base exists nowhere else: saved for merge_lora.
-    save_base = cfg.model.random_init and cfg.trainer.save_final and args.process_index == 0
+    save_base = cfg.model.random_init and cfg.trainer.save_final and is_main_process()
     model = make_trainable(model, family, cfg.freeze, cfg.model, run_dir.final / "base" if save_base else None).model
     report = training_report(model, family, parameter_groups(model, family, cfg.optimizer))
     params = report["parameters"]
     log.info("what trains:\n%s", format_report(report))
-    if args.process_index == 0:
+    if is_main_process():
         run_dir.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir.root / "params.json", report)
     log_parameter_counts(params)
 
+    keep_vision_in_graph(model)  # text-only batches still run the vision path (DDP/ZeRO-3 never hang)
     collator = Collator(pad_token_id=tokenizer.pad_token_id)
 
     trainer = InternVLTrainer(
@@ -118,12 +130,13 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         trainer.add_callback(callback)
     preemption.accelerator = trainer.accelerator
     trainer.add_callback(preemption)
+    write_deepspeed_json(trainer.args, run_dir.deepspeed)  # the JSON as DeepSpeed was given it
     result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     preempted = preemption.stopped_by is not None and trainer.state.global_step < trainer.state.max_steps
 
     if cfg.trainer.save_final and not preempted:
         trainer.save_model(str(run_dir.final))
-        if trainer.is_world_process_zero():
+        if is_main_process():
             processor.save_pretrained(str(run_dir.final))
 
     losses = _losses(trainer.state.log_history)
@@ -155,7 +168,7 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     if preempted:
         saved = run_dir.checkpoints / f"checkpoint-{steps}"
         metrics.update({"status": "preempted", "signal": preemption.stopped_by, "checkpoint": str(saved)})
-    if trainer.is_world_process_zero():
+    if is_main_process():
         write_json_atomic(run_dir.metrics, metrics)
     if preempted:
         raise Preempted(preemption.stopped_by, str(saved), metrics)

@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, Trainer
 
+from internvl_exp.dist import is_main_process
 from internvl_exp.models.registry import Family
 from internvl_exp.train import checkpoints
 from internvl_exp.train.optim import build_optimizer
@@ -73,7 +74,7 @@ class InternVLTrainer(Trainer):
         folder = Path(self._get_output_dir(trial=trial)) / f"{checkpoints.PREFIX}-{step}"
         # A folder of this name is left over from an interrupted save (or a run resumed from an older step):
         # remove it first, so no stale file (or marker) mixes with the new save.
-        if self.is_world_process_zero() and folder.exists():
+        if is_main_process() and folder.exists():
             shutil.rmtree(folder)
         self.accelerator.wait_for_everyone()
         # HF rotates inside _save_checkpoint, before our marker exists (it would count this half-saved folder
@@ -93,7 +94,7 @@ class InternVLTrainer(Trainer):
             if own_names:
                 del target.save_pretrained
         self.accelerator.wait_for_everyone()  # every rank's shards and RNG state are on disk
-        if self.is_world_process_zero():
+        if is_main_process():
             checkpoints.write_marker(folder, {"global_step": step, "epoch": self.state.epoch,
                                               "world_size": self.args.world_size, "saved_at": time.time()})
             checkpoints.retain(folder.parent, limit, protect=[self.state.best_model_checkpoint])

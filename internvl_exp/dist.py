@@ -1,0 +1,56 @@
+"""Who am I among the training processes: one place answers "how many?", "which one?" and "am I the main one?".
+
+Inside the workers the truth is the initialised process group, else the variables torchrun sets (RANK,
+WORLD_SIZE), else a single process. Only the main process writes files into the run directory, logs to
+trackers and prints the summary (docs/distributed.md).
+
+Light on purpose (imported by config validation): torch is consulted only when something already imported it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+def _process_group() -> Any:
+    dist = sys.modules.get("torch.distributed")  # only if torch is already loaded: validation must stay light
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist
+    return None
+
+
+def world_size(distributed_cfg: Any = None) -> int:
+    """The number of training processes.
+
+    In the workers: the process group, else WORLD_SIZE, else 1. Before any worker starts (validating in the
+    Hydra job) pass the `distributed` config: with neither of those set, the answer is what it will start,
+    nproc_per_node x nnodes (1 node when it has no `nnodes`)."""
+    dist = _process_group()
+    if dist is not None:
+        return int(dist.get_world_size())
+    env = os.environ.get("WORLD_SIZE")
+    if env:
+        return int(env)
+    if distributed_cfg is None:
+        return 1
+    get = distributed_cfg.get if hasattr(distributed_cfg, "get") else lambda k, d=None: getattr(distributed_cfg, k, d)
+    return int(get("nproc_per_node", 1)) * int(get("nnodes", 1) or 1)
+
+
+def rank() -> int:
+    """This process's global rank (0 in a single process)."""
+    dist = _process_group()
+    if dist is not None:
+        return int(dist.get_rank())
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def is_main_process() -> bool:
+    """True on global rank 0: the one process that writes files, talks to trackers and prints summaries."""
+    return rank() == 0

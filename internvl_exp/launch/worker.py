@@ -1,0 +1,78 @@
+"""One training process started by torchrun: `python -m internvl_exp.launch.worker <run_dir>`.
+
+It loads the resolved config the Hydra job wrote into <run_dir>/config.yaml (OmegaConf only: no Hydra, no
+launcher argv) and runs the same train.run as a single process. Rank 0 logs to the console and appends to
+train.log, talks to the tracker and writes metrics.json (also `status: failed` when it fails); the other ranks
+log warnings and errors to the console only.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from internvl_exp.dist import is_main_process, rank
+from internvl_exp.outputs import RunDir
+from internvl_exp.redact import ScrubFilter, configure
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(run_dir: RunDir) -> None:
+    main = is_main_process()
+    fmt = logging.Formatter(f"[%(asctime)s][rank {rank()}][%(name)s][%(levelname)s] %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if main:
+        handlers.append(logging.FileHandler(run_dir.log))  # appends after the Hydra job's lines
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        h.setFormatter(fmt)
+        h.addFilter(ScrubFilter())
+        root.addHandler(h)
+    root.setLevel(logging.INFO if main else logging.WARNING)
+    if not main:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_warning()
+
+
+def main(argv: list[str]) -> int:
+    started = time.time()
+    if len(argv) != 1:
+        print("usage: python -m internvl_exp.launch.worker RUN_DIR (started by torchrun; see docs/distributed.md)",
+              file=sys.stderr)
+        return 2
+    # `kill -USR2 <pid>` prints every thread's Python stack: where a hung rank waits (docs/distributed.md).
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
+    rd = RunDir(Path(argv[0]))
+    cfg = OmegaConf.load(rd.config)
+    configure(cfg.get("secrets"))
+    setup_logging(rd)
+    from internvl_exp.launch.job import record_failure
+    from internvl_exp.train.loggers import experiment_logger
+    from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted
+    from internvl_exp.train.run import run
+
+    try:
+        with experiment_logger(cfg, rd, OmegaConf.to_container(cfg), is_main=is_main_process()):
+            run(cfg, rd)
+    except Preempted:  # the checkpoint is saved and rank 0 wrote metrics.json (status: preempted)
+        return PREEMPTED_EXIT_CODE
+    except Exception as e:
+        log.error("rank %d failed: %s: %s", rank(), type(e).__name__, e, exc_info=True)
+        if is_main_process():
+            record_failure(rd, e, started)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,60 @@
+"""What DeepSpeed needs around the Trainer (shared/reference/environment.md, "DeepSpeed on CPU"):
+
+- its communication layer wants RANK/WORLD_SIZE/MASTER_* (else it looks for mpi4py): a single process without
+  a launcher gets a one-process env rendezvous on a free local port;
+- on a machine without a GPU it must use its CPU accelerator (gloo), chosen before deepspeed is imported;
+- under ZeRO-3 the process group must exist before the model is built (zero.Init partitions at construction);
+- its JIT-compiled C++ ops (on CPU `deepspeed_shm_comm` is built at every comm init, ~60-150 s the first time)
+  are cached per machine under <paths.cache_dir>/torch_extensions unless TORCH_EXTENSIONS_DIR says otherwise,
+  so only the first DeepSpeed run on a machine compiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from internvl_exp.dist import is_main_process
+from internvl_exp.outputs import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def extensions_dir(cache_dir: str | Path) -> Path:
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(cache_dir) / "torch_extensions")
+
+
+def prepare_environment(cfg: Any, cpu: bool) -> None:
+    """Before TrainingArguments (and before deepspeed is imported): env rendezvous, accelerator, op cache."""
+    if cfg.deepspeed.stage is None:
+        return
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir(cfg.paths.cache_dir))
+    if cpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if not os.environ.get("WORLD_SIZE"):  # one process, no launcher
+        from internvl_exp.launch.torchrun import free_port
+
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        log.info("DeepSpeed in one process: env rendezvous on %s:%s", os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+
+
+def init_before_model(cfg: Any, args: Any, cpu: bool) -> None:
+    """After TrainingArguments, before the model: ZeRO-3 needs the process group at construction; and the
+    DeepSpeed JSON as the Trainer filled it goes into the run directory as deepspeed.json."""
+    if cfg.deepspeed.stage is None:
+        return
+    if cfg.deepspeed.stage == 3:
+        import deepspeed
+
+        _ = args.device  # sets up accelerate's state first
+        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+
+
+def write_deepspeed_json(args: Any, path: Path) -> None:
+    config = getattr(args, "hf_deepspeed_config", None)
+    if config is not None and is_main_process():
+        write_json_atomic(path, config.config)
