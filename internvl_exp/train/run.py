@@ -27,6 +27,7 @@ from internvl_exp.train.args import training_arguments
 from internvl_exp.train.callbacks import ThroughputCallback, install_first
 from internvl_exp.train.flops import FlopsModel
 from internvl_exp.train.loss_summary import LossWindows
+from internvl_exp.train.lora import record_base_model
 from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.optim import parameter_groups
 from internvl_exp.train.param_report import format_report, training_report
@@ -108,6 +109,9 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         trainer.save_model(str(run_dir.final))
         if trainer.is_world_process_zero():
             processor.save_pretrained(str(run_dir.final))
+            # A LoRA final/ names its base by local path: final/base (random init) or the resolved checkpoint.
+            base_dir = run_dir.final / "base"
+            record_base_model(run_dir.final, base_dir if (base_dir / "config.json").is_file() else checkpoint)
 
     losses = _losses(trainer.state.log_history)
     world = args.world_size
