@@ -22,13 +22,16 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: adds the eval split (eval/)
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
 SHAPES = ("circle", "square", "triangle")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 # Canvas sizes with different aspect ratios, so dynamic tiling picks different grids.
 CANVAS_SIZES = ((64, 64), (128, 64), (64, 128), (96, 96), (128, 128), (192, 64))
 SAMPLES_PER_DATASET = 48
+# The eval split (eval/meta.json, data=demo_eval): fresh draws of the same four tasks, never in training.
+EVAL_SAMPLES_PER_DATASET = 16
+EVAL_SUBDIR = "eval"
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
@@ -74,8 +77,8 @@ def _conv(*turns: str) -> list[dict]:
     return [{"from": roles[i % 2], "value": t} for i, t in enumerate(turns)]
 
 
-def _gen_shapes(rng: random.Random, out: Path) -> Iterator[dict]:
-    for i in range(SAMPLES_PER_DATASET):
+def _gen_shapes(rng: random.Random, out: Path, n_samples: int = SAMPLES_PER_DATASET) -> Iterator[dict]:
+    for i in range(n_samples):
         colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
         img = _shapes_image(rng, 1, colour, shape)
         rel = f"images/shapes_{i:03d}.png"
@@ -86,8 +89,8 @@ def _gen_shapes(rng: random.Random, out: Path) -> Iterator[dict]:
         yield {"id": f"shapes-{i}", "image": rel, "width": img.width, "height": img.height, "conversations": _conv(*turns)}
 
 
-def _gen_counting(rng: random.Random, out: Path) -> Iterator[dict]:
-    for i in range(SAMPLES_PER_DATASET):
+def _gen_counting(rng: random.Random, out: Path, n_samples: int = SAMPLES_PER_DATASET) -> Iterator[dict]:
+    for i in range(n_samples):
         n = rng.randint(1, 4)
         img = _shapes_image(rng, n)
         rel = f"images/counting_{i:03d}.png"
@@ -96,8 +99,8 @@ def _gen_counting(rng: random.Random, out: Path) -> Iterator[dict]:
         yield {"id": f"counting-{i}", "image": rel, "width": img.width, "height": img.height, "conversations": conv}
 
 
-def _gen_compare(rng: random.Random, out: Path) -> Iterator[dict]:
-    for i in range(SAMPLES_PER_DATASET):
+def _gen_compare(rng: random.Random, out: Path, n_samples: int = SAMPLES_PER_DATASET) -> Iterator[dict]:
+    for i in range(n_samples):
         a, b = rng.sample(range(1, 5), 2)
         rels = []
         for j, n in enumerate((a, b)):
@@ -109,8 +112,8 @@ def _gen_compare(rng: random.Random, out: Path) -> Iterator[dict]:
         yield {"id": f"compare-{i}", "image": rels, "conversations": conv}
 
 
-def _gen_text(rng: random.Random, out: Path) -> Iterator[dict]:
-    for i in range(SAMPLES_PER_DATASET):
+def _gen_text(rng: random.Random, out: Path, n_samples: int = SAMPLES_PER_DATASET) -> Iterator[dict]:
+    for i in range(n_samples):
         n = rng.randint(0, 9)
         turns = [f"What number comes after {n}?", f"{n + 1}."]
         if i % 3 == 0:
@@ -143,6 +146,21 @@ def is_complete(directory: str | os.PathLike) -> bool:
     return marker.exists() and marker.read_text().strip() == str(DEMO_VERSION)
 
 
+def _write_split(out: Path, seed: int, tag: str, n_samples: int) -> None:
+    """One split (images/, one jsonl per task, meta.json) in `out`; `tag` keeps each split's draws distinct."""
+    (out / "images").mkdir(parents=True)
+    meta = {}
+    for name, gen in GENERATORS.items():
+        rng = random.Random(f"{seed}-{tag}{name}")
+        rows = list(gen(rng, out, n_samples))
+        with open(out / f"{name}.jsonl", "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        meta[name] = {"root": ".", "annotation": f"{name}.jsonl", "data_augment": False, "repeat_time": 1,
+                      "length": len(rows)}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def generate_demo_data(directory: str | os.PathLike, seed: int = 0) -> Path:
     """Create the demo set in `directory` unless a complete copy of this version is already there."""
     target = Path(directory)
@@ -151,22 +169,8 @@ def generate_demo_data(directory: str | os.PathLike, seed: int = 0) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-tmp-", dir=target.parent))
     try:
-        (tmp / "images").mkdir()
-        meta = {}
-        for name, gen in GENERATORS.items():
-            rng = random.Random(f"{seed}-{name}")
-            rows = list(gen(rng, tmp))
-            with open(tmp / f"{name}.jsonl", "w") as f:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
-            meta[name] = {
-                "root": ".",
-                "annotation": f"{name}.jsonl",
-                "data_augment": False,
-                "repeat_time": 1,
-                "length": len(rows),
-            }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _write_split(tmp, seed, "", SAMPLES_PER_DATASET)
+        _write_split(tmp / EVAL_SUBDIR, seed, "eval-", EVAL_SAMPLES_PER_DATASET)
         (tmp / ".complete").write_text(str(DEMO_VERSION))
         try:
             if target.exists():  # stale or incomplete copy

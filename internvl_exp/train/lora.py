@@ -75,6 +75,20 @@ def save_base_model(model: nn.Module, directory: Path) -> None:
     model.save_pretrained(str(directory))
 
 
+def record_base_model(final_dir: Path, base: Path | str | None) -> None:
+    """Write the base model's absolute local path into final_dir/adapter_config.json, so that
+    `from_pretrained(final_dir)` (transformers' adapter loading and peft) finds it on this machine; PEFT writes
+    the base's `name_or_path`, which is empty for a random init and a Hub id (network) otherwise."""
+    config_file = final_dir / "adapter_config.json"
+    if base is None or not config_file.is_file():
+        return
+    from internvl_exp.outputs import write_json_atomic
+
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = str(Path(base).resolve())
+    write_json_atomic(config_file, config)
+
+
 def base_model_dir(final_dir: Path, config: dict[str, Any] | None = None) -> str:
     """Where the base model of an adapter in `final_dir` lives: `final/base/` when the run saved it, else the
     run's `model.path`, else the adapter's own `base_model_name_or_path`."""

@@ -29,6 +29,7 @@ from internvl_exp.train.callbacks import ThroughputCallback, install_first
 from internvl_exp.train.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
 from internvl_exp.train.flops import FlopsModel
 from internvl_exp.train.loss_summary import LossWindows
+from internvl_exp.train.lora import record_base_model
 from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.optim import parameter_groups
 from internvl_exp.train.precision import pure_half_precision, weights_dtype
@@ -138,6 +139,9 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         trainer.save_model(str(run_dir.final))
         if is_main_process():
             processor.save_pretrained(str(run_dir.final))
+            # A LoRA final/ names its base by local path: final/base (random init) or the resolved checkpoint.
+            base_dir = run_dir.final / "base"
+            record_base_model(run_dir.final, base_dir if (base_dir / "config.json").is_file() else checkpoint)
 
     losses = _losses(trainer.state.log_history)
     world = args.world_size

@@ -1,0 +1,1 @@
+"""Using a trained run: load it (load.py), prompt and generate (generate.py), score answers (scoring.py)."""
