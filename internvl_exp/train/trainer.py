@@ -19,8 +19,13 @@ from internvl_exp.train.schedule import scheduler_kwargs
 
 
 class InternVLTrainer(Trainer):
-    # compute_loss normalises by the whole step's weight (train/loss.py): no extra division by accumulation.
-    loss_is_scaled_for_ga = True
+    # Read by Trainer.training_step after compute_loss: True when our weighted loss (train/loss.py) already
+    # normalised by the whole step; None (HF's own detection) for a batch without loss weights.
+    _loss_scaled: bool | None = None
+
+    @property
+    def loss_is_scaled_for_ga(self) -> bool | None:  # type: ignore[override]
+        return self._loss_scaled
 
     def __init__(self, *args: Any, family: Family, optimizer_config: Any, group_by_length: bool = False,
                  **kwargs: Any):
@@ -45,6 +50,7 @@ class InternVLTrainer(Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None):
+        self._loss_scaled = None
         if "loss_weight" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
@@ -58,6 +64,7 @@ class InternVLTrainer(Trainer):
             loss = total / weight[:, 1:].sum().clamp_min(1e-12).to(total.device)
         else:
             loss = total / torch.as_tensor(num_items_in_batch, device=total.device).to(total.dtype).clamp_min(1e-12)
+            self._loss_scaled = True
             if self.args.world_size > 1:  # DDP/DeepSpeed average gradients over ranks
                 loss = loss * self.args.world_size
         return (loss, outputs) if return_outputs else loss
