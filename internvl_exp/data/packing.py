@@ -164,8 +164,8 @@ class PackedDataset(torch.utils.data.Dataset):
                 log.warning("%s: skipping sample (%s) from its pack: %s", where, e.reason, e.err)
         return items
 
-    def real_token_fraction(self, batch: int) -> float:
-        """Planned tokens / (batches x batch x max_packed_tokens): how full fixed-size packs would be."""
+    def real_token_fraction(self) -> float:
+        """Planned tokens / (packs x max_packed_tokens): how full the packs' token budget is."""
         lengths = []
         for epoch, p in self.packs:
             self.base.set_epoch(epoch)
@@ -188,6 +188,11 @@ class PackedCollator:
 
     def __call__(self, packs: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
         samples = [s for pack in packs for s in pack]
+        if not samples:  # only under data.on_error=skip, when every sample of the batch failed (and was counted)
+            from internvl_exp.data.dataset import DataError
+
+            raise DataError("every sample of a packed batch failed to load (data.on_error=skip); find such files "
+                            "with `python -m internvl_exp.tools.data_check data=... --decode`")
         ids, labels, pos, weights, lens = [], [], [], [], []
         for s in samples:
             x = torch.as_tensor(s["input_ids"], dtype=torch.long)
@@ -233,7 +238,7 @@ def training_data(cfg: Any, dataset: Any, args: Any) -> tuple[Any, Any]:
                            per_step, d.seed, min_packs=max(0, args.max_steps) * per_step * args.gradient_accumulation_steps)
     log.info("packing: %d samples/epoch into %d packs over %d epoch(s) (per epoch: %s), %.1f%% of the pack "
              "capacity filled", len(dataset), len(packed), len(packed.epoch_sizes), packed.epoch_sizes,
-             100 * packed.real_token_fraction(1))
+             100 * packed.real_token_fraction())
     args.num_train_epochs = 1
     args.train_sampling_strategy = "sequential"
     flash = str(cfg.model.attn_implementation).startswith("flash_attention")
