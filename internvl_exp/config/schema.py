@@ -116,6 +116,20 @@ class DatasetSpec:
 
 
 @dataclass
+class PackingConfig:
+    """Sequence packing of whole samples (docs/data.md, "Packing"); off by default."""
+
+    enabled: bool = False
+    # Tokens per pack (>= data.max_seq_length, so every sample fits whole).
+    max_packed_tokens: int = 8192
+    # Tiles (images' tiles + video frames) per pack; bounds the vision tower's batch. A sample with more gets
+    # a pack of its own.
+    max_tiles: int = 48
+    # Samples per first-fit-decreasing window: larger packs tighter, costs nothing but planning time.
+    buffer_size: int = 1000
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     # A meta JSON in InternVL's format, and/or datasets given inline (inline entries win on name clashes).
@@ -142,6 +156,12 @@ class DataConfig:
     scan_workers: Optional[int] = None
     # Cache the pre-flight plan under paths.cache_dir, shared by ranks, reruns and sweep jobs (docs/data.md).
     plan_cache: bool = True
+    packing: PackingConfig = field(default_factory=PackingConfig)
+    # The loss over an optimizer step: token (mean over supervised tokens), sample (mean of per-sample means,
+    # weights 1/n) or square (InternVL's square averaging, weights 1/sqrt(n)); train/loss.py.
+    loss_reduction: str = "token"
+    # Batch samples of similar length together (no packing); lengths from the pre-flight plan.
+    group_by_length: bool = False
 
 
 @dataclass

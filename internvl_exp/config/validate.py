@@ -56,6 +56,7 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("data: no datasets; set data.meta_path=<meta.json> or data.datasets")
     if cfg.data.max_seq_length <= 0:
         problems.append("data.max_seq_length must be > 0")
+    problems += data_batching_problems(cfg)
     if cfg.data.scan_workers is not None and cfg.data.scan_workers < 1:
         problems.append(f"data.scan_workers: {cfg.data.scan_workers} must be >= 1 (or null for every core available)")
     if cfg.data.resize_backend not in ("pil", "torch"):
@@ -271,3 +272,24 @@ def validate(cfg: Any) -> None:
         from internvl_exp.redact import scrub
 
         raise ConfigError(scrub("invalid configuration:\n  - " + "\n  - ".join(problems)))
+
+
+def data_batching_problems(cfg: Any) -> list[str]:
+    """Packing, loss reduction and length grouping (data/packing.py, train/loss.py)."""
+    d, problems = cfg.data, []
+    if d.loss_reduction not in ("token", "sample", "square"):
+        problems.append(f"data.loss_reduction: {d.loss_reduction!r} is not token, sample or square")
+    p = d.packing
+    if p.enabled:
+        if p.max_packed_tokens < d.max_seq_length:
+            problems.append(f"data.packing.max_packed_tokens={p.max_packed_tokens} is below data.max_seq_length="
+                            f"{d.max_seq_length}; raise it so every sample fits in a pack whole")
+        if p.max_tiles < 1 or p.buffer_size < 1:
+            problems.append("data.packing.max_tiles and data.packing.buffer_size must be >= 1")
+        if d.group_by_length:
+            problems.append("data.group_by_length and data.packing.enabled both set; packing already groups "
+                            "lengths: turn one off")
+    if cfg.model.attn_implementation not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
+        problems.append(f"model.attn_implementation: {cfg.model.attn_implementation!r} is not sdpa, eager, "
+                        "flash_attention_2 or flash_attention_3")
+    return problems

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from internvl_exp.data.images import normalize_into
+from internvl_exp.data.loss_weights import check_reduction, sample_weight
 from internvl_exp.data.templates import IGNORE_INDEX
 
 
@@ -58,7 +59,10 @@ def pixel_values(features: Sequence[dict[str, Any]]) -> torch.Tensor | None:
 
 
 class Collator:
-    def __init__(self, pad_token_id: int | None):
+    """Padded rows; `loss_weight` per position for the trainer's loss (data/loss_weights.py, train/loss.py)."""
+
+    def __init__(self, pad_token_id: int | None, loss_reduction: str = "token"):
+        self.loss_reduction = check_reduction(loss_reduction)
         if pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its EOS) before training")
         self.pad_token_id = int(pad_token_id)
@@ -69,12 +73,14 @@ class Collator:
         input_ids = torch.full((len(batch), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        loss_weight = torch.zeros((len(batch), longest), dtype=torch.float32)
         for i, f in enumerate(batch):
             n = len(f["input_ids"])
             input_ids[i, :n] = torch.as_tensor(f["input_ids"])
             labels[i, :n] = torch.as_tensor(f["labels"])
             attention_mask[i, :n] = 1
-        out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+            loss_weight[i, :n] = sample_weight(labels[i, :n], self.loss_reduction)
+        out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "loss_weight": loss_weight}
         pixels = pixel_values(batch)
         if pixels is not None:
             out["pixel_values"] = pixels

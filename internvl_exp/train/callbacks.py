@@ -69,16 +69,19 @@ class ThroughputCallback(TrainerCallback):
         mask = inputs.get("attention_mask")
         labels = inputs.get("labels")
         pixels = inputs.get("pixel_values")
-        if mask is not None and mask.dim() == 2:
+        packed = inputs.get("sample_lengths")
+        if packed is not None:  # a packed row: its samples' lengths (attention cost is per sample, not per row)
+            lengths = packed.to(ids.device, torch.float64)
+        elif mask is not None and mask.dim() == 2:
             lengths = mask.sum(dim=1).to(torch.float64)
-        else:  # packed rows carry no padding mask: every position is a real token
+        else:  # rows without a padding mask: every position is a real token
             lengths = torch.full((ids.shape[0],), float(ids.shape[1]), dtype=torch.float64, device=ids.device)
         supervised = (labels != IGNORE_INDEX).sum().to(torch.float64) if labels is not None else lengths.new_zeros(())
         sums = torch.stack([lengths.sum(), (lengths**2).sum(), supervised])
         w = self._window
         w.device_sums = sums if w.device_sums is None else w.device_sums + sums
         w.padded += ids.numel()
-        w.samples += ids.shape[0]
+        w.samples += len(lengths)
         w.tiles += int(pixels.shape[0]) if pixels is not None else 0
 
     # -- Trainer events -----------------------------------------------------------------------------------

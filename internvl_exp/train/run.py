@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from internvl_exp.data.collator import Collator
+from internvl_exp.data.packing import training_data
 from internvl_exp.data.from_config import build_from_config, tokens_per_tile
 from internvl_exp.dist import is_main_process
 from internvl_exp.errors import ConfigError
@@ -109,16 +109,18 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     log_parameter_counts(params)
 
     keep_vision_in_graph(model)  # text-only batches still run the vision path (DDP/ZeRO-3 never hang)
-    collator = Collator(pad_token_id=tokenizer.pad_token_id)
+    # Padded or packed batches, with the per-token loss weights of data.loss_reduction (data/packing.py).
+    train_dataset, collator = training_data(cfg, dataset, args)
 
     trainer = InternVLTrainer(
         model=model,
         args=args,
-        train_dataset=dataset,
+        train_dataset=train_dataset,
         data_collator=collator,
         processing_class=processor,
         family=family,
         optimizer_config=cfg.optimizer,
+        group_by_length=cfg.data.group_by_length,
     )
     # Throughput/MFU first, so the loggers and the console printer see the numbers it adds to each log.
     throughput = ThroughputCallback(
@@ -155,7 +157,9 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         "best_loss": min(l for _, l in losses) if losses else None,
         "loss_history": [{"step": s, "loss": l} for s, l in losses],
         "steps": steps,
-        "samples": steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+        # Packed: the samples the throughput callback counted (rank 0's times the world size).
+        "samples": (throughput.summary().get("samples", 0) * world if cfg.data.packing.enabled
+                    else steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world),
         "epochs": trainer.state.epoch,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "runtime_s": time.time() - started,

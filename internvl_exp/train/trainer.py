@@ -14,21 +14,68 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, Trainer
 
 from internvl_exp.dist import is_main_process
 from internvl_exp.models.registry import Family
 from internvl_exp.train import checkpoints
 from internvl_exp.train.optim import build_optimizer
+from internvl_exp.train.loss import LOSS_KEYS, step_weight, weighted_token_loss
 from internvl_exp.train.schedule import scheduler_kwargs
 
 
 class InternVLTrainer(Trainer):
-    def __init__(self, *args: Any, family: Family, optimizer_config: Any, **kwargs: Any):
+    # Read by Trainer.training_step after compute_loss: True when our weighted loss (train/loss.py) already
+    # normalised by the whole step; None (HF's own detection) for a batch without loss weights.
+    _loss_scaled: bool | None = None
+
+    @property
+    def loss_is_scaled_for_ga(self) -> bool | None:  # type: ignore[override]
+        return self._loss_scaled
+
+    def __init__(self, *args: Any, family: Family, optimizer_config: Any, group_by_length: bool = False,
+                 **kwargs: Any):
         self.family = family
         self.optimizer_config = optimizer_config
+        self.group_by_length = group_by_length
         super().__init__(*args, **kwargs)
         self._marked_step: int | None = None
+
+    def _get_train_sampler(self, train_dataset: Any = None):
+        if self.group_by_length:
+            from internvl_exp.data.sampling import PlanLengthGroupedSampler
+
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return PlanLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset)
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: Any):
+        # The step's denominator: summed loss weights of its micro-batches on every rank (train/loss.py).
+        if batch_samples and "loss_weight" in batch_samples[0]:
+            return step_weight(batch_samples, device, self.accelerator, self.args.world_size)
+        return super()._get_num_items_in_batch(batch_samples, device)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None):
+        self._loss_scaled = None
+        if "loss_weight" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        weight = inputs.pop("loss_weight")
+        for key in LOSS_KEYS:
+            inputs.pop(key, None)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, use_cache=False)  # a live cache would silently skip the packed mask
+        total = weighted_token_loss(outputs.logits, labels, weight)
+        if num_items_in_batch is None:  # evaluation: this batch alone
+            loss = total / weight[:, 1:].sum().clamp_min(1e-12).to(total.device)
+        else:
+            loss = total / torch.as_tensor(num_items_in_batch, device=total.device).to(total.dtype).clamp_min(1e-12)
+            self._loss_scaled = True
+            if self.args.world_size > 1:  # DDP/DeepSpeed average gradients over ranks
+                loss = loss * self.args.world_size
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: Any = None):
         if self.optimizer is None:
