@@ -230,6 +230,12 @@ class TrainerConfig:
     # Peak dense TFLOPS of one device, the MFU denominator. null: looked up from the device name
     # (internvl_exp/train/flops.py, bf16 dense tensor-core peaks); no MFU when unknown (e.g. CPU).
     peak_tflops: Optional[float] = None
+    # Memory of one device in GiB for the planner's verdict (internvl_exp/train/memory_plan.py). null: the
+    # detected GPU's, else the table entry of the assumed device.
+    device_memory_gb: Optional[float] = None
+    # The model FLOPs utilisation the planner assumes for its step-time estimate (an assumption, not a
+    # measurement; bench/gpu.py measures it on a GPU box).
+    planner_mfu: float = 0.35
 
 
 @dataclass

@@ -81,6 +81,13 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         run_dir.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir.root / "params.json", report)
     log_parameter_counts(params)
+    from internvl_exp.train.callbacks import peak_host_rss_gb
+    from internvl_exp.train.memory_plan import plan_memory
+
+    memory_plan = plan_memory(cfg, setup=(model, family), world=args.world_size, running=True,
+                              samples=data_report.samples)
+    rss_before_train = peak_host_rss_gb()
+    log.info("%s", memory_plan.header())
 
     collator = Collator(pad_token_id=tokenizer.pad_token_id)
 
@@ -128,9 +135,16 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         "trainable_parameters": params,
         "optimizer_groups": report["optimizer_groups"],
         "throughput": throughput.summary(),
+        "memory_plan": memory_plan.as_dict(),
         "data": {**data_report.as_dict(), "load_failures": collator.skipped},
         "run_dir": str(run_dir.root),
     }
+    tp = metrics["throughput"]
+    # Measured beside predicted: torch's allocator peak on a GPU; on CPU the growth of the process's peak RSS
+    # during training (model and data already loaded, so it holds what training added, plus allocator slack).
+    metrics["memory_plan"]["measured_peak_gb"] = tp.get("peak_gpu_memory_gb")
+    if tp.get("peak_gpu_memory_gb") is None:
+        metrics["memory_plan"]["measured_train_rss_growth_gb"] = peak_host_rss_gb() - rss_before_train
     if metrics["final_loss"] is not None and not math.isfinite(metrics["final_loss"]):
         metrics["status"] = "diverged"
     if trainer.is_world_process_zero():
