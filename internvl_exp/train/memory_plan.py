@@ -34,9 +34,10 @@ rebuilt during its backward. Tokens: per-device batch x data.max_seq_length (eve
 longest: the worst case); vision tokens: batch x tiles x (patches + class token), tiles = max_dynamic_patch
 (+1 thumbnail): the worst case.
 
-Peak = weights + optimizer + buffers + max(activations + lm_head gradient, gradients + one AdamW temporary):
+Peak = weights + optimizer + buffers + max(activations + lm_head gradient, gradients + step temporaries):
 the backward starts with every activation alive and no gradient, and ends the other way round; the optimizer
-step then holds the gradients plus one temporary the size of the trainable weights (torch's foreach AdamW).
+step then holds the gradients plus its temporaries (`optimizer_step_temp`: none for torch's fused AdamW, one
+weight-sized copy for foreach AdamW, DeepSpeed's fp32 gradient partition).
 The verdict compares peak + CUDA_OVERHEAD_GB (CUDA context, NCCL, allocator fragmentation: not in torch's
 allocator statistics) with the device memory.
 
@@ -261,6 +262,15 @@ def state_bytes(params: int, trainable: int, weight_bytes: int, world: int, stag
     return weights, grads, opt
 
 
+def optimizer_step_temp(trainable: int, weight_bytes: int, world: int, stage: int, fused: bool | None) -> float:
+    """Bytes the optimizer step adds on top of the gradients: DeepSpeed's fp32 copy of this rank's gradient
+    partition (16-bit weights); torch's foreach AdamW one temporary the size of the weights; fused AdamW none
+    (it updates in place; our default whenever the device supports it)."""
+    if stage:
+        return trainable * 4 / world if weight_bytes < 4 else 0.0
+    return 0.0 if fused is None or fused else float(trainable * weight_bytes)
+
+
 def _buffers(stage: int, zc: dict[str, Any], grads_full: float, world: int, weight_bytes: int) -> float:
     if stage == 0:
         return grads_full if world > 1 else 0.0  # DDP's buckets: a copy of every gradient
@@ -344,7 +354,7 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     def peak_for(bsz: int) -> tuple[float, dict[str, float]]:
         acts = activation_bytes(config, flows, bsz, seq, n_tiles, bool(t.activation_checkpointing), ab, eager, vit_layers)
         head_grad = per_part["lm_head"] * wb / (world if stage >= 2 else 1)
-        adam_tmp = 0.0 if off_opt else trainable * (4 if stage else wb) / (world if stage >= 1 else 1)
+        adam_tmp = 0.0 if off_opt else optimizer_step_temp(trainable, wb, world, stage, cfg.optimizer.get("fused"))
         return weights + opt + buffers + max(sum(acts.values()) + head_grad, grads + adam_tmp), acts
 
     peak, acts = peak_for(b)
@@ -426,7 +436,7 @@ def format_plan(plan: Plan) -> str:
         rows.append((f"activations: {part}", plan.activation_detail[part], plan.activation_dtype if part != "logits" else "16-bit + fp32 loss copies"))
     for name, value, what in rows:
         table.add_row(name, f"{value / GIB:.2f}", what)
-    table.add_row("peak (allocated)", f"{plan.peak_gb:.2f}", "weights + optimizer + buffers + max(activations, gradients + AdamW temp)", end_section=True)
+    table.add_row("peak (allocated)", f"{plan.peak_gb:.2f}", "weights + optimizer + buffers + max(activations, gradients + step temporaries)", end_section=True)
     buf = io.StringIO()
     console = Console(file=buf, width=120, force_terminal=False, color_system=None)
     console.print(table)
