@@ -20,13 +20,16 @@ saves for its backward; attention itself (sdpa/flash) saves only q, k, v, its ou
 so there is no seq^2 term except under `attn_implementation=eager`, which adds heads x seq^2 x 2 per layer:
 
   LLM layer   (h hidden, kv = kv_heads*head_dim, q = heads*head_dim, i intermediate)
-              norms 2*h (+ their fp32 upcast, 2*h*4/bytes), q/k/v 2*q + 2*kv (projections and rotary),
-              attention output q, o_proj and residual 2*h, MLP 4*i (gate, up, act, product)
-              [MoE: the MLP term is top_k x moe width for the routed tokens, plus the router logits]
-  ViT layer   (h hidden, i intermediate) norms 4*h, qkv 3*h, attention out h, layer scales 2*h, MLP 2*i + h
+              linear inputs 2*h + q + i (q/k/v, o_proj, gate/up, down) + the rest: norm inputs 2*h (+ their
+              fp32 upcast), attention q + 2*kv and its output q, MLP activation inputs 3*i
+              [MoE: i is top_k x the expert width, plus the router logits]
+  ViT layer   (h hidden, i intermediate) linear inputs 3*h + i + the rest: norm inputs 2*h, q/k/v 3*h,
+              attention output h, layer scales 2*h, GELU input i
+  A frozen layer that gradients pass through keeps no linear inputs (a frozen weight needs none to pass
+  the gradient on); a LoRA layer keeps its dropout outputs in their place, plus the masks and rank-r products.
   projector   per image token: 2 x 4*h_vit (norm in/out) + 2 x h_llm (fc1 out, GELU out)
-  logits      per token: vocab x (bytes + 12): the logits, their fp32 upcast and fp32 log-softmax
-              (transformers' loss upcasts), plus the fp32 gradient of the logits.
+  logits      per token: vocab x (bytes + 12): the logits, their fp32 upcast (none for fp32 logits) and
+              fp32 log-softmax (transformers' loss upcasts), plus the fp32 gradient of the logits.
 
 A part stores activations only if gradients flow through it (it or a part before it trains; the FLOPs model's
 rule). With activation checkpointing a layer keeps only its input (h per token) and one layer's full set is
@@ -182,29 +185,42 @@ class Plan:
         return out
 
 
-def _layer_activation_elems(kind: str, c: Any) -> float:
-    """Elements saved per token by one layer (the module docstring's formulas)."""
+def _layer_activation_elems(kind: str, c: Any, mode: str = "full", lora_r: int = 0, act_bytes: int = 2) -> float:
+    """Elements saved per token by one layer (the module docstring's formulas), split into the inputs of its
+    linear layers (kept only when the weight trains: a frozen linear needs just its weight to pass gradients
+    on) and everything else (norm inputs, attention's q/k/v/output, the MLP's activation inputs). `mode`: how
+    the layer's weights train, full | frozen (gradients flow through it) | lora (adapters on every linear:
+    their dropout output stands in for the input, plus the dropout mask and the rank-r product)."""
+    h = c.hidden_size
     if kind == "llm":
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or h // c.num_attention_heads
         q = c.num_attention_heads * head_dim
         kv = c.num_key_value_heads * head_dim
         experts = getattr(c, "num_experts_per_tok", None)
-        if experts:
-            width = getattr(c, "moe_intermediate_size", None) or c.intermediate_size
-            n_exp = getattr(c, "num_experts", None) or getattr(c, "num_local_experts", 0)
-            mlp = 4 * width * experts + n_exp + 2 * c.hidden_size  # routed MLPs + router logits + dispatch copy
-        else:
-            mlp = 4 * c.intermediate_size
-        return 2 * c.hidden_size + 2 * q + 2 * kv + q + 2 * c.hidden_size + mlp
-    # ViT
-    return 4 * c.hidden_size + 3 * c.hidden_size + c.hidden_size + 2 * c.hidden_size + 2 * c.intermediate_size + c.hidden_size
+        width = (getattr(c, "moe_intermediate_size", None) or c.intermediate_size) * experts if experts else c.intermediate_size
+        n_exp = (getattr(c, "num_experts", None) or getattr(c, "num_local_experts", 0)) if experts else 0
+        linear_in = h + q + h + width  # q/k/v, o_proj, gate/up, down inputs
+        other = 2 * h + (q + 2 * kv) + q + 3 * width + n_exp  # norm inputs, attention q/k/v/out, SiLU/mul, router
+        n_linear = 7
+    else:  # ViT
+        i = c.intermediate_size
+        linear_in = 3 * h + i  # qkv, proj, fc1, fc2 inputs
+        other = 2 * h + 3 * h + h + 2 * h + i  # norm inputs, q/k/v, attention out, layer scales, GELU input
+        n_linear = 6
+    if mode == "frozen":
+        return other
+    if mode == "lora":
+        return other + linear_in * (1 + 1 / act_bytes) + n_linear * lora_r
+    return other + linear_in
 
 
 def activation_bytes(model_config: Any, flows: dict[str, bool], batch: int, seq: int, tiles: int,
-                     checkpointing: bool, act_bytes: int, eager: bool, vision_trainable_layers: int) -> dict[str, float]:
+                     checkpointing: bool, act_bytes: int, eager: bool, vision_trainable_layers: int,
+                     modes: dict[str, str] | None = None, lora_r: int = 0) -> dict[str, float]:
     """Activation bytes per part for one micro-batch (module docstring). `vision_trainable_layers`: the ViT
     layers gradients reach (all when anything in or before the tower trains through it; the last N under
-    vit_last_n)."""
+    vit_last_n). `modes`: the freeze mode of vision and llm (default full); `lora_r`: the LoRA rank."""
+    modes = modes or {}
     tc, vc = model_config.get_text_config(), model_config.vision_config
     size = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
     patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
@@ -214,7 +230,9 @@ def activation_bytes(model_config: Any, flows: dict[str, bool], batch: int, seq:
     fp32_norm = 2 * tc.hidden_size * (4 / act_bytes - 1) if act_bytes < 4 else 0.0  # RMSNorm's fp32 upcast
 
     def stack(kind: str, conf: Any, tokens: float, layers: int, extra: float = 0.0) -> float:
-        per_layer = (_layer_activation_elems(kind, conf) + extra) * tokens * act_bytes
+        mode = modes.get("vision" if kind == "vit" else "llm", "full")
+        mode = "full" if kind == "vit" and mode == "frozen" else mode  # a frozen tower's reached layers train (vit_last_n)
+        per_layer = (_layer_activation_elems(kind, conf, mode, lora_r, act_bytes) + extra) * tokens * act_bytes
         if eager:
             seqlen = seq if kind == "llm" else (size // patch) ** 2 + 1
             rows = batch if kind == "llm" else batch * tiles
@@ -231,7 +249,8 @@ def activation_bytes(model_config: Any, flows: dict[str, bool], batch: int, seq:
     if flows["llm"]:
         out["llm"] = stack("llm", tc, n_llm, tc.num_hidden_layers, fp32_norm)
     if flows["lm_head"]:
-        out["logits"] = n_llm * tc.vocab_size * (act_bytes + 4 + 4 + 4)
+        upcast = 4 if act_bytes < 4 else 0  # `.float()` of fp32 logits is the same tensor
+        out["logits"] = n_llm * tc.vocab_size * (act_bytes + upcast + 4 + 4)
     return out
 
 
@@ -352,7 +371,8 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     config = model.config
 
     def peak_for(bsz: int) -> tuple[float, dict[str, float]]:
-        acts = activation_bytes(config, flows, bsz, seq, n_tiles, bool(t.activation_checkpointing), ab, eager, vit_layers)
+        acts = activation_bytes(config, flows, bsz, seq, n_tiles, bool(t.activation_checkpointing), ab, eager, vit_layers,
+                                dict(plan.modes), int(cfg.freeze.lora.r) if plan.uses_lora else 0)
         head_grad = per_part["lm_head"] * wb / (world if stage >= 2 else 1)
         adam_tmp = 0.0 if off_opt else optimizer_step_temp(trainable, wb, world, stage, cfg.optimizer.get("fused"))
         return weights + opt + buffers + max(sum(acts.values()) + head_grad, grads + adam_tmp), acts
