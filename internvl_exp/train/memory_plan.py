@@ -26,7 +26,8 @@ so there is no seq^2 term except under `attn_implementation=eager`, which adds h
   ViT layer   (h hidden, i intermediate) linear inputs 3*h + i + the rest: norm inputs 2*h, q/k/v 3*h,
               attention output h, layer scales 2*h, GELU input i
   A frozen layer that gradients pass through keeps no linear inputs (a frozen weight needs none to pass
-  the gradient on); a LoRA layer keeps its dropout outputs in their place, plus the masks and rank-r products.
+  the gradient on); a LoRA layer keeps one dropout output per adapter in their place (q, k and v each drop out their own copy
+  of the same input), plus the masks and rank-r products.
   projector   per image token: 2 x 4*h_vit (norm in/out) + 2 x h_llm (fc1 out, GELU out)
   logits      per token: vocab x (bytes + 12): the logits, their fp32 upcast (none for fp32 logits) and
               fp32 log-softmax (transformers' loss upcasts), plus the fp32 gradient of the logits.
@@ -185,7 +186,8 @@ class Plan:
         return out
 
 
-def _layer_activation_elems(kind: str, c: Any, mode: str = "full", lora_r: int = 0, act_bytes: int = 2) -> float:
+def _layer_activation_elems(kind: str, c: Any, mode: str = "full", lora_r: int = 0, act_bytes: int = 2,
+                            lora_dropout: float = 0.0) -> float:
     """Elements saved per token by one layer (the module docstring's formulas), split into the inputs of its
     linear layers (kept only when the weight trains: a frozen linear needs just its weight to pass gradients
     on) and everything else (norm inputs, attention's q/k/v/output, the MLP's activation inputs). `mode`: how
@@ -200,23 +202,28 @@ def _layer_activation_elems(kind: str, c: Any, mode: str = "full", lora_r: int =
         width = (getattr(c, "moe_intermediate_size", None) or c.intermediate_size) * experts if experts else c.intermediate_size
         n_exp = (getattr(c, "num_experts", None) or getattr(c, "num_local_experts", 0)) if experts else 0
         linear_in = h + q + h + width  # q/k/v, o_proj, gate/up, down inputs
+        lora_in = 3 * h + q + 2 * h + width  # one per adapter
         other = 2 * h + (q + 2 * kv) + q + 3 * width + n_exp  # norm inputs, attention q/k/v/out, SiLU/mul, router
         n_linear = 7
     else:  # ViT
         i = c.intermediate_size
         linear_in = 3 * h + i  # qkv, proj, fc1, fc2 inputs
+        lora_in = 3 * h + h + h + i  # q/k/v each, projection, fc1, fc2
         other = 2 * h + 3 * h + h + 2 * h + i  # norm inputs, q/k/v, attention out, layer scales, GELU input
         n_linear = 6
     if mode == "frozen":
         return other
     if mode == "lora":
-        return other + linear_in * (1 + 1 / act_bytes) + n_linear * lora_r
+        if not lora_dropout:  # nn.Identity: the adapters share the base linears' inputs
+            return other + linear_in + n_linear * lora_r
+        # each adapter drops out its own copy of its input (q, k and v: three copies), plus a 1-byte mask
+        return other + lora_in * (1 + 1 / act_bytes) + n_linear * lora_r
     return other + linear_in
 
 
 def activation_bytes(model_config: Any, flows: dict[str, bool], batch: int, seq: int, tiles: int,
                      checkpointing: bool, act_bytes: int, eager: bool, vision_trainable_layers: int,
-                     modes: dict[str, str] | None = None, lora_r: int = 0) -> dict[str, float]:
+                     modes: dict[str, str] | None = None, lora_r: int = 0, lora_dropout: float = 0.0) -> dict[str, float]:
     """Activation bytes per part for one micro-batch (module docstring). `vision_trainable_layers`: the ViT
     layers gradients reach (all when anything in or before the tower trains through it; the last N under
     vit_last_n). `modes`: the freeze mode of vision and llm (default full); `lora_r`: the LoRA rank."""
@@ -232,7 +239,7 @@ def activation_bytes(model_config: Any, flows: dict[str, bool], batch: int, seq:
     def stack(kind: str, conf: Any, tokens: float, layers: int, extra: float = 0.0) -> float:
         mode = modes.get("vision" if kind == "vit" else "llm", "full")
         mode = "full" if kind == "vit" and mode == "frozen" else mode  # a frozen tower's reached layers train (vit_last_n)
-        per_layer = (_layer_activation_elems(kind, conf, mode, lora_r, act_bytes) + extra) * tokens * act_bytes
+        per_layer = (_layer_activation_elems(kind, conf, mode, lora_r, act_bytes, lora_dropout) + extra) * tokens * act_bytes
         if eager:
             seqlen = seq if kind == "llm" else (size // patch) ** 2 + 1
             rows = batch if kind == "llm" else batch * tiles
@@ -372,7 +379,8 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
 
     def peak_for(bsz: int) -> tuple[float, dict[str, float]]:
         acts = activation_bytes(config, flows, bsz, seq, n_tiles, bool(t.activation_checkpointing), ab, eager, vit_layers,
-                                dict(plan.modes), int(cfg.freeze.lora.r) if plan.uses_lora else 0)
+                                dict(plan.modes), int(cfg.freeze.lora.r) if plan.uses_lora else 0,
+                                float(cfg.freeze.lora.dropout) if plan.uses_lora else 0.0)
         head_grad = per_part["lm_head"] * wb / (world if stage >= 2 else 1)
         adam_tmp = 0.0 if off_opt else optimizer_step_temp(trainable, wb, world, stage, cfg.optimizer.get("fused"))
         return weights + opt + buffers + max(sum(acts.values()) + head_grad, grads + adam_tmp), acts

@@ -87,7 +87,9 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     memory_plan = plan_memory(cfg, setup=(model, family), world=args.world_size, running=True,
                               samples=data_report.samples)
     rss_before_train = peak_host_rss_gb()
-    log.info("%s", memory_plan.header())
+    trains = ", ".join(f"{p} {n / 1e6:,.1f}M" for p, n in memory_plan.trainable_per_part.items() if n) or "nothing"
+    log.info("run: model %s (%s parameters; trains %s), %d samples, outputs in %s\n%s", cfg.model.name,
+             f"{memory_plan.parameters / 1e6:,.1f}M", trains, data_report.samples, run_dir.root, memory_plan.header())
 
     collator = Collator(pad_token_id=tokenizer.pad_token_id)
 
