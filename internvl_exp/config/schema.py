@@ -18,8 +18,8 @@ class HubIds:
     """Where a release lives on the Hugging Face Hub: OpenGVLab's original repo (remote-code layout, converted on
     first use) and the transformers-native copy (`-hf` / `-HF`), preferred when it exists."""
 
-    original: Optional[str] = None
-    native: Optional[str] = None
+    original: Optional[str] = None  # OpenGVLab/<name>: remote-code layout, converted once to the native one
+    native: Optional[str] = None  # the transformers-native repo (-hf), preferred when it exists
 
 
 @dataclass
@@ -73,26 +73,26 @@ class ModelConfig:
     hub: HubIds = field(default_factory=HubIds)
     # Other weights of the same architecture, chosen with model.variant (e.g. mpo: the preference-tuned weights).
     variants: dict[str, HubIds] = field(default_factory=dict)
-    variant: Optional[str] = None
-    path: Optional[str] = None
+    variant: Optional[str] = None  # a key of `variants` (null: the main release)
+    path: Optional[str] = None  # a local checkpoint directory; wins over the Hub ids
     # Build the architecture from `arch` with random weights (throughput benchmarks, planning); never implied.
     random_init: bool = False
     # The conversation template (internvl_exp.data.templates); null = not known, must be set (model=local).
     template: Optional[str] = "internvl2_5"
-    image_context_token: str = "<IMG_CONTEXT>"
+    image_context_token: str = "<IMG_CONTEXT>"  # the placeholder token repeated once per image token
     # The id the preset expects for image_context_token; checked against the checkpoint (null: not checked).
     image_token_id: Optional[int] = None
-    image_size: int = 448
-    patch_size: int = 14
-    downsample_ratio: float = 0.5
-    min_dynamic_patch: int = 1
-    max_dynamic_patch: int = 6
-    use_thumbnail: bool = True
-    normalize_type: str = "imagenet"
+    image_size: int = 448  # tile size in pixels (InternVL's force_image_size)
+    patch_size: int = 14  # ViT patch size in pixels
+    downsample_ratio: float = 0.5  # pixel-shuffle ratio: image tokens per tile = (image_size/patch_size)^2 x ratio^2
+    min_dynamic_patch: int = 1  # fewest tiles an image is cut into
+    max_dynamic_patch: int = 6  # most tiles an image is cut into (the thumbnail comes on top)
+    use_thumbnail: bool = True  # add a whole-image thumbnail tile when an image has more than one tile
+    normalize_type: str = "imagenet"  # pixel normalisation: imagenet | clip | siglip
     # Weights' dtype: auto = float32 without DeepSpeed (trainer.bf16 autocasts over fp32 master weights),
     # bfloat16 under DeepSpeed with trainer.bf16 (fp32 master in its optimizer); internvl_exp/train/precision.py.
     dtype: str = "auto"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # transformers' attention kernel: sdpa | eager | flash_attention_2
     # Stochastic depth on the ViT's residual branches (timm DropPath), linear from 0 (first layer) to this rate
     # (last layer); active in training only, and only on trainable vision layers unless drop_path_on_frozen.
     drop_path_rate: float = 0.0
@@ -134,16 +134,16 @@ class DataConfig:
     name: str = MISSING
     # A meta JSON in InternVL's format, and/or datasets given inline (inline entries win on name clashes).
     meta_path: Optional[str] = None
-    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)  # name -> DatasetSpec (InternVL's meta keys)
     # Generate the demo datasets into paths.demo_data_dir first (deterministic, once).
     generate_demo: bool = False
-    max_seq_length: int = 2048
+    max_seq_length: int = 2048  # tokens per sample, image tokens included (longer: see length_policy)
     # What to do with samples longer than max_seq_length: drop (skip and count) or truncate whole turns.
     length_policy: str = "drop"
     # Bad annotation lines or unreadable media: strict (stop and list every problem) or skip (skip and count).
     on_error: str = "strict"
-    system_message: Optional[str] = None
-    seed: int = 0
+    system_message: Optional[str] = None  # replaces the template's system prompt (null: the template's own)
+    seed: int = 0  # data order, sampling of mixtures and video frames
     # Video samples: frames per video drawn uniformly in [min_num_frame, max_num_frame] (capped by the
     # frames available), picked from equal segments at random ("rand") or at their middle ("middle").
     min_num_frame: int = 8
@@ -168,9 +168,9 @@ class DataConfig:
 class LoraConfig:
     """LoRA on the parts whose mode is `lora` (docs/freeze.md)."""
 
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
+    r: int = 16  # LoRA rank
+    alpha: float = 32.0  # LoRA scaling numerator (the update is scaled by alpha / r)
+    dropout: float = 0.05  # dropout on the LoRA branch's input
     # Module names inside one LLM decoder layer / one ViT layer, e.g. [self_attn.q_proj, self_attn.v_proj];
     # null = the family's defaults (all attention and MLP projections).
     llm_targets: Optional[list[str]] = None
@@ -198,7 +198,7 @@ class FreezeConfig:
 @dataclass
 class DeepSpeedConfig:
     name: str = MISSING
-    stage: Optional[int] = None
+    stage: Optional[int] = None  # ZeRO stage 1 | 2 | 3; null: no DeepSpeed
     # The DeepSpeed JSON as a mapping ("auto" values are filled by the Trainer).
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -206,13 +206,13 @@ class DeepSpeedConfig:
 @dataclass
 class OptimizerConfig:
     name: str = MISSING
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    scheduler: str = "cosine"
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay (never on biases and norms)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    scheduler: str = "cosine"  # an HF scheduler name: cosine | linear | constant | cosine_with_min_lr | warmup_stable_decay | ...
+    warmup_ratio: float = 0.0  # share of all steps spent warming up linearly from 0
+    max_grad_norm: float = 1.0  # gradient clipping by global norm
     # Multiplies `lr` per part, e.g. {vision: 0.1}. Parts not listed use 1.0; `embeddings` defaults to llm's.
     part_lr_scale: dict[str, float] = field(default_factory=dict)
     # Layer-wise lr decay for the ViT: the last layer keeps the vision lr, each layer below is multiplied by this
@@ -237,37 +237,43 @@ class TrainerConfig:
     # null: train num_train_epochs epochs; a number caps the run at that many optimiser steps (it wins over epochs).
     max_steps: Optional[int] = None
     num_train_epochs: float = 3.0
-    per_device_train_batch_size: int = 1
+    per_device_train_batch_size: int = 1  # samples per device per forward pass
     # The optimiser's batch across all processes, stated once; gradient accumulation is then derived as
     # global / (per_device_train_batch_size x world size) and must divide (internvl_exp/train/batch.py).
     # null: use gradient_accumulation_steps as given.
     global_batch_size: Optional[int] = None
-    gradient_accumulation_steps: int = 1
-    logging_steps: int = 10
-    save_strategy: str = "no"
-    save_steps: int = 500
-    save_total_limit: Optional[int] = None
-    dataloader_num_workers: int = 0
-    bf16: bool = False
+    gradient_accumulation_steps: int = 1  # micro-batches per optimiser step
+    logging_steps: int = 10  # log loss, lr and throughput every N steps
+    save_strategy: str = "no"  # checkpoints during training: no | steps | epoch
+    save_steps: int = 500  # checkpoint every N steps (save_strategy=steps)
+    save_total_limit: Optional[int] = None  # keep only the N newest checkpoints (null: all)
+    dataloader_num_workers: int = 0  # data-loader worker processes (0: in the training process)
+    bf16: bool = False  # bf16 mixed precision (autocast; DeepSpeed: bf16 weights)
     # Accept half-precision weights trained by a torch optimizer without fp32 master weights (warns).
     pure_half_precision: bool = False
     # "auto": CPU when no accelerator is visible.
     device: str = "auto"
-    activation_checkpointing: bool = False
-    save_final: bool = True
+    activation_checkpointing: bool = False  # recompute each layer in the backward pass: less memory, ~1/3 more compute
+    save_final: bool = True  # save the trained model (or adapter) and processor to <run_dir>/final
     # Peak dense TFLOPS of one device, the MFU denominator. null: looked up from the device name
     # (internvl_exp/train/flops.py, bf16 dense tensor-core peaks); no MFU when unknown (e.g. CPU).
     peak_tflops: Optional[float] = None
+    # Memory of one device in GiB for the planner's verdict (internvl_exp/train/memory_plan.py). null: the
+    # detected GPU's, else the table entry of the assumed device.
+    device_memory_gb: Optional[float] = None
+    # The model FLOPs utilisation the planner assumes for its step-time estimate (an assumption, not a
+    # measurement; bench/gpu.py measures it on a GPU box).
+    planner_mfu: float = 0.35
 
 
 @dataclass
 class WandbConfig:
-    project: str = "internvl-exp"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
-    job_type: str = "train"
-    mode: str = "offline"
+    project: str = "internvl-exp"  # W&B project
+    entity: Optional[str] = None  # W&B team or user (null: your default)
+    group: Optional[str] = None  # W&B run group
+    tags: list[str] = field(default_factory=list)  # W&B run tags
+    job_type: str = "train"  # W&B job type
+    mode: str = "offline"  # offline (sync later) | online | disabled
 
 
 @dataclass
@@ -282,7 +288,7 @@ class DistributedConfig:
     single = in the Hydra job; torchrun = the job starts torchrun on internvl_exp.launch.worker."""
 
     name: str = MISSING
-    nproc_per_node: int = 1
+    nproc_per_node: int = 1  # training processes (GPUs) per node
     nnodes: int = 1
     node_rank: int = 0
     rdzv_backend: str = "c10d"
@@ -296,9 +302,9 @@ class DistributedConfig:
 @dataclass
 class PathsConfig:
     root_dir: str = MISSING
-    output_dir: str = MISSING
-    cache_dir: str = MISSING
-    demo_data_dir: str = MISSING
+    output_dir: str = MISSING  # runs go to <output_dir>/<experiment_name>/<run_name>/
+    cache_dir: str = MISSING  # converted checkpoints and other derived files
+    demo_data_dir: str = MISSING  # where the demo datasets are generated
     # Local copies of Hub checkpoints: <models_dir>/<repo-name> or <models_dir>/<org>/<repo-name>.
     models_dir: str = MISSING
 
@@ -320,7 +326,7 @@ class Config:
     sweep_name: Optional[str] = None
     # The metrics.json key (dotted for nested) a job returns to the sweeper as its objective.
     optimized_metric: str = "final_loss"
-    seed: int = 42
+    seed: int = 42  # seeds python, numpy and torch (transformers.set_seed)
     # Re-running a run_name: auto (continue from its newest complete checkpoint; a finished run refuses),
     # true (must find one), false/never (start over in a fresh <run_name>-N directory), or a path to a run
     # directory or checkpoint to continue from (internvl_exp/train/resume.py).

@@ -107,6 +107,15 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         run_dir.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir.root / "params.json", report)
     log_parameter_counts(params)
+    from internvl_exp.train.callbacks import peak_host_rss_gb
+    from internvl_exp.train.memory_plan import plan_memory
+
+    memory_plan = plan_memory(cfg, setup=(model, family), world=args.world_size, running=True,
+                              samples=data_report.samples)
+    rss_before_train = peak_host_rss_gb()
+    trains = ", ".join(f"{p} {n / 1e6:,.1f}M" for p, n in memory_plan.trainable_per_part.items() if n) or "nothing"
+    log.info("run: model %s (%s parameters; trains %s), %d samples, outputs in %s\n%s", cfg.model.name,
+             f"{memory_plan.parameters / 1e6:,.1f}M", trains, data_report.samples, run_dir.root, memory_plan.header())
 
     keep_vision_in_graph(model)  # text-only batches still run the vision path (DDP/ZeRO-3 never hang)
     # Padded or packed batches, with the per-token loss weights of data.loss_reduction (data/packing.py).
@@ -166,11 +175,18 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         "trainable_parameters": params,
         "optimizer_groups": report["optimizer_groups"],
         "throughput": throughput.summary(),
+        "memory_plan": memory_plan.as_dict(),
         "data": data_report.as_dict(all_ranks=True),  # load failures summed over the ranks
         "run_dir": str(run_dir.root),
     }
     if plan.checkpoint is not None:
         metrics["resumed_from"] = str(plan.checkpoint)
+    tp = metrics["throughput"]
+    # Measured beside predicted: torch's allocator peak on a GPU; on CPU the growth of the process's peak RSS
+    # during training (model and data already loaded, so it holds what training added, plus allocator slack).
+    metrics["memory_plan"]["measured_peak_gb"] = tp.get("peak_gpu_memory_gb")
+    if tp.get("peak_gpu_memory_gb") is None:
+        metrics["memory_plan"]["measured_train_rss_growth_gb"] = peak_host_rss_gb() - rss_before_train
     if metrics["final_loss"] is not None and not math.isfinite(metrics["final_loss"]):
         metrics["status"] = "diverged"
     if preempted:
