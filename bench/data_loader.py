@@ -262,13 +262,9 @@ Command:
 {cmd}
 ```
 """
-    print()
-    print(section)
-    if args.write_docs:
-        from docs_section import write_section
+    from docs_section import publish
 
-        write_section(ROOT / "docs" / "benchmarks.md", section)
-        print(f"wrote {ROOT / 'docs' / 'benchmarks.md'}")
+    publish(section, args.write_docs)
 
 
 if __name__ == "__main__":

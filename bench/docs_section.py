@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
 HEADER = "# Benchmarks\n\nEach section: what was measured, the numbers, and the exact command.\n"
 
 
@@ -19,3 +21,12 @@ def write_section(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
+
+
+def publish(section: str, write_docs: bool) -> None:
+    """Print a benchmark's section and, with --write-docs, put it into docs/benchmarks.md."""
+    print()
+    print(section)
+    if write_docs:
+        write_section(DOC, section)
+        print(f"wrote {DOC}")

@@ -156,19 +156,6 @@ def table(rows: list[dict], seq: int, tiles: int) -> str:
     return "\n".join(out)
 
 
-def write_docs(text: str) -> None:
-    doc = ROOT / "docs" / "benchmarks.md"
-    body = doc.read_text()
-    head = "## Planner accuracy"
-    start = body.find(head)
-    if start < 0:
-        body = body.rstrip() + "\n\n" + text + "\n"
-    else:
-        end = body.find("\n## ", start + len(head))
-        body = body[:start] + text + ("\n" + body[end + 1:] if end >= 0 else "\n")
-    doc.write_text(body)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seq", type=int, default=384, help="tokens per row (default 384)")
@@ -216,7 +203,9 @@ def main() -> None:
             "python bench/plan_accuracy.py --write-docs",
             "```",
         ])
-        write_docs(section)
+        from docs_section import write_section
+
+        write_section(ROOT / "docs" / "benchmarks.md", section)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def _independent_counts(model_cfg, trains):
 
 @pytest.mark.parametrize("deepspeed,stage", [("none", 0), ("zero1", 1), ("zero2", 2), ("zero3", 3)])
 def test_state_bytes_match_an_independent_count(deepspeed, stage):
-    cfg = compose(["model=tiny", "freeze=vision", f"deepspeed={deepspeed}", "trainer.bf16=true", "launcher.nproc_per_node=4"])
+    cfg = compose(["model=tiny", "freeze=vision", f"deepspeed={deepspeed}", "trainer.bf16=true", "distributed.nproc_per_node=4"])
     plan = plan_memory(cfg)
     _, total, trainable = _independent_counts(cfg.model, lambda n: not n.startswith("model.vision_tower."))
     assert (plan.parameters, plan.trainable) == (total, trainable)
@@ -81,7 +81,9 @@ def test_preset_size_matches_the_model_card():
 
 
 def test_activations_follow_batch_and_checkpointing():
-    base = ["model=internvl2_8b", "freeze=vision", "trainer.bf16=true", "trainer.device_memory_gb=80"]
+    # bf16 weights (ZeRO-1 over 8 GPUs loads them in bf16; model.dtype=auto alone would plan fp32 weights)
+    base = ["model=internvl2_8b", "freeze=vision", "trainer.bf16=true", "trainer.device_memory_gb=80", "deepspeed=zero1",
+            "distributed.nproc_per_node=8"]
     p1 = plan_memory(compose(base + ["trainer.per_device_train_batch_size=1"]))
     p2 = plan_memory(compose(base + ["trainer.per_device_train_batch_size=2"]))
     ck = plan_memory(compose(base + ["trainer.per_device_train_batch_size=2", "trainer.activation_checkpointing=true"]))
@@ -100,7 +102,7 @@ def test_tool_prints_the_per_gpu_table(tmp_path):
     out = tmp_path / "plan.json"
     r = subprocess.run(
         [sys.executable, "-m", "internvl_exp.tools.plan", "model=internvl2_8b", "deepspeed=zero2", "freeze=vision",
-         "trainer.per_device_train_batch_size=4", "distributed.nproc_per_node=8", "--json", str(out)],
+         "trainer.per_device_train_batch_size=4", "distributed.nproc_per_node=8", "trainer.bf16=true", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert r.returncode in (0, 1), r.stderr

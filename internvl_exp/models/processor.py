@@ -49,6 +49,9 @@ def template_for(template: str | None, system_message: str | None = None) -> str
     from internvl_exp.data.templates import TEMPLATES
     from internvl_exp.models.chat_template import chat_template
 
+    from internvl_exp.redact import scrub
+
     if template not in TEMPLATES:
         return None
-    return chat_template(template, system_message=system_message)
+    # The template is written into final/: a secret in data.system_message must not be (redact.py).
+    return chat_template(template, system_message=None if system_message is None else scrub(system_message))

@@ -363,8 +363,11 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     stage, off_opt, off_par, zc = _zero(cfg)
     total, trainable, per_part = count_parameters(model, family)
 
-    weight_dtype = "bfloat16" if (stage and t.bf16) else m.dtype  # DeepSpeed casts the model under bf16
-    act_dtype = "bfloat16" if t.bf16 else m.dtype
+    from internvl_exp.train.precision import weights_dtype
+
+    loaded = weights_dtype(cfg)  # model.dtype=auto resolved as the run resolves it
+    weight_dtype = "bfloat16" if (stage and t.bf16) else loaded  # DeepSpeed casts the model under bf16
+    act_dtype = "bfloat16" if t.bf16 else loaded
     wb, ab = _BYTES[weight_dtype], _BYTES[act_dtype]
     weights, grads, opt = state_bytes(total, trainable, wb, world, stage, off_opt, off_par)
     buffers = _buffers(stage, zc, trainable * wb, world, wb)

@@ -5,7 +5,8 @@ rank the trainable projector (and any trainable ViT parameter) gets no gradient 
 DDP (with find_unused_parameters off, as under activation checkpointing) waits for it forever, and ZeRO-3
 never gathers those weights on that rank. InternVL's own code feeds a dummy image with `image_flags=0`;
 transformers' forward refuses pixel_values without matching placeholder tokens, so instead a forward hook
-runs one black tile through `get_image_features` and adds `0 * sum(features)` to the loss: the loss value is
+runs one black tile through `get_image_features` and adds `0 * sum(features)` to the loss (or, when the
+trainer computes the loss itself from the logits, to the logits): the loss value is
 bit-identical (x + 0.0 == x for finite x) and every trainable vision/projector parameter gets a zero gradient.
 
 The black tile runs in a forward pre-hook of the language model (inside the outer forward, so after
@@ -58,7 +59,7 @@ def keep_vision_in_graph(model: torch.nn.Module) -> list[torch.utils.hooks.Remov
 
     def before(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         pending.clear()  # a forward that raised leaves nothing behind for the next one
-        wanted[0] = module.training and kwargs.get("pixel_values") is None and kwargs.get("labels") is not None
+        wanted[0] = module.training and kwargs.get("pixel_values") is None
 
     def before_llm(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         # Inside the outer forward (after DeepSpeed's own start-of-forward hook), where images would be encoded.
@@ -76,6 +77,8 @@ def keep_vision_in_graph(model: torch.nn.Module) -> list[torch.utils.hooks.Remov
         loss = output.get("loss") if hasattr(output, "get") else None
         if loss is not None:
             output["loss"] = loss + term.to(loss.dtype)
+        else:  # the trainer computes the (weighted) loss from the logits itself (train/loss.py)
+            output["logits"] = output["logits"] + term.to(output["logits"].dtype)
         return output
 
     return [model.register_forward_pre_hook(before, with_kwargs=True),
