@@ -117,7 +117,7 @@ def _preset(name: str, device: str | None, dtype: str | None) -> Loaded:
     from internvl_exp.data.from_config import tokens_per_tile
     from internvl_exp.models.loading import load_model, load_processor, load_tokenizer, native_checkpoint
     from internvl_exp.models.resolve import resolve_weights
-    from internvl_exp.tools.data_check import compose_config
+    from internvl_exp.launch.precheck import compose_config
 
     try:
         cfg = compose_config([f"model={name}"])

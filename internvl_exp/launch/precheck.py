@@ -16,6 +16,8 @@ from typing import Any
 
 from internvl_exp.errors import ConfigError
 
+ROOT = Path(__file__).resolve().parents[2]  # the folder of launch.py and conf/
+
 
 def config_error(cfg: Any) -> str | None:
     """The validation message for a composed config (secrets scrubbed), or None when it is valid."""
@@ -35,11 +37,19 @@ def check_or_exit(cfg: Any) -> None:
         raise SystemExit(message)
 
 
-def compose_config(config_dir: Path, config_name: str, overrides: list[str]) -> Any:
-    """The task config Hydra would compose for `launch.py OVERRIDES` (run mode)."""
+def compose_config(overrides: list[str], config_dir: Path = ROOT / "conf", config_name: str = "config") -> Any:
+    """The task config Hydra would compose for `launch.py OVERRIDES` (run mode; same schema registration and
+    resolvers). The one composer of the tools (validate, data_check, plan, predict, chat) and of `--cfg`."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+    from internvl_exp.config.schema import register_configs
+    from internvl_exp.launch.resolvers import register_resolvers
+
+    register_configs(project_root=str(ROOT))
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
 
 
@@ -58,7 +68,7 @@ def check_cfg_request(argv: list[str], config_dir: Path) -> None:
     if args.config_dir:
         overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]")
     try:
-        cfg = compose_config(config_dir, args.config_name or "config", overrides)
+        cfg = compose_config(overrides, config_dir, args.config_name or "config")
     except Exception:  # Hydra's own --cfg path reports composition errors
         return
     check_or_exit(cfg)

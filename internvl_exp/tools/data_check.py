@@ -58,21 +58,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
-def compose_config(overrides: Sequence[str], config_dir: Path = ROOT / "conf"):
-    """The composed config, as launch.py sees it (same schema registration and resolvers)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from internvl_exp.config.schema import register_configs
-    from internvl_exp.launch.resolvers import register_resolvers
-
-    register_configs(project_root=str(ROOT))
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 def percentile(values: Sequence[int], q: float) -> int:
     """Nearest-rank percentile (0 for no values)."""
     if not values:
@@ -173,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
+        from internvl_exp.launch.precheck import compose_config
+
         cfg = compose_config(args.overrides, args.config_dir)
         validate(cfg)
     except (ConfigError, HydraException, OmegaConfBaseException) as e:  # bad key, type, group option or rule

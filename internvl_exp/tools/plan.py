@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from internvl_exp.errors import UserError
-    from internvl_exp.tools.data_check import compose_config
+    from internvl_exp.launch.precheck import compose_config
 
     overrides = launch_group_overrides(args.overrides, args.config_dir)
     nnodes = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == "launcher.nnodes"]

@@ -55,7 +55,7 @@ def compose_for(loaded: Any, overrides: Sequence[str]):
     """The data config of `overrides`, with the run's model settings (template, tiling) when it has them."""
     from omegaconf import OmegaConf
 
-    from internvl_exp.tools.data_check import compose_config
+    from internvl_exp.launch.precheck import compose_config
 
     cfg = compose_config(list(overrides))
     model = loaded.run_config.get("model")

@@ -10,28 +10,21 @@ checked (`job N (overrides): ...`). No torch import: it takes about a second per
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
 
-    from internvl_exp.config.schema import register_configs
     from internvl_exp.launch.precheck import compose_config, config_error
-    from internvl_exp.launch.resolvers import register_resolvers
     from internvl_exp.redact import scrub
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in overrides):
         print(__doc__.strip())
         return 0
-    register_configs(project_root=str(ROOT))
-    register_resolvers()
     try:
         jobs = _jobs(overrides)
-        configs = [compose_config(ROOT / "conf", "config", job) for job in jobs]
+        configs = [compose_config(job) for job in jobs]
     except HydraException as e:
         cause = f"\n{e.__cause__}" if e.__cause__ is not None else ""
         print(scrub(f"{e}{cause}"), file=sys.stderr)
