@@ -99,7 +99,7 @@ def measure(overrides: list[str], batch: int, checkpointing: bool, seq: int, til
     from internvl_exp.models.loading import load_model, tokens_per_tile
     from internvl_exp.models.registry import get_family
     from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
-    from internvl_exp.tools.data_check import compose_config
+    from internvl_exp.launch.precheck import compose_config
     from internvl_exp.train.memory_plan import GIB, plan_memory
     from internvl_exp.train.optim import build_optimizer
     from internvl_exp.train.trainable import make_trainable
