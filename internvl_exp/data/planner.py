@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from internvl_exp.data.image_header import header_size
+from internvl_exp.data.image_header import HeaderCache
 from internvl_exp.data.images import RESIZE_BACKENDS
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import IMAGE_PLACEHOLDER, ConversationError, count_turns, normalise_roles
@@ -102,6 +103,7 @@ class PlannedSample:
         return len(self.num_tiles) if self.video is not None else 0
 
 
+@lru_cache(maxsize=4096)  # images come in few sizes: the grid search runs once per (size, budget)
 def _num_tiles(width: int, height: int, min_tiles: int, max_tiles: int, s: ImageSettings) -> int:
     cols, rows = choose_grid(width, height, min(min_tiles, max_tiles), max_tiles, s.tile_size)
     n = cols * rows
@@ -149,6 +151,7 @@ class Planner:
         self.length_policy = length_policy
         self.system_message = system_message
         self.seed = seed
+        self._headers = HeaderCache()
 
     def plan(self, entry: DatasetEntry, line: RawLine) -> tuple[PlannedSample | None, str | None, str | None]:
         """(sample, skip_reason, detail). A truncated sample comes back with detail == 'truncated'."""
@@ -184,7 +187,9 @@ class Planner:
             per_image = 1
         else:
             paths, per_image, tiles = self._plan_images(entry, convs, media)
-        blocks = count_turns(convs, self.tokenizer, self.template, [n * s.tokens_per_tile for n in tiles], self.system_message)
+        # The roles were checked by _parse: count_turns need not check them again.
+        blocks = count_turns(convs, self.tokenizer, self.template, [n * s.tokens_per_tile for n in tiles],
+                             self.system_message, roles_checked=True)
         length = sum(b["length"] for b in blocks)
         truncated = False
         if length > self.max_seq_length:
@@ -241,7 +246,7 @@ class Planner:
         sizes = []
         for p in paths:
             try:
-                sizes.append(header_size(p))
+                sizes.append(self._headers.size(p))
             except FileNotFoundError:
                 raise Skip("missing_media", f"image {p} does not exist (or is not a file)") from None
             except IsADirectoryError:

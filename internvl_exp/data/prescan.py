@@ -97,6 +97,9 @@ def file_fingerprint(path: Path) -> str:
 
 # --- workers ------------------------------------------------------------------------------------------
 
+_ROW_ORDER = ("dataset", "line_no", "offset", "nbytes", "length", "supervised", "per_image", "n_images", "tiles_at",
+              "frames", "video_first", "video_count", "turns", "truncated")
+assert set(_ROW_ORDER) == set(ROW_FIELDS)
 _STATE: dict[str, Any] = {}  # set in the parent before the fork: the workers inherit the planner and tokenizer
 
 
@@ -108,7 +111,7 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
     with open(entry.annotation, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
-    cols: dict[str, list] = {name: [] for name in ROW_FIELDS}
+    rows: list[tuple] = []  # in _ROW_ORDER
     tiles: list[int] = []
     problems: list[Problem] = []
     truncated = 0
@@ -121,31 +124,26 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
         if not raw.strip():
             continue
         line_no = first_line + k
-        where = f"{entry.annotation}:{line_no}"
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            problems.append(Problem(where, "invalid_json", f"not valid UTF-8 (byte {e.start})", entry.name))
+            problems.append(Problem(f"{entry.annotation}:{line_no}", "invalid_json", f"not valid UTF-8 (byte {e.start})",
+                                    entry.name))
             continue
         sample, reason, detail = planner.plan(entry, RawLine(entry.name, entry.annotation, line_no, text))
         if sample is None:
-            problems.append(Problem(where, reason, detail, entry.name))
+            problems.append(Problem(f"{entry.annotation}:{line_no}", reason, detail, entry.name))
             continue
         truncated += sample.truncated
-        video = sample.video is not None
-        row = {
-            "dataset": d, "line_no": line_no, "offset": offset, "nbytes": len(raw), "length": sample.length,
-            "supervised": sample.supervised_tokens, "per_image": sample.max_tiles_per_image,
-            "n_images": 0 if video else len(sample.num_tiles), "tiles_at": len(tiles),
-            "frames": len(sample.num_tiles) if video else 0,
-            "video_first": sample.video.info.first if video else 0, "video_count": sample.video.info.count if video else 0,
-            "turns": len(sample.conversations), "truncated": sample.truncated,
-        }
+        video = sample.video
+        rows.append((d, line_no, offset, len(raw), sample.length, sample.supervised_tokens, sample.max_tiles_per_image,
+                     0 if video else len(sample.num_tiles), len(tiles), len(sample.num_tiles) if video else 0,
+                     video.info.first if video else 0, video.info.count if video else 0, len(sample.conversations),
+                     sample.truncated))
         if not video:
             tiles += sample.num_tiles
-        for name, value in row.items():
-            cols[name].append(value)
-    arrays = {name: np.asarray(values, dtype=ROW_FIELDS[name]) for name, values in cols.items()}
+    columns = list(zip(*rows)) if rows else [()] * len(_ROW_ORDER)
+    arrays = {name: np.asarray(values, dtype=ROW_FIELDS[name]) for name, values in zip(_ROW_ORDER, columns)}
     return {"rows": arrays, "tiles": np.asarray(tiles, dtype=np.uint8), "problems": problems,
             "truncated": truncated, "lines": len(lines)}
 
