@@ -333,6 +333,12 @@ def count_turns(
     def add(text: str, masked: int, sup: bool, block: list[int]) -> None:
         """Count `text` (cut at its `<image>`s) into block = [length, supervised, num_images]."""
         nonlocal used
+        if IMAGE_PLACEHOLDER not in text:  # most texts: one piece
+            n = count(text)
+            block[0] += n
+            if sup:
+                block[1] += n - min(masked, n)
+            return
         parts = text.split(IMAGE_PLACEHOLDER)
         for k, part in enumerate(parts):
             if k > 0:
@@ -351,6 +357,8 @@ def count_turns(
     header = tpl.assistant_prefix
     joined = IMAGE_PLACEHOLDER not in header  # as _join_headers: the header is counted with its answer
     header_len = count(header) if (joined and header) else 0
+    suffix = tpl.turn_suffix
+    suffix_len = count(suffix) if suffix and IMAGE_PLACEHOLDER not in suffix else None
     for role, value in turns:
         if tpl.strip_values:
             value = value.strip()
@@ -363,8 +371,10 @@ def count_turns(
             else:
                 add(header, 0, False, block)
                 add(value + tpl.end_of_turn, 0, True, block)
-            if tpl.turn_suffix:
-                add(tpl.turn_suffix, 0, False, block)
+            if suffix_len is not None:
+                block[0] += suffix_len
+            elif suffix:
+                add(suffix, 0, False, block)
         blocks.append(block)
     if used != len(images):
         raise ConversationError(f"{used} <image> placeholder(s) in the conversation but {len(images)} image(s)")
