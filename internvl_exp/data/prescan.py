@@ -263,10 +263,10 @@ def _run_pool(tasks: list, workers: int) -> Iterator[dict[str, Any]]:
 
 def _code_version() -> str:
     """Hash of the source of every module that decides a plan: editing any of them invalidates old plans."""
-    from internvl_exp.data import plan, planner, prescan, sources, templates, tiling, video
+    from internvl_exp.data import image_header, plan, planner, prescan, sources, templates, tiling, token_count, video
 
     digest = hashlib.blake2b(digest_size=16)
-    for module in (plan, planner, prescan, sources, templates, tiling, video):
+    for module in (image_header, plan, planner, prescan, sources, templates, tiling, token_count, video):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
