@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import data_scale  # noqa: E402  (the benchmark's realistic line generator)
 
 TINY = ROOT / "internvl_exp" / "models" / "assets" / "tiny_tokenizer" / "tokenizer.json"
-GOLDEN = ROOT.parent.parent / "shared" / "golden" / "original-layout" / "qwen2_vit300m" / "tokenizer.json"
+GOLDEN = Path("/work/shared/golden/original-layout/qwen2_vit300m/tokenizer.json")  # as tests/test_convert_golden.py
 QWEN2 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
@@ -103,9 +104,21 @@ CONVERSATIONS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def golden_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    if not GOLDEN.exists():
+        pytest.skip(f"{GOLDEN} is not on this machine")
+    return PreTrainedTokenizerFast(tokenizer_file=str(GOLDEN))
+
+
+@pytest.mark.parametrize("kind", ["tiny", "golden"])
 @pytest.mark.parametrize("template", list(TEMPLATES))
-def test_count_turns_equals_the_token_ids(tokenizer, template):
+def test_count_turns_equals_the_token_ids(request, kind, template):
     from internvl_exp.data.templates import IMAGE_PLACEHOLDER, _token_ids
+
+    tokenizer = request.getfixturevalue("tokenizer" if kind == "tiny" else "golden_tokenizer")
 
     assert _token_ids(tokenizer).text_counter(tokenizer).__self__.fast  # the fast path is what is compared
 
