@@ -20,7 +20,7 @@ from conftest import ROOT
 from data_media import conv, write_image, write_jsonl, write_video
 from internvl_exp.data.dataset import ImageSettings, build_dataset
 from internvl_exp.data.sources import load_entries
-from internvl_exp.data.templates import IGNORE_INDEX, TEMPLATES, count_turns, tokenize_turns
+from internvl_exp.data.templates import IGNORE_INDEX, TEMPLATES, count_turns, refresh_token_counts, tokenize_turns
 from internvl_exp.data.tiling import choose_grid
 from internvl_exp.data.token_count import WordCounter
 
@@ -222,3 +222,23 @@ def test_scan_rows_equal_a_per_line_reference(tmp_path, tokenizer, policy):
     kinds = [(len(np.atleast_1d(row.get("image", []))), len(row["conversations"])) for row in rows if isinstance(row, dict)]
     assert {0, 1, 2} <= {k for k, _ in kinds} and {2, 8} <= {t for _, t in kinds}  # the sample has every shape
     print(policy, len(ds.plan), "planned,", report.truncated, "truncated,", dict(report.skipped))
+
+
+def test_patterns_outside_the_rewrite_are_refused():
+    from internvl_exp.data.token_count import GPT2_PATTERN, ascii_pattern
+
+    assert ascii_pattern(GPT2_PATTERN) is not None and ascii_pattern(QWEN2) is not None
+    for pattern in (r"^a|b", r"a$", r"\p{Lu}+", r"\h+", r"a++", r"(?>ab)", r"[a[b]]", "x*"):  # anchors differ, ...
+        assert ascii_pattern(pattern) is None, pattern
+
+
+def test_tokens_added_after_the_first_count_are_counted():
+    from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
+
+    tok = load_tiny_tokenizer()  # a private copy: the session's tokenizer stays as it is
+    convs = conv("Say <newtoken> twice: <newtoken>.", "<newtoken> <newtoken>")
+    count_turns(convs, tok, "internvl2_5")
+    tok.add_tokens(["<newtoken>"])
+    refresh_token_counts(tok)  # what the scan does at each chunk
+    got = [(b["length"], b["supervised"], b["num_images"]) for b in count_turns(convs, tok, "internvl2_5")]
+    assert got == _oracle(tokenize_turns(convs, tok, "internvl2_5"))

@@ -48,6 +48,7 @@ from internvl_exp.data.plan import ROW_FIELDS, Plan
 from internvl_exp.data.planner import ImageSettings, Planner
 from internvl_exp.data.report import Problem
 from internvl_exp.data.sources import DatasetEntry, RawLine
+from internvl_exp.data.templates import refresh_token_counts
 from internvl_exp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
     d, start, end, first_line = task
     planner: Planner = _STATE["planner"]
     entry: DatasetEntry = _STATE["entries"][d]
+    refresh_token_counts(planner.tokenizer)  # memoised counts made before tokens were added are dropped
     with open(entry.annotation, "rb") as f:
         f.seek(start)
         data = f.read(end - start)

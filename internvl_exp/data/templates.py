@@ -191,6 +191,14 @@ class _TokenIds:
             return self._counter.count
         return functools.partial(self._slow_count, tokenizer)
 
+    def refresh(self) -> None:
+        """Forget the word counts when tokens were added to the tokenizer since they were made. (Not checked
+        on every count: the vocabulary size costs O(vocabulary) to ask for.)"""
+        b = self._backend
+        if self._counter is not None and self._counter.vocab_size != b.get_vocab_size(with_added_tokens=True):
+            self._counter = None
+        self._memo.clear()
+
     def _slow_count(self, tokenizer: Any, text: str) -> int:
         n = self._memo.get(text)
         if n is None:
@@ -214,6 +222,11 @@ def _token_ids(tokenizer: Any) -> _TokenIds:
         return ids
     except TypeError:  # not weak-referenceable: no caching
         return _TokenIds(tokenizer)
+
+
+def refresh_token_counts(tokenizer: Any) -> None:
+    """Call after adding tokens to a tokenizer already used by `count_turns` (the scan does, per chunk)."""
+    _token_ids(tokenizer).refresh()
 
 
 def _join_headers(turn: list[tuple[str, bool]]) -> list[tuple[str, str, bool]]:

@@ -88,6 +88,8 @@ def ascii_pattern(pattern: str) -> re.Pattern | None:
             continue
         elif pattern.startswith(("++", "*+", "?+", "(?>", "(?~"), i):
             return None  # possessive or atomic: valid in Python 3.11, but keep to the plain subset
+        elif c in "^$":
+            return None  # line anchors in Oniguruma's Ruby syntax, string anchors in Python
         out.append(c)
         i += 1
     try:
@@ -102,6 +104,7 @@ class WordCounter:
 
     def __init__(self, backend: Any):
         self._backend = backend
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)  # tokens added later: a new counter
         self._memo: dict[str, int] = {}  # word -> count
         self._texts: dict[str, int] = {}  # short text -> count
         self._splitters: list[re.Pattern] | None = None
