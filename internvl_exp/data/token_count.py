@@ -241,6 +241,3 @@ def _isolated(rx: re.Pattern, text: str) -> list[str]:
         out.append(text[at:])
     return out
 
-
-def counter_for(backend: Any) -> Callable[[str], int]:
-    return WordCounter(backend).count
