@@ -176,3 +176,26 @@ def test_an_annotation_file_changed_during_the_run_stops_with_a_clear_message(tm
     (tmp_path / "d.jsonl").write_text("{oops\n" * 200)
     with pytest.raises(DataError, match=r"d.jsonl:1: the annotation file changed after the pre-flight scan"):
         ds[0]
+
+
+def test_a_dying_scan_worker_stops_the_scan_with_a_clear_error(tmp_path, tokenizer, monkeypatch):
+    import internvl_exp.data.prescan as prescan
+    from internvl_exp.data.planner import Planner
+
+    monkeypatch.setattr(prescan, "MIN_CHUNK", 512)  # several chunks, so the pool is used
+    rows = _mixed_rows(tmp_path, 60)
+    rows[45] = {"conversations": conv("DIE", "now")}
+    ann = write_jsonl(tmp_path / "d.jsonl", rows)
+    entries = load_entries(None, {"d": {"annotation": str(ann), "root": str(tmp_path)}})
+
+    class Dying(Planner):  # a worker killed mid-scan (as by the out-of-memory killer)
+        def plan(self, entry, line):
+            if '"DIE"' in line.text and os.getpid() != parent:
+                os._exit(9)
+            return super().plan(entry, line)
+
+    parent = os.getpid()
+    planner = Dying(tokenizer, "internvl2_5", SETTINGS, 2048, "drop")
+    with pytest.raises(prescan.ScanWorkerError, match="scan worker process died .*9.*data.scan_workers"):
+        prescan.build_plan(entries, planner, workers=2)
+    assert not [p for p in __import__("multiprocessing").active_children() if p.is_alive()]

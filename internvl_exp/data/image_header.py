@@ -4,6 +4,8 @@ do not recognise) through PIL, which then also gives the error for a broken file
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from pathlib import Path
 
@@ -56,3 +58,27 @@ def header_size(path: Path) -> tuple[int, int]:
         return size
     with Image.open(path) as im:  # other formats, unusual headers, and PIL's own decompression-bomb check
         return im.size
+
+
+class HeaderCache:
+    """`header_size` per process, remembered by (path, size, mtime_ns): mixes reuse images, and a stat is
+    ~20x cheaper than opening the file. A file rewritten in place gets a new mtime (or size), so it is read
+    again; only sizes are kept, never errors (a missing or broken file is re-checked each time it is met)."""
+
+    def __init__(self, max_entries: int = 200_000):
+        self._sizes: dict[str, tuple[int, int, tuple[int, int]]] = {}
+        self._max = max_entries
+
+    def size(self, path: str | os.PathLike) -> tuple[int, int]:
+        key = os.fspath(path)
+        st = os.stat(key)  # FileNotFoundError as header_size would raise it
+        hit = self._sizes.get(key)
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        if not stat.S_ISREG(st.st_mode):
+            return header_size(Path(key))  # raises IsADirectoryError & co. as before
+        size = header_size(Path(key))
+        if len(self._sizes) >= self._max:
+            self._sizes.clear()
+        self._sizes[key] = (st.st_size, st.st_mtime_ns, size)
+        return size

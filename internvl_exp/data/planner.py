@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from internvl_exp.data.image_header import header_size
+from internvl_exp.data.image_header import HeaderCache
 from internvl_exp.data.images import RESIZE_BACKENDS
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import IMAGE_PLACEHOLDER, ConversationError, count_turns, normalise_roles
@@ -102,6 +103,7 @@ class PlannedSample:
         return len(self.num_tiles) if self.video is not None else 0
 
 
+@lru_cache(maxsize=4096)  # images come in few sizes: the grid search runs once per (size, budget)
 def _num_tiles(width: int, height: int, min_tiles: int, max_tiles: int, s: ImageSettings) -> int:
     cols, rows = choose_grid(width, height, min(min_tiles, max_tiles), max_tiles, s.tile_size)
     n = cols * rows
@@ -149,6 +151,8 @@ class Planner:
         self.length_policy = length_policy
         self.system_message = system_message
         self.seed = seed
+        self._headers = HeaderCache()
+        self._paths: dict[tuple[str, str], Path] = {}
 
     def plan(self, entry: DatasetEntry, line: RawLine) -> tuple[PlannedSample | None, str | None, str | None]:
         """(sample, skip_reason, detail). A truncated sample comes back with detail == 'truncated'."""
@@ -184,7 +188,9 @@ class Planner:
             per_image = 1
         else:
             paths, per_image, tiles = self._plan_images(entry, convs, media)
-        blocks = count_turns(convs, self.tokenizer, self.template, [n * s.tokens_per_tile for n in tiles], self.system_message)
+        # The roles were checked by _parse: count_turns need not check them again.
+        blocks = count_turns(convs, self.tokenizer, self.template, [n * s.tokens_per_tile for n in tiles],
+                             self.system_message, roles_checked=True)
         length = sum(b["length"] for b in blocks)
         truncated = False
         if length > self.max_seq_length:
@@ -237,11 +243,11 @@ class Planner:
 
     def _plan_images(self, entry: DatasetEntry, convs: list[dict], media: list[str]) -> tuple[list[Path], int, list[int]]:
         self._image_placeholders(convs, media)
-        paths = [entry.root / m for m in media]
+        paths = [self._path(entry, m) for m in media]
         sizes = []
         for p in paths:
             try:
-                sizes.append(header_size(p))
+                sizes.append(self._headers.size(p))
             except FileNotFoundError:
                 raise Skip("missing_media", f"image {p} does not exist (or is not a file)") from None
             except IsADirectoryError:
@@ -254,6 +260,16 @@ class Planner:
         per_image = max(1, budget // len(media)) if media else budget
         tiles = [_num_tiles(w, h, s.min_dynamic_patch, per_image, s) for w, h in sizes]
         return paths, per_image, tiles
+
+    def _path(self, entry: DatasetEntry, media: str) -> Path:
+        """entry.root / media, remembered: mixes name the same images again and again (a Path costs ~5 us)."""
+        key = (entry.name, media)
+        path = self._paths.get(key)
+        if path is None:
+            if len(self._paths) >= 100_000:
+                self._paths.clear()
+            path = self._paths[key] = entry.root / media
+        return path
 
     @staticmethod
     def _video_placeholders(convs: list[dict]) -> int:

@@ -2,8 +2,9 @@
 
 `build_plan` plans every line of every annotation file (planner.py) into a `Plan` (plan.py). Files are cut
 into byte chunks at line ends; worker processes (`data.scan_workers`, forked so the tokenizer is shared)
-plan the chunks; the parent joins the results in file order, so the plan and the problem list do not depend
-on the number of workers.
+read and plan their chunks by byte offset; the parent joins the results in file order, so the plan and the
+problem list do not depend on the number of workers. A worker that dies or stalls stops the scan with
+`ScanWorkerError` instead of a hang, and workers die with their parent.
 
 The plan is cached under `<cache_dir>/data_plans/<key>/`, where the key hashes everything that decides it
 except the annotation contents: the planner's code, the tokenizer (its whole serialised vocabulary,
@@ -23,6 +24,7 @@ planned tiles) when it is loaded, and follows `data.on_error` there.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -30,7 +32,11 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,6 +48,8 @@ from internvl_exp.data.plan import ROW_FIELDS, Plan
 from internvl_exp.data.planner import ImageSettings, Planner
 from internvl_exp.data.report import Problem
 from internvl_exp.data.sources import DatasetEntry, RawLine
+from internvl_exp.data.templates import refresh_token_counts
+from internvl_exp.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +105,11 @@ def file_fingerprint(path: Path) -> str:
 
 # --- workers ------------------------------------------------------------------------------------------
 
+_ROW_ORDER = ("dataset", "line_no", "offset", "nbytes", "length", "supervised", "per_image", "n_images", "tiles_at",
+              "frames", "video_first", "video_count", "turns", "truncated")
+assert set(_ROW_ORDER) == set(ROW_FIELDS)
 _STATE: dict[str, Any] = {}  # set in the parent before the fork: the workers inherit the planner and tokenizer
+STALL_SECONDS = 900  # no chunk finished for this long: a worker is stuck (a chunk takes seconds)
 
 
 def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
@@ -105,10 +117,11 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
     d, start, end, first_line = task
     planner: Planner = _STATE["planner"]
     entry: DatasetEntry = _STATE["entries"][d]
+    refresh_token_counts(planner.tokenizer)  # memoised counts made before tokens were added are dropped
     with open(entry.annotation, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
-    cols: dict[str, list] = {name: [] for name in ROW_FIELDS}
+    rows: list[tuple] = []  # in _ROW_ORDER
     tiles: list[int] = []
     problems: list[Problem] = []
     truncated = 0
@@ -121,31 +134,26 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
         if not raw.strip():
             continue
         line_no = first_line + k
-        where = f"{entry.annotation}:{line_no}"
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            problems.append(Problem(where, "invalid_json", f"not valid UTF-8 (byte {e.start})", entry.name))
+            problems.append(Problem(f"{entry.annotation}:{line_no}", "invalid_json", f"not valid UTF-8 (byte {e.start})",
+                                    entry.name))
             continue
         sample, reason, detail = planner.plan(entry, RawLine(entry.name, entry.annotation, line_no, text))
         if sample is None:
-            problems.append(Problem(where, reason, detail, entry.name))
+            problems.append(Problem(f"{entry.annotation}:{line_no}", reason, detail, entry.name))
             continue
         truncated += sample.truncated
-        video = sample.video is not None
-        row = {
-            "dataset": d, "line_no": line_no, "offset": offset, "nbytes": len(raw), "length": sample.length,
-            "supervised": sample.supervised_tokens, "per_image": sample.max_tiles_per_image,
-            "n_images": 0 if video else len(sample.num_tiles), "tiles_at": len(tiles),
-            "frames": len(sample.num_tiles) if video else 0,
-            "video_first": sample.video.info.first if video else 0, "video_count": sample.video.info.count if video else 0,
-            "turns": len(sample.conversations), "truncated": sample.truncated,
-        }
+        video = sample.video
+        rows.append((d, line_no, offset, len(raw), sample.length, sample.supervised_tokens, sample.max_tiles_per_image,
+                     0 if video else len(sample.num_tiles), len(tiles), len(sample.num_tiles) if video else 0,
+                     video.info.first if video else 0, video.info.count if video else 0, len(sample.conversations),
+                     sample.truncated))
         if not video:
             tiles += sample.num_tiles
-        for name, value in row.items():
-            cols[name].append(value)
-    arrays = {name: np.asarray(values, dtype=ROW_FIELDS[name]) for name, values in cols.items()}
+    columns = list(zip(*rows)) if rows else [()] * len(_ROW_ORDER)
+    arrays = {name: np.asarray(values, dtype=ROW_FIELDS[name]) for name, values in zip(_ROW_ORDER, columns)}
     return {"rows": arrays, "tiles": np.asarray(tiles, dtype=np.uint8), "problems": problems,
             "truncated": truncated, "lines": len(lines)}
 
@@ -172,40 +180,95 @@ def scan_files(entries: list[DatasetEntry], planner: Planner, workers: int) -> t
         fingerprints[str(entry.annotation.resolve())] = fp
         tasks += [(d, s, e, first) for s, e, first in chunks]
         n_lines += n
-    # A bar only where the wait is noticeable (and only on a terminal: tqdm's disable=None).
-    progress = tqdm(total=n_lines, desc="pre-flight data scan", unit="line",
-                    disable=None if n_lines >= PROGRESS_MIN_LINES else True)
-    _STATE.update(planner=planner, entries=entries)
+    # A bar only where the wait is noticeable (and only on a terminal: tqdm's disable=None). Made after the
+    # workers are forked (inside _run), so its monitor thread is not running at the fork.
+    parts: list[dict[str, Any]] = []
+    progress = None
     try:
-        parts = []
-        with _pool(min(workers, len(tasks))) as pool:
-            for part in (pool.imap(_scan_chunk, tasks) if pool else map(_scan_chunk, tasks)):
-                parts.append(part)
-                progress.update(part["lines"])
+        for part in _run(tasks, planner, entries, min(workers, len(tasks))):
+            if progress is None:
+                progress = tqdm(total=n_lines, desc="pre-flight data scan", unit="line",
+                                disable=None if n_lines >= PROGRESS_MIN_LINES else True)
+            parts.append(part)
+            progress.update(part["lines"])
     finally:
-        _STATE.clear()
-        progress.close()
+        if progress is not None:
+            progress.close()
     return _join(parts), fingerprints
 
 
-@contextlib.contextmanager
-def _pool(workers: int) -> Iterator[Any]:
-    if workers <= 1:
-        yield None
-        return
-    # fork: the workers share the parent's tokenizer and planner without pickling or re-importing them.
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield pool
+class ScanWorkerError(UserError):
+    """A scan worker process died or stalled: the scan stops with this instead of waiting forever."""
+
+
+def _init_worker(parent: int) -> None:
+    """In each forked worker: die with the parent (a killed parent must not leave workers blocked on the task
+    queue forever), and count tokens on this one thread."""
+    with contextlib.suppress(OSError, AttributeError):  # Linux only: elsewhere the pool's own checks remain
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _run(tasks: list, planner: Planner, entries: list[DatasetEntry], workers: int) -> Iterator[dict[str, Any]]:
+    """The chunks' results in task order: in this process for one worker, else in a pool of forked workers."""
+    _STATE.update(planner=planner, entries=entries)
+    try:
+        if workers <= 1:
+            yield from map(_scan_chunk, tasks)
+            return
+        yield from _run_pool(tasks, workers)
+    finally:
+        _STATE.clear()
+
+
+def _run_pool(tasks: list, workers: int) -> Iterator[dict[str, Any]]:
+    # fork, inside a ProcessPoolExecutor. fork shares the planner and tokenizer without pickling them or
+    # re-importing anything; spawn and forkserver re-run the parent's __main__ and unpickle the tokenizer
+    # in every worker, measured at 12-16 s per scan here (docs/data.md), more than a 100k-line scan. The
+    # executor forks all its workers before it starts its own thread, and a worker that dies breaks the
+    # pool (BrokenProcessPool) instead of leaving the parent waiting for its chunk forever, which is what
+    # multiprocessing.Pool does. A worker stuck without dying (a lock copied by the fork) is caught by the
+    # stall timeout. Workers are terminated in `finally` whatever happens.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker,
+                               initargs=(os.getpid(),))
+    procs: list = []
+    done = False
+    try:
+        futures = [pool.submit(_scan_chunk, t) for t in tasks]  # forks the workers now
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        for k, future in enumerate(futures):
+            try:
+                yield future.result(timeout=STALL_SECONDS)
+            except BrokenProcessPool:
+                codes = sorted({p.exitcode for p in procs if p.exitcode})
+                raise ScanWorkerError(
+                    f"a pre-flight scan worker process died (exit code(s) {codes or 'unknown'}; -9 is SIGKILL, often "
+                    "the out-of-memory killer); set data.scan_workers lower (1 scans in the main process) and run again"
+                ) from None
+            except FuturesTimeout:
+                raise ScanWorkerError(
+                    f"the pre-flight scan made no progress for {STALL_SECONDS} s (chunk {k + 1} of {len(tasks)}); "
+                    "a worker is stuck; run again, or set data.scan_workers=1 to scan in the main process"
+                ) from None
+        done = True
+    finally:
+        if not done:  # an error or an interrupt: do not wait for the chunks still running
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- cache --------------------------------------------------------------------------------------------
 
 def _code_version() -> str:
     """Hash of the source of every module that decides a plan: editing any of them invalidates old plans."""
-    from internvl_exp.data import plan, planner, prescan, sources, templates, tiling, video
+    from internvl_exp.data import image_header, plan, planner, prescan, sources, templates, tiling, token_count, video
 
     digest = hashlib.blake2b(digest_size=16)
-    for module in (plan, planner, prescan, sources, templates, tiling, video):
+    for module in (image_header, plan, planner, prescan, sources, templates, tiling, token_count, video):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 

@@ -10,9 +10,12 @@ Only assistant content plus the end-of-turn token carries loss.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+from internvl_exp.data.token_count import WordCounter
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -162,6 +165,7 @@ class _TokenIds:
             if backend.encode(self._PROBE, add_special_tokens=False).ids != slow:
                 backend = None
         self._backend = backend
+        self._counter: WordCounter | None = None  # built on first count (it reads the tokenizer's JSON)
         self._memo: dict[str, int] = {}
 
     def encode(self, tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -175,24 +179,35 @@ class _TokenIds:
             return [e.ids for e in b.encode_batch(texts, add_special_tokens=False)]
         return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
-    def lengths(self, tokenizer: Any, texts: list[str]) -> list[int]:
-        """Token counts of each text (as `encode`), without turning the ids into Python lists. Counts are
-        memoised per text: the system prompt and the role headers recur on every line of a dataset."""
+    def text_counter(self, tokenizer: Any) -> Callable[[str], int]:
+        """A function giving each text's token count (as `encode`), without building the ids: per-word
+        memoised counts for a byte-level BPE tokenizer on ASCII text (token_count.py, exact), else the
+        tokenizer, with short texts (the system prompt, role headers) memoised whole. Not to be kept: it
+        may hold the tokenizer."""
         b = self._backend
-        memo = self._memo
-        if len(memo) > 100_000:  # answers are unique: keep the memo from growing with the dataset
-            memo.clear()
-        out = []
-        for t in texts:
-            n = memo.get(t)
-            if n is None:
-                if b is not None and b.truncation is None and b.padding is None:
-                    n = len(b.encode(t, add_special_tokens=False))
-                else:
-                    n = len(tokenizer(t, add_special_tokens=False)["input_ids"])
-                memo[t] = n
-            out.append(n)
-        return out
+        if b is not None and b.truncation is None and b.padding is None:
+            if self._counter is None:
+                self._counter = WordCounter(b)
+            return self._counter.count
+        return functools.partial(self._slow_count, tokenizer)
+
+    def refresh(self) -> None:
+        """Forget the word counts when tokens were added to the tokenizer since they were made. (Not checked
+        on every count: the vocabulary size costs O(vocabulary) to ask for.)"""
+        b = self._backend
+        if self._counter is not None and self._counter.vocab_size != b.get_vocab_size(with_added_tokens=True):
+            self._counter = None
+        self._memo.clear()
+
+    def _slow_count(self, tokenizer: Any, text: str) -> int:
+        n = self._memo.get(text)
+        if n is None:
+            n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(text) <= 512:
+                if len(self._memo) > 20_000:
+                    self._memo.clear()
+                self._memo[text] = n
+        return n
 
 
 # Keyed weakly by the tokenizer object (an id() key could be reused by a different tokenizer).
@@ -207,6 +222,11 @@ def _token_ids(tokenizer: Any) -> _TokenIds:
         return ids
     except TypeError:  # not weak-referenceable: no caching
         return _TokenIds(tokenizer)
+
+
+def refresh_token_counts(tokenizer: Any) -> None:
+    """Call after adding tokens to a tokenizer already used by `count_turns` (the scan does, per chunk)."""
+    _token_ids(tokenizer).refresh()
 
 
 def _join_headers(turn: list[tuple[str, bool]]) -> list[tuple[str, str, bool]]:
@@ -299,32 +319,79 @@ def count_turns(
     template: str | Template,
     num_image_tokens: Sequence[int] = (),
     system_message: str | None = None,
+    roles_checked: bool = False,
 ) -> list[dict[str, int]]:
     """What `tokenize_turns` would give, counted: one {"length", "supervised", "num_images"} per turn.
+
     The pre-flight scan needs only the counts; building the id lists (thousands of image tokens per
-    sample) would cost more than the tokeniser itself."""
-    ids, split, pieces, headers = _split_turns(conversations, tokenizer, template, num_image_tokens, system_message)
-    counted = ids.lengths(tokenizer, pieces + headers)
-    lengths = iter(counted[: len(pieces)])
-    header_len = iter(counted[len(pieces) :])
-    image_iter = iter(num_image_tokens)
-    blocks = []
-    for t, turn in enumerate(split):
-        length = int(t == 0 and ids.bos is not None)
-        supervised = n_images = 0
-        for parts, header, sup in turn:
-            masked = next(header_len) if header else 0
-            for k, part in enumerate(parts):
-                if k > 0:
-                    length += next(image_iter) + 2
-                    n_images += 1
-                if part:
-                    n = next(lengths)
-                    cut = min(masked, n) if k == 0 else 0
-                    length += n
-                    supervised += n - cut if sup else 0
-        blocks.append({"length": length, "supervised": supervised, "num_images": n_images})
-    return blocks
+    sample) would cost more than the tokeniser itself. The same pieces as `tokenize_turns` are counted
+    (each turn's text cut at its `<image>`s; an assistant header together with its answer, the header's
+    own count masked), walked directly from the template: this runs on every line of every dataset.
+    `roles_checked`: the roles are canonical
+    (system/human/gpt) and were checked by `normalise_roles` already. tests/test_prescan_fast_count.py holds it to
+    `tokenize_turns`."""
+    tpl = get_template(template) if isinstance(template, str) else template
+    ids = _token_ids(tokenizer)
+    count = ids.text_counter(tokenizer)
+    turns = [(t["from"], t["value"]) for t in conversations] if roles_checked else normalise_roles(conversations)
+    if turns and turns[0][0] == "system":
+        system_message = turns[0][1]
+        turns = turns[1:]
+    if system_message is None:
+        system_message = tpl.system_message
+    eot = tpl.end_of_turn + tpl.turn_suffix
+    images = list(num_image_tokens)
+    used = 0  # images placed so far
+
+    def add(text: str, masked: int, sup: bool, block: list[int]) -> None:
+        """Count `text` (cut at its `<image>`s) into block = [length, supervised, num_images]."""
+        nonlocal used
+        if IMAGE_PLACEHOLDER not in text:  # most texts: one piece
+            n = count(text)
+            block[0] += n
+            if sup:
+                block[1] += n - min(masked, n)
+            return
+        parts = text.split(IMAGE_PLACEHOLDER)
+        for k, part in enumerate(parts):
+            if k > 0:
+                if used < len(images):
+                    block[0] += images[used] + 2
+                used += 1
+                block[2] += 1
+            if part:
+                n = count(part)
+                block[0] += n
+                if sup:
+                    block[1] += n - (min(masked, n) if k == 0 else 0)
+
+    blocks = [[int(ids.bos is not None), 0, 0]]
+    add(tpl.system_template.format(system_message=system_message) + eot, 0, False, blocks[0])
+    header = tpl.assistant_prefix
+    joined = IMAGE_PLACEHOLDER not in header  # as _join_headers: the header is counted with its answer
+    header_len = count(header) if (joined and header) else 0
+    suffix = tpl.turn_suffix
+    suffix_len = count(suffix) if suffix and IMAGE_PLACEHOLDER not in suffix else None
+    for role, value in turns:
+        if tpl.strip_values:
+            value = value.strip()
+        block = [0, 0, 0]
+        if role == "human":
+            add(tpl.user_prefix + value + eot, 0, False, block)
+        else:
+            if joined:
+                add(header + value + tpl.end_of_turn, header_len, True, block)
+            else:
+                add(header, 0, False, block)
+                add(value + tpl.end_of_turn, 0, True, block)
+            if suffix_len is not None:
+                block[0] += suffix_len
+            elif suffix:
+                add(suffix, 0, False, block)
+        blocks.append(block)
+    if used != len(images):
+        raise ConversationError(f"{used} <image> placeholder(s) in the conversation but {len(images)} image(s)")
+    return [{"length": b[0], "supervised": b[1], "num_images": b[2]} for b in blocks]
 
 
 def tokenize_conversation(

@@ -1,0 +1,244 @@
+"""The scan's fast token counts are exact: `WordCounter` against the Rust `encode` on fuzzed text, for the
+byte-level BPE layouts it knows (GPT-2 ByteLevel regex, Qwen2's and Llama-3's Split + ByteLevel); `count_turns`
+against `tokenize_turns` (the ids training sees) on every template; and a whole scan's rows (lengths,
+supervised tokens, tiles, drops, truncation) against a per-line reference built from `tokenize_turns`, PIL's
+image sizes and InternVL's grid rule."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+
+from conftest import ROOT
+from data_media import conv, write_image, write_jsonl, write_video
+from internvl_exp.data.dataset import ImageSettings, build_dataset
+from internvl_exp.data.sources import load_entries
+from internvl_exp.data.templates import IGNORE_INDEX, TEMPLATES, count_turns, refresh_token_counts, tokenize_turns
+from internvl_exp.data.tiling import choose_grid
+from internvl_exp.data.token_count import WordCounter
+
+sys.path.insert(0, str(ROOT / "bench"))
+import data_scale  # noqa: E402  (the benchmark's realistic line generator)
+
+TINY = ROOT / "internvl_exp" / "models" / "assets" / "tiny_tokenizer" / "tokenizer.json"
+GOLDEN = Path("/work/shared/golden/original-layout/qwen2_vit300m/tokenizer.json")  # as tests/test_convert_golden.py
+QWEN2 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def _split_bytelevel(pattern: str) -> Tokenizer:
+    """The tiny vocabulary behind Qwen2/Llama-3's pipeline: NFC, Split(regex, isolated), ByteLevel without regex."""
+    t = Tokenizer.from_file(str(TINY))
+    t.normalizer = normalizers.NFC()
+    t.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(pattern), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    return t
+
+
+def _tokenizers() -> dict[str, Tokenizer]:
+    out = {"tiny (ByteLevel regex)": Tokenizer.from_file(str(TINY)), "qwen2 split": _split_bytelevel(QWEN2),
+           "llama3 split": _split_bytelevel(LLAMA3)}
+    if GOLDEN.exists():
+        out["golden qwen2_vit300m"] = Tokenizer.from_file(str(GOLDEN))
+    return out
+
+
+# Pieces that stress the word split: contractions (either case), runs of spaces and newlines, digits, punctuation
+# runs, added tokens and pieces of them, and characters outside the fast path's ASCII domain.
+ALPHABET = list("abzXYZ0189 '\n\t\r.,!?-_<>|/") + ["'s", "'S", "'ll", "'D", "  ", "   ", "\n\n", " \n ", "<|im_start|>",
+                                                     "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<|im_", "<ref>",
+                                                     "é", "中文", "\u00a0", "\x1c", "\x0b", "ſ", "K", "１２"]
+
+
+def _fuzz(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    texts = ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 30))) for _ in range(n)]
+    words = data_scale.WORDS
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 40))) + rng.choice([".", "?\n", "!  ", ""]) for _ in range(n // 4)]
+    return texts
+
+
+@pytest.mark.parametrize("name", list(_tokenizers()))
+def test_word_counts_equal_the_rust_encode(name):
+    tok = _tokenizers()[name]
+    counter = WordCounter(tok)
+    assert counter.fast  # these layouts take the fast path (else this test would prove nothing)
+    for text in _fuzz(6000):
+        assert counter.count(text) == len(tok.encode(text, add_special_tokens=False)), repr(text)
+        assert counter.count(text) == len(tok.encode(text, add_special_tokens=False)), repr(text)  # memoised
+
+
+def test_unknown_pipelines_fall_back_to_the_tokenizer():
+    tok = Tokenizer.from_file(str(TINY))
+    tok.normalizer = normalizers.Lowercase()  # not the identity on ASCII: the word split would be wrong
+    assert not WordCounter(tok).fast
+    tok = Tokenizer.from_file(str(TINY))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()  # sentencepiece-style
+    counter = WordCounter(tok)
+    assert not counter.fast
+    for text in _fuzz(300, seed=1):
+        assert counter.count(text) == len(tok.encode(text, add_special_tokens=False))
+
+
+def _oracle(blocks):
+    """(length, supervised, num_images) per turn from the token ids themselves."""
+    return [(len(b["input_ids"]), sum(label != IGNORE_INDEX for label in b["labels"]), b["num_images"]) for b in blocks]
+
+
+CONVERSATIONS = [
+    conv("<image>\nDescribe the image.", "A red car parked near a tree."),
+    conv("Image-1: <image>\nImage-2: <image>\nCompare them.", "The first is larger.", "And colours?", "Both   blue.\n\n"),
+    conv("Text only, no images: what's 12+30?", "It's 42."),
+    [{"from": "system", "value": "You are terse."}] + conv("Hi <|im_end|> there <ref>box</ref>", "  Hello!  "),
+    conv("中文问题 <image>", "答案：是的。 Mixed ASCII and 中文, café."),
+    conv("<image>", "Look: <image> (an image inside an answer)."),
+    conv("\n\n  leading and trailing whitespace \t", "\r\nok\r\n"),
+]
+
+
+@pytest.fixture(scope="module")
+def golden_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    if not GOLDEN.exists():
+        pytest.skip(f"{GOLDEN} is not on this machine")
+    return PreTrainedTokenizerFast(tokenizer_file=str(GOLDEN))
+
+
+@pytest.mark.parametrize("kind", ["tiny", "golden"])
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_count_turns_equals_the_token_ids(request, kind, template):
+    from internvl_exp.data.templates import IMAGE_PLACEHOLDER, _token_ids
+
+    tokenizer = request.getfixturevalue("tokenizer" if kind == "tiny" else "golden_tokenizer")
+
+    assert _token_ids(tokenizer).text_counter(tokenizer).__self__.fast  # the fast path is what is compared
+
+    for convs in CONVERSATIONS:
+        n_img = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in convs)
+        images = [7 * (k + 1) for k in range(n_img)]
+        for system in (None, "A custom system message."):
+            expected = _oracle(tokenize_turns(convs, tokenizer, template, images, system))
+            got = [(b["length"], b["supervised"], b["num_images"]) for b in count_turns(convs, tokenizer, template, images, system)]
+            assert got == expected, (template, convs)
+
+
+# --- a whole scan against a per-line reference ---------------------------------------------------------
+
+SETTINGS = ImageSettings(tile_size=32, tokens_per_tile=4, max_dynamic_patch=6, min_num_frame=2, max_num_frame=3)
+
+
+def _sample_lines(root):
+    """The benchmark's realistic lines (single/multi-image, text-only, 1-4 turn pairs) over a pool of small real
+    JPEGs of several aspect ratios, plus video, non-ASCII, over-long and bad lines."""
+    sizes = [(120, 40), (30, 90), (64, 64), (200, 50), (33, 33), (90, 60), (41, 150), (64, 20)]
+    for i in range(len(data_scale.POOL_SIZES) * 4):  # the generator's pool names: it then keeps our images
+        write_image(root / "images" / f"pool_{i:02d}.jpg", sizes[i % len(sizes)])
+    write_video(root / "v.mp4", frames=10, fps=10)
+    rows = [json.loads(line) for line in data_scale.generate(root, 240, seed=3).read_text().splitlines()]
+    long_answer = " ".join(data_scale.WORDS) * 3
+    return rows + [
+        {"video": "v.mp4", "conversations": conv("<video>\nWhat happens?", "A ball rolls.")},
+        {"conversations": conv("Ünïcödé question — 你好?", "Réponse: ça va.")},
+        {"image": "images/pool_00.jpg", "conversations": conv("Q?", long_answer * 4)},  # too long even cut: dropped
+        {"image": "images/pool_01.jpg", "conversations": conv("<image>\nQ?", "Short.", "More?", long_answer * 4)},
+        '{"conversations": [',  # bad JSON
+        {"image": "images/nope.jpg", "conversations": conv("<image>\nQ?", "A.")},  # missing image
+    ]
+
+
+def _reference(root, tokenizer, rows, policy, max_len):
+    """Per line: None (a problem) or (length, supervised, tiles, truncated, turns), from tokenize_turns."""
+    out = []
+    for row in rows:
+        if isinstance(row, str) or any(str(p).endswith("nope.jpg") for p in np.atleast_1d(row.get("image", []))):
+            out.append(None)
+            continue
+        convs = [dict(t) for t in row["conversations"]]
+        if "video" in row:
+            out.append("video")  # its frame count is drawn per line: checked against the dataset's own items
+            continue
+        images = row.get("image", [])
+        images = [images] if isinstance(images, str) else images
+        if images and not any("<image>" in t["value"] for t in convs):
+            convs[0]["value"] = "<image>\n" * len(images) + convs[0]["value"]
+        budget = max(1, SETTINGS.max_dynamic_patch // len(images)) if images else SETTINGS.max_dynamic_patch
+        tiles = []
+        for path in images:
+            w, h = Image.open(root / path).size
+            cols, rws = choose_grid(w, h, 1, budget, SETTINGS.tile_size)
+            tiles.append(cols * rws + (cols * rws > 1))
+        blocks = _oracle(tokenize_turns(convs, tokenizer, "internvl2_5", [n * SETTINGS.tokens_per_tile for n in tiles]))
+        total = sum(b[0] for b in blocks)
+        if total <= max_len:
+            out.append((total, sum(b[1] for b in blocks), tiles, False, len(convs)))
+            continue
+        keep = len(blocks)
+        while policy == "truncate" and keep > 3 and sum(b[0] for b in blocks[:keep]) > max_len:
+            keep -= 2
+        if policy == "drop" or sum(b[0] for b in blocks[:keep]) > max_len:
+            out.append(None)
+            continue
+        n_img = sum(b[2] for b in blocks[:keep])
+        out.append((sum(b[0] for b in blocks[:keep]), sum(b[1] for b in blocks[:keep]), tiles[:n_img], True, keep - 1))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["drop", "truncate"])
+def test_scan_rows_equal_a_per_line_reference(tmp_path, tokenizer, policy):
+    root = tmp_path / "data"
+    rows = _sample_lines(root)
+    ann = write_jsonl(root / "d.jsonl", rows)
+    entries = load_entries(None, {"d": {"annotation": str(ann), "root": str(root)}})
+    max_len = 1500
+    ds, report = build_dataset(entries, tokenizer, "internvl2_5", SETTINGS, max_len, length_policy=policy, on_error="skip")
+    expected = _reference(root, tokenizer, rows, policy, max_len)
+    r = ds.plan.rows
+    planned = {int(r["line_no"][i]): i for i in range(len(ds.plan))}
+    problems = {int(p.where.rsplit(":", 1)[1]): p.reason for p in report.problems}
+    assert set(planned) | set(problems) == set(range(1, len(rows) + 1)) and not set(planned) & set(problems)
+    assert sum(e is not None and e != "video" and e[3] for e in expected) == report.truncated
+    assert (report.truncated > 0) == (policy == "truncate")
+    for line_no, want in enumerate(expected, 1):
+        if want is None:
+            assert line_no in problems, line_no
+            continue
+        i = planned[line_no]
+        if want == "video":  # the dataset's item is the oracle: its token count is the planned length
+            item = ds.load_row(i)
+            assert len(item["input_ids"]) == r["length"][i] and int(r["frames"][i]) == len(item["pixel_tiles"])
+            continue
+        got = (int(r["length"][i]), int(r["supervised"][i]), ds.plan.tiles_of(i), bool(r["truncated"][i]), int(r["turns"][i]))
+        assert got == want, line_no
+    assert {"invalid_json", "missing_media", "too_long"} <= set(problems.values())
+    kinds = [(len(np.atleast_1d(row.get("image", []))), len(row["conversations"])) for row in rows if isinstance(row, dict)]
+    assert {0, 1, 2} <= {k for k, _ in kinds} and {2, 8} <= {t for _, t in kinds}  # the sample has every shape
+    print(policy, len(ds.plan), "planned,", report.truncated, "truncated,", dict(report.skipped))
+
+
+def test_patterns_outside_the_rewrite_are_refused():
+    from internvl_exp.data.token_count import GPT2_PATTERN, ascii_pattern
+
+    assert ascii_pattern(GPT2_PATTERN) is not None and ascii_pattern(QWEN2) is not None
+    for pattern in (r"^a|b", r"a$", r"\p{Lu}+", r"\h+", r"a++", r"(?>ab)", r"[a[b]]", "x*"):  # anchors differ, ...
+        assert ascii_pattern(pattern) is None, pattern
+
+
+def test_tokens_added_after_the_first_count_are_counted():
+    from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
+
+    tok = load_tiny_tokenizer()  # a private copy: the session's tokenizer stays as it is
+    convs = conv("Say <newtoken> twice: <newtoken>.", "<newtoken> <newtoken>")
+    count_turns(convs, tok, "internvl2_5")
+    tok.add_tokens(["<newtoken>"])
+    refresh_token_counts(tok)  # what the scan does at each chunk
+    got = [(b["length"], b["supervised"], b["num_images"]) for b in count_turns(convs, tok, "internvl2_5")]
+    assert got == _oracle(tokenize_turns(convs, tok, "internvl2_5"))
