@@ -38,8 +38,10 @@ class Preempted(Exception):
     """Raised by run.py once the preemption checkpoint is saved and metrics.json says `status: preempted`;
     job.py then exits with PREEMPTED_EXIT_CODE."""
 
-    def __init__(self, signal_name: str, checkpoint: str | None, metrics: dict[str, Any]):
+    def __init__(self, signal_name: str, checkpoint: str | None, metrics: dict[str, Any], passed_on: bool = False):
         self.signal_name, self.checkpoint, self.metrics = signal_name, checkpoint, metrics
+        # True when the launching process already handed its own signal on (launch/signals.py pass_on).
+        self.passed_on = passed_on
         super().__init__(f"stopped by {signal_name}; checkpoint saved at {checkpoint}")
 
 
