@@ -140,7 +140,8 @@ def test_login_node_submits_one_job_with_the_sbatch_parameters(tmp_path, monkeyp
 
 def test_preemption_chains_a_previous_handler_after_the_save():
     """A plain Python handler installed before ours is not called when the signal arrives (it could requeue and
-    exit mid-step, as submitit's does), is back after the run, and pass_on calls it once, absorbing its exit."""
+    exit mid-step, as submitit's does), is back after the run, and pass_on calls it once, returning its exit
+    status."""
     from transformers import TrainerControl, TrainerState
 
     from internvl_exp.launch.signals import pass_on
@@ -163,9 +164,10 @@ def test_preemption_chains_a_previous_handler_after_the_save():
         assert control.should_save and control.should_training_stop and cb.stopped_by == "SIGUSR1"
         cb.restore()
         assert signal.getsignal(signal.SIGUSR1) is previous
-        pass_on("SIGUSR1")  # the checkpoint is saved: now the previous handler runs; its exit is absorbed
+        # The checkpoint is saved: now the previous handler runs; the status it exits with is the caller's to use.
+        assert pass_on("SIGUSR1") == -1
         assert calls == ["SIGUSR1"]
-        assert pass_on("a signal on another rank") is False
+        assert pass_on("a signal on another rank") is None
     finally:
         signal.signal(signal.SIGUSR1, old)
 
@@ -227,3 +229,45 @@ def test_local_executor_runs_the_node_function_end_to_end(tmp_path, demo_dir):
     assert (run_dir / "final" / "model.safetensors").is_file()
     logs = list((run_dir / "submitit").rglob("*_log.out"))
     assert logs and "torch.distributed.run" in "".join(p.read_text() for p in logs)  # the node task ran torchrun
+
+
+def test_hydra_submitit_launcher_job_preempted_saves_then_submitit_requeues(tmp_path, demo_dir):
+    """`-m hydra/launcher=submitit_local`: submitit runs the sweep job and has installed its handlers. Its
+    preemption signal (SIGUSR2) makes our run save a complete checkpoint first; then submitit's own handler runs
+    (checkpoint + requeue: locally, exit status 144), submitit starts the job again, and the job resumes from
+    that checkpoint to the end, in the same job directory, within the one command."""
+    import psutil
+
+    from conftest import ROOT
+
+    args = ["-m", "hydra/launcher=submitit_local", f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}",
+            "trainer.max_steps=4", "trainer.save_steps=2", "trainer.logging_steps=1",
+            "trainer.per_device_train_batch_size=2"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            logs = list(tmp_path.glob("default/multirun/*/0_*/train.log"))
+            if logs and "SIGUSR2 too (submitit's" in logs[0].read_text():
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        jobs = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                if "submitit.core._submit" in " ".join(p.cmdline())]
+        assert len(jobs) == 1
+        jobs[0].send_signal(signal.SIGUSR2)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    (job_dir,) = [p.parent for p in tmp_path.glob("default/multirun/*/0_*/train.log")]  # one job directory
+    log = job_dir.joinpath("train.log").read_text()
+    assert "preemption: SIGUSR2 received; saving a checkpoint at step 1" in log
+    assert "passing SIGUSR2 on to the handler installed before ours" in log
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 4
+    assert metrics["resumed_from"] == str(job_dir / "checkpoints" / "checkpoint-1")  # saved before the requeue
+    submitit_logs = "".join(p.read_text() for p in tmp_path.glob("default/multirun/*/.submitit/*/*_log.*"))
+    assert "Requeued job" in submitit_logs

@@ -138,8 +138,9 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
                 from internvl_exp.launch.torchrun import run_workers
 
                 metrics = run_workers(cfg, rd)
+            caught = metrics.pop("launcher_signal", None)  # what this process caught while the workers ran
             if metrics.get("status") == "preempted":  # rank 0 saved the checkpoint and wrote metrics.json
-                raise Preempted(metrics.get("signal", "a signal"), metrics.get("checkpoint"), metrics, passed_on=True)
+                raise Preempted(metrics.get("signal", "a signal"), metrics.get("checkpoint"), metrics, caught)
         else:
             from internvl_exp.train.loggers import experiment_logger
             from internvl_exp.train.run import run
@@ -151,11 +152,11 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         log.warning("run preempted by %s at step %s; checkpoint: %s", e.signal_name, e.metrics.get("steps"),
                     e.checkpoint)
         print(f"\nRun directory: {rd.root} (preempted)\nto resume: {resume_command(overrides, cfg.run_name)}")
-        if not e.passed_on:  # the handler installed before ours (submitit's requeue) runs now, after the save
-            from internvl_exp.launch.signals import pass_on
+        from internvl_exp.launch.signals import pass_on
 
-            pass_on(e.signal_name)
-        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+        # The handler installed before ours (submitit's checkpoint-and-requeue) runs now, after the save.
+        code = pass_on(e.caught)
+        raise SystemExit(PREEMPTED_EXIT_CODE if code is None else code) from None
     except KeyboardInterrupt as e:
         record_failure(rd, e, started, status="interrupted")
         scrub_tree(rd.root)

@@ -12,7 +12,8 @@ ends a worker at once). So:
   workers, unless SLURM already signalled every process of this job step;
 - a Python handler installed before ours (submitit's checkpoint-and-requeue in the jobs it runs) is never
   dropped: it is called once the checkpoint is complete (`pass_on`), not when the signal arrives, when it
-  would requeue and exit before anything was saved.
+  would requeue and exit before anything was saved; the exit status it asks for is honoured (submitit's
+  local executor requeues on status 144).
 
 Standard library only (the Hydra job imports it before torch).
 """
@@ -133,25 +134,31 @@ def hold_signals() -> Iterator[Held]:
             signal.signal(sig, handler)
 
 
-def pass_on(signal_name: str | None) -> bool:
+def passes_to_submitit(signal_name: str | None) -> bool:
+    """Whether the handler now installed for `signal_name` is submitit's checkpoint-and-requeue (it then
+    decides about the requeue, and pass_on runs it)."""
+    sig = getattr(signal, str(signal_name), None)
+    return isinstance(sig, signal.Signals) and sig == submitit_signal()
+
+
+def pass_on(signal_name: str | None) -> int | None:
     """Call the Python handler now installed for `signal_name` (the one that was there before ours, e.g.
-    submitit's checkpoint-and-requeue) now that the checkpoint is complete. A SystemExit it raises (submitit
-    exits after requeueing) is absorbed: the caller exits with the documented status. True when that handler was
-    submitit's checkpoint-and-requeue (it decided about the requeue)."""
-    try:
-        sig = signal.Signals[signal_name] if signal_name else None
-    except KeyError:  # "a signal on another rank"
-        return False
-    handler = signal.getsignal(sig) if sig is not None else None
+    submitit's checkpoint-and-requeue) now that the checkpoint is complete. Returns the exit status it asked
+    for (submitit exits after requeueing: on SLURM after `scontrol requeue`, locally the status 144 is the
+    request), for the caller to exit with instead of 143; None when there was no such handler or it returned."""
+    sig = getattr(signal, str(signal_name), None)  # not a signal name: "a signal on another rank"
+    if not isinstance(sig, signal.Signals):
+        return None
+    handler = signal.getsignal(sig)
     if not callable(handler):
-        return False
+        return None
     log.info("preemption: the checkpoint is saved; passing %s on to the handler installed before ours (%s)",
              signal_name, getattr(handler, "__qualname__", handler))
     try:
         handler(int(sig), None)
-    except SystemExit:
-        pass
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
     except Exception as e:  # e.g. submitit's "Job not requeued because: timed-out too many times"
         log.warning("preemption: the previous %s handler did not complete: %s: %s", signal_name,
                     type(e).__name__, e)
-    return is_submitit_handler(handler) and sig == submitit_signal()
+    return None

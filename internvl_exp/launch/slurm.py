@@ -33,6 +33,7 @@ from types import SimpleNamespace
 from typing import Any, Mapping
 
 from internvl_exp.errors import ConfigError, UserError
+from internvl_exp.launch.signals import passes_to_submitit
 from internvl_exp.outputs import RunDir
 
 log = logging.getLogger(__name__)
@@ -228,31 +229,32 @@ class NodeLauncher:
         self.run_dir = str(run_dir)
 
     def run(self) -> dict[str, Any]:
-        """Start and wait for this node's workers; rank 0's metrics (status preempted included)."""
+        """Start and wait for this node's workers; rank 0's metrics (status preempted included; with
+        `launcher_signal`, what this task caught meanwhile)."""
         from omegaconf import OmegaConf
 
-        from internvl_exp.launch.signals import pass_on
         from internvl_exp.launch.torchrun import launch_torchrun, workers_outcome
 
         rd = RunDir(Path(self.run_dir))
         cfg = OmegaConf.load(rd.config)
-        d, node = cfg.distributed, SlurmNode.from_env()
-        argv = node_torchrun_argv(d, rd.root, node)
+        self.requeue, node = bool(cfg.distributed.requeue), SlurmNode.from_env()
+        argv = node_torchrun_argv(cfg.distributed, rd.root, node)
         log.info("SLURM job %s node %d/%d: %s", node.job_id, node.node_rank, node.nnodes, " ".join(argv[1:]))
         code, held = launch_torchrun(argv, str(cfg.paths.root_dir))
-        metrics = workers_outcome(code, rd, what=f"torchrun on node {node.node_rank}")
-        if metrics.get("status") == "preempted":
-            delegated = pass_on(held.received)  # submitit's own checkpoint-and-requeue, if it was its signal
-            if d.requeue and not delegated:
-                requeue(node)
+        metrics = workers_outcome(code, rd, what=f"torchrun on node {node.node_rank}", held=held)
+        if metrics.get("status") == "preempted" and self.requeue and not passes_to_submitit(held.received):
+            requeue(node)  # else submitit's own handler requeues when the signal is passed on
         return metrics
 
     def __call__(self) -> dict[str, Any]:
+        from internvl_exp.launch.signals import pass_on
         from internvl_exp.train.resume import PREEMPTED_EXIT_CODE
 
         metrics = self.run()
+        caught = metrics.pop("launcher_signal", None)
         if metrics.get("status") == "preempted":
-            raise SystemExit(PREEMPTED_EXIT_CODE)
+            code = pass_on(caught)
+            raise SystemExit(PREEMPTED_EXIT_CODE if code is None else code)
         return metrics
 
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from internvl_exp.launch.signals import TORCHRUN_HANDLES, Held, hold_signals, pass_on, shield
+from internvl_exp.launch.signals import TORCHRUN_HANDLES, Held, hold_signals, shield
 from internvl_exp.outputs import RunDir
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ def launch_torchrun(argv: list[str], root: str) -> tuple[int, Held]:
             raise
 
 
-def workers_outcome(code: int, run_dir: RunDir, what: str = "torchrun") -> dict[str, Any]:
+def workers_outcome(code: int, run_dir: RunDir, what: str = "torchrun", held: Held | None = None) -> dict[str, Any]:
     """Rank 0's metrics.json after the workers exited with `code`; WorkerFailure unless they completed or were
-    preempted (then metrics.json says so and the checkpoint is complete)."""
+    preempted (then metrics.json says so and the checkpoint is complete). `launcher_signal`: the signal this
+    process caught meanwhile (its previous handler runs after the save: launch/signals.py pass_on)."""
     metrics = json.loads(run_dir.metrics.read_text()) if run_dir.metrics.is_file() else None
     if code != 0 and not (metrics and metrics.get("status") == "preempted"):
         if metrics and metrics.get("error"):
@@ -78,18 +79,16 @@ def workers_outcome(code: int, run_dir: RunDir, what: str = "torchrun") -> dict[
                             f"above (rank 0's log: {run_dir.log})")
     if metrics is None:
         raise WorkerFailure(f"the workers exited cleanly but rank 0 wrote no {run_dir.metrics}")
+    if held is not None and held.received:
+        metrics["launcher_signal"] = held.received
     return metrics
 
 
 def run_workers(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
-    """Start the workers on `run_dir` (config.yaml already written), wait, and return rank 0's metrics.
-    Preempted: the handler this process had for the signal (submitit's, inside a submitit job) runs now."""
+    """Start the workers on `run_dir` (config.yaml already written), wait, and return rank 0's metrics."""
     argv = torchrun_argv(cfg.distributed, run_dir.root)
     log.info("starting %d worker process(es): %s", cfg.distributed.nproc_per_node * cfg.distributed.nnodes,
              " ".join(argv[1:]))
     code, held = launch_torchrun(argv, str(cfg.paths.root_dir))
-    metrics = workers_outcome(code, run_dir)
-    if metrics.get("status") == "preempted":
-        pass_on(held.received)
-    return metrics
+    return workers_outcome(code, run_dir, held=held)
 
