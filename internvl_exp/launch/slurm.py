@@ -220,6 +220,20 @@ def requeue(node: SlurmNode) -> bool:
     return code == 0
 
 
+def _log_to_stdout() -> None:
+    import sys
+
+    from internvl_exp.redact import ScrubFilter
+
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+        handler.addFilter(ScrubFilter())
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
 class NodeLauncher:
     """What every node's SLURM task runs (submitit pickles it): torchrun with this node's share of the workers
     on `run_dir`. Returns rank 0's metrics; preempted, it requeues (node 0) and exits 143 without a result, so
@@ -250,6 +264,7 @@ class NodeLauncher:
         from internvl_exp.launch.signals import pass_on
         from internvl_exp.train.resume import PREEMPTED_EXIT_CODE
 
+        _log_to_stdout()  # this task's log: submitit's <job>_<task>_log.out
         metrics = self.run()
         caught = metrics.pop("launcher_signal", None)
         if metrics.get("status") == "preempted":
