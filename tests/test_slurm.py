@@ -85,6 +85,8 @@ def test_validation_errors():
     problems = "\n".join(config_problems(compose([
         "distributed=slurm", "distributed.nodes=0", "distributed.nproc_per_node=3", "distributed.node_rank=1",
         "distributed.executor=cloud", "distributed.time=1", "distributed.signal_delay_s=60"])))
+    assert any("distributed.time=None: give the job's time limit" in p
+               for p in config_problems(compose(["distributed=slurm", "distributed.time=null"])))
     assert "distributed.nodes=0" in problems
     assert "distributed.nproc_per_node=3 but gpus_per_node=8" in problems
     assert "distributed.node_rank=1: under distributed=slurm it comes from SLURM" in problems

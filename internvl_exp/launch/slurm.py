@@ -64,8 +64,8 @@ def slurm_problems(d: Any) -> list[str]:
         if d.get(key) != default:
             problems.append(f"distributed.{key}={d.get(key)}: under distributed=slurm it comes from SLURM's "
                             "environment (SLURM_NODEID, SLURM_JOB_NODELIST, SLURM_JOB_ID); remove it")
-    if d.get("time") is not None and (not isinstance(d.time, int) or d.time < 1):
-        problems.append(f"distributed.time={d.time}: the job's time limit in minutes, >= 1")
+    if not isinstance(d.get("time"), int) or d.time < 1:  # null would get submitit's default of 5 minutes
+        problems.append(f"distributed.time={d.get('time')}: give the job's time limit in minutes (>= 1)")
     if d.get("signal_delay_s", 0) < 0 or (d.get("time") and d.signal_delay_s >= d.time * 60):
         problems.append(f"distributed.signal_delay_s={d.signal_delay_s}: must be >= 0 and shorter than the time "
                         f"limit ({d.get('time')} min)")
