@@ -131,6 +131,10 @@ def uninterrupted(tmp_path_factory, demo_dir):
     return run_dir
 
 
+def metrics_steps(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
 def _args(out: Path, demo_dir: Path, name: str) -> list[str]:
     return [f"paths.output_dir={out}", f"paths.demo_data_dir={demo_dir}", *RUN, f"run_name={name}"]
 
@@ -173,8 +177,8 @@ def test_killed_during_a_save_resumes_to_the_same_weights(uninterrupted, tmp_pat
 
 def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(uninterrupted, tmp_path, demo_dir):
     """(d) SIGTERM: a complete checkpoint at the next step, metrics.json status preempted, exit 143; the re-run
-    resumes from it and ends with W."""
-    args = _args(tmp_path, demo_dir, "preempted")
+    resumes from it and ends with W, logging into the same wandb run (offline: both attempts carry its id)."""
+    args = [*_args(tmp_path, demo_dir, "preempted"), "logger=wandb"]
     run_dir = tmp_path / "default" / "preempted"
     proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
@@ -202,6 +206,16 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(uninterrupted, tmp_pat
     assert metrics["status"] == "completed" and metrics["resumed_from"] == str(saved)
     assert _logged_steps(run_dir) == [1, 2, 3, 4, 5, 6]
     _assert_same_weights(_weights(run_dir), _weights(uninterrupted))
+
+    from wandb_records import read_run
+
+    run_id = json.loads((run_dir / "wandb_run.json").read_text())["id"]
+    attempts = sorted(run_dir.glob("wandb/offline-run-*"))  # timestamped: the preempted attempt first
+    assert len(attempts) == 2 and all(p.name.endswith(f"-{run_id}") for p in attempts), attempts
+    logged = [read_run(next(p.glob("run-*.wandb"))) for p in attempts]
+    assert [r["run"].run_id for r in logged] == [run_id, run_id]
+    steps = [[h["train/global_step"] for h in r["history"] if "train/loss" in h] for r in logged]
+    assert steps == [list(range(1, metrics_steps(saved) + 1)), list(range(metrics_steps(saved) + 1, 7))]
 
 
 def test_completed_run_refuses_and_resume_false_starts_fresh(uninterrupted, demo_dir):

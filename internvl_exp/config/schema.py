@@ -285,7 +285,8 @@ class LoggerConfig:
 @dataclass
 class DistributedConfig:
     """How the training processes start (not Hydra's `hydra/launcher`, which runs the jobs of a sweep):
-    single = in the Hydra job; torchrun = the job starts torchrun on internvl_exp.launch.worker."""
+    single = in the Hydra job; torchrun = the job starts torchrun on internvl_exp.launch.worker; slurm = the job
+    submits one SLURM job whose task on each node starts torchrun (or, already inside one, starts it here)."""
 
     name: str = MISSING
     nproc_per_node: int = 1  # training processes (GPUs) per node
@@ -295,8 +296,24 @@ class DistributedConfig:
     # HOST:PORT of the rendezvous (node 0); null on one node: localhost on master_port.
     rdzv_endpoint: Optional[str] = None
     rdzv_id: Optional[str] = None
-    # null: a free port is picked on this machine (one node only).
+    # null: a free port is picked on this machine (one node only); under slurm: derived from the job id.
     master_port: Optional[int] = None
+    # distributed=slurm (conf/distributed/slurm.yaml; internvl_exp/launch/slurm.py): one SLURM job, one task per
+    # node running torchrun; nproc_per_node/nnodes follow gpus_per_node/nodes.
+    nodes: Optional[int] = None  # sbatch --nodes (slurm)
+    gpus_per_node: Optional[int] = None  # sbatch --gpus-per-node, and the workers per node (slurm)
+    partition: Optional[str] = None  # sbatch --partition
+    time: Optional[int] = None  # the job's time limit, minutes (sbatch --time)
+    account: Optional[str] = None  # sbatch --account
+    qos: Optional[str] = None  # sbatch --qos
+    constraint: Optional[str] = None  # sbatch --constraint
+    cpus_per_task: Optional[int] = None  # sbatch --cpus-per-task (the one task per node)
+    mem_gb: Optional[int] = None  # sbatch --mem, per node
+    requeue: bool = True  # preempted or out of time: save, then requeue the job (it resumes)
+    signal_delay_s: int = 300  # SIGUSR1 this long before the time limit: a step plus a save must fit
+    sbatch: dict[str, Any] = field(default_factory=dict)  # extra sbatch options: +distributed.sbatch.mail-type=END
+    wait: bool = True  # the Hydra job waits for the SLURM job (needed for a sweep's objective)
+    executor: str = "slurm"  # slurm | local (submitit's local executor: this machine, for tests)
 
 
 @dataclass

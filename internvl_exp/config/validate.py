@@ -82,13 +82,17 @@ def config_problems(cfg: Any) -> list[str]:
     return problems
 
 
-DISTRIBUTED = ("single", "torchrun")
+DISTRIBUTED = ("single", "torchrun", "slurm")
 
 
 def _distributed_problems(d: Any) -> list[str]:
-    """distributed: one process in the job, or torchrun with numbers that make sense."""
+    """distributed: one process in the job, torchrun or SLURM with numbers that make sense."""
     if d.name not in DISTRIBUTED:
         return [f"distributed: {d.name!r} is not one of {list(DISTRIBUTED)}"]
+    if d.name == "slurm":
+        from internvl_exp.launch.slurm import slurm_problems
+
+        return slurm_problems(d)
     problems = []
     nodes, node_rank, endpoint = d.get("nnodes", 1), d.get("node_rank", 0), d.get("rdzv_endpoint")
     if d.name == "single" and (d.nproc_per_node != 1 or nodes != 1):

@@ -126,12 +126,21 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         print_config_tree(saved)
         write_provenance(rd.provenance, Path(cfg.paths.root_dir))
 
-        if cfg.distributed.name == "torchrun":  # the workers log to the tracker and write metrics.json
-            from internvl_exp.launch.torchrun import run_workers
+        if cfg.distributed.name in ("torchrun", "slurm"):  # the workers log to the tracker, write metrics.json
+            if cfg.distributed.name == "slurm":
+                from internvl_exp.launch.slurm import run_slurm
 
-            metrics = run_workers(cfg, rd)
+                metrics = run_slurm(cfg, rd)
+                if metrics is None:  # submitted, not waited for (distributed.wait=false)
+                    print(f"\nRun directory: {rd.root} (submitted; metrics.json appears when the job ends)")
+                    return None
+            else:
+                from internvl_exp.launch.torchrun import run_workers
+
+                metrics = run_workers(cfg, rd)
+            caught = metrics.pop("launcher_signal", None)  # what this process caught while the workers ran
             if metrics.get("status") == "preempted":  # rank 0 saved the checkpoint and wrote metrics.json
-                raise Preempted(metrics.get("signal", "a signal"), metrics.get("checkpoint"), metrics)
+                raise Preempted(metrics.get("signal", "a signal"), metrics.get("checkpoint"), metrics, caught)
         else:
             from internvl_exp.train.loggers import experiment_logger
             from internvl_exp.train.run import run
@@ -143,7 +152,11 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         log.warning("run preempted by %s at step %s; checkpoint: %s", e.signal_name, e.metrics.get("steps"),
                     e.checkpoint)
         print(f"\nRun directory: {rd.root} (preempted)\nto resume: {resume_command(overrides, cfg.run_name)}")
-        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+        from internvl_exp.launch.signals import pass_on
+
+        # The handler installed before ours (submitit's checkpoint-and-requeue) runs now, after the save.
+        code = pass_on(e.caught)
+        raise SystemExit(PREEMPTED_EXIT_CODE if code is None else code) from None
     except KeyboardInterrupt as e:
         record_failure(rd, e, started, status="interrupted")
         scrub_tree(rd.root)

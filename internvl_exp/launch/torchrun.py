@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.launch.signals import TORCHRUN_HANDLES, Held, hold_signals, shield
 from internvl_exp.outputs import RunDir
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,9 @@ def free_port() -> int:
 
 def torchrun_argv(d: Any, run_dir: Path) -> list[str]:
     """The torchrun command line for the `distributed` config `d` (one node: a private localhost rendezvous)."""
+    # torchrun leaves SIGTERM to the workers (launch/signals.py): they save a checkpoint, it would kill them.
     argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={d.nproc_per_node}",
-            f"--nnodes={d.nnodes}", f"--node_rank={d.node_rank}"]
+            f"--nnodes={d.nnodes}", f"--node_rank={d.node_rank}", f"--signals_to_handle={TORCHRUN_HANDLES}"]
     if d.rdzv_endpoint:
         argv += [f"--rdzv_backend={d.rdzv_backend}", f"--rdzv_endpoint={d.rdzv_endpoint}"]
         if d.rdzv_id:
@@ -46,22 +48,47 @@ def torchrun_argv(d: Any, run_dir: Path) -> list[str]:
     return argv + ["-m", "internvl_exp.launch.worker", str(run_dir)]
 
 
-def run_workers(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
-    """Start the workers on `run_dir` (config.yaml already written), wait, and return rank 0's metrics."""
-    argv = torchrun_argv(cfg.distributed, run_dir.root)
-    root = str(cfg.paths.root_dir)
+def launch_torchrun(argv: list[str], root: str) -> tuple[int, Held]:
+    """Run torchrun (`argv`) from the project root and wait: its exit status, and the preemption signal this
+    process caught meanwhile (forwarded to the workers unless SLURM signalled them itself)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    log.info("starting %d worker process(es): %s", cfg.distributed.nproc_per_node * cfg.distributed.nnodes,
-             " ".join(argv[1:]))
     for handler in logging.getLogger().handlers:  # the workers append to train.log: ours must be on disk first
         handler.flush()
-    code = subprocess.call(argv, cwd=root, env=env)
+    with hold_signals() as held:
+        proc = subprocess.Popen(argv, cwd=root, env=env, preexec_fn=shield)
+        held.workers_of = proc.pid
+        try:
+            return proc.wait(), held
+        except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers: let it
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+
+
+def workers_outcome(code: int, run_dir: RunDir, what: str = "torchrun", held: Held | None = None) -> dict[str, Any]:
+    """Rank 0's metrics.json after the workers exited with `code`; WorkerFailure unless they completed or were
+    preempted (then metrics.json says so and the checkpoint is complete). `launcher_signal`: the signal this
+    process caught meanwhile (its previous handler runs after the save: launch/signals.py pass_on)."""
     metrics = json.loads(run_dir.metrics.read_text()) if run_dir.metrics.is_file() else None
     if code != 0 and not (metrics and metrics.get("status") == "preempted"):
         if metrics and metrics.get("error"):
             raise WorkerFailure(f"a worker failed: {metrics['error']}")
-        raise WorkerFailure(f"torchrun exited with status {code}; the failing rank's error is on the console "
+        raise WorkerFailure(f"{what} exited with status {code}; the failing rank's error is on the console "
                             f"above (rank 0's log: {run_dir.log})")
     if metrics is None:
         raise WorkerFailure(f"the workers exited cleanly but rank 0 wrote no {run_dir.metrics}")
+    if held is not None and held.received:
+        metrics["launcher_signal"] = held.received
     return metrics
+
+
+def run_workers(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
+    """Start the workers on `run_dir` (config.yaml already written), wait, and return rank 0's metrics."""
+    argv = torchrun_argv(cfg.distributed, run_dir.root)
+    log.info("starting %d worker process(es): %s", cfg.distributed.nproc_per_node * cfg.distributed.nnodes,
+             " ".join(argv[1:]))
+    code, held = launch_torchrun(argv, str(cfg.paths.root_dir))
+    return workers_outcome(code, run_dir, held=held)
+

@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from internvl_exp.dist import is_main_process, rank
+from internvl_exp.launch.signals import unshield
 from internvl_exp.outputs import RunDir
 from internvl_exp.redact import ScrubFilter, configure
 
@@ -44,12 +45,20 @@ def setup_logging(run_dir: RunDir) -> None:
         hf_logging.set_verbosity_warning()
 
 
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def main(argv: list[str]) -> int:
     started = time.time()
     if len(argv) != 1:
         print("usage: python -m internvl_exp.launch.worker RUN_DIR (started by torchrun; see docs/distributed.md)",
               file=sys.stderr)
         return 2
+    unshield()  # torchrun ran with the preemption signals ignored (launch/signals.py); ours are caught in run()
     # `kill -USR2 <pid>` prints every thread's Python stack: where a hung rank waits (docs/distributed.md).
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     rd = RunDir(Path(argv[0]))
@@ -65,6 +74,9 @@ def main(argv: list[str]) -> int:
         with experiment_logger(cfg, rd, OmegaConf.to_container(cfg), is_main=is_main_process()):
             run(cfg, rd)
     except Preempted:  # the checkpoint is saved and rank 0 wrote metrics.json (status: preempted)
+        # Leave together: torchrun stops the other ranks as soon as one exits non-zero, and rank 0 may still be
+        # writing metrics.json.
+        _barrier()
         return PREEMPTED_EXIT_CODE
     except Exception as e:
         log.error("rank %d failed: %s: %s", rank(), type(e).__name__, e, exc_info=True)

@@ -9,6 +9,11 @@ logger=wandb        one wandb run per job, in <run_dir>/wandb/: project/entity/j
                     Trainer log (loss, lr, grad norm, throughput) under train/; parameter counts per part in
                     the summary. Always finished (wandb.finish), also when the run fails.
 
+A resumed run (the same run directory, train/resume.py) continues the same wandb run: its id is kept in
+<run_dir>/wandb_run.json, written by the main process when the run first starts, and passed to wandb.init with
+resume="allow"; online the dashboard shows one run, offline every attempt's folder carries the id (`wandb sync`
+uploads them into that one run).
+
 We log to wandb with our own small callback instead of transformers' WandbCallback, which would merge all
 TrainingArguments and the model config into the run's config (overwriting e.g. our `deepspeed` and `seed`).
 """
@@ -59,6 +64,7 @@ def experiment_logger(cfg: Any, run_dir: RunDir, resolved: dict[str, Any], is_ma
     import wandb
 
     w = cfg.logger.wandb  # logger.wandb.mode is checked by config.validate
+    run_id = wandb_run_id(run_dir)
     # wandb is only ever given scrubbed values (its background process writes them whenever it likes, online
     # mode uploads them at once). Its own metadata (command line, git remote, host) is off: provenance/ has it.
     run = wandb.init(
@@ -71,6 +77,8 @@ def experiment_logger(cfg: Any, run_dir: RunDir, resolved: dict[str, Any], is_ma
         mode=w.mode,
         dir=str(run_dir.root),
         config=scrub_value(resolved),
+        id=run_id,
+        resume="allow",  # the id's run continues when it exists (a resumed run), else it is created
         reinit="finish_previous",
         settings=wandb.Settings(x_disable_meta=True, disable_git=True, save_code=False),
     )
@@ -82,6 +90,27 @@ def experiment_logger(cfg: Any, run_dir: RunDir, resolved: dict[str, Any], is_ma
         raise
     else:
         run.finish()
+
+
+WANDB_ID_FILE = "wandb_run.json"
+
+
+def wandb_run_id(run_dir: RunDir) -> str:
+    """This run directory's wandb run id: the one an earlier attempt recorded, else a new one, recorded now
+    (main process only: the caller). Every resume of the run then logs into the same wandb run."""
+    import json
+    import secrets
+
+    from internvl_exp.outputs import write_json_atomic
+
+    path = run_dir.root / WANDB_ID_FILE
+    try:
+        return str(json.loads(path.read_text())["id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    run_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
+    write_json_atomic(path, {"id": run_id})
+    return run_id
 
 
 @contextlib.contextmanager

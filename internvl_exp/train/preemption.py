@@ -6,7 +6,13 @@ flag; at the end of each optimizer step every rank combines its flag with the ot
 so all ranks stop at the same step even if the signal reached only some of them. The Trainer then saves a
 checkpoint (marker included), run.py writes metrics.json with `status: preempted`, and the process exits
 with PREEMPTED_EXIT_CODE. A second signal while waiting for the step to end is not caught again: it acts as
-it would without us (the process terminates).
+it would without us (the previous handler; the default one terminates the process).
+
+Inside a job that submitit runs (`-m hydra/launcher=submitit_slurm`), submitit has installed its own handlers
+first: SIGTERM (logged) and its timeout/preemption signal (SIGUSR2 by default), which checkpoints and requeues
+the job and exits. That signal is caught here too, and the handler that was there before is not dropped but
+deferred: job.py calls it (launch/signals.py `pass_on`) once the checkpoint is complete and metrics.json says
+preempted, so submitit requeues a job that has something to resume from; then the process exits 143.
 
 Exit status 143 = 128 + SIGTERM, what a shell reports for a process ended by SIGTERM: wrappers and schedulers
 that already treat that as "terminated, may be retried" (SLURM requeue scripts, torchrun restarts, Kubernetes
@@ -17,17 +23,17 @@ checkpoint was saved and a re-run of the same command resumes from it.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import Any
 
 from transformers import TrainerCallback
 
+from internvl_exp.launch.signals import PREEMPTION_SIGNALS as SIGNALS, caught_signals  # noqa: F401
 from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401  (light: job.py imports them)
 
 log = logging.getLogger(__name__)
-
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class PreemptionCallback(TrainerCallback):
@@ -38,6 +44,7 @@ class PreemptionCallback(TrainerCallback):
         self.received: str | None = None  # the signal this process caught
         self.stopped_by: str | None = None  # set on every rank once they agree to stop
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     # -- signals ------------------------------------------------------------------------------------------
     def install(self) -> bool:
@@ -45,7 +52,8 @@ class PreemptionCallback(TrainerCallback):
             log.warning("preemption: not in the main thread, so SIGTERM/SIGUSR1 cannot be caught; a signal ends "
                         "the run without a checkpoint")
             return False
-        for sig in SIGNALS:
+        self._pid = os.getpid()
+        for sig in caught_signals():  # SIGTERM, SIGUSR1, and submitit's signal inside a submitit job
             self._previous[sig] = signal.signal(sig, self._handle)
         return True
 
@@ -57,6 +65,12 @@ class PreemptionCallback(TrainerCallback):
     def _handle(self, signum: int, frame: Any) -> None:
         # Keep the handler tiny (no logging: it may interrupt a log call holding the lock). A second signal
         # gets the previous handler back: the default one terminates the process.
+        if os.getpid() != self._pid:
+            # A forked child (a data-scan pool worker) inherited this handler: it must end as it would without
+            # us, or Pool.terminate()'s SIGTERM never stops it and the training process waits forever.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.received = signal.Signals(signum).name
         previous = self._previous.get(signum, signal.SIG_DFL)
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
@@ -66,6 +80,10 @@ class PreemptionCallback(TrainerCallback):
         if self._previous:
             log.info("preemption: SIGTERM or SIGUSR1 saves a checkpoint at the next step and exits with status %d "
                      "(re-run the same command to resume)", PREEMPTED_EXIT_CODE)
+            extra = [signal.Signals(s).name for s in self._previous if s not in SIGNALS]
+            if extra:
+                log.info("preemption: %s too (submitit's; its own handler runs once the checkpoint is saved)",
+                         ", ".join(extra))
 
     def _agreed(self) -> bool:
         """Whether any rank caught a signal (every rank gets the same answer)."""

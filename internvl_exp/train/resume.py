@@ -38,8 +38,12 @@ class Preempted(Exception):
     """Raised by run.py once the preemption checkpoint is saved and metrics.json says `status: preempted`;
     job.py then exits with PREEMPTED_EXIT_CODE."""
 
-    def __init__(self, signal_name: str, checkpoint: str | None, metrics: dict[str, Any]):
+    def __init__(self, signal_name: str, checkpoint: str | None, metrics: dict[str, Any],
+                 caught: str | None | bool = True):
         self.signal_name, self.checkpoint, self.metrics = signal_name, checkpoint, metrics
+        # The signal this process caught, whose previous handler job.py runs after the save (launch/signals.py
+        # pass_on): the one that stopped the run (default), or what a launching process caught itself.
+        self.caught = signal_name if caught is True else caught
         super().__init__(f"stopped by {signal_name}; checkpoint saved at {checkpoint}")
 
 

@@ -1,0 +1,164 @@
+"""Preemption signals in the processes between the scheduler and the workers, and handing a signal on.
+
+The training processes (train/preemption.py) turn SIGTERM or SIGUSR1 into "save a complete checkpoint at the
+next step, then exit 143". The processes that start them (the Hydra job for distributed=torchrun, the SLURM
+task on each node for distributed=slurm, and torchrun itself) must neither die of those signals (SLURM signals
+every process of a job step, and an ended parent ends the step) nor deliver them a second time (a second signal
+ends a worker at once). So:
+
+- torchrun starts with SIGTERM, SIGUSR1 and SIGUSR2 ignored (`shield`, inherited across exec; it is told to
+  handle only SIGINT/SIGHUP/SIGQUIT itself); the workers restore the default dispositions first thing;
+- the launching process catches them while the workers run (`hold_signals`) and forwards SIGUSR1 to the
+  workers, unless SLURM already signalled every process of this job step;
+- a Python handler installed before ours (submitit's checkpoint-and-requeue in the jobs it runs) is never
+  dropped: it is called once the checkpoint is complete (`pass_on`), not when the signal arrives, when it
+  would requeue and exit before anything was saved; the exit status it asks for is honoured (submitit's
+  local executor requeues on status 144).
+
+Standard library only (the Hydra job imports it before torch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+# What a run treats as "preempted: save and stop" (SLURM: SIGTERM on preemption/scancel, SIGUSR1 from
+# `--signal=USR1@<s>` before the time limit).
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Ignored by torchrun: its default action for USR1/USR2 would end it, and it would forward SIGTERM a second time.
+SHIELDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+TORCHRUN_HANDLES = "SIGINT,SIGHUP,SIGQUIT"  # torchrun --signals_to_handle: Ctrl-C still stops it and its workers
+
+
+def is_submitit_handler(handler: Any) -> bool:
+    """A handler bound to submitit's SignalHandler (installed by submitit in every job it runs)."""
+    owner = getattr(handler, "__self__", None)
+    return owner is not None and type(owner).__module__.startswith("submitit")
+
+
+def submitit_signal() -> signal.Signals | None:
+    """The signal submitit checkpoints and requeues on in this process (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL
+    says otherwise), when this process is a submitit job; else None."""
+    for sig in (signal.SIGUSR2, signal.SIGUSR1):
+        if is_submitit_handler(signal.getsignal(sig)):
+            return sig
+    return None
+
+
+def caught_signals() -> tuple[signal.Signals, ...]:
+    """SIGTERM, SIGUSR1, and submitit's own signal when this process runs inside a submitit job."""
+    extra = submitit_signal()
+    return PREEMPTION_SIGNALS + ((extra,) if extra is not None and extra not in PREEMPTION_SIGNALS else ())
+
+
+def in_slurm_step() -> bool:
+    """Inside a task started by srun: SLURM delivers SIGTERM and `--signal` signals to every process of the
+    step (the workers included), so they must not be forwarded again."""
+    return bool(os.environ.get("SLURM_JOB_ID")) and os.environ.get("SLURM_STEP_ID", "batch") not in ("", "batch")
+
+
+def shield() -> None:
+    """preexec_fn for torchrun: ignore the preemption signals (the workers handle them; see the module doc).
+    Should the launching process die, torchrun gets SIGINT (Linux parent-death signal) and stops its workers,
+    instead of living on unattended with SIGTERM ignored."""
+    for sig in SHIELDED:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: no parent-death signal
+        pass
+
+
+def unshield() -> None:
+    """First thing in a worker: the default dispositions back (torchrun passed its ignored ones on)."""
+    for sig in PREEMPTION_SIGNALS:
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+@dataclass
+class Held:
+    received: str | None = None  # the first signal this process caught while holding
+    workers_of: int | None = None  # the pid whose descendants (the workers) a forwarded SIGUSR1 goes to
+    forwarded: bool = False
+
+
+def _forward(held: Held) -> None:
+    import psutil  # already imported by hold_signals (never import inside a signal handler)
+
+    if held.workers_of is None or held.forwarded:
+        return
+    held.forwarded = True
+    try:
+        children = psutil.Process(held.workers_of).children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def hold_signals() -> Iterator[Held]:
+    """While the workers run: catch the preemption signals (and submitit's) so this process outlives the
+    workers' save, and forward SIGUSR1 to them unless SLURM signalled them already. Previous handlers are put
+    back on exit; call `pass_on` afterwards to run the one that was there before."""
+    import psutil  # noqa: F401  (for _forward, which runs inside the handler)
+
+    held = Held()
+    previous: dict[int, Any] = {}
+
+    def handle(signum: int, frame: Any) -> None:
+        sig = signal.Signals(signum)
+        held.received = held.received or sig.name
+        if not (in_slurm_step() and sig in PREEMPTION_SIGNALS):
+            _forward(held)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in caught_signals():
+            previous[sig] = signal.signal(sig, handle)
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def passes_to_submitit(signal_name: str | None) -> bool:
+    """Whether the handler now installed for `signal_name` is submitit's checkpoint-and-requeue (it then
+    decides about the requeue, and pass_on runs it)."""
+    sig = getattr(signal, str(signal_name), None)
+    return isinstance(sig, signal.Signals) and sig == submitit_signal()
+
+
+def pass_on(signal_name: str | None) -> int | None:
+    """Call the Python handler now installed for `signal_name` (the one that was there before ours, e.g.
+    submitit's checkpoint-and-requeue) now that the checkpoint is complete. Returns the exit status it asked
+    for (submitit exits after requeueing: on SLURM after `scontrol requeue`, locally the status 144 is the
+    request), for the caller to exit with instead of 143; None when there was no such handler or it returned."""
+    sig = getattr(signal, str(signal_name), None)  # not a signal name: "a signal on another rank"
+    if not isinstance(sig, signal.Signals):
+        return None
+    handler = signal.getsignal(sig)
+    if not callable(handler):
+        return None
+    log.info("preemption: the checkpoint is saved; passing %s on to the handler installed before ours (%s)",
+             signal_name, getattr(handler, "__qualname__", handler))
+    try:
+        handler(int(sig), None)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    except Exception as e:  # e.g. submitit's "Job not requeued because: timed-out too many times"
+        log.warning("preemption: the previous %s handler did not complete: %s: %s", signal_name,
+                    type(e).__name__, e)
+    return None

@@ -1,0 +1,332 @@
+"""distributed=slurm: one SLURM job for the run, one task per node, each starting torchrun on the run directory.
+
+On the login node the Hydra job has composed, validated and written `<run_dir>/config.yaml` (compose once);
+`run_slurm` then submits, through submitit, `NodeLauncher(run_dir)` as a job of `distributed.nodes` nodes x 1
+task with `gpus_per_node` GPUs each (sbatch parameters: `executor_parameters`), and waits for it. On every
+node the task builds its torchrun command from SLURM's environment (`node_torchrun_argv`): --nnodes
+$SLURM_NNODES, --node_rank $SLURM_NODEID, --nproc_per_node gpus_per_node, rendezvous on the first host of
+$SLURM_JOB_NODELIST at master_port (default 20000 + job id % 20000) with the job id as rendezvous id; the
+workers load config.yaml without Hydra (launch many).
+
+Already inside a SLURM job step (a sweep job of `-m hydra/launcher=submitit_slurm`, or `srun python launch.py`)
+nothing is submitted: the job starts torchrun on its own node from the same environment (one node).
+
+Preemption and requeue: sbatch gets `--signal=USR1@<signal_delay_s>` and `--requeue`; SLURM signals every
+process of the step, the workers save a complete checkpoint at the next step and exit 143 (launch/signals.py
+keeps torchrun and this task alive meanwhile), then node 0's task requeues the job (`scontrol requeue`) unless
+submitit's own handler did, and every task exits 143. The requeued job runs the same tasks on the same run
+directory, which resume from that checkpoint (train/resume.py).
+
+Light at import (validation imports `slurm_problems`): submitit is imported only to submit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Mapping
+
+from internvl_exp.errors import ConfigError, UserError
+from internvl_exp.launch.signals import passes_to_submitit
+from internvl_exp.outputs import RunDir
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("slurm", "local")
+# Keys that come from SLURM under distributed=slurm (setting them would be silently overridden).
+FROM_SLURM = {"node_rank": 0, "rdzv_endpoint": None, "rdzv_id": None}
+PORT_BASE, PORT_SPAN = 20000, 20000
+
+
+# -- configuration ----------------------------------------------------------------------------------------------
+
+
+def slurm_problems(d: Any) -> list[str]:
+    """Config validation for distributed=slurm (one line each, naming the key)."""
+    problems = []
+    nodes, gpus = d.get("nodes"), d.get("gpus_per_node")
+    if not isinstance(nodes, int) or nodes < 1:
+        problems.append(f"distributed.nodes={nodes}: distributed=slurm needs >= 1 node")
+    if not isinstance(gpus, int) or gpus < 1:
+        problems.append(f"distributed.gpus_per_node={gpus}: distributed=slurm starts one worker per GPU; need >= 1")
+    if isinstance(gpus, int) and d.nproc_per_node != gpus:
+        problems.append(f"distributed.nproc_per_node={d.nproc_per_node} but gpus_per_node={gpus}: under "
+                        "distributed=slurm every node runs one worker per GPU; set distributed.gpus_per_node only")
+    if isinstance(nodes, int) and d.get("nnodes") != nodes:
+        problems.append(f"distributed.nnodes={d.get('nnodes')} but nodes={nodes}: set distributed.nodes only")
+    for key, default in FROM_SLURM.items():
+        if d.get(key) != default:
+            problems.append(f"distributed.{key}={d.get(key)}: under distributed=slurm it comes from SLURM's "
+                            "environment (SLURM_NODEID, SLURM_JOB_NODELIST, SLURM_JOB_ID); remove it")
+    if not isinstance(d.get("time"), int) or d.time < 1:  # null would get submitit's default of 5 minutes
+        problems.append(f"distributed.time={d.get('time')}: give the job's time limit in minutes (>= 1)")
+    if d.get("signal_delay_s", 0) < 0 or (d.get("time") and d.signal_delay_s >= d.time * 60):
+        problems.append(f"distributed.signal_delay_s={d.signal_delay_s}: must be >= 0 and shorter than the time "
+                        f"limit ({d.get('time')} min)")
+    if d.get("executor") not in EXECUTORS:
+        problems.append(f"distributed.executor={d.get('executor')!r} is not one of {list(EXECUTORS)}")
+    elif d.executor == "local" and nodes != 1:
+        problems.append(f"distributed.executor=local runs on this machine: distributed.nodes={nodes} must be 1")
+    if d.get("master_port") is not None and not 1 <= d.master_port <= 65535:
+        problems.append(f"distributed.master_port={d.master_port} is not a port (1-65535)")
+    return problems
+
+
+def executor_parameters(d: Any, job_name: str) -> dict[str, Any]:
+    """submitit AutoExecutor parameters for the `distributed` config `d` (sbatch: what `--` option each is in
+    submitit's script; our own signal and requeue win over submitit's defaults)."""
+    sbatch = {"signal": f"USR1@{d.signal_delay_s}"}
+    if d.requeue:
+        sbatch["requeue"] = True
+    sbatch.update({str(k): v for k, v in dict(d.get("sbatch") or {}).items()})
+    params: dict[str, Any] = {
+        "name": job_name,
+        "nodes": d.nodes,
+        "tasks_per_node": 1,  # one task per node, which starts torchrun with gpus_per_node workers
+        "gpus_per_node": d.gpus_per_node,
+        "timeout_min": d.time,
+        "slurm_signal_delay_s": d.signal_delay_s,
+        "slurm_additional_parameters": sbatch,
+    }
+    optional = {"cpus_per_task": d.get("cpus_per_task"), "mem_gb": d.get("mem_gb"),
+                "slurm_partition": d.get("partition"), "slurm_account": d.get("account"),
+                "slurm_qos": d.get("qos"), "slurm_constraint": d.get("constraint")}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    return params
+
+
+# -- SLURM's environment -------------------------------------------------------------------------------------------
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compact host list, expanded: `gpu[001-003,007],cpu5` -> gpu001 gpu002 gpu003 gpu007 cpu5
+    (zero padding kept; several bracket groups in one name give every combination)."""
+    names, depth, start = [], 0, 0
+    for i, ch in enumerate(nodelist):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth not in (0, 1):
+            raise UserError(f"SLURM_JOB_NODELIST={nodelist!r}: unbalanced brackets")
+        if ch == "," and depth == 0:
+            names.append(nodelist[start:i])
+            start = i + 1
+    if depth:
+        raise UserError(f"SLURM_JOB_NODELIST={nodelist!r}: unbalanced brackets")
+    names.append(nodelist[start:])
+    return [host for name in names if name.strip() for host in _expand_name(name.strip(), nodelist)]
+
+
+def _expand_name(name: str, nodelist: str) -> list[str]:
+    m = re.search(r"\[([^\]]*)\]", name)
+    if m is None:
+        return [name]
+    head, rest = name[: m.start()], _expand_name(name[m.end():], nodelist)
+    out = []
+    for part in m.group(1).split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise UserError(f"SLURM_JOB_NODELIST={nodelist!r}: {part!r} is not a number or a range N-M")
+        values = [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)] if dash else [lo]
+        out += [head + v + r for v in values for r in rest]
+    return out
+
+
+def hostnames(nodelist: str) -> list[str]:
+    """The job's hosts: `scontrol show hostnames` when it is installed (SLURM's own answer), else our parser."""
+    if shutil.which("scontrol"):
+        try:
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout.split()
+            if out:
+                return out
+        except (OSError, subprocess.SubprocessError) as e:
+            log.warning("scontrol show hostnames %s failed (%s); parsing the list ourselves", nodelist, e)
+    return expand_nodelist(nodelist)
+
+
+@dataclass(frozen=True)
+class SlurmNode:
+    """Where this task runs, from SLURM's environment (one node on this machine when there is none)."""
+
+    job_id: str | None
+    nnodes: int
+    node_rank: int
+    nodelist: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "SlurmNode":
+        env = os.environ if env is None else env
+        job_id = env.get("SLURM_JOB_ID")
+        if not job_id:
+            return cls(None, 1, 0, None)
+        nodes = env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or "1"
+        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        return cls(job_id, int(nodes), int(env.get("SLURM_NODEID", "0")), nodelist)
+
+    def rendezvous_host(self) -> str:
+        if not self.nodelist:
+            return "127.0.0.1"
+        return hostnames(self.nodelist)[0]
+
+
+def rendezvous_port(d: Any, node: SlurmNode) -> int | None:
+    """master_port, else one derived from the job id (jobs sharing a node do not collide); None off SLURM."""
+    if d.get("master_port"):
+        return int(d.master_port)
+    if node.job_id is None:
+        return None
+    return PORT_BASE + int(re.sub(r"\D", "", node.job_id) or 0) % PORT_SPAN
+
+
+def node_torchrun_argv(d: Any, run_dir: Path, node: SlurmNode) -> list[str]:
+    """This node's torchrun command line (launch/torchrun.py builds it from these numbers)."""
+    from internvl_exp.launch.torchrun import torchrun_argv
+
+    if node.nnodes != d.nnodes:
+        raise ConfigError(f"distributed.nodes={d.nnodes} but this SLURM job has {node.nnodes} node(s) "
+                          f"(SLURM_NNODES); submit with distributed.nodes={node.nnodes} or allocate {d.nnodes}")
+    port = rendezvous_port(d, node)
+    if node.job_id is None:  # submitit's local executor: a private localhost rendezvous, as torchrun does
+        endpoint, rdzv_id = None, None
+    else:
+        endpoint, rdzv_id = f"{node.rendezvous_host()}:{port}", f"slurm-{node.job_id}"
+    spec = SimpleNamespace(nproc_per_node=d.nproc_per_node, nnodes=node.nnodes, node_rank=node.node_rank,
+                           rdzv_backend=d.get("rdzv_backend", "c10d"), rdzv_endpoint=endpoint, rdzv_id=rdzv_id,
+                           master_port=port)
+    return torchrun_argv(spec, run_dir)
+
+
+# -- on each node ----------------------------------------------------------------------------------------------------
+
+
+def requeue(node: SlurmNode) -> bool:
+    """`scontrol requeue <job>` from node 0's task (the job then ends here and starts again later)."""
+    if node.job_id is None or node.node_rank != 0:
+        return False
+    if not shutil.which("scontrol"):
+        log.warning("distributed.requeue: scontrol is not on PATH; job %s is not requeued (re-run to resume)",
+                    node.job_id)
+        return False
+    code = subprocess.call(["scontrol", "requeue", node.job_id], timeout=60)
+    if code != 0:  # e.g. SLURM is requeueing it already (PreemptMode=REQUEUE)
+        log.warning("scontrol requeue %s exited with %d", node.job_id, code)
+    else:
+        log.info("requeued SLURM job %s: it resumes from the checkpoint just saved", node.job_id)
+    return code == 0
+
+
+def _log_to_stdout() -> None:
+    import sys
+
+    from internvl_exp.redact import ScrubFilter
+
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+        handler.addFilter(ScrubFilter())
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+class NodeLauncher:
+    """What every node's SLURM task runs (submitit pickles it): torchrun with this node's share of the workers
+    on `run_dir`. Returns rank 0's metrics; preempted, it requeues (node 0) and exits 143 without a result, so
+    that submitit waits for the requeued job."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = str(run_dir)
+
+    def run(self) -> dict[str, Any]:
+        """Start and wait for this node's workers; rank 0's metrics (status preempted included; with
+        `launcher_signal`, what this task caught meanwhile)."""
+        from omegaconf import OmegaConf
+
+        from internvl_exp.launch.torchrun import launch_torchrun, workers_outcome
+
+        rd = RunDir(Path(self.run_dir))
+        cfg = OmegaConf.load(rd.config)
+        self.requeue, node = bool(cfg.distributed.requeue), SlurmNode.from_env()
+        argv = node_torchrun_argv(cfg.distributed, rd.root, node)
+        log.info("SLURM job %s node %d/%d: %s", node.job_id, node.node_rank, node.nnodes, " ".join(argv[1:]))
+        code, held = launch_torchrun(argv, str(cfg.paths.root_dir))
+        metrics = workers_outcome(code, rd, what=f"torchrun on node {node.node_rank}", held=held)
+        if metrics.get("status") == "preempted" and self.requeue and not passes_to_submitit(held.received):
+            requeue(node)  # else submitit's own handler requeues when the signal is passed on
+        return metrics
+
+    def __call__(self) -> dict[str, Any]:
+        from internvl_exp.launch.signals import pass_on
+        from internvl_exp.train.resume import PREEMPTED_EXIT_CODE
+
+        _log_to_stdout()  # this task's log: submitit's <job>_<task>_log.out
+        metrics = self.run()
+        caught = metrics.pop("launcher_signal", None)
+        if metrics.get("status") == "preempted":
+            code = pass_on(caught)
+            raise SystemExit(PREEMPTED_EXIT_CODE if code is None else code)
+        return metrics
+
+
+# -- on the login node ------------------------------------------------------------------------------------------------
+
+
+def make_executor(d: Any, run_dir: RunDir, job_name: str) -> Any:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(run_dir.root / "submitit" / "%j"), cluster=d.executor)
+    executor.update_parameters(**executor_parameters(d, job_name))
+    return executor
+
+
+def run_slurm(cfg: Any, run_dir: RunDir) -> dict[str, Any] | None:
+    """Submit the run's SLURM job and wait for it (rank 0's metrics), or, inside a SLURM job step already,
+    start this node's workers here. None: submitted, not waited for (distributed.wait=false)."""
+    from internvl_exp.launch.signals import in_slurm_step
+
+    d = cfg.distributed
+    if in_slurm_step():
+        node = SlurmNode.from_env()
+        if node.nnodes != 1:
+            raise ConfigError(f"distributed=slurm inside a SLURM job of {node.nnodes} nodes: each node would run "
+                              "the Hydra job; run one node per job here (hydra.launcher.nodes=1), or submit "
+                              "from the login node with distributed=slurm distributed.nodes=N")
+        log.info("inside SLURM job %s: starting this node's workers (no new submission)", node.job_id)
+        return NodeLauncher(run_dir.root).run()
+    executor = make_executor(d, run_dir, f"{cfg.experiment_name}/{run_dir.root.name}")
+    job = executor.submit(NodeLauncher(run_dir.root))
+    log.info("submitted %s job %s: %d node(s) x %d GPU(s); submitit logs in %s (cancel: scancel %s)",
+             d.executor, job.job_id, d.nodes, d.gpus_per_node, run_dir.root / "submitit", job.job_id)
+    print(f"SLURM job {job.job_id}: {run_dir.root}", flush=True)
+    if not d.wait:
+        return None
+    return wait_for(job, run_dir)
+
+
+def wait_for(job: Any, run_dir: RunDir) -> dict[str, Any]:
+    """Wait for the job (requeues included) and return rank 0's metrics.json; a failure with the job's error."""
+    import json
+
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from internvl_exp.launch.torchrun import WorkerFailure
+
+    try:
+        job.result()
+    except (FailedJobError, UncompletedJobError) as e:
+        metrics = json.loads(run_dir.metrics.read_text()) if run_dir.metrics.is_file() else None
+        if metrics and metrics.get("status") == "preempted":  # requeue off: the run stopped with a checkpoint
+            return metrics
+        if metrics and metrics.get("error"):
+            raise WorkerFailure(f"a worker failed: {metrics['error']}") from None
+        last = str(e).strip().splitlines()[-1:] or [""]
+        raise WorkerFailure(f"SLURM job {job.job_id} failed: {last[0]} (its logs: {run_dir.root / 'submitit'})")\
+            from None
+    if not run_dir.metrics.is_file():
+        raise WorkerFailure(f"SLURM job {job.job_id} ended but rank 0 wrote no {run_dir.metrics}")
+    return json.loads(run_dir.metrics.read_text())
