@@ -194,8 +194,18 @@ def _pool(workers: int) -> Iterator[Any]:
         yield None
         return
     # fork: the workers share the parent's tokenizer and planner without pickling or re-importing them.
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_default_signals) as pool:
         yield pool
+
+
+def _default_signals() -> None:
+    """A worker dies on SIGTERM again: it inherits the run's preemption handler (train/preemption.py), which
+    only sets a flag, so Pool.terminate()'s SIGTERM left a worker blocked on the task queue's lock alive and
+    the parent waited for it forever (a hang right after the scan, e.g. on a plan-cache miss)."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 # --- cache --------------------------------------------------------------------------------------------
