@@ -22,7 +22,7 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
-DEMO_VERSION = 2  # 2: adds the eval split (eval/)
+DEMO_VERSION = 3  # 2: adds the eval split (eval/); 3: adds the larger training split (large/)
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
 SHAPES = ("circle", "square", "triangle")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
@@ -32,6 +32,11 @@ SAMPLES_PER_DATASET = 48
 # The eval split (eval/meta.json, data=demo_eval): fresh draws of the same four tasks, never in training.
 EVAL_SAMPLES_PER_DATASET = 16
 EVAL_SUBDIR = "eval"
+# The larger training split (large/meta.json, data=demo_large; what `make demo` trains on): the same draws as
+# the main split extended to more samples per task (its first SAMPLES_PER_DATASET lines are the main split's),
+# enough for the tiny model to read colours from the pixels instead of memorising 48 images per task.
+LARGE_SAMPLES_PER_DATASET = 400
+LARGE_SUBDIR = "large"
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
@@ -171,6 +176,7 @@ def generate_demo_data(directory: str | os.PathLike, seed: int = 0) -> Path:
     try:
         _write_split(tmp, seed, "", SAMPLES_PER_DATASET)
         _write_split(tmp / EVAL_SUBDIR, seed, "eval-", EVAL_SAMPLES_PER_DATASET)
+        _write_split(tmp / LARGE_SUBDIR, seed, "", LARGE_SAMPLES_PER_DATASET)
         (tmp / ".complete").write_text(str(DEMO_VERSION))
         try:
             if target.exists():  # stale or incomplete copy
