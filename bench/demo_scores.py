@@ -2,7 +2,7 @@
 
     python bench/demo_scores.py                  # train the demo recipe (what `make demo` runs), score both
     python bench/demo_scores.py --write-docs     # and update "## What the demo reaches" in docs/inference.md
-    python bench/demo_scores.py -- trainer.max_steps=300 freeze=full   # another recipe (launch.py overrides)
+    python bench/demo_scores.py -- trainer.max_steps=300 freeze=full   # another recipe (all launch.py overrides)
 
 Scores are exact/relaxed match over the 64 eval samples (16 per task, never trained on), and per question
 kind, against the chance level of each kind (a uniform guess among the answers the task uses). The untrained
@@ -33,6 +33,13 @@ KINDS = {"colour": ("What colour is the shape?", 1 / 4), "shape": ("What shape i
          "text": ("What number comes after", 1 / 10), "before": ("And before it?", 1 / 10)}
 
 
+def make_demo_args() -> list[str]:
+    """The overrides `make demo` passes to launch.py (the Makefile's DEMO_ARGS: one place says what the demo is)."""
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    line = next(l for l in text.splitlines() if l.startswith("DEMO_ARGS :="))
+    return line.split(":=", 1)[1].split()
+
+
 def kind_of(question: str) -> str:
     return next(k for k, (q, _) in KINDS.items() if q in question)
 
@@ -55,7 +62,7 @@ def predict(target: str, out: Path, demo_dir: Path, cache: Path) -> dict:
 
 
 def section(overrides: list[str], trained: dict, untrained: dict, train_s: float, metrics: dict) -> str:
-    command = " ".join(["python launch.py", *overrides]) if overrides else "make demo  # = python launch.py"
+    command = "make demo" if overrides == make_demo_args() else " ".join(["python launch.py", *overrides])
     rows = []
     for kind, (_, chance) in KINDS.items():
         if kind in trained["kinds"]:
@@ -85,6 +92,7 @@ def main() -> None:
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("overrides", nargs="*", help="launch.py overrides (after --)")
     args = p.parse_args()
+    args.overrides = args.overrides or make_demo_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         demo, cache = tmp / "demo_data", tmp / "cache"

@@ -10,7 +10,7 @@ from conftest import compose, run_launch
 
 
 def test_demo_run_end_to_end(tmp_path, demo_dir):
-    """The default command (what `make demo` runs) trains to below half its initial loss."""
+    """The default command (`python launch.py`, the quick demo) trains to below half its initial loss."""
     res = run_launch([f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", "run_name=demo"])
     assert res.returncode == 0, res.stderr[-4000:]
     run_dir = tmp_path / "default" / "demo"
