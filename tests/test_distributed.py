@@ -39,17 +39,57 @@ def single_first_loss(tmp_path_factory, demo_dir, tiny_checkpoint):
     return metrics["loss_history"][0]["loss"]
 
 
+def _eval_meta(tmp_path, demo_dir):
+    """7 eval samples, 4 with an image then 3 text-only: rank 0 gets a text-only batch while rank 1's has images
+    (the same-graph case in eval), and rank 1 a padding item (7 over 2 ranks)."""
+    meta = {}
+    for name, n in (("shapes", 4), ("text", 3)):
+        lines = (demo_dir / "eval" / f"{name}.jsonl").read_text().splitlines()[:n]
+        (tmp_path / f"few_{name}.jsonl").write_text("\n".join(lines) + "\n")
+        meta[f"few_{name}"] = {"root": str(demo_dir / "eval"), "annotation": str(tmp_path / f"few_{name}.jsonl")}
+    path = tmp_path / "eval_meta.json"
+    path.write_text(json.dumps(meta))
+    return path
+
+
+def _oracle_eval_loss(model_dir, meta, tokenizer, demo_dir, tmp_path, checkpoint):
+    """The token mean over every supervised eval token from HF's own per-sample loss (one process)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from conftest import compose
+    from internvl_exp.data.collator import Collator
+    from internvl_exp.data.eval_data import build_eval_datasets
+    from internvl_exp.data.from_config import tokens_per_tile
+
+    cfg = compose(_common(tmp_path, demo_dir, checkpoint, "oracle") + [f"data.eval.meta_path={meta}"])
+    dataset, _ = build_eval_datasets(cfg, tokenizer, tokens_per_tile(cfg.model))
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    collate = Collator(tokenizer.pad_token_id)
+    total = count = 0.0
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            batch = collate([dataset[i]])
+            batch.pop("loss_weight")
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += float(model(**batch, use_cache=False).loss) * n
+            count += n
+    return total / count
+
+
 @pytest.mark.parametrize("deepspeed", ["none", "zero2", "zero3"])
-def test_torchrun_two_processes(deepspeed, tmp_path, demo_dir, tiny_checkpoint, single_first_loss):
+def test_torchrun_two_processes(deepspeed, tmp_path, demo_dir, tiny_checkpoint, single_first_loss, tokenizer):
     from transformers import AutoModelForImageTextToText
 
     steps = STEPS
+    meta = _eval_meta(tmp_path, demo_dir)
     res = run_launch(_common(tmp_path, demo_dir, tiny_checkpoint, "dist") + [
         "distributed=torchrun", "distributed.nproc_per_node=2", f"deepspeed={deepspeed}",
-        f"trainer.max_steps={steps}", "logger=wandb"])
+        f"trainer.max_steps={steps}", "logger=wandb", f"data.eval.meta_path={meta}",
+        "trainer.per_device_eval_batch_size=2"])
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-4000:])
     experiment = tmp_path / "default"
-    assert [p.name for p in experiment.iterdir()] == ["dist"]  # one run directory
+    assert sorted(p.name for p in experiment.iterdir()) == ["dist"]  # one run directory
     run_dir = experiment / "dist"
     assert len(list(run_dir.rglob("metrics.json"))) == 1
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1  # one tracker run
@@ -63,6 +103,10 @@ def test_torchrun_two_processes(deepspeed, tmp_path, demo_dir, tiny_checkpoint, 
     if deepspeed != "none":
         ds = json.loads((run_dir / "deepspeed.json").read_text())
         assert ds["zero_optimization"]["stage"] == int(deepspeed[-1]) and ds["train_batch_size"] == 2
+    # The final model's eval loss over 2 ranks (7 samples, one padding item) = one process's token mean.
+    assert metrics["eval_data"]["samples"] == 7 and [h["step"] for h in metrics["eval_loss"]] == [steps]
+    oracle = _oracle_eval_loss(run_dir / "final", meta, tokenizer, demo_dir, tmp_path / "oracle", tiny_checkpoint)
+    assert math.isclose(metrics["final_eval_loss"], oracle, rel_tol=1e-4), (metrics["final_eval_loss"], oracle)
     model = AutoModelForImageTextToText.from_pretrained(run_dir / "final")  # ZeRO-3: gathered 16-bit weights
     reference = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)
     trained = dict(model.named_parameters())

@@ -62,7 +62,11 @@ def test_grid_sweep_with_wandb_layout_report_and_no_secret(tmp_path, demo_dir):
         assert "<REDACTED>" in config["data"]["system_message"]
         metrics = json.loads((job / "metrics.json").read_text())
         assert metrics["status"] == "completed" and metrics["steps"] == 10
-        assert metrics["objective"] == metrics["final_loss"]
+        # The demo has an eval split: evaluated once at the end of these 10 steps (eval_steps=50), and a sweep
+        # optimises the final eval loss by default.
+        assert metrics["optimized_metric"] == "final_eval_loss"
+        assert metrics["objective"] == metrics["final_eval_loss"] != metrics["final_loss"]
+        assert [h["step"] for h in metrics["eval_loss"]] == [10]
         tp = metrics["throughput"]
         assert tp["tokens"] > tp["supervised_tokens"] > 0 and 0 <= tp["padding_fraction"] < 1
         assert tp["tokens_per_s"] > 0 and tp["samples"] == 40 and tp["tiles"] > 0
@@ -82,6 +86,8 @@ def test_grid_sweep_with_wandb_layout_report_and_no_secret(tmp_path, demo_dir):
         assert [s for s, _ in history] == [s for s, _ in expected] == [1, 2, 4, 6, 8, 10]
         assert [l for _, l in history] == pytest.approx([l for _, l in expected])
         assert all("train/tokens_per_s" in h for h in wb["history"] if "train/loss" in h)
+        evals = [(int(h["train/global_step"]), h["eval/loss"]) for h in wb["history"] if "eval/loss" in h]
+        assert evals == [(10, pytest.approx(metrics["final_eval_loss"]))]
         assert wb["summary"]["parameters/llm/trainable"] > 0 and wb["summary"]["parameters/vision/trainable"] == 0
 
     summary = (sweep / "summary.md").read_text()
@@ -101,12 +107,16 @@ def test_joblib_sweep_with_a_failing_job_completes_and_reports_it(tmp_path, demo
     res = run_launch(
         ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"paths.output_dir={out}",
          f"paths.demo_data_dir={demo_dir}", "experiment_name=fail", "trainer.max_steps=4", "trainer.logging_steps=2",
-         "trainer.save_final=false", f"data.meta_path={demo_dir / 'meta.json'},{tmp_path / 'missing' / 'meta.json'}"]
+         "trainer.save_final=false", "trainer.eval_strategy=no",
+         f"data.meta_path={demo_dir / 'meta.json'},{tmp_path / 'missing' / 'meta.json'}"]
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     sweep = _sweep_dir(out, "fail")
     ok, bad = _job_dirs(sweep)
-    assert json.loads((ok / "metrics.json").read_text())["status"] == "completed"
+    done = json.loads((ok / "metrics.json").read_text())
+    assert done["status"] == "completed"
+    # eval_strategy=no with eval data: the final model is still evaluated, once.
+    assert [h["step"] for h in done["eval_loss"]] == [4] and done["objective"] == done["final_eval_loss"]
     failed = json.loads((bad / "metrics.json").read_text())
     assert failed["status"] == "failed" and "missing/meta.json" in failed["error"] and "meta_path" in failed["error"]
     assert "Traceback" in (bad / "train.log").read_text()

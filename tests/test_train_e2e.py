@@ -10,7 +10,7 @@ from conftest import compose, run_launch
 
 
 def test_demo_run_end_to_end(tmp_path, demo_dir):
-    """The default command (what `make demo` runs) trains to below half its initial loss."""
+    """The default command (`python launch.py`, the quick demo) trains to below half its initial loss."""
     res = run_launch([f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", "run_name=demo"])
     assert res.returncode == 0, res.stderr[-4000:]
     run_dir = tmp_path / "default" / "demo"
@@ -26,7 +26,18 @@ def test_demo_run_end_to_end(tmp_path, demo_dir):
     assert metrics["trainable_parameters"]["vision"]["trainable"] == 0
     assert metrics["trainable_parameters"]["llm"]["trainable"] > 0
     assert metrics["data"]["samples"] == 192
-    assert "run finished" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "run finished" in log
+    # The demo evaluates on its eval split during training (every trainer.eval_steps=50, and the final model),
+    # and a sweep of it would optimise the final eval loss.
+    assert metrics["eval_data"]["samples"] == 64
+    history = metrics["eval_loss"]
+    assert [h["step"] for h in history] == [50, 100, 144]
+    assert history[-1]["value"] < history[0]["value"]  # eval loss falls
+    assert metrics["final_eval_loss"] == history[-1]["value"]
+    assert metrics["best_eval_loss"] == min(h["value"] for h in history)
+    assert metrics["optimized_metric"] == "final_eval_loss" and metrics["objective"] == metrics["final_eval_loss"]
+    assert "'eval_loss'" in res.stdout  # logged to the console with the training logs
 
 
 def _batch(dataset, collator, n=4):

@@ -116,6 +116,15 @@ class DatasetSpec:
 
 
 @dataclass
+class EvalDataConfig:
+    """Eval datasets in InternVL's format, never trained on: a meta JSON and/or inline datasets (inline wins on
+    a name clash). Every usable line is evaluated once (repeat_time and weight do not apply; no augmentation)."""
+
+    meta_path: Optional[str] = None
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+
+
+@dataclass
 class PackingConfig:
     """Sequence packing of whole samples (docs/data.md, "Packing"); off by default."""
 
@@ -162,6 +171,10 @@ class DataConfig:
     loss_reduction: str = "token"
     # Batch samples of similar length together (no packing); lengths from the pre-flight plan.
     group_by_length: bool = False
+    # Eval data (docs/inference.md, "Eval during training"): datasets of their own, or a held-out share of the
+    # training lines (split by a hash of dataset + file name + line number; never trained on). Not both.
+    eval: EvalDataConfig = field(default_factory=EvalDataConfig)
+    eval_fraction: float = 0.0  # in [0, 1)
 
 
 @dataclass
@@ -255,6 +268,13 @@ class TrainerConfig:
     device: str = "auto"
     activation_checkpointing: bool = False  # recompute each layer in the backward pass: less memory, ~1/3 more compute
     save_final: bool = True  # save the trained model (or adapter) and processor to <run_dir>/final
+    # Eval loss on data.eval / data.eval_fraction: no | steps | epoch (HF names); null: steps when there is eval
+    # data, else no. With eval data the final model is always evaluated once more at the end (final_eval_loss).
+    eval_strategy: Optional[str] = None
+    eval_steps: int = 50  # evaluate every N optimiser steps (eval_strategy=steps)
+    per_device_eval_batch_size: Optional[int] = None  # null: per_device_train_batch_size
+    # At each eval, also generate (greedy) for the first N eval samples: eval_exact_match, eval_relaxed_match.
+    eval_generate_samples: int = 0
     # Peak dense TFLOPS of one device, the MFU denominator. null: looked up from the device name
     # (internvl_exp/train/flops.py, bf16 dense tensor-core peaks); no MFU when unknown (e.g. CPU).
     peak_tflops: Optional[float] = None
@@ -341,8 +361,9 @@ class Config:
     run_name: str = MISSING
     # The sweep's directory name under outputs/<experiment_name>/multirun/ (null for single runs).
     sweep_name: Optional[str] = None
-    # The metrics.json key (dotted for nested) a job returns to the sweeper as its objective.
-    optimized_metric: str = "final_loss"
+    # The metrics.json key (dotted for nested) a job returns to the sweeper as its objective; auto: final_eval_loss
+    # when the run has eval data, else final_loss.
+    optimized_metric: str = "auto"
     seed: int = 42  # seeds python, numpy and torch (transformers.set_seed)
     # Re-running a run_name: auto (continue from its newest complete checkpoint; a finished run refuses),
     # true (must find one), false/never (start over in a fresh <run_name>-N directory), or a path to a run

@@ -14,6 +14,7 @@ from internvl_exp.models.arch import random_init_refusal
 from internvl_exp.models.registry import PART_MODES, PARTS
 from internvl_exp.train.precision import precision_problems
 from internvl_exp.train.batch import batch_problems, world_size
+from internvl_exp.train.eval_settings import eval_problems
 from internvl_exp.train.resume import resume_problems
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
@@ -67,6 +68,7 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("optimizer.warmup_ratio must be in [0, 1)")
     problems += _optimizer_problems(cfg)
     problems += _trainer_problems(cfg)
+    problems += eval_problems(cfg)  # train/eval_settings.py
     problems += resume_problems(cfg.get("resume", "auto"))
     problems += _deepspeed_problems(cfg)
     if cfg.trainer.device not in ("auto", "cpu", "cuda"):

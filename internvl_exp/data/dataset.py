@@ -220,14 +220,18 @@ def scan(entries: list[DatasetEntry], tokenizer: Any, template: str, settings: I
     report.problems = list(plan.problems)
     report.truncated = plan.truncated
     dataset = SupervisedDataset(plan, entries, planner)
-    weighted = any(e.weight is not None for e in entries)
+    count_dataset(report, dataset)
+    return dataset, report
+
+
+def count_dataset(report: DataReport, dataset: SupervisedDataset) -> None:
+    """The report's per-dataset and epoch counts for `dataset` (also after a held-out split: data/eval_data.py)."""
+    entries = dataset.entries
     pools = epoch_slots(dataset._sizes, {e.name: e.repeat_time for e in entries}, {})
     report.per_dataset = {e.name: pools[e.name] for e in entries}
-    if weighted:
-        report.mixture = dict(dataset.slots)
-    report.count_epoch(plan, dataset.epoch_order())
+    report.mixture = dict(dataset.slots) if any(e.weight is not None for e in entries) else None
+    report.count_epoch(dataset.plan, dataset.epoch_order())
     report.load_failures = dataset.load_failures
-    return dataset, report
 
 
 def fatal_problems(report: DataReport) -> list[str]:

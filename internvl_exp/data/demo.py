@@ -22,7 +22,7 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
-DEMO_VERSION = 2  # 2: adds the eval split (eval/)
+DEMO_VERSION = 4  # 2: adds the eval split (eval/); 3: the larger training split (large/); 4: its weights
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
 SHAPES = ("circle", "square", "triangle")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
@@ -32,6 +32,14 @@ SAMPLES_PER_DATASET = 48
 # The eval split (eval/meta.json, data=demo_eval): fresh draws of the same four tasks, never in training.
 EVAL_SAMPLES_PER_DATASET = 16
 EVAL_SUBDIR = "eval"
+# The larger training split (large/meta.json, data=demo_large; what `make demo` trains on): the same draws as
+# the main split extended to more samples per task (its first SAMPLES_PER_DATASET lines are the main split's),
+# enough for the tiny model to read colours from the pixels instead of memorising 48 images per task.
+LARGE_SAMPLES_PER_DATASET = 400
+LARGE_SUBDIR = "large"
+# Mixture weights of the larger split (meta.json `weight`): the pixel tasks get most of each epoch, since the
+# text task is learned in a few steps and an even mix leaves too few colour questions to read from the pixels.
+LARGE_WEIGHTS = {"shapes": 4, "counting": 2, "compare": 1, "text": 1}
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
@@ -146,8 +154,9 @@ def is_complete(directory: str | os.PathLike) -> bool:
     return marker.exists() and marker.read_text().strip() == str(DEMO_VERSION)
 
 
-def _write_split(out: Path, seed: int, tag: str, n_samples: int) -> None:
-    """One split (images/, one jsonl per task, meta.json) in `out`; `tag` keeps each split's draws distinct."""
+def _write_split(out: Path, seed: int, tag: str, n_samples: int, weights: dict[str, float] | None = None) -> None:
+    """One split (images/, one jsonl per task, meta.json) in `out`; `tag` keeps each split's draws distinct;
+    `weights`: each task's mixture weight in meta.json."""
     (out / "images").mkdir(parents=True)
     meta = {}
     for name, gen in GENERATORS.items():
@@ -158,6 +167,8 @@ def _write_split(out: Path, seed: int, tag: str, n_samples: int) -> None:
                 f.write(json.dumps(row) + "\n")
         meta[name] = {"root": ".", "annotation": f"{name}.jsonl", "data_augment": False, "repeat_time": 1,
                       "length": len(rows)}
+        if weights:
+            meta[name]["weight"] = weights[name]
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -171,6 +182,7 @@ def generate_demo_data(directory: str | os.PathLike, seed: int = 0) -> Path:
     try:
         _write_split(tmp, seed, "", SAMPLES_PER_DATASET)
         _write_split(tmp / EVAL_SUBDIR, seed, "eval-", EVAL_SAMPLES_PER_DATASET)
+        _write_split(tmp / LARGE_SUBDIR, seed, "", LARGE_SAMPLES_PER_DATASET, LARGE_WEIGHTS)
         (tmp / ".complete").write_text(str(DEMO_VERSION))
         try:
             if target.exists():  # stale or incomplete copy

@@ -96,13 +96,15 @@ def _entry(name: str, spec: Mapping[str, Any], base: Path | None, where: str) ->
     )
 
 
-def load_entries(meta_path: str | None, inline: Mapping[str, Mapping[str, Any]] | None = None) -> list[DatasetEntry]:
-    """Datasets from a meta JSON and/or inline specs (inline wins on a name clash), in order."""
+def load_entries(meta_path: str | None, inline: Mapping[str, Mapping[str, Any]] | None = None,
+                 key: str = "data") -> list[DatasetEntry]:
+    """Datasets from a meta JSON and/or inline specs (inline wins on a name clash), in order. `key`: the config
+    node they come from (data, or data.eval), as error messages name it."""
     specs: dict[str, tuple[Mapping[str, Any], Path | None, str]] = {}
     if meta_path:
         mp = Path(meta_path).expanduser()
         if not mp.exists():
-            raise DataConfigError(f"data.meta_path: {mp} does not exist")
+            raise DataConfigError(f"{key}.meta_path: {mp} does not exist")
         try:
             meta = json.loads(mp.read_text())
         except json.JSONDecodeError as e:
@@ -114,9 +116,9 @@ def load_entries(meta_path: str | None, inline: Mapping[str, Mapping[str, Any]] 
                 raise DataConfigError(f"{mp}: dataset {name!r} must be an object")
             specs[name] = (spec, mp.parent, str(mp))
     for name, spec in (inline or {}).items():
-        specs[name] = (dict(spec), None, f"data.datasets.{name}")
+        specs[name] = (dict(spec), None, f"{key}.datasets.{name}")
     if not specs:
-        raise DataConfigError("no datasets: set data.meta_path or data.datasets")
+        raise DataConfigError(f"no datasets: set {key}.meta_path or {key}.datasets")
     return [_entry(name, spec, base, where) for name, (spec, base, where) in specs.items()]
 
 

@@ -70,8 +70,9 @@ def prepare(processor: Any, conversations: Sequence[Sequence[dict]], images: Seq
 
 
 def generate(loaded: Any, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence[Any]],
-             sampling: Sampling, streamer: Any = None) -> list[str]:
-    """One answer per conversation (each ends with a user turn)."""
+             sampling: Sampling, streamer: Any = None, synced_gpus: bool = False) -> list[str]:
+    """One answer per conversation (each ends with a user turn). `synced_gpus`: every process keeps running
+    forwards until all have finished (ZeRO-3 during training's eval: train/evaluation.py)."""
     import torch
 
     model, processor = loaded.model, loaded.processor
@@ -83,7 +84,7 @@ def generate(loaded: Any, conversations: Sequence[Sequence[dict]], images: Seque
     with torch.no_grad():
         out = model.generate(
             **inputs, **sampling.generate_kwargs(), eos_token_id=stop_token_ids(tokenizer, loaded.template),
-            pad_token_id=tokenizer.pad_token_id, streamer=streamer, use_cache=True,
+            pad_token_id=tokenizer.pad_token_id, streamer=streamer, use_cache=True, synced_gpus=synced_gpus,
         )
     new = out[:, inputs["input_ids"].shape[1]:]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]

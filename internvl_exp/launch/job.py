@@ -21,6 +21,7 @@ from internvl_exp.errors import ConfigError, UserError
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import configure, scrub, scrub_tree
+from internvl_exp.train.eval_settings import optimized_metric
 from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
 
 log = logging.getLogger(__name__)
@@ -181,8 +182,9 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
 
     from internvl_exp.launch.console import summary_line
 
-    value = objective(metrics, cfg.optimized_metric, sweep)
-    metrics.update({"optimized_metric": cfg.optimized_metric, "objective": value})
+    metric = optimized_metric(cfg)  # auto: final_eval_loss with eval data, else final_loss
+    value = objective(metrics, metric, sweep)
+    metrics.update({"optimized_metric": metric, "objective": value})
     write_json_atomic(rd.metrics, metrics)
     log.info("%s. Run directory: %s", summary_line(metrics), rd.root)
     scrub_tree(rd.root)

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from internvl_exp.outputs import RunDir
 from internvl_exp.train.batch import accumulation_steps, world_size
+from internvl_exp.train.eval_settings import eval_strategy
 from internvl_exp.train.schedule import hf_scheduler_name
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ def training_arguments(cfg: Any, run_dir: RunDir):
         save_strategy=t.save_strategy,
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
+        # Eval data with eval_strategy=no is still evaluated once at the end (train/run.py).
+        eval_strategy=eval_strategy(cfg),
+        eval_steps=t.eval_steps,
+        per_device_eval_batch_size=t.per_device_eval_batch_size or t.per_device_train_batch_size,
         dataloader_num_workers=t.dataloader_num_workers,
         bf16=t.bf16,
         use_cpu=use_cpu(t),

@@ -107,8 +107,14 @@ class ThroughputCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self._steps_in_window += 1
 
+    def exclude_seconds(self, seconds: float) -> None:
+        """Time spent outside training steps (an evaluation) is left out of the rates."""
+        if self._t_start is not None:
+            self._t_start += seconds
+            self._t_window += seconds
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None or self._t_window is None or self._steps_in_window == 0:
+        if logs is None or self._t_window is None or self._steps_in_window == 0 or "eval_loss" in logs:
             return
         now = time.perf_counter()
         counts = self._window.drain()

@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.data.collator import Collator
 from internvl_exp.data.packing import training_data
-from internvl_exp.data.from_config import build_from_config, tokens_per_tile
+from internvl_exp.data.eval_data import train_and_eval_data
+from internvl_exp.data.from_config import tokens_per_tile
 from internvl_exp.dist import is_main_process
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.loading import (
@@ -26,6 +28,8 @@ from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.redact import scrub_fields
 from internvl_exp.train.args import training_arguments, use_cpu
 from internvl_exp.train.callbacks import ThroughputCallback, install_first
+from internvl_exp.train.eval_settings import eval_strategy as args_eval_strategy
+from internvl_exp.train.evaluation import eval_history
 from internvl_exp.train.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
 from internvl_exp.train.flops import FlopsModel
 from internvl_exp.train.loss_summary import LossWindows
@@ -75,8 +79,11 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     tokenizer = load_tokenizer(cfg.model, checkpoint)
     # The pre-flight data scan runs before the model loads: bad data fails in seconds, not after a 70B load.
     num_tokens_per_tile = tokens_per_tile(cfg.model)
-    dataset, data_report = build_from_config(cfg, tokenizer, num_tokens_per_tile)
+    dataset, data_report, eval_dataset, eval_report = train_and_eval_data(cfg, tokenizer, num_tokens_per_tile)
     log.info("data: %d samples %s", data_report.samples, data_report.per_dataset)
+    if eval_dataset is not None:
+        log.info("eval data: %d samples %s (trainer.eval_strategy=%s)", eval_report.samples, eval_report.per_dataset,
+                 args_eval_strategy(cfg))
 
     # Before the model: ZeRO-3 must see it at construction. Scrubbed: pickled into training_args.bin.
     cpu = use_cpu(cfg.trainer)
@@ -130,6 +137,10 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         family=family,
         optimizer_config=cfg.optimizer,
         group_by_length=cfg.data.group_by_length,
+        eval_dataset=eval_dataset,
+        eval_collator=Collator(tokenizer.pad_token_id, cfg.data.loss_reduction) if eval_dataset is not None else None,
+        eval_generate_samples=cfg.trainer.eval_generate_samples,
+        template=cfg.model.template,
     )
     # Throughput/MFU first, so the loggers and the console printer see the numbers it adds to each log.
     throughput = ThroughputCallback(
@@ -145,6 +156,8 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     write_deepspeed_json(trainer.args, run_dir.deepspeed)  # the JSON as DeepSpeed was given it
     result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     preempted = preemption.stopped_by is not None and trainer.state.global_step < trainer.state.max_steps
+    if eval_dataset is not None and not preempted and trainer.evaluated_step != trainer.state.global_step:
+        trainer.evaluate()  # final_eval_loss is always the final model's (also under eval_strategy=no)
 
     if cfg.trainer.save_final and not preempted:
         trainer.save_model(str(run_dir.final))
@@ -165,6 +178,8 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         "train_loss": result.metrics.get("train_loss"),
         "best_loss": min(l for _, l in losses) if losses else None,
         "loss_history": [{"step": s, "loss": l} for s, l in losses],
+        # eval_loss history [{step, value}], best_eval_loss, final_eval_loss (train/evaluation.py)
+        **eval_history(trainer.state.log_history),
         "steps": steps,
         # Packed: the samples the throughput callback counted (rank 0's times the world size).
         "samples": (throughput.summary().get("samples", 0) * world if cfg.data.packing.enabled
@@ -177,6 +192,7 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         "throughput": throughput.summary(),
         "memory_plan": memory_plan.as_dict(),
         "data": data_report.as_dict(all_ranks=True),  # load failures summed over the ranks
+        "eval_data": eval_report.as_dict(all_ranks=True) if eval_report is not None else None,
         "run_dir": str(run_dir.root),
     }
     if plan.checkpoint is not None:

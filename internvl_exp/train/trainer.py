@@ -35,12 +35,42 @@ class InternVLTrainer(Trainer):
         return self._loss_scaled
 
     def __init__(self, *args: Any, family: Family, optimizer_config: Any, group_by_length: bool = False,
+                 eval_collator: Any = None, eval_generate_samples: int = 0, template: str | None = None,
                  **kwargs: Any):
         self.family = family
         self.optimizer_config = optimizer_config
         self.group_by_length = group_by_length
+        self.eval_collator = eval_collator  # padded batches with loss weights (train/evaluation.py)
+        self.eval_generate_samples = eval_generate_samples
+        self.template = template
         super().__init__(*args, **kwargs)
         self._marked_step: int | None = None
+        self.evaluated_step: int | None = None
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"):
+        """The eval loss over the whole eval set on every rank, reduced exactly (train/evaluation.py), plus
+        generation scores when asked; logged (console, trackers, log_history) like HF's evaluate."""
+        from internvl_exp.train.evaluation import eval_loss_sums, generation_scores
+
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        started = time.perf_counter()
+        total, weight, samples = eval_loss_sums(self, dataset, self.eval_collator,
+                                                self.args.per_device_eval_batch_size).tolist()
+        metrics: dict[str, float] = {f"{metric_key_prefix}_loss": total / weight if weight else float("nan"),
+                                     f"{metric_key_prefix}_samples": int(samples)}
+        if self.eval_generate_samples:
+            scores = generation_scores(self, dataset, self.eval_generate_samples, self.template)
+            metrics.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
+        seconds = time.perf_counter() - started
+        metrics[f"{metric_key_prefix}_runtime"] = round(seconds, 4)
+        for callback in self.callback_handler.callbacks:  # eval time is not training time (throughput, MFU)
+            exclude = getattr(callback, "exclude_seconds", None)
+            if exclude is not None:
+                exclude(seconds)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.evaluated_step = self.state.global_step
+        return metrics
 
     def _get_train_sampler(self, train_dataset: Any = None):
         if self.group_by_length:
