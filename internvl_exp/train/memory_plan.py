@@ -175,11 +175,6 @@ class Plan:
             batch = "; not even batch 1 fits: freeze more, use LoRA, a higher ZeRO stage, offload or checkpointing"
         return f"{word}: ~{need:.1f} of {mem:.0f} GiB per {self.device['name']}{batch}"
 
-    def header(self) -> str:
-        """One line for the start of a run."""
-        t = f", ~{self.step_time_s:.2f} s/step at {self.mfu:.0%} MFU" if self.step_time_s else ""
-        return f"planner: {self.verdict()}{t}"
-
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(peak_gb=self.peak_gb, verdict=self.verdict())
