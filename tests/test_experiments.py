@@ -172,13 +172,36 @@ def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp
     plain = "Otter-Lantern-5521"  # secret by its variable's name only, so the config may carry it (run_name)
     monkeypatch.setenv("MY_DB_PASSWORD", plain)
     run_dir = tmp_path / "outputs" / "default" / "tb"
-    with caplog.at_level(logging.WARNING, logger="internvl_exp.redact"):
-        value = _job(tmp_path, demo_dir, ["logger=tensorboard", "optimized_metric=throughput.tokens_per_s",
-                                          f"run_name=tb-{plain}"], run_dir)
+    lines: list[str] = []
+    catch = logging.Handler(logging.INFO)
+    catch.emit = lambda record: lines.append(record.getMessage())
+    ours = logging.getLogger("internvl_exp")
+    ours.addHandler(catch)
+    level, ours.level = ours.level, logging.INFO
+    try:
+        with caplog.at_level(logging.WARNING, logger="internvl_exp.redact"):
+            value = _job(tmp_path, demo_dir, ["logger=tensorboard", "optimized_metric=throughput.tokens_per_s",
+                                              f"run_name=tb-{plain}"], run_dir)
+    finally:
+        ours.removeHandler(catch)
+        ours.setLevel(level)
     assert not [r for r in caplog.records if "removed a secret" in r.getMessage()]  # scrubbed before writing
     out = capsys.readouterr().out
-    assert "config" in out and "├── model" in out  # the rich config tree
+    assert "├── model" not in out  # the config tree only with print_config=true
     assert f"Run directory: {run_dir}" in out
+    # The short header instead: model, what trains, processes, outputs; then data size, parameters, planner.
+    from internvl_exp.train.console_header import _count
+
+    logged = "\n".join(lines)
+    params = json.loads((run_dir / "params.json").read_text())["parameters"]["total"]
+    samples = json.loads((run_dir / "metrics.json").read_text())["data"]["samples"]
+    for line in ("model     tiny: random init from model.arch", "trains    freeze=vision: projector, llm, lm_head full; vision frozen",
+                 "processes single process; no DeepSpeed", f"outputs   {run_dir} (full config: config.yaml",
+                 f"data      {samples:,} samples (shapes 48, counting 48, compare 48, text 48); 4 optimizer steps",
+                 f"params    {_count(params['trainable'])} of {_count(params['total'])} trainable "
+                 f"({100 * params['trainable'] / params['total']:.1f}%): projector",
+                 "planner   CPU run: predicted peak"):
+        assert line in logged, line
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert value == metrics["objective"] == metrics["throughput"]["tokens_per_s"] > 0
@@ -199,9 +222,11 @@ def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp
                                                                    or plain.encode() in p.read_bytes())]
 
 
-def test_logger_none_writes_nothing_extra_and_a_failed_single_run_exits_nonzero(tmp_path, demo_dir):
+def test_logger_none_writes_nothing_extra_and_a_failed_single_run_exits_nonzero(tmp_path, demo_dir, capsys):
     run_dir = tmp_path / "outputs" / "default" / "plain"
-    _job(tmp_path, demo_dir, ["logger=none"], run_dir)
+    _job(tmp_path, demo_dir, ["logger=none", "print_config=true"], run_dir)
+    out = capsys.readouterr().out
+    assert "├── model" in out and "max_seq_length:" in out  # print_config=true: the whole tree as well
     names = {p.name for p in run_dir.iterdir()}
     assert {"config.yaml", "overrides.yaml", "metrics.json", "provenance"} <= names
     assert not names & {"wandb", "tensorboard", "runs"} and not list(run_dir.rglob("*tfevents*"))

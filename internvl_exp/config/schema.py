@@ -372,6 +372,9 @@ class Config:
     # Extra secrets: regular expressions whose matches are redacted from everything a run writes, on top of the
     # values of secret-named environment variables (internvl_exp/redact.py; docs/experiments.md).
     secrets: list[str] = field(default_factory=list)
+    # Also print the whole resolved config as a tree at the start of a run (it is always in config.yaml; the
+    # console shows a short header: internvl_exp/train/console_header.py).
+    print_config: bool = False
 
 
 def register_configs(project_root: str | None = None) -> None:

@@ -119,12 +119,12 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         saved = write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # scrubbed
         if sweep:
             validate(cfg)  # before anything heavy is imported or loaded; the failure is recorded below
-        resolve_weights(cfg)  # the weights are on this machine (or random is asked for): fail in seconds
+        weights = resolve_weights(cfg)  # the weights are on this machine (or random is asked for): fail in seconds
 
-        from internvl_exp.launch.console import print_config_tree
         from internvl_exp.provenance import write_provenance
+        from internvl_exp.train.console_header import print_launch_header
 
-        print_config_tree(saved)
+        print_launch_header(cfg, saved, weights, rd.root)  # the config tree too under print_config=true
         write_provenance(rd.provenance, Path(cfg.paths.root_dir))
 
         if cfg.distributed.name in ("torchrun", "slurm"):  # the workers log to the tracker, write metrics.json

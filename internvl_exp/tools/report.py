@@ -146,7 +146,30 @@ def _short(value: Any) -> str:
     return f"{float(value):.4g}" if _is_number(value) else str(value)
 
 
-def render_figure(jobs: list[Job], path: Path) -> None:
+# Keys whose values are learning rates: plotted on a log axis whatever their span (a sweep over 1e-4 and 3e-4
+# still reads as a ratio). Any other positive numeric key goes log when it spans a decade or more.
+_LR_KEY = re.compile(r"(^|[._])(lr|learning_rate)([._]|$)|_lr$")
+
+
+def job_colors(jobs: list[Job]) -> dict[int, Any]:
+    """One colour per job, the same in every panel: a qualitative colormap (tab10 up to 10 jobs, tab20 up to
+    20, then tab20 + tab20b + tab20c for up to 60; past that the colours repeat and the job numbers tell)."""
+    import matplotlib
+
+    names = ["tab10"] if len(jobs) <= 10 else ["tab20"] if len(jobs) <= 20 else ["tab20", "tab20b", "tab20c"]
+    palette = [c for n in names for c in matplotlib.colormaps[n].colors]
+    return {j.num: palette[i % len(palette)] for i, j in enumerate(jobs)}
+
+
+def _log_axis(key: str, xs: list[float]) -> bool:
+    if not xs or min(xs) <= 0:
+        return False
+    return bool(_LR_KEY.search(key)) or max(xs) / min(xs) >= 10
+
+
+def build_figure(jobs: list[Job]):
+    """The summary figure: loss curves per job (each ending in its job number) and the objective against
+    each swept parameter (points labelled by job number), one colour per job, the legend right of the panels."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a display
@@ -154,43 +177,62 @@ def render_figure(jobs: list[Job], path: Path) -> None:
     import matplotlib.ticker
 
     keys = swept_keys(jobs)
+    colors = job_colors(jobs)
     metric = next((j.metrics["optimized_metric"] for j in jobs if j.metrics.get("optimized_metric")), "objective")
     panels = 1 + max(1, len(keys))
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
+    # constrained layout reserves room for a legend placed "outside": it never covers a curve.
+    fig, axes = plt.subplots(1, panels, figsize=(5.0 * panels + 3.0, 4.4), squeeze=False, layout="constrained")
     ax = axes[0][0]
     for j in jobs:
         if j.losses:
             steps, losses = zip(*j.losses)
             label = ", ".join(f"{k}={_short(j.params.get(k))}" for k in keys)
-            ax.plot(steps, losses, marker=".", label=f"{j.num}: {label}")
+            ax.plot(steps, losses, marker=".", markersize=3, linewidth=1.2, color=colors[j.num],
+                    label=f"{j.num}: {label}" if label else str(j.num))
+            ax.annotate(str(j.num), (steps[-1], losses[-1]), xytext=(3, 0), textcoords="offset points",
+                        fontsize="x-small", color=colors[j.num], va="center")
     ax.set(title="training loss", xlabel="step", ylabel="loss")
     if any(j.losses for j in jobs):
-        ax.legend(fontsize="x-small")
+        n = sum(1 for j in jobs if j.losses)
+        fig.legend(loc="outside right upper", fontsize="x-small", ncols=1 if n <= 24 else 2, title="job: overrides",
+                   title_fontsize="x-small")
     for i, key in enumerate(keys or [None]):
         ax = axes[0][i + 1]
         if key is None:
             ax.set_axis_off()
             ax.text(0.5, 0.5, "no swept parameter", ha="center", va="center")
             continue
-        pts = [(j.params.get(key), j.objective) for j in jobs if j.objective is not None and key in j.params]
-        if pts and all(_is_number(v) for v, _ in pts):
-            xs = [float(v) for v, _ in pts]
-            ax.scatter(xs, [o for _, o in pts])
-            if min(xs) > 0 and max(xs) / min(xs) >= 10:
+        shown = [j for j in jobs if j.objective is not None and key in j.params]
+        values = [j.params[key] for j in shown]
+        if shown and all(_is_number(v) for v in values):
+            xs = [float(v) for v in values]
+            if _log_axis(key, xs):
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
-        elif pts:
-            cats = list(dict.fromkeys(str(v) for v, _ in pts))
-            ax.scatter([cats.index(str(v)) for v, _ in pts], [o for _, o in pts])
+        elif shown:
+            cats = list(dict.fromkeys(str(v) for v in values))
+            xs = [float(cats.index(str(v))) for v in values]
             short = [c if len(c) <= 30 else "…" + c[-29:] for c in cats]  # long values (paths): keep the tail
             ax.set_xticks(range(len(cats)), short, rotation=30, ha="right", fontsize="small")
+        else:
+            xs = []
+        ax.scatter(xs, [j.objective for j in shown], c=[colors[j.num] for j in shown], s=28, zorder=2)
+        for x, j in zip(xs, shown):
+            ax.annotate(str(j.num), (x, j.objective), xytext=(4, 3), textcoords="offset points", fontsize="x-small",
+                        color=colors[j.num])
         failed = [j for j in jobs if j.objective is None and key in j.params]
         if failed:
             ax.set_title(f"{metric} vs {key}\n({len(failed)} job(s) without a value not shown)", fontsize="small")
         else:
             ax.set_title(f"{metric} vs {key}", fontsize="small")
         ax.set(xlabel=key, ylabel=metric)
-    fig.tight_layout()
+    return fig
+
+
+def render_figure(jobs: list[Job], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = build_figure(jobs)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

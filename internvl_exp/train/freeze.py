@@ -9,13 +9,13 @@ makes frozen modules deterministic (no dropout, attention dropout or drop-path) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
-
-from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
+from typing import TYPE_CHECKING, Any, Mapping
 
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.registry import PART_MODES, PARTS, Family
+
+if TYPE_CHECKING:  # torch and transformers only where a model is touched: the planner's cached path needs neither
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,8 @@ def _eval_pre_hook(module: nn.Module, args: Any) -> None:
     """
     if not module.training:
         return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     for sub in module.modules():
         if not (isinstance(sub, GradientCheckpointingLayer) and sub.gradient_checkpointing):
             sub.training = False

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from internvl_exp.models.registry import PARTS
@@ -174,11 +175,6 @@ class Plan:
         if self.max_batch == 0:
             batch = "; not even batch 1 fits: freeze more, use LoRA, a higher ZeRO stage, offload or checkpointing"
         return f"{word}: ~{need:.1f} of {mem:.0f} GiB per {self.device['name']}{batch}"
-
-    def header(self) -> str:
-        """One line for the start of a run."""
-        t = f", ~{self.step_time_s:.2f} s/step at {self.mfu:.0%} MFU" if self.step_time_s else ""
-        return f"planner: {self.verdict()}{t}"
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -326,6 +322,128 @@ def _meta_setup(cfg: Any):
     return model, family
 
 
+# The HF config fields activation_bytes reads (a cached summary keeps just these; see ModelSummary).
+_TEXT_FIELDS = ("hidden_size", "num_attention_heads", "head_dim", "num_key_value_heads", "intermediate_size",
+                "num_experts_per_tok", "moe_intermediate_size", "num_experts", "num_local_experts",
+                "num_hidden_layers", "vocab_size")
+_VISION_FIELDS = ("hidden_size", "intermediate_size", "image_size", "patch_size", "num_attention_heads")
+
+
+class ConfigView:
+    """The few fields of an InternVL config the activation model reads, without transformers: the
+    `get_text_config()` / `vision_config` / `downsample_ratio` shape of the real config."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = fields
+        self.downsample_ratio = fields["downsample_ratio"]
+        self.vision_config = SimpleNamespace(**fields["vision"])
+        self._text = SimpleNamespace(**fields["text"])
+
+    def get_text_config(self) -> Any:
+        return self._text
+
+    @staticmethod
+    def fields_of(config: Any) -> dict[str, Any]:
+        tc, vc = config.get_text_config(), config.vision_config
+        return {"downsample_ratio": config.downsample_ratio,
+                "text": {k: getattr(tc, k, None) for k in _TEXT_FIELDS},
+                "vision": {k: getattr(vc, k, None) for k in _VISION_FIELDS}}
+
+
+@dataclass
+class ModelSummary:
+    """What the planner needs from the model once freeze/LoRA is applied: parameter counts, the FLOPs model,
+    the ViT depth and the config fields of the activation model. Planning builds the preset on the meta device
+    for it (torch + transformers' modeling: ~10 s of imports on a loaded machine), so `tools.plan` keeps it in
+    `<paths.cache_dir>/plan_models/`, keyed by the model and freeze config, the package's source and the
+    torch/transformers/peft versions: a second plan of the same model and freeze (another batch, ZeRO stage,
+    process count, device) imports neither."""
+
+    total: int
+    trainable: int
+    per_part: dict[str, int]
+    flops: Any  # FlopsModel
+    vision_layers: int
+    config: Any  # the model's config (a ConfigView when planned from the config alone)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, "trainable": self.trainable, "per_part": self.per_part,
+                "flops": asdict(self.flops), "vision_layers": self.vision_layers,
+                "config": ConfigView.fields_of(self.config)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModelSummary":
+        from internvl_exp.train.flops import FlopsModel, PartWeights
+
+        flops = FlopsModel(**{**d["flops"], "weights": {p: PartWeights(**w) for p, w in d["flops"]["weights"].items()}})
+        return cls(d["total"], d["trainable"], d["per_part"], flops, d["vision_layers"], ConfigView(d["config"]))
+
+
+def _summary_key(cfg: Any) -> str:
+    import hashlib
+    import json
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    h = hashlib.sha256()
+    h.update(json.dumps([OmegaConf.to_container(cfg.model, resolve=True),
+                         OmegaConf.to_container(cfg.freeze, resolve=True)], sort_keys=True, default=str).encode())
+    for lib in ("torch", "transformers", "peft"):
+        try:
+            h.update(f"{lib}={version(lib)}".encode())
+        except PackageNotFoundError:
+            h.update(lib.encode())
+    package = Path(__file__).resolve().parents[1]
+    for src in sorted(package.rglob("*.py")):  # any code change may change the counts: rebuild
+        h.update(str(src.relative_to(package)).encode())
+        h.update(src.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def model_summary(cfg: Any, setup: Any = None, cache: bool = True) -> ModelSummary:
+    """The ModelSummary of `setup` (a (model, family) already made trainable: a run's own model) or of the
+    preset built on the meta device, from the cache when the same model/freeze/code was planned before."""
+    from internvl_exp.models.loading import tokens_per_tile
+
+    tpt = tokens_per_tile(cfg.model.image_size, cfg.model.patch_size, cfg.model.downsample_ratio)
+    if setup is not None:
+        return _summarise(*setup, tpt, keep_config=True)
+    path = None
+    if cache and cfg.get("paths") is not None and cfg.paths.get("cache_dir"):
+        from pathlib import Path
+
+        path = Path(cfg.paths.cache_dir) / "plan_models" / f"{_summary_key(cfg)}.json"
+        if path.is_file():
+            import json
+
+            try:
+                return ModelSummary.from_json(json.loads(path.read_text()))
+            except (ValueError, KeyError, TypeError):
+                pass  # unreadable or from an older layout: rebuild and overwrite
+    summary = _summarise(*_meta_setup(cfg), tpt, keep_config=False)
+    if path is not None:
+        from internvl_exp.outputs import write_json_atomic
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, summary.to_json())
+        except OSError:
+            pass  # a read-only cache only costs the next plan its speed
+    return summary
+
+
+def _summarise(model: Any, family: Any, tpt: int, keep_config: bool) -> ModelSummary:
+    from internvl_exp.train.flops import FlopsModel
+    from internvl_exp.train.freeze import num_vision_layers
+
+    total, trainable, per_part = count_parameters(model, family)
+    config = model.config if keep_config else ConfigView(ConfigView.fields_of(model.config))
+    return ModelSummary(total, trainable, per_part, FlopsModel.from_model(model, family, tpt),
+                        num_vision_layers(model, family), config)
+
+
 def count_parameters(model: Any, family: Any) -> tuple[int, int, dict[str, int]]:
     """(all, trainable, trainable per part) as the optimizer sees them (PEFT's idle originals left out)."""
     total = trainable = 0
@@ -349,19 +467,18 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     trainer.max_steps decides, or no run time); `batch` replaces the per-device batch; `setup`: a
     (model, family) already made trainable (a run passes its own model: no second build); `world`: the
     process count (else what the launch group will start); `running`: planning the current run's own device."""
-    from internvl_exp.models.loading import tokens_per_tile
     from internvl_exp.train.batch import accumulation_steps
     from internvl_exp.train.flops import FlopsModel, PartWeights
-    from internvl_exp.train.freeze import freeze_plan, num_vision_layers, trainable_vision_layers
+    from internvl_exp.train.freeze import freeze_plan, trainable_vision_layers
 
-    model, family = setup or _meta_setup(cfg)
+    summary = model_summary(cfg, setup)
     t, m = cfg.trainer, cfg.model
     world = int(world or planned_world_size(cfg))
     b = int(batch or t.per_device_train_batch_size)
     seq = int(seq_len or cfg.data.max_seq_length)
     n_tiles = int(tiles if tiles is not None else m.max_dynamic_patch + (1 if m.use_thumbnail and m.max_dynamic_patch > 1 else 0))
     stage, off_opt, off_par, zc = _zero(cfg)
-    total, trainable, per_part = count_parameters(model, family)
+    total, trainable, per_part = summary.total, summary.trainable, summary.per_part
 
     from internvl_exp.train.precision import weights_dtype
 
@@ -372,13 +489,13 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     weights, grads, opt = state_bytes(total, trainable, wb, world, stage, off_opt, off_par)
     buffers = _buffers(stage, zc, trainable * wb, world, wb)
 
-    flops = FlopsModel.from_model(model, family, tokens_per_tile(m.image_size, m.patch_size, m.downsample_ratio))
+    flops = summary.flops
     flows = flops._gradient_flows()
     plan = freeze_plan(cfg.freeze)
-    n_vit = num_vision_layers(model, family)
+    n_vit = summary.vision_layers
     vit_layers = n_vit if plan.modes["vision"] != "frozen" else len(trainable_vision_layers(plan, n_vit))
     eager = m.attn_implementation == "eager"
-    config = model.config
+    config = summary.config
 
     def peak_for(bsz: int) -> tuple[float, dict[str, float]]:
         acts = activation_bytes(config, flows, bsz, seq, n_tiles, bool(t.activation_checkpointing), ab, eager, vit_layers,

@@ -120,9 +120,9 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     memory_plan = plan_memory(cfg, setup=(model, family), world=args.world_size, running=True,
                               samples=data_report.samples)
     rss_before_train = peak_host_rss_gb()
-    trains = ", ".join(f"{p} {n / 1e6:,.1f}M" for p, n in memory_plan.trainable_per_part.items() if n) or "nothing"
-    log.info("run: model %s (%s parameters; trains %s), %d samples, outputs in %s\n%s", cfg.model.name,
-             f"{memory_plan.parameters / 1e6:,.1f}M", trains, data_report.samples, run_dir.root, memory_plan.header())
+    from internvl_exp.train.console_header import training_header
+
+    log.info("%s", training_header(data_report, memory_plan))  # data size, what trains, the planner's verdict
 
     keep_vision_in_graph(model)  # text-only batches still run the vision path (DDP/ZeRO-3 never hang)
     # Padded or packed batches, with the per-token loss weights of data.loss_reduction (data/packing.py).
