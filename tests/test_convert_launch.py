@@ -21,7 +21,7 @@ def test_every_family_trains_a_step_through_launch(tmp_path, demo_dir):
     res = run_launch([
         "-m", "model=local", f"model.path={','.join(paths)}", "model.template=internvl2_5", "model.image_size=56",
         "model.dtype=float32", "model.attn_implementation=eager", "trainer.max_steps=1", "trainer.logging_steps=1",
-        "trainer.save_final=false", "data.max_seq_length=4096", "data.scan_workers=1", f"paths.output_dir={tmp_path / 'out'}",
+        "trainer.save_final=false", "data.max_seq_length=4096", f"paths.output_dir={tmp_path / 'out'}",
         f"paths.cache_dir={tmp_path / 'cache'}", f"paths.demo_data_dir={demo_dir}", "sweep_name=families",
     ])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -289,7 +289,8 @@ def test_trainer_hands_the_epoch_to_the_dataset(tmp_path, tokenizer, demo_dir):
     from internvl_exp.models.registry import get_family
 
     cfg = compose(["data.datasets={}", "trainer.max_steps=null", "trainer.num_train_epochs=2",
-                   "trainer.per_device_train_batch_size=64", "trainer.save_final=false"], tmp_path, demo_dir)
+                   "trainer.per_device_train_batch_size=64", "trainer.save_final=false",
+                   "trainer.eval_strategy=no"], tmp_path, demo_dir)
     dataset, _ = build_from_config(cfg, tokenizer, 16)
     seen = []
     original = dataset.set_epoch

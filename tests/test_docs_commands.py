@@ -243,11 +243,8 @@ def test_every_doc_command_works_verbatim(places, capsys):
 def test_the_readme_default_run_really_trains(tmp_path, demo_dir):
     """README's first `python launch.py`, as written, plus overrides that keep it short and in tmp_path."""
     cmd = next(c for c in COMMANDS if c.doc == "README.md" and shlex.split(c.text, comments=True) == ["python", "launch.py"])
-    # One scan process: the forked scan workers have been seen to stall for minutes on this shared machine
-    # (reported; data/prescan.py), which is not what this test is about.
     args = [*shlex.split(cmd.text, comments=True)[1:], "trainer.max_steps=2", "trainer.save_final=false",
-            f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", "run_name=readme",
-            "data.scan_workers=1"]
+            f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", "run_name=readme"]
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "run finished (completed)" in proc.stdout and (tmp_path / "default" / "readme" / "metrics.json").is_file()

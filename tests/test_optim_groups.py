@@ -96,7 +96,8 @@ def _factors(scheduler: str, extra: list[str], tmp_path, tokenizer, steps: int =
     from internvl_exp.train.args import training_arguments
     from internvl_exp.train.trainer import InternVLTrainer
 
-    cfg = compose(["freeze=mlp_only", f"optimizer.scheduler={scheduler}", "optimizer.warmup_ratio=0.1", *extra],
+    cfg = compose(["freeze=mlp_only", f"optimizer.scheduler={scheduler}", "optimizer.warmup_ratio=0.1",
+                   "trainer.eval_strategy=no", *extra],
                   tmp_path)
     family, setup = build(cfg, tokenizer)
     trainer = InternVLTrainer(model=setup.model, args=training_arguments(cfg, RunDir(tmp_path / "r")),

@@ -18,6 +18,7 @@ QUICK = [
     "trainer.save_strategy=no",
     "optimizer.warmup_ratio=0.0",
     "optimizer.lr=1e-2",
+    "trainer.eval_strategy=no",  # these Trainers get no eval set (data=demo has one)
 ]
 
 
