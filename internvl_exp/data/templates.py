@@ -44,12 +44,7 @@ class Template:
 
     def turn_segments(self, conversations: Sequence[dict], system_message: str | None = None) -> list[list[tuple[str, bool]]]:
         """Per turn, a list of (text, supervised) pieces; the system prompt is turn 0."""
-        turns = normalise_roles(conversations)
-        if turns and turns[0][0] == "system":
-            system_message = turns[0][1]
-            turns = turns[1:]
-        if system_message is None:
-            system_message = self.system_message
+        system_message, turns = split_system(normalise_roles(conversations), system_message, self.system_message)
         eot = self.end_of_turn + self.turn_suffix
         out = [[(self.system_template.format(system_message=system_message) + eot, False)]]
         for role, value in turns:
@@ -114,6 +109,15 @@ def get_template(name: str) -> Template:
         return TEMPLATES[name]
     except KeyError:
         raise ConversationError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}") from None
+
+
+def split_system(turns: list[tuple[str, str]], system_message: str | None,
+                 default: str) -> tuple[str, list[tuple[str, str]]]:
+    """(the system prompt, the other turns): a leading system turn wins over `system_message`, which wins over
+    the template's default."""
+    if turns and turns[0][0] == "system":
+        return turns[0][1], turns[1:]
+    return (default if system_message is None else system_message), turns
 
 
 def normalise_roles(conversations: Sequence[dict]) -> list[tuple[str, str]]:
@@ -334,11 +338,7 @@ def count_turns(
     ids = _token_ids(tokenizer)
     count = ids.text_counter(tokenizer)
     turns = [(t["from"], t["value"]) for t in conversations] if roles_checked else normalise_roles(conversations)
-    if turns and turns[0][0] == "system":
-        system_message = turns[0][1]
-        turns = turns[1:]
-    if system_message is None:
-        system_message = tpl.system_message
+    system_message, turns = split_system(turns, system_message, tpl.system_message)
     eot = tpl.end_of_turn + tpl.turn_suffix
     images = list(num_image_tokens)
     used = 0  # images placed so far
