@@ -150,7 +150,7 @@ environment) {prov:.2f} s: together {imports + prov:.1f} s against the phase's {
 having changed between the measurements; imports are most of the phase and of the whole start-up. `--help` and
 `--cfg job` import neither torch nor transformers (a test checks `sys.modules`).
 
-{machine_line(f"shared with other jobs (load average, 1/5 min: {load_before} before, {load_after} after); run once")}
+{machine_line(f"load average (1/5 min: {load_before} before, {load_after} after); run once")}
 
 Command:
 
