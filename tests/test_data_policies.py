@@ -7,6 +7,7 @@ import json
 import logging
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -405,17 +406,24 @@ def test_policies_through_launch_py(tmp_path, demo_dir):
     assert "skipped 2 sample(s) by reason" in log and "d.jsonl:8: missing_media" in log
 
 
+def _every_third_image_truncated(root: Path, n: int) -> Path:
+    """A meta JSON over n single-image samples in root; every third image is truncated (its header scans, its
+    decode fails)."""
+    _truncated_png(root / "trunc.png")
+    write_image(root / "ok.png", (64, 64))
+    rows = [{"image": "trunc.png" if i % 3 == 2 else "ok.png", "conversations": conv("<image>\nColour?", "Red.")} for i in range(n)]
+    write_jsonl(root / "d.jsonl", rows)
+    meta = root / "meta.json"
+    meta.write_text(json.dumps({"d": {"root": str(root), "annotation": str(root / "d.jsonl")}}))
+    return meta
+
+
 def test_skip_keeps_every_step_when_images_fail_to_load_through_launch_py(tmp_path, demo_dir):
     """on_error=skip, batch size 1, every third image truncated (the header scan accepts it, the decode fails):
     the run completes all its steps, and metrics.json counts the failures by reason."""
     from conftest import run_launch
 
-    _truncated_png(tmp_path / "trunc.png")
-    write_image(tmp_path / "ok.png", (64, 64))
-    rows = [{"image": "trunc.png" if i % 3 == 2 else "ok.png", "conversations": conv("<image>\nColour?", "Red.")} for i in range(9)]
-    write_jsonl(tmp_path / "d.jsonl", rows)
-    meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"d": {"root": str(tmp_path), "annotation": str(tmp_path / "d.jsonl")}}))
+    meta = _every_third_image_truncated(tmp_path, 9)
     res = run_launch([f"paths.output_dir={tmp_path / 'out'}", f"paths.demo_data_dir={demo_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
                       f"data.meta_path={meta}", "data.generate_demo=false", "data.on_error=skip", "run_name=skip",
                       "trainer.per_device_train_batch_size=1", "trainer.max_steps=9", "trainer.save_final=false"])
@@ -473,12 +481,7 @@ def test_two_process_run_scans_once_and_skips_on_every_rank(tmp_path, demo_dir):
 
     from conftest import ROOT
 
-    _truncated_png(tmp_path / "trunc.png")
-    write_image(tmp_path / "ok.png", (64, 64))
-    rows = [{"image": "trunc.png" if i % 3 == 2 else "ok.png", "conversations": conv("<image>\nColour?", "Red.")} for i in range(12)]
-    write_jsonl(tmp_path / "d.jsonl", rows)
-    meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"d": {"root": str(tmp_path), "annotation": str(tmp_path / "d.jsonl")}}))
+    meta = _every_third_image_truncated(tmp_path, 12)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "launch.py"),
            f"paths.output_dir={tmp_path / 'out'}", f"paths.demo_data_dir={demo_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
            f"data.meta_path={meta}", "data.generate_demo=false", "data.on_error=skip", "run_name=two",
