@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from internvl_exp.data.templates import IMAGE_PLACEHOLDER, get_template
+from internvl_exp.data.templates import IMAGE_PLACEHOLDER, get_template, normalise_roles
 from internvl_exp.errors import UserError
 
 
@@ -48,6 +48,15 @@ def user_turn(text: str, n_images: int) -> dict[str, str]:
     return {"role": "user", "content": (IMAGE_PLACEHOLDER + "\n") * missing + text}
 
 
+def split_prompt(conversations: list[dict]) -> tuple[list[dict], str]:
+    """(chat messages before the last gpt turn, that turn's text) of a training sample: the prompt to answer and
+    its reference answer. Roles as the training data names them."""
+    turns = normalise_roles(conversations)
+    roles = {"system": "system", "human": "user", "gpt": "assistant"}
+    messages = [{"role": roles[r], "content": v} for r, v in turns[:-1]]
+    return messages, turns[-1][1]
+
+
 def stop_token_ids(tokenizer: Any, template: str | None) -> list[int]:
     """EOS plus the template's end-of-turn token: generation ends where a trained answer ends."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -61,10 +70,13 @@ def stop_token_ids(tokenizer: Any, template: str | None) -> list[int]:
 def prepare(processor: Any, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence[Any]], device: str):
     """Batched inputs (left padded, so every row's answer starts at the same column) for generation."""
     tokenizer = processor.tokenizer
-    tokenizer.padding_side = "left"
     texts = [processor.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
     flat = [im for per in images for im in per]
-    inputs = processor(text=texts, images=flat or None, return_tensors="pt", padding=True)
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:  # restored: the tokenizer may be the training run's (eval during training), which pads right
+        inputs = processor(text=texts, images=flat or None, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = padding_side
     inputs.pop("token_type_ids", None)
     return inputs.to(device), texts
 

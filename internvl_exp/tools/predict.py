@@ -66,16 +66,6 @@ def compose_for(loaded: Any, overrides: Sequence[str]):
     return cfg
 
 
-def split_prompt(conversations: list[dict]) -> tuple[list[dict], str]:
-    """(chat messages before the last gpt turn, that turn's text). Roles as the training data names them."""
-    from internvl_exp.data.templates import normalise_roles
-
-    turns = normalise_roles(conversations)
-    roles = {"system": "system", "human": "user", "gpt": "assistant"}
-    messages = [{"role": roles[r], "content": v} for r, v in turns[:-1]]
-    return messages, turns[-1][1]
-
-
 def samples(dataset: Any, limit: int | None) -> Iterator[Any]:
     """Every planned sample once, in file order (no repeats, no shuffling)."""
     n = len(dataset.plan)
@@ -99,7 +89,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from internvl_exp.data.from_config import build_from_config, tokens_per_tile
-    from internvl_exp.inference.generate import Sampling, generate, open_images
+    from internvl_exp.inference.generate import Sampling, generate, open_images, split_prompt
     from internvl_exp.inference.load import load_for_inference
     from internvl_exp.inference.scoring import exact_match, relaxed_match, scores
     from internvl_exp.outputs import write_json_atomic

@@ -34,15 +34,13 @@ class EvalShard(torch.utils.data.Dataset):
 
     def __init__(self, dataset: Any, rank: int, world: int):
         self.dataset = dataset
-        n = len(dataset)
-        self.positions = [rank + world * i for i in range(math.ceil(n / world))]
-        self.n = n
+        self.rank, self.world, self.n = rank, world, len(dataset)
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return math.ceil(self.n / self.world)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        p = self.positions[i]
+        p = self.rank + self.world * i
         if p < self.n:
             return self.dataset[p]
         item = dict(self.dataset[p % self.n])  # padding: the same graph, no supervised token
@@ -82,10 +80,9 @@ def eval_loss_sums(trainer: Any, dataset: Any, collator: Any, batch_size: int) -
 def generation_scores(trainer: Any, dataset: Any, n: int, template: str | None,
                       max_new_tokens: int = 32) -> dict[str, float]:
     """Exact and relaxed match of greedy answers for the first `n` eval samples, over every rank."""
-    from internvl_exp.inference.generate import Sampling, generate, open_images
+    from internvl_exp.inference.generate import Sampling, generate, open_images, split_prompt
     from internvl_exp.inference.load import Loaded
     from internvl_exp.inference.scoring import exact_match, relaxed_match
-    from internvl_exp.tools.predict import split_prompt
 
     args = trainer.args
     rows = list(range(min(n, len(dataset.plan))))
@@ -97,8 +94,6 @@ def generation_scores(trainer: Any, dataset: Any, n: int, template: str | None,
     model = trainer.model
     was_training = model.training
     model.eval()
-    tokenizer = trainer.processing_class.tokenizer
-    padding_side = tokenizer.padding_side
     counts = torch.zeros(3, dtype=torch.float64, device=args.device)
     try:
         if samples:
@@ -112,7 +107,6 @@ def generation_scores(trainer: Any, dataset: Any, n: int, template: str | None,
                     counts += torch.tensor([exact_match(pred, ref), relaxed_match(pred, ref), 1.0],
                                            dtype=torch.float64, device=args.device)
     finally:
-        tokenizer.padding_side = padding_side
         model.train(was_training)
     if args.world_size > 1:
         counts = trainer.accelerator.reduce(counts, reduction="sum")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.dist import is_main_process, world_size
 from internvl_exp.errors import UserError
 from internvl_exp.train.checkpoints import checkpoint_step, is_complete, list_checkpoints, warn_incomplete
 
@@ -160,9 +161,8 @@ def agreed_plan(resume: Any, run_dir: Path) -> ResumePlan:
     be initialised, which TrainingArguments does."""
     import torch.distributed as dist
 
-    multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    rank = dist.get_rank() if multi else 0
-    plan = plan_resume(resume, run_dir, warn=rank == 0)
+    multi = world_size() > 1
+    plan = plan_resume(resume, run_dir, warn=is_main_process())
     if not multi:
         return plan
     chosen = [str(plan.checkpoint) if plan.checkpoint is not None else None]

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from internvl_exp.dist import world_size
+
 
 def _vision_model(model: torch.nn.Module) -> torch.nn.Module:
     """The module that owns vision_tower + multi_modal_projector (transformers' InternVLModel)."""
@@ -51,12 +53,6 @@ def dummy_vision_term(vision_model: torch.nn.Module, device: torch.device) -> to
     return features.sum() * 0.0
 
 
-def _several_processes() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def keep_vision_in_graph(model: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
     """Install the hooks (the module the Trainer will call, and its language model); returns their handles."""
     vision_model = _vision_model(model)
@@ -66,7 +62,7 @@ def keep_vision_in_graph(model: torch.nn.Module) -> list[torch.utils.hooks.Remov
     def before(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         pending.clear()  # a forward that raised leaves nothing behind for the next one
         # In eval too when there are several processes: ZeRO-3 gathers the vision weights on every rank.
-        wanted[0] = kwargs.get("pixel_values") is None and (module.training or _several_processes())
+        wanted[0] = kwargs.get("pixel_values") is None and (module.training or world_size() > 1)
 
     def before_llm(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         # Inside the outer forward (after DeepSpeed's own start-of-forward hook), where images would be encoded.
