@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from internvl_exp.data.dataset import DataReport, SupervisedDataset, build_dataset, count_dataset
+from internvl_exp.data.dataset import DataReport, SupervisedDataset, count_dataset
 from internvl_exp.data.plan import Plan
 from internvl_exp.data.sources import DatasetEntry, load_entries
 
@@ -97,7 +97,7 @@ def build_eval_datasets(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> t
     """`data.eval`'s datasets, scanned and planned as training data is (same policies, same cache)."""
     from omegaconf import OmegaConf
 
-    from internvl_exp.data.from_config import image_settings, scan_options
+    from internvl_exp.data.from_config import build_from_config
 
     ev = cfg.data.eval
     inline = OmegaConf.to_container(ev.datasets, resolve=True) if ev.datasets else None
@@ -106,11 +106,7 @@ def build_eval_datasets(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> t
     if ignored:
         log.warning("data.eval: repeat_time, weight and data_augment do not apply to eval sets (every line is "
                     "evaluated once, unaugmented); ignored for %s", ignored)
-    return build_dataset(
-        eval_entries(entries), tokenizer, cfg.model.template, image_settings(cfg, num_tokens_per_tile),
-        max_seq_length=cfg.data.max_seq_length, length_policy=cfg.data.length_policy, on_error=cfg.data.on_error,
-        system_message=cfg.data.system_message, seed=cfg.data.seed, **scan_options(cfg),
-    )
+    return build_from_config(cfg, tokenizer, num_tokens_per_tile, entries=eval_entries(entries))
 
 
 def train_and_eval_data(cfg: Any, tokenizer: Any, num_tokens_per_tile: int):

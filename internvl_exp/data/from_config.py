@@ -53,10 +53,12 @@ def scan_options(cfg: Any) -> dict[str, Any]:
     return {"scan_workers": cfg.data.scan_workers, "cache_dir": cfg.paths.cache_dir if cfg.data.plan_cache else None}
 
 
-def build_from_config(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> tuple[SupervisedDataset, DataReport]:
-    """Scan and plan every sample (fails before training on bad data under on_error=strict)."""
+def build_from_config(cfg: Any, tokenizer: Any, num_tokens_per_tile: int,
+                      entries: list | None = None) -> tuple[SupervisedDataset, DataReport]:
+    """Scan and plan every sample (fails before training on bad data under on_error=strict): the training
+    datasets, or `entries` (the eval sets) under the same template, image settings and policies."""
     return build_dataset(
-        dataset_entries(cfg),
+        dataset_entries(cfg) if entries is None else entries,
         tokenizer,
         cfg.model.template,
         image_settings(cfg, num_tokens_per_tile),
