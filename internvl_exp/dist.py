@@ -14,7 +14,8 @@ import sys
 from typing import Any
 
 
-def _process_group() -> Any:
+def process_group() -> Any:
+    """torch.distributed when its process group is initialised (and torch already loaded), else None."""
     dist = sys.modules.get("torch.distributed")  # only if torch is already loaded: validation must stay light
     if dist is not None and dist.is_available() and dist.is_initialized():
         return dist
@@ -27,7 +28,7 @@ def world_size(distributed_cfg: Any = None) -> int:
     In the workers: the process group, else WORLD_SIZE, else 1. Before any worker starts (validating in the
     Hydra job) pass the `distributed` config: with neither of those set, the answer is what it will start,
     nproc_per_node x nnodes (1 node when it has no `nnodes`)."""
-    dist = _process_group()
+    dist = process_group()
     if dist is not None:
         return int(dist.get_world_size())
     env = os.environ.get("WORLD_SIZE")
@@ -41,7 +42,7 @@ def world_size(distributed_cfg: Any = None) -> int:
 
 def rank() -> int:
     """This process's global rank (0 in a single process)."""
-    dist = _process_group()
+    dist = process_group()
     if dist is not None:
         return int(dist.get_rank())
     return int(os.environ.get("RANK", "0") or 0)

@@ -36,9 +36,11 @@ class LoadFailures:
             counts = list(self._counts[:])
         if all_ranks:
             import torch
-            import torch.distributed as dist
 
-            if dist.is_available() and dist.is_initialized():
+            from internvl_exp.dist import process_group
+
+            dist = process_group()
+            if dist is not None:
                 device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
                 t = torch.tensor(counts, dtype=torch.int64, device=device)
                 dist.all_reduce(t)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from internvl_exp.dist import is_main_process, rank
+from internvl_exp.dist import is_main_process, process_group, rank
 from internvl_exp.launch.signals import unshield
 from internvl_exp.outputs import RunDir
 from internvl_exp.redact import ScrubFilter, configure
@@ -46,9 +46,8 @@ def setup_logging(run_dir: RunDir) -> None:
 
 
 def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = process_group()
+    if dist is not None:
         dist.barrier()
 
 
