@@ -188,9 +188,8 @@ def _check_tool(cmd: Command, places: dict[str, str], capsys) -> str:
     overrides = list(getattr(parsed, "overrides", None) or [])
     if tool == "plan":  # a plan composes the run (it may plan 8 processes before choosing how to start them)
         from internvl_exp.launch.precheck import compose_config
-        from internvl_exp.tools.plan import launch_group_overrides
 
-        compose_config([*launch_group_overrides(overrides, ROOT / "conf"), *_env_overrides(places)])
+        compose_config([*overrides, *_env_overrides(places)])
         return "parsed and composed"
     if overrides:
         _validate(cmd, overrides, places, capsys)

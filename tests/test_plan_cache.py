@@ -32,7 +32,10 @@ def test_second_plan_of_a_model_reads_the_cache_and_imports_no_torch(tmp_path):
     assert first["rc"] == 0 and first["torch"]  # built on the meta device
     assert len(list((tmp_path / "cache" / "plan_models").glob("*.json"))) == 1
 
+    [entry] = (tmp_path / "cache" / "plan_models").glob("*.json")
+    written = entry.stat().st_mtime_ns
     second = _plan(tmp_path, "trainer.per_device_train_batch_size=2", out="b.json")
+    assert entry.stat().st_mtime_ns == written  # read, not built and written again
     assert not second["torch"] and not second["transformers"]
     assert second["plan"] == first["plan"]
 

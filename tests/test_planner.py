@@ -122,6 +122,15 @@ def test_tool_config_error_exits_2():
     assert r.returncode == 2 and "config error" in r.stderr and "nope" in r.stderr
 
 
+def test_tool_reports_the_model_builds_refusal_as_a_config_error():
+    # The meta build refuses a preset with unsourced dims: the user's mistake, named, with no traceback.
+    r = subprocess.run([sys.executable, "-m", "internvl_exp.tools.plan", "model=internvl2_1b"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("config error: ") and "model.arch.text.vocab_size" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_help_imports_no_torch():
     code = ("import sys\nfrom internvl_exp.tools import plan\ntry:\n    plan.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")

@@ -23,7 +23,7 @@ EPILOG = """\
 overrides: any `key=value` or `group=option` that launch.py accepts, e.g.
   model=internvl2_8b deepspeed=zero3 freeze=lora_llm trainer.per_device_train_batch_size=2
   trainer.activation_checkpointing=true trainer.bf16=true data.max_seq_length=4096
-  distributed.nproc_per_node=8 (or launcher.nproc_per_node=8)  trainer.device_memory_gb=80
+  distributed.nproc_per_node=8 distributed.nnodes=2  trainer.device_memory_gb=80
 
 exit status: 0 fits (or device memory unknown), 1 does not fit, 2 invalid config.
 """
@@ -47,37 +47,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-def launch_group_overrides(overrides: Sequence[str], config_dir: Path) -> list[str]:
-    """Accept both names of the launch group: `distributed.*` (the new name) and `launcher.*`, whichever the
-    config tree has. Planning 8 processes must work before the group can start them, so only the key moves."""
-    has_distributed = (config_dir / "distributed").is_dir()
-    old, new = ("launcher", "distributed") if has_distributed else ("distributed", "launcher")
-    out = []
-    for o in overrides:
-        key = o.lstrip("+~").split("=", 1)[0]
-        if key.startswith(old + "."):
-            o = o.replace(old + ".", new + ".", 1)
-        out.append(o)
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from internvl_exp.errors import UserError
     from internvl_exp.launch.precheck import compose_config
 
-    overrides = launch_group_overrides(args.overrides, args.config_dir)
-    nnodes = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == "launcher.nnodes"]
-    overrides = [o for o in overrides if o not in nnodes]  # the old launcher group has no nnodes key
     try:
-        cfg = compose_config(overrides, args.config_dir)
-        if nnodes:
-            OmegaConf.set_struct(cfg, False)
-            cfg.launcher.nnodes = int(nnodes[-1].split("=", 1)[1])
+        cfg = compose_config(args.overrides, args.config_dir)
         from internvl_exp.train.memory_plan import format_plan, plan_memory
 
         plan = plan_memory(cfg, gpu=args.gpu, seq_len=args.seq_len, tiles=args.tiles, samples=args.samples)
