@@ -16,8 +16,9 @@ DEMO_ARGS := data=demo_large freeze=full trainer.max_steps=500 trainer.per_devic
 demo: $(STAMP)
 	$(PY) launch.py $(DEMO_ARGS)
 
+# One pytest-xdist worker per core (at most 4), each test file on one worker (its module fixtures built once).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile
 
 env: $(STAMP)
 

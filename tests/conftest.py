@@ -17,6 +17,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (`make test` runs one worker per core) every worker and the runs it starts would otherwise
+# each spin one OpenMP thread per core: oversubscribed, they wait on each other's spinning threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def compose(overrides: list[str] | None = None, tmp_path: Path | None = None, demo_dir: Path | None = None):

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shlex
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -216,7 +219,9 @@ def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp
     assert git["commit"] == head and isinstance(git["dirty"], bool)
     env = json.loads((run_dir / "provenance" / "environment.json").read_text())
     assert env["python"] and env["libraries"]["transformers"] and "MY_API_KEY" not in env["env"]
-    assert "pytest" in (run_dir / "provenance" / "command.txt").read_text()
+    # this process's own command line (pytest's, or an xdist worker's `python -c ...`)
+    assert (run_dir / "provenance" / "command.txt").read_text().startswith(f"cd {shlex.quote(os.getcwd())} && ")
+    assert shlex.join(sys.argv) in (run_dir / "provenance" / "command.txt").read_text()
     # TensorBoard gets the TrainingArguments (run_name included) as text: scrubbed before it sees them.
     assert not [p for p in run_dir.rglob("*") if p.is_file() and (SECRET.encode() in p.read_bytes()
                                                                    or plain.encode() in p.read_bytes())]

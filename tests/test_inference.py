@@ -15,9 +15,10 @@ import pytest
 from conftest import ROOT, compose
 
 # A short run that learns the demo's colour question from the pixels (a 4-way answer): the shapes task of the
-# demo's larger split (400 images; 48 are memorised, not generalised), batches of 16 at a constant lr.
+# demo's larger split (400 images; 48 are memorised, not generalised), batches of 16 at a constant lr. 300 steps:
+# at 200 the eval score sat at the test's margin (0.19 with one thread per process, more with two).
 LEARN = [
-    "trainer.max_steps=200", "trainer.per_device_train_batch_size=16", "trainer.logging_steps=50",
+    "trainer.max_steps=300", "trainer.per_device_train_batch_size=16", "trainer.logging_steps=50",
     "trainer.save_strategy=no", "optimizer.lr=3e-3", "optimizer.scheduler=constant", "freeze=full",
     "data.eval.meta_path=null",
 ]
