@@ -11,7 +11,8 @@ Models (presets whose dims are all sourced, so random init is allowed; docs/mode
 Each row: the official 2nd-stage freeze (ViT frozen), bf16 weights, our fused AdamW, a fixed batch of
 --batch rows x --seq tokens with --tiles 448-px tiles each, --warmup steps then --steps timed steps.
 Variants: attention sdpa vs flash_attention_2 (only when flash-attn is installed), activation checkpointing
-off vs on, padded vs packed rows (only when the package has sequence packing; skipped with a note otherwise).
+off vs on, padded rows vs the same samples packed into one row (`packed_batch`: sdpa masks it block-diagonally,
+flash attention runs its varlen kernel).
 tokens/s/GPU counts every token of the batch (no padding in these fixed rows); MFU uses the FLOPs model of
 train/flops.py and the device's dense bf16 peak; peak memory is torch.cuda.max_memory_allocated over the
 timed steps, next to `plan_memory`'s predicted peak for the same shapes.
@@ -38,21 +39,31 @@ BUDGET_S = 7 * 60  # stop starting new rows after this (the whole script must st
 def variants(smoke: bool) -> list[dict]:
     models = ["tiny"] if smoke else ["internvl3_1b", "internvl2_8b"]
     flash = importlib.util.find_spec("flash_attn") is not None
-    packing = importlib.util.find_spec("internvl_exp.data.packing") is not None
     rows = []
     for model in models:
         for attn in ("sdpa", "flash_attention_2"):
             for ckpt in (False, True):
                 for packed in (False, True):
-                    skip = None
-                    if attn == "flash_attention_2" and not flash:
-                        skip = "flash-attn not installed"
-                    elif packed and not packing:
-                        skip = "no sequence packing in this version"
-                    elif packed and attn != "flash_attention_2":
-                        skip = "packed rows need flash-attention varlen"
+                    skip = "flash-attn not installed" if attn == "flash_attention_2" and not flash else None
                     rows.append({"model": model, "attn": attn, "ckpt": ckpt, "packed": packed, "skip": skip})
     return rows
+
+
+def packed_batch(ids, labels, pixels, flash: bool) -> dict:
+    """The same samples as one packed row, as data/packing.py's PackedCollator hands them to the model: no
+    attention_mask, positions restarting per sample (the block-diagonal causal mask under sdpa), each sample's
+    first label ignored, and under flash attention the varlen kernel's cumulative lengths."""
+    import torch
+
+    n, seq = ids.shape
+    labels = labels.clone()
+    labels[:, 0] = -100
+    out = {"input_ids": ids.reshape(1, -1), "labels": labels.reshape(1, -1), "pixel_values": pixels,
+           "position_ids": torch.arange(seq, device=ids.device).repeat(n)[None]}
+    if flash:
+        cu = torch.arange(0, (n + 1) * seq, seq, dtype=torch.int32, device=ids.device)
+        out.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=seq, max_length_k=seq)
+    return out
 
 
 def run_one(v: dict, args) -> dict:
@@ -91,10 +102,15 @@ def run_one(v: dict, args) -> dict:
     labels = ids.clone()
     labels[ids == model.config.image_token_id] = -100
     dtype = torch.bfloat16 if cuda else torch.float32
-    batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device),
-             "pixel_values": torch.randn(args.batch * args.tiles, 3, cfg.model.image_size, cfg.model.image_size,
-                                         generator=g).to(device, dtype)}
-    plan = plan_memory(cfg, setup=(model, family), world=1, running=True, seq_len=seq, tiles=args.tiles)
+    pixels = torch.randn(args.batch * args.tiles, 3, cfg.model.image_size, cfg.model.image_size, generator=g).to(device, dtype)
+    ids, labels = ids.to(device), labels.to(device)
+    if v["packed"]:  # the same tokens and tiles as one row (per-device batch 1)
+        batch = packed_batch(ids, labels, pixels, flash=v["attn"] == "flash_attention_2")
+        plan = plan_memory(cfg, setup=(model, family), world=1, running=True, batch=1, seq_len=args.batch * seq,
+                           tiles=args.batch * args.tiles)
+    else:
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "pixel_values": pixels}
+        plan = plan_memory(cfg, setup=(model, family), world=1, running=True, seq_len=seq, tiles=args.tiles)
     flops = FlopsModel.from_model(model, family, tpt).step_flops(args.batch * seq, args.batch * seq**2, args.batch * args.tiles)
 
     def step():

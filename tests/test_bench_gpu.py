@@ -15,8 +15,9 @@ def test_gpu_bench_smoke_writes_its_table(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line for line in out.read_text().splitlines() if line.startswith("| tiny")]
     measured = [line for line in rows if "skipped" not in line]
-    # sdpa with and without activation checkpointing always run; flash-attention / packing rows say why not
-    assert len(measured) >= 2 and {"| off |", "| on |"} <= {c for line in measured for c in ("| off |", "| on |") if c in line}
+    # sdpa with and without activation checkpointing, padded and packed, always run; flash-attention rows say why not
+    sdpa = {(("| on |" in line), ("| packed |" in line)) for line in measured if "| sdpa |" in line}
+    assert sdpa == {(False, False), (False, True), (True, False), (True, True)}, measured
     for line in measured:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert float(cells[5].replace(",", "")) > 0  # tokens/s
