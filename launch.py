@@ -39,6 +39,9 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     from internvl_exp.launch.precheck import check_cfg_request
+    from internvl_exp.shutdown import skip_final_collection
+
+    skip_final_collection()
 
     # Hydra's --cfg runs no callback: validate here, so `--cfg job` fails exactly like the launch would.
     check_cfg_request(sys.argv[1:], Path(__file__).resolve().parent / "conf")

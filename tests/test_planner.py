@@ -123,7 +123,8 @@ def test_tool_config_error_exits_2():
 
 
 def test_tool_reports_the_model_builds_refusal_as_a_config_error():
-    # The meta build refuses a preset with unsourced dims: the user's mistake, named, with no traceback.
+    # The meta build (in the tool's MetaWorker process) refuses a preset with unsourced dims: the user's
+    # mistake, named, with no traceback.
     r = subprocess.run([sys.executable, "-m", "internvl_exp.tools.plan", "model=internvl2_1b"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr

@@ -86,4 +86,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from internvl_exp.shutdown import skip_final_collection
+
+    skip_final_collection()
     sys.exit(main(sys.argv[1:]))

@@ -49,6 +49,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from internvl_exp.train.meta_worker import MetaWorker
+
+    worker = MetaWorker()  # imports torch and transformers while the config composes (a first plan)
+    try:
+        return _plan(args, worker)
+    finally:
+        worker.close()
+
+
+def _plan(args: argparse.Namespace, worker) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -59,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = compose_config(args.overrides, args.config_dir)
         from internvl_exp.train.memory_plan import format_plan, plan_memory
 
-        plan = plan_memory(cfg, gpu=args.gpu, seq_len=args.seq_len, tiles=args.tiles, samples=args.samples)
+        plan = plan_memory(cfg, gpu=args.gpu, seq_len=args.seq_len, tiles=args.tiles, samples=args.samples,
+                           build=worker.summary)
     except (UserError, HydraException, OmegaConfBaseException) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -71,4 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from internvl_exp.shutdown import skip_final_collection
+
+    skip_final_collection()
     sys.exit(main())

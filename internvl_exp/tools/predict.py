@@ -126,4 +126,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    from internvl_exp.shutdown import skip_final_collection
+
+    skip_final_collection()
     sys.exit(main())

@@ -354,7 +354,8 @@ class ConfigView:
 class ModelSummary:
     """What the planner needs from the model once freeze/LoRA is applied: parameter counts, the FLOPs model,
     the ViT depth and the config fields of the activation model. Planning builds the preset on the meta device
-    for it (torch + transformers' modeling: ~10 s of imports on a loaded machine), so `tools.plan` keeps it in
+    for it (torch + transformers' modeling: ~9 s of imports on 2 cores, while the config composes: see
+    meta_worker.py), so `tools.plan` keeps it in
     `<paths.cache_dir>/plan_models/`, keyed by the model and freeze config, the package's source and the
     torch/transformers/peft versions: a second plan of the same model and freeze (another batch, ZeRO stage,
     process count, device) imports neither."""
@@ -402,9 +403,10 @@ def _summary_key(cfg: Any) -> str:
     return h.hexdigest()[:32]
 
 
-def model_summary(cfg: Any, setup: Any = None, cache: bool = True) -> ModelSummary:
+def model_summary(cfg: Any, setup: Any = None, cache: bool = True, build: Any = None) -> ModelSummary:
     """The ModelSummary of `setup` (a (model, family) already made trainable: a run's own model) or of the
-    preset built on the meta device, from the cache when the same model/freeze/code was planned before."""
+    preset built on the meta device, from the cache when the same model/freeze/code was planned before.
+    `build(cfg) -> ModelSummary` builds it elsewhere on a cache miss (tools.plan: a MetaWorker)."""
     from internvl_exp.models.loading import tokens_per_tile
 
     tpt = tokens_per_tile(cfg.model.image_size, cfg.model.patch_size, cfg.model.downsample_ratio)
@@ -422,7 +424,7 @@ def model_summary(cfg: Any, setup: Any = None, cache: bool = True) -> ModelSumma
                 return ModelSummary.from_json(json.loads(path.read_text()))
             except (ValueError, KeyError, TypeError):
                 pass  # unreadable or from an older layout: rebuild and overwrite
-    summary = _summarise(*_meta_setup(cfg), tpt, keep_config=False)
+    summary = build(cfg) if build is not None else _summarise(*_meta_setup(cfg), tpt, keep_config=False)
     if path is not None:
         from internvl_exp.outputs import write_json_atomic
 
@@ -461,17 +463,18 @@ def count_parameters(model: Any, family: Any) -> tuple[int, int, dict[str, int]]
 
 def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None, tiles: int | None = None,
                 samples: int | None = None, batch: int | None = None, setup: Any = None,
-                world: int | None = None, running: bool = False) -> Plan:
+                world: int | None = None, running: bool = False, build: Any = None) -> Plan:
     """The plan of a composed config (see the module docstring). `seq_len`/`tiles` replace the worst case
     (data.max_seq_length, max_dynamic_patch + thumbnail); `samples`: the epoch size for the run time (else
     trainer.max_steps decides, or no run time); `batch` replaces the per-device batch; `setup`: a
     (model, family) already made trainable (a run passes its own model: no second build); `world`: the
-    process count (else what the launch group will start); `running`: planning the current run's own device."""
+    process count (else what the launch group will start); `running`: planning the current run's own device;
+    `build`: see model_summary."""
     from internvl_exp.train.batch import accumulation_steps
     from internvl_exp.train.flops import FlopsModel, PartWeights
     from internvl_exp.train.freeze import freeze_plan, trainable_vision_layers
 
-    summary = model_summary(cfg, setup)
+    summary = model_summary(cfg, setup, build=build)
     t, m = cfg.trainer, cfg.model
     world = int(world or planned_world_size(cfg))
     b = int(batch or t.per_device_train_batch_size)

@@ -1,0 +1,18 @@
+"""A command's exit without Python's last garbage collection over torch's and transformers' objects.
+
+At exit the interpreter collects every tracked object one last time; with torch and transformers imported that
+walk takes ~2 s on 2 cores (measured: 2.5 s -> 0.5 s of exit), longer than a plan or a short run's own work.
+The operating system frees the memory anyway. What is skipped: only `__del__` of objects caught in reference
+cycles; files are closed where they are written, and logging, wandb and the other libraries flush in their
+own exit handlers, which run whatever their order relative to this one.
+"""
+
+from __future__ import annotations
+
+
+def skip_final_collection() -> None:
+    """Call in a command's `__main__` block: at exit, every object alive is frozen out of the last collection."""
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)  # frozen objects are never examined by a collection, the interpreter's last included
