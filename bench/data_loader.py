@@ -255,16 +255,10 @@ run, before training starts, and is not included above.
 **Machine**: {platform.machine()}, {os.cpu_count()} CPU cores, shared with other jobs while measured, so absolute
 numbers vary from run to run by up to 2x. Compare the ratio, not the absolute numbers. Python {platform.python_version()},
 torch {torch.__version__}, transformers {transformers.__version__}, Pillow {Image.__version__}, numpy {np.__version__}.
-
-Command:
-
-```bash
-{cmd}
-```
 """
     from docs_section import publish
 
-    publish(section, args.write_docs)
+    publish(section, args.write_docs, cmd)
 
 
 if __name__ == "__main__":

@@ -260,16 +260,10 @@ images from a pool of 32 real-size JPEGs (640x480 to 1920x1080), 448-px tiles at
 **Machine**: {platform.machine()}, {cores} CPU cores, load average {load[0]:.1f} at the start and {os.getloadavg()[0]:.1f}
 at the end of the run (other jobs share the cores: lines per CPU-second is the comparable number).
 {args.note + " " if args.note else ""}{time.strftime("%Y-%m-%d")}. Python {platform.python_version()}, torch {torch.__version__}, tokenizers {tokenizers.__version__}, numpy {np.__version__}.
-
-Command:
-
-```bash
-{cmd}
-```
 """
     from docs_section import publish
 
-    publish(section, args.write_docs)
+    publish(section, args.write_docs, cmd)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
-def publish(section: str, write_docs: bool) -> None:
-    """Print a benchmark's section and, with --write-docs, put it into docs/benchmarks.md."""
+def publish(section: str, write_docs: bool, command: str) -> None:
+    """Print a benchmark's section, ending with the command that made it, and, with --write-docs, put it into
+    docs/benchmarks.md."""
+    section = f"{section.rstrip()}\n\nCommand:\n\n```bash\n{command}\n```\n"
     print()
     print(section)
     if write_docs:

@@ -141,14 +141,8 @@ of milliseconds, so any per-step cost of the framework shows here at its largest
 absolute cost is a far smaller share.
 
 {machine_line(f"load average (1/5 min: {load_before} before, {load_after} after); run once")}
-
-Command:
-
-```bash
-python bench/overhead.py --write-docs
-```
 """
-    publish(section, args.write_docs)
+    publish(section, args.write_docs, "python bench/overhead.py --write-docs")
 
 
 if __name__ == "__main__":

@@ -115,16 +115,10 @@ tokens, sigma 1.1) plus 0-12 tiles of 256 tokens (40% text-only), capped at 8192
 
 **Machine**: {platform.machine()}, {os.cpu_count()} CPU cores, {args.note + " " if args.note else ""}{time.strftime("%Y-%m-%d")}. Python
 {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} (no model runs: lengths only).
-
-Command:
-
-```bash
-{cmd}
-```
 """
     from docs_section import publish
 
-    publish(section, args.write_docs)
+    publish(section, args.write_docs, cmd)
 
 
 if __name__ == "__main__":

@@ -203,14 +203,8 @@ from the cache and imports neither. Every command also skips Python's last garba
 (`internvl_exp/shutdown.py`), which took ~2 s with torch and transformers loaded.
 
 {machine_line(f"load average (1/5 min: {load_before} before, {load_after} after); run once")}
-
-Command:
-
-```bash
-python bench/startup.py --write-docs
-```
 """
-    publish(section, args.write_docs)
+    publish(section, args.write_docs, "python bench/startup.py --write-docs")
 
 
 if __name__ == "__main__":
