@@ -64,6 +64,24 @@ class ArchConfig:
 
 
 @dataclass
+class RecipeConfig:
+    """InternVL's official fine-tuning recipe for a preset: the value of each of these keys that the run leaves at
+    null (optimizer.lr, optimizer.weight_decay, optimizer.warmup_ratio, optimizer.scheduler, data.max_seq_length,
+    trainer.bf16, trainer.activation_checkpointing). Filled in once by internvl_exp.config.resolve, which records
+    where each value came from. null here: not sourced (the run must then set the key itself)."""
+
+    name: Optional[str] = None  # shown as the values' origin: "recipe <name>"
+    source: Optional[str] = None  # the official script (or card) the values come from
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    warmup_ratio: Optional[float] = None
+    scheduler: Optional[str] = None
+    max_seq_length: Optional[int] = None
+    bf16: Optional[bool] = None
+    activation_checkpointing: Optional[bool] = None
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     # Family name in the parts registry (internvl_exp.models.registry): how parts map to modules.
@@ -99,6 +117,8 @@ class ModelConfig:
     # Also drop paths in frozen vision layers (InternVL's official behaviour; needs freeze.frozen_mode=train).
     drop_path_on_frozen: bool = False
     arch: ArchConfig = field(default_factory=ArchConfig)
+    # The defaults this preset brings for other groups' keys left at null (see RecipeConfig).
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
 
 @dataclass
