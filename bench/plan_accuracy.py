@@ -96,7 +96,8 @@ def tracker_class():
 def measure(overrides: list[str], batch: int, checkpointing: bool, seq: int, tiles: int, steps: int = 2) -> dict:
     import torch
 
-    from internvl_exp.models.loading import load_model, tokens_per_tile
+    from internvl_exp.models.geometry import tokens_per_tile
+    from internvl_exp.models.loading import load_model
     from internvl_exp.models.registry import get_family
     from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
     from internvl_exp.launch.precheck import compose_config

@@ -1,8 +1,8 @@
 """Hydra callbacks (configured under `hydra.callbacks` in conf/hydra/default.yaml).
 
-RunGuard: a single run's config is validated in `on_run_start`, before Hydra creates the run directory, so a
-rejected config exits non-zero with the same message as `--cfg job` and leaves no directory behind (a sweep job
-is validated inside the job instead, which records the failure). Every job first applies its `secrets`
+RunGuard: before Hydra creates a single run's directory, refuse to touch a finished run (or move to a fresh
+`<run_name>-N` with resume=false). The config is resolved and validated once, in the job (launch/job.py): a
+rejected single run exits with the message and leaves no directory. Every job first applies its `secrets`
 patterns to the redaction layer, and a sweep's multirun.yaml (Hydra writes the raw command line into it) is
 scrubbed as soon as its first job starts.
 
@@ -34,13 +34,14 @@ class RunGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        from internvl_exp.launch.precheck import check_or_exit
         from internvl_exp.redact import configure
+
+        from internvl_exp.launch.job import note_new_dirs
 
         configure(config.get("secrets"))
         HydraConfig.instance().set_config(config)  # so `${hydra:...}` interpolations resolve while checking
-        check_or_exit(config)
         choose_run_dir(config)
+        note_new_dirs(Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from internvl_exp.redact import configure

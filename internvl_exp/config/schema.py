@@ -166,7 +166,8 @@ class DataConfig:
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)  # name -> DatasetSpec (InternVL's meta keys)
     # Generate the demo datasets into paths.demo_data_dir first (deterministic, once).
     generate_demo: bool = False
-    max_seq_length: int = 2048  # tokens per sample, image tokens included (longer: see length_policy)
+    # Tokens per sample, image tokens included (longer: see length_policy). null: the model recipe's.
+    max_seq_length: Optional[int] = None
     # What to do with samples longer than max_seq_length: drop (skip and count) or truncate whole turns.
     length_policy: str = "drop"
     # Bad annotation lines or unreadable media: strict (stop and list every problem) or skip (skip and count).
@@ -239,12 +240,13 @@ class DeepSpeedConfig:
 @dataclass
 class OptimizerConfig:
     name: str = MISSING
-    lr: float = 1e-4  # peak learning rate
-    weight_decay: float = 0.0  # AdamW weight decay (never on biases and norms)
+    # null (lr, weight_decay, scheduler, warmup_ratio): the model recipe's value (model.recipe; config/resolve.py).
+    lr: Optional[float] = None  # peak learning rate
+    weight_decay: Optional[float] = None  # AdamW weight decay (never on biases and norms)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     eps: float = 1e-8  # AdamW epsilon
-    scheduler: str = "cosine"  # an HF scheduler name: cosine | linear | constant | cosine_with_min_lr | warmup_stable_decay | ...
-    warmup_ratio: float = 0.0  # share of all steps spent warming up linearly from 0
+    scheduler: Optional[str] = None  # an HF scheduler name: cosine | linear | constant | cosine_with_min_lr | warmup_stable_decay | ...
+    warmup_ratio: Optional[float] = None  # share of all steps spent warming up linearly from 0
     max_grad_norm: float = 1.0  # gradient clipping by global norm
     # Multiplies `lr` per part, e.g. {vision: 0.1}. Parts not listed use 1.0; `embeddings` defaults to llm's.
     part_lr_scale: dict[str, float] = field(default_factory=dict)
@@ -281,12 +283,12 @@ class TrainerConfig:
     save_steps: int = 500  # checkpoint every N steps (save_strategy=steps)
     save_total_limit: Optional[int] = None  # keep only the N newest checkpoints (null: all)
     dataloader_num_workers: int = 0  # data-loader worker processes (0: in the training process)
-    bf16: bool = False  # bf16 mixed precision (autocast; DeepSpeed: bf16 weights)
+    bf16: Optional[bool] = None  # bf16 mixed precision (autocast; DeepSpeed: bf16 weights); null: the model recipe's
     # Accept half-precision weights trained by a torch optimizer without fp32 master weights (warns).
     pure_half_precision: bool = False
     # "auto": CPU when no accelerator is visible.
     device: str = "auto"
-    activation_checkpointing: bool = False  # recompute each layer in the backward pass: less memory, ~1/3 more compute
+    activation_checkpointing: Optional[bool] = None  # null: the model recipe's; recompute each layer in the backward pass: less memory, ~1/3 more compute
     save_final: bool = True  # save the trained model (or adapter) and processor to <run_dir>/final
     # Eval loss on data.eval / data.eval_fraction: no | steps | epoch (HF names); null: steps when there is eval
     # data, else no. With eval data the final model is always evaluated once more at the end (final_eval_loss).
@@ -367,6 +369,20 @@ class PathsConfig:
 
 
 @dataclass
+class ResolvedConfig:
+    """What internvl_exp.config.resolve decided from the rest of the config, once, in the Hydra job (never set by
+    hand): config.yaml carries it to every process and tool."""
+
+    world_size: int = 1  # training processes the launch starts (nproc_per_node x nnodes; SLURM: nodes x gpus)
+    # Micro-batches per optimiser step: trainer.global_batch_size / (per-device batch x world_size) when the global
+    # batch is set, else trainer.gradient_accumulation_steps.
+    gradient_accumulation_steps: int = 1
+    tokens_per_tile: int = 0  # image tokens per tile: (image_size / patch_size)^2 x downsample_ratio^2
+    # Where a value came from when it is not the config groups' own: "recipe <name>" or "override".
+    origins: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -395,6 +411,8 @@ class Config:
     # Also print the whole resolved config as a tree at the start of a run (it is always in config.yaml; the
     # console shows a short header: internvl_exp/train/console_header.py).
     print_config: bool = False
+    # Filled in by internvl_exp.config.resolve (null until then); not a setting.
+    resolved: Optional[ResolvedConfig] = None
 
 
 def register_configs(project_root: str | None = None) -> None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from internvl_exp.config.resolve import planned_world_size, recipe_gaps
 from internvl_exp.config.strict import secret_problems, unknown_key_problems
 from internvl_exp.data.templates import TEMPLATES
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.arch import random_init_refusal
 from internvl_exp.models.registry import PART_MODES, PARTS
 from internvl_exp.train.precision import precision_problems
-from internvl_exp.train.batch import batch_problems, world_size
+from internvl_exp.train.batch import batch_problems
 from internvl_exp.train.eval_settings import eval_problems
 from internvl_exp.train.resume import resume_problems
 
@@ -27,6 +28,9 @@ SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "warmup_st
 
 def config_problems(cfg: Any) -> list[str]:
     problems: list[str] = [*unknown_key_problems(cfg), *secret_problems(cfg)]  # config/strict.py
+    gaps = recipe_gaps(cfg)
+    if gaps:  # the rules below compare these values
+        return problems + gaps
     parts = dict(cfg.freeze.parts)
     missing = [p for p in PARTS if p not in parts]
     unknown = [p for p in parts if p not in PARTS]
@@ -236,7 +240,7 @@ def _trainer_problems(cfg: Any) -> list[str]:
                         "trainer.num_train_epochs epochs")
     if t.max_steps is None and t.num_train_epochs <= 0:
         problems.append(f"trainer.num_train_epochs: {t.num_train_epochs} must be > 0 (or set trainer.max_steps)")
-    return problems + batch_problems(t, world_size(cfg.distributed))
+    return problems + batch_problems(t, planned_world_size(cfg.distributed))
 
 
 # ZeRO stages, and the stages that can offload each kind of state (DeepSpeed: parameters need ZeRO-3).

@@ -16,12 +16,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from internvl_exp.config.validate import validate
+from internvl_exp.config.resolve import resolve
 from internvl_exp.errors import ConfigError, UserError
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import configure, scrub, scrub_tree
-from internvl_exp.train.eval_settings import optimized_metric
 from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
 
 log = logging.getLogger(__name__)
@@ -71,16 +70,34 @@ def _traceback_to_log_files(error: BaseException) -> None:
             handler.handle(record)
 
 
+# The topmost folder of a single run's directory that did not exist before Hydra made it (hydra_callbacks.RunGuard
+# notes it before the directory is created), so a rejected run removes exactly what its launch made.
+_made_from: list[Path] = []
+
+
+def note_new_dirs(run_dir: Path) -> None:
+    """Before Hydra creates `run_dir`: remember its topmost ancestor that does not exist yet."""
+    top = None
+    for p in [run_dir, *run_dir.parents]:
+        if p.exists():
+            break
+        top = p
+    _made_from[:] = [top] if top is not None else []
+
+
 def _discard_run_dir(root: Path) -> None:
     """Remove a single run's directory that holds nothing but an empty-so-far log (Hydra made it before the
-    job started), and its experiment folder if that is then empty."""
+    job started), and the folders above it that this launch made, if they are then empty."""
     if not root.is_dir() or any(p.name != "train.log" for p in root.iterdir()):
         return
     for p in root.iterdir():
         p.unlink()
     root.rmdir()
-    if root.parent.is_dir() and not any(root.parent.iterdir()):
-        root.parent.rmdir()
+    top = _made_from[0] if _made_from else root.parent
+    for parent in root.parents:
+        if not parent.is_dir() or any(parent.iterdir()) or top not in (parent, *parent.parents):
+            break
+        parent.rmdir()
 
 
 def resume_command(overrides: list[str], run_name: str) -> str:
@@ -97,11 +114,13 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
     configure(cfg.get("secrets"))  # the run's `secrets` patterns, before anything is written
     rd = RunDir(run_dir)
     sweep = sweep_dir is not None
+    name_run(cfg, rd.root, sweep_dir)
+    spec = None
     if not sweep:
-        # A single run that fails validation leaves no directory (launched by Hydra, RunGuard has already
-        # checked before the directory existed; this covers run_job called directly).
+        # The one resolution and validation of the run (config/resolve.py). A single run that fails it leaves no
+        # directory (Hydra made one with an empty log before the job started).
         try:
-            validate(cfg)
+            spec = resolve(cfg, overrides)
         except ConfigError as e:
             _discard_run_dir(rd.root)
             raise SystemExit(str(e)) from None
@@ -115,10 +134,14 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         raise SystemExit(str(e)) from None
     rd.root.mkdir(parents=True, exist_ok=True)
     try:
-        name_run(cfg, rd.root, sweep_dir)
-        saved = write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # scrubbed
-        if sweep:
-            validate(cfg)  # before anything heavy is imported or loaded; the failure is recorded below
+        if spec is None:  # a sweep job: its failure to resolve is recorded in its directory, and the sweep goes on
+            try:
+                spec = resolve(cfg, overrides)
+            except ConfigError:
+                write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # what was asked
+                raise
+        cfg = spec  # from here on, only the resolved spec
+        saved = write_config(rd, OmegaConf.to_container(spec, resolve=True), overrides)  # scrubbed
         weights = resolve_weights(cfg)  # the weights are on this machine (or random is asked for): fail in seconds
 
         from internvl_exp.provenance import write_provenance
@@ -182,7 +205,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
 
     from internvl_exp.launch.console import summary_line
 
-    metric = optimized_metric(cfg)  # auto: final_eval_loss with eval data, else final_loss
+    metric = cfg.optimized_metric  # resolved: final_eval_loss with eval data, else final_loss
     value = objective(metrics, metric, sweep)
     metrics.update({"optimized_metric": metric, "objective": value})
     write_json_atomic(rd.metrics, metrics)

@@ -245,12 +245,11 @@ class NodeLauncher:
     def run(self) -> dict[str, Any]:
         """Start and wait for this node's workers; rank 0's metrics (status preempted included; with
         `launcher_signal`, what this task caught meanwhile)."""
-        from omegaconf import OmegaConf
-
+        from internvl_exp.config.resolve import load_run_config
         from internvl_exp.launch.torchrun import launch_torchrun, workers_outcome
 
         rd = RunDir(Path(self.run_dir))
-        cfg = OmegaConf.load(rd.config)
+        cfg = load_run_config(rd.config)
         self.requeue, node = bool(cfg.distributed.requeue), SlurmNode.from_env()
         argv = node_torchrun_argv(cfg.distributed, rd.root, node)
         log.info("SLURM job %s node %d/%d: %s", node.job_id, node.node_rank, node.nnodes, " ".join(argv[1:]))

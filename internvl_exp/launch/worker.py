@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from internvl_exp.config.resolve import load_run_config
 from internvl_exp.dist import is_main_process, process_group, rank
 from internvl_exp.launch.signals import unshield
 from internvl_exp.outputs import RunDir
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
     # `kill -USR2 <pid>` prints every thread's Python stack: where a hung rank waits (docs/distributed.md).
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     rd = RunDir(Path(argv[0]))
-    cfg = OmegaConf.load(rd.config)
+    cfg = load_run_config(rd.config)  # the Hydra job's resolved spec, typed by the same schema
     configure(cfg.get("secrets"))
     setup_logging(rd)
     from internvl_exp.launch.job import record_failure

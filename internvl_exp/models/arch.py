@@ -59,7 +59,7 @@ def random_init_refusal(model_cfg: Any) -> str | None:
 def internvl_config_dict(model_cfg: Any, image_token_id: int, pad_token_id: int | None,
                          eos_token_id: int | None) -> dict[str, Any]:
     """Keyword arguments of transformers' `InternVLConfig` for the preset's architecture."""
-    from internvl_exp.models.loading import tokens_per_tile
+    from internvl_exp.models.geometry import tokens_per_tile
 
     refusal = random_init_refusal(model_cfg)
     if refusal:

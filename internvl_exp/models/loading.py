@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from internvl_exp.errors import ConfigError, UserError
+from internvl_exp.models.geometry import tokens_per_tile
 
 if TYPE_CHECKING:
     from internvl_exp.models.resolve import Weights
@@ -52,10 +53,6 @@ def load_tokenizer(model_cfg: Any, checkpoint: Path | None = None):
 def _no_weights(model_cfg: Any) -> str:
     return (f"model={model_cfg.name} needs its weights: resolve them first "
             "(internvl_exp.models.resolve.resolve_weights) or set model.random_init=true")
-
-
-def tokens_per_tile(image_size: int, patch_size: int, downsample_ratio: float) -> int:
-    return int((image_size // patch_size) ** 2 * downsample_ratio**2)
 
 
 def image_token_id(model_cfg: Any, tokenizer: Any) -> int:

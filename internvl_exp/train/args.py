@@ -9,8 +9,6 @@ import torch
 from omegaconf import OmegaConf
 
 from internvl_exp.outputs import RunDir
-from internvl_exp.train.batch import accumulation_steps, world_size
-from internvl_exp.train.eval_settings import eval_strategy
 from internvl_exp.train.schedule import hf_scheduler_name
 
 log = logging.getLogger(__name__)
@@ -33,8 +31,8 @@ def training_arguments(cfg: Any, run_dir: RunDir):
     from transformers import TrainingArguments
 
     t, opt = cfg.trainer, cfg.optimizer
-    world = world_size()  # at run time: the real process group / WORLD_SIZE, not what the launcher planned
-    accumulation = accumulation_steps(t, world)
+    world = cfg.resolved.world_size  # run.py checked the started processes against it
+    accumulation = cfg.resolved.gradient_accumulation_steps  # from global_batch_size (config/resolve.py)
     if t.global_batch_size is not None:
         log.info("global batch %d = %d per device x %d process(es) x %d accumulation step(s)",
                  t.global_batch_size, t.per_device_train_batch_size, world, accumulation)
@@ -62,7 +60,7 @@ def training_arguments(cfg: Any, run_dir: RunDir):
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         # Eval data with eval_strategy=no is still evaluated once at the end (train/run.py).
-        eval_strategy=eval_strategy(cfg),
+        eval_strategy=t.eval_strategy,
         eval_steps=t.eval_steps,
         per_device_eval_batch_size=t.per_device_eval_batch_size or t.per_device_train_batch_size,
         dataloader_num_workers=t.dataloader_num_workers,
@@ -75,5 +73,5 @@ def training_arguments(cfg: Any, run_dir: RunDir):
         disable_tqdm=False,
     )
     if args.world_size != world:  # the accumulation above assumed `world` processes
-        raise RuntimeError(f"the Trainer sees {args.world_size} processes but WORLD_SIZE / the process group says {world}")
+        raise RuntimeError(f"the Trainer sees {args.world_size} processes but the run was resolved for {world}")
     return args

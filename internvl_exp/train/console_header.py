@@ -19,6 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.config.show import settings_line
+
 log = logging.getLogger(__name__)
 
 _WIDTH = 10  # label column
@@ -93,6 +95,7 @@ def launch_header(cfg: Any, weights: Any, run_dir: Path) -> str:
         _row("model", model_line(cfg, weights)),
         _row("trains", trains_line(cfg)),
         _row("processes", processes_line(cfg)),
+        _row("settings", settings_line(cfg)),
         _row("outputs", f"{run_dir} (full config: config.yaml; print_config=true prints it here)"),
     ])
 

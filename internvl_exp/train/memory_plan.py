@@ -73,12 +73,8 @@ _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def planned_world_size(cfg: Any) -> int:
-    """Processes the launch will start: nproc_per_node x nnodes of the launch group (`distributed`, formerly
-    `launcher`). Not WORLD_SIZE: a plan is made before anything is launched."""
-    group = cfg.get("distributed") or cfg.get("launcher")
-    if group is None:
-        return 1
-    return int(group.get("nproc_per_node", 1) or 1) * int(group.get("nnodes", 1) or 1)
+    """Processes the launch starts, as the run spec resolved it (config/resolve.py)."""
+    return int(cfg.resolved.world_size)
 
 
 def device_memory_for(device_name: str | None) -> float | None:
@@ -407,7 +403,7 @@ def model_summary(cfg: Any, setup: Any = None, cache: bool = True, build: Any = 
     """The ModelSummary of `setup` (a (model, family) already made trainable: a run's own model) or of the
     preset built on the meta device, from the cache when the same model/freeze/code was planned before.
     `build(cfg) -> ModelSummary` builds it elsewhere on a cache miss (tools.plan: a MetaWorker)."""
-    from internvl_exp.models.loading import tokens_per_tile
+    from internvl_exp.models.geometry import tokens_per_tile
 
     tpt = tokens_per_tile(cfg.model.image_size, cfg.model.patch_size, cfg.model.downsample_ratio)
     if setup is not None:
@@ -532,7 +528,7 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
                          vision_layers=flops.vision_layers, vision_attn_width=flops.vision_attn_width)
     hardware = step + (forward.step_flops(tokens, b * seq**2, b * n_tiles) if t.activation_checkpointing else 0.0)
     mfu = float(t.get("planner_mfu") or 0.35)
-    accum = accumulation_steps(t, world)
+    accum = accumulation_steps(t, world)  # for `world` (the planner tool may plan another size than resolved)
     step_time = hardware * accum / (dev.peak_tflops * 1e12 * mfu) if dev.peak_tflops else None
     if t.max_steps is not None:
         steps = int(t.max_steps)

@@ -12,8 +12,7 @@ from typing import Any
 from internvl_exp.data.collator import Collator
 from internvl_exp.data.packing import training_data
 from internvl_exp.data.eval_data import train_and_eval_data
-from internvl_exp.data.from_config import tokens_per_tile
-from internvl_exp.dist import is_main_process
+from internvl_exp.dist import is_main_process, world_size
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.loading import (
     config_tokens_per_tile,
@@ -28,7 +27,6 @@ from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.redact import scrub_fields
 from internvl_exp.train.args import training_arguments, use_cpu
 from internvl_exp.train.callbacks import ThroughputCallback, install_first
-from internvl_exp.train.eval_settings import eval_strategy as args_eval_strategy
 from internvl_exp.train.evaluation import eval_history
 from internvl_exp.train.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
 from internvl_exp.train.flops import FlopsModel
@@ -36,7 +34,7 @@ from internvl_exp.train.loss_summary import LossWindows
 from internvl_exp.train.lora import record_base_model
 from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.optim import parameter_groups
-from internvl_exp.train.precision import pure_half_precision, weights_dtype
+from internvl_exp.train.precision import pure_half_precision
 from internvl_exp.train.param_report import format_report, training_report
 from internvl_exp.train.preemption import Preempted, PreemptionCallback
 from internvl_exp.train.resume import agreed_plan
@@ -65,6 +63,9 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     from transformers import set_seed
 
     started = time.time()
+    if world_size() != cfg.resolved.world_size:
+        raise ConfigError(f"this run was resolved for {cfg.resolved.world_size} process(es) (distributed.nproc_per_node "
+                          f"x nnodes) but {world_size()} started; launch it with the same distributed settings")
     set_seed(cfg.seed)
     family = get_family(cfg.model.family)
 
@@ -78,12 +79,12 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
                  weights.origin, f", loaded from {checkpoint}" if checkpoint != weights.path else "")
     tokenizer = load_tokenizer(cfg.model, checkpoint)
     # The pre-flight data scan runs before the model loads: bad data fails in seconds, not after a 70B load.
-    num_tokens_per_tile = tokens_per_tile(cfg.model)
+    num_tokens_per_tile = cfg.resolved.tokens_per_tile
     dataset, data_report, eval_dataset, eval_report = train_and_eval_data(cfg, tokenizer, num_tokens_per_tile)
     log.info("data: %d samples %s", data_report.samples, data_report.per_dataset)
     if eval_dataset is not None:
         log.info("eval data: %d samples %s (trainer.eval_strategy=%s)", eval_report.samples, eval_report.per_dataset,
-                 args_eval_strategy(cfg))
+                 cfg.trainer.eval_strategy)
 
     # Before the model: ZeRO-3 must see it at construction. Scrubbed: pickled into training_args.bin.
     cpu = use_cpu(cfg.trainer)
@@ -92,7 +93,6 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     init_before_model(cfg, args, cpu)
     plan = agreed_plan(cfg.get("resume", "auto"), run_dir.root)  # the same on every rank (rank 0's)
     log.info("run %s: %s", run_dir.root.name, plan.describe())
-    cfg.model.dtype = weights_dtype(cfg)  # auto -> what this run loads (train/precision.py)
     if pure_half_precision(cfg):
         log.warning("training pure %s weights without fp32 master weights (trainer.pure_half_precision=true): "
                     "small updates round away", cfg.model.dtype)
