@@ -130,6 +130,17 @@ def resolve(cfg: DictConfig, overrides: Iterable[str] = (), check: bool = True,
     return spec
 
 
+def resolve_device(spec: DictConfig) -> None:
+    """trainer.device=auto decided where the training processes run: in the Hydra job for a single process and
+    torchrun on this machine (imports torch: called once the config is known to be valid); a SLURM run's
+    nodes decide for themselves, so there it stays auto."""
+    if spec.trainer.device == "auto" and spec.distributed.name != "slurm":
+        import torch
+
+        spec.trainer.device = "cuda" if torch.cuda.is_available() else "cpu"
+        spec.resolved.origins["trainer.device"] = "detected"
+
+
 def _copy(cfg: DictConfig) -> DictConfig:
     """A copy with its interpolations resolved and without Hydra's node (which resolves only in Hydra's job). Keys
     the schema does not know (`+optimizer.lrr=1`) stay, for validation to name them."""

@@ -170,6 +170,9 @@ class DataConfig:
     max_seq_length: Optional[int] = None
     # What to do with samples longer than max_seq_length: drop (skip and count) or truncate whole turns.
     length_policy: str = "drop"
+    # The share of a dataset's lines the length policy may drop before the run stops (before the model loads),
+    # naming the dataset and the fixes; 1.0 accepts any loss. A dataset left with no sample always stops.
+    max_drop_share: float = 0.05
     # Bad annotation lines or unreadable media: strict (stop and list every problem) or skip (skip and count).
     on_error: str = "strict"
     system_message: Optional[str] = None  # replaces the template's system prompt (null: the template's own)

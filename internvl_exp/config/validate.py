@@ -52,6 +52,8 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("model.min_dynamic_patch/max_dynamic_patch: need 1 <= min_dynamic_patch <= max_dynamic_patch")
     if cfg.data.length_policy not in ("drop", "truncate"):
         problems.append(f"data.length_policy: {cfg.data.length_policy!r} is not 'drop' or 'truncate'")
+    if not 0.0 <= cfg.data.max_drop_share <= 1.0:
+        problems.append(f"data.max_drop_share: {cfg.data.max_drop_share} must be in [0, 1] (1 accepts any loss)")
     if cfg.data.on_error not in ("strict", "skip"):
         problems.append(f"data.on_error: {cfg.data.on_error!r} is not 'strict' or 'skip'")
     if cfg.data.name == "meta" and not cfg.data.meta_path:

@@ -74,6 +74,8 @@ class DataReport:
     tokens: int = 0  # total tokens in one epoch
     supervised_tokens: int = 0
     load_failures: LoadFailures | None = None
+    # dataset -> lines the length policy dropped (data.max_drop_share bounds the share; data/dataset.py)
+    dropped_too_long: dict[str, int] = field(default_factory=dict)
     plan_source: str = "scan"  # "scan" (no cache), "cache-miss" (scanned and cached) or "cache-hit"
 
     def count_epoch(self, plan: Any, rows: np.ndarray) -> None:
@@ -89,6 +91,7 @@ class DataReport:
             "per_dataset": dict(self.per_dataset),
             "skipped_by_reason": dict(self.skipped),
             "truncated": self.truncated,
+            "dropped_too_long_per_dataset": dict(self.dropped_too_long),
             "tokens_per_epoch": self.tokens,
             "supervised_tokens_per_epoch": self.supervised_tokens,
         }

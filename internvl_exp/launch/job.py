@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from internvl_exp.config.resolve import resolve
+from internvl_exp.config.resolve import resolve, resolve_device
 from internvl_exp.errors import ConfigError, UserError
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
@@ -140,6 +140,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
             except ConfigError:
                 write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # what was asked
                 raise
+        resolve_device(spec)
         cfg = spec  # from here on, only the resolved spec
         saved = write_config(rd, OmegaConf.to_container(spec, resolve=True), overrides)  # scrubbed
         weights = resolve_weights(cfg)  # the weights are on this machine (or random is asked for): fail in seconds

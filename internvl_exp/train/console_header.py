@@ -122,6 +122,9 @@ def planner_line(plan: Any) -> str:
 def training_header(data_report: Any, plan: Any) -> str:
     """The part of the header known once the data is scanned and the model built (main process)."""
     per = ", ".join(f"{k} {v:,}" for k, v in data_report.per_dataset.items())
+    dropped = getattr(data_report, "dropped_too_long", None)
+    if dropped:
+        per += "; dropped as too long: " + ", ".join(f"{k} {v:,}" for k, v in dropped.items())
     steps = f"; {plan.steps:,} optimizer steps" if plan.steps else ""
     share = 100.0 * plan.trainable / plan.parameters if plan.parameters else 0.0
     parts = ", ".join(f"{p} {_count(n)}" for p, n in plan.trainable_per_part.items() if n) or "nothing"
