@@ -72,7 +72,11 @@ def _native(path: Path, config: dict[str, Any]) -> Path:
         return path
     from internvl_exp.models.convert import ensure_converted
 
-    cache = ((config.get("paths") or {}).get("cache_dir")) or str(Path.home() / ".cache" / "internvl_exp")
+    cache = (config.get("paths") or {}).get("cache_dir")
+    if not cache:  # a model directory outside a run: the project's own cache (paths.cache_dir's default)
+        from internvl_exp.launch.precheck import compose_config
+
+        cache = compose_config([]).paths.cache_dir
     return Path(ensure_converted(path, Path(cache)))
 
 
@@ -114,7 +118,6 @@ def _preset(name: str, device: str | None, dtype: str | None) -> Loaded:
     """A preset (`model=<name>`), its weights found as a run finds them (never downloaded)."""
     from omegaconf import OmegaConf
 
-    from internvl_exp.data.from_config import tokens_per_tile
     from internvl_exp.models.loading import load_model, load_processor, load_tokenizer, native_checkpoint
     from internvl_exp.models.resolve import resolve_weights
     from internvl_exp.launch.precheck import compose_config
@@ -123,15 +126,15 @@ def _preset(name: str, device: str | None, dtype: str | None) -> Loaded:
         cfg = compose_config([f"model={name}"])
     except Exception as e:  # hydra: unknown option
         raise InferenceTargetError(f"{name}: not a directory and not a model preset (conf/model/): {e}") from None
-    if dtype:
-        cfg.model.dtype = dtype
+    if dtype:  # the command's --dtype is this preset's setting (composed, then resolved again)
+        cfg = compose_config([f"model={name}", f"model.dtype={dtype}"])
     weights = resolve_weights(cfg)
     checkpoint = native_checkpoint(weights, Path(cfg.paths.cache_dir), cfg.model.random_init)
     tokenizer = load_tokenizer(cfg.model, checkpoint)
     model = load_model(cfg.model, tokenizer, checkpoint)
     model.config.use_cache = True
     model.config.get_text_config().use_cache = True
-    processor = load_processor(cfg.model, tokenizer, tokens_per_tile(cfg.model), checkpoint, cfg.data.system_message)
+    processor = load_processor(cfg.model, tokenizer, cfg.resolved.tokens_per_tile, checkpoint, cfg.data.system_message)
     dev, _ = device_and_dtype(device, dtype)
     config = OmegaConf.to_container(cfg, resolve=False)
     return Loaded(model.to(dev).eval(), processor, f"preset {name} ({checkpoint or 'random init'})",

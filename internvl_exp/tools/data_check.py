@@ -166,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"config error: {e}", markup=False, style="red")
         return 2
 
-    from internvl_exp.data.dataset import fatal_problems, scan
-    from internvl_exp.data.from_config import dataset_entries, image_settings, scan_options, tokens_per_tile
+    from internvl_exp.data.dataset import fatal_problems, length_drop_problems, scan
+    from internvl_exp.data.from_config import dataset_entries, image_settings, scan_options
     from internvl_exp.data.sources import DataConfigError
     from internvl_exp.models.loading import load_tokenizer, native_checkpoint
     from internvl_exp.models.resolve import resolve_weights
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"model error: {e}", markup=False, style="red")
         return 2
     tokenizer = load_tokenizer(cfg.model, native_checkpoint(weights, Path(cfg.paths.cache_dir), cfg.model.random_init))
-    n_tok = tokens_per_tile(cfg.model)
+    n_tok = cfg.resolved.tokens_per_tile
     settings = image_settings(cfg, n_tok)
     d = cfg.data
     try:
@@ -262,8 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             render_sample(console, epoch[i], item, tokenizer, i)
 
     status = 0
+    too_lossy = length_drop_problems(report, dataset._sizes, d.max_drop_share, d.max_seq_length, d.length_policy)
     if not len(dataset.plan):
         console.print("[red]no usable samples[/]: training would stop")
+        status = 1
+    elif too_lossy:
+        console.print(f"[red]training would stop before the model loads[/]: {too_lossy}", markup=True, soft_wrap=True)
         status = 1
     elif fatal and d.on_error == "strict":
         console.print(f"[red]{len(fatal)} problem(s): training would stop (data.on_error=strict)[/]; fix them or set data.on_error=skip")
