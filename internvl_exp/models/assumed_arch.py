@@ -19,13 +19,15 @@ _UNTIED = ("untied like every InternVL llm_config read (InternVL2-8B/26B, Intern
            "like this backbone's own config")
 _QWEN3_VOCAB = "151936 like InternVL3.5-1B/8B (xtuner presets of InternLM/xtuner: Qwen3's padded vocab, not resized)"
 _QWEN3_UNTIED = "untied like InternVL3.5-1B/8B (xtuner presets)"
+_QWEN3_FAMILY = ("InternVL3.5's scripts are internvl_chat_gpt_oss/shell/internvl3_5_qwen3/ and its config class "
+                 "takes Qwen3/Qwen3-MoE LLMs")
 
 
 def _qwen3(backbone: str, litgpt_line: int, card_llm: str, **dims: Any) -> dict[str, tuple[Any, str]]:
     """A dense InternVL3.5 whose LLM no source read names: the Qwen3 size whose untied parameter count matches
     the README's language-parameter count, dims from litgpt 0.5.13's transcription of that Qwen3 config."""
-    why = (f"backbone assumed {backbone} (InternVL3.5 uses Qwen3; its untied size matches the README's "
-           f"{card_llm} language parameters), dims of litgpt 0.5.13 litgpt/config.py L{litgpt_line} "
+    why = (f"backbone assumed {backbone} ({_QWEN3_FAMILY}; its untied size matches the README's {card_llm} "
+           f"language parameters), dims of litgpt 0.5.13 litgpt/config.py L{litgpt_line} "
            f"(https://huggingface.co/Qwen/{backbone}/blob/main/config.json)")
     out: dict[str, tuple[Any, str]] = {"model_type": ("qwen3", why)}
     out.update({k: (v, why) for k, v in dims.items()})
@@ -74,7 +76,7 @@ ASSUMED_TEXT: dict[str, dict[str, tuple[Any, str]]] = {
     "internvl3_5_38b": _qwen3("Qwen3-32B", 2835, "32.8B", hidden_size=5120, num_hidden_layers=64,
                               num_attention_heads=64, num_key_value_heads=8, head_dim=128, intermediate_size=25600),
 }
-_241B = ("backbone assumed Qwen3-235B-A22B (InternVL3.5 uses Qwen3; its size matches the README's 235.1B language "
+_241B = (f"backbone assumed Qwen3-235B-A22B ({_QWEN3_FAMILY}; its size matches the README's 235.1B language "
          "parameters), dims of litgpt 0.5.13 litgpt/config.py L2911 "
          "(https://huggingface.co/Qwen/Qwen3-235B-A22B/blob/main/config.json)")
 ASSUMED_TEXT["internvl3_5_241b_a28b"] = {
