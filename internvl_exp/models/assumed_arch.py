@@ -17,7 +17,7 @@ _VOCAB_RULE = ("image_token_id + 7: OpenGVLab's fine-tune code adds its 9 specia
                "len(tokenizer) (internvl_chat_finetune.py L966-973), as InternVL2-4B/8B/76B and InternVL3-1B show")
 _UNTIED = ("untied like every InternVL llm_config read (InternVL2-8B/26B, InternVL3-1B, InternVL3.5-1B/8B) and "
            "like this backbone's own config")
-_QWEN3_VOCAB = "151936 like InternVL3.5-1B/8B (xtuner presets of InternLM/xtuner: Qwen3's padded vocab, not resized)"
+_QWEN3_VOCAB = "Qwen3's padded vocab, not resized, like InternVL3.5-1B/8B (xtuner presets of InternLM/xtuner)"
 _QWEN3_UNTIED = "untied like InternVL3.5-1B/8B (xtuner presets)"
 _QWEN3_FAMILY = ("InternVL3.5's scripts are internvl_chat_gpt_oss/shell/internvl3_5_qwen3/ and its config class "
                  "takes Qwen3/Qwen3-MoE LLMs")
