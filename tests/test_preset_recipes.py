@@ -60,3 +60,20 @@ def test_preset_recipe_is_its_releases_script(name):
     assert {k: r[k] for k in expected} == pytest.approx(expected)
     # The preset's own keys follow the same script.
     assert m["drop_path_rate"] == pytest.approx(drop_path) and m["max_dynamic_patch"] == tiles
+
+
+def test_docs_recipe_table_matches_the_presets():
+    """docs/models.md's recipe table is the presets' (a changed preset without its docs fails here)."""
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "models.md").read_text()
+    rows = {m.group(1): m.group(2).split(" | ") for m in re.finditer(r"^\| `(\w+)` \| (\d.*) \|$", text, re.M)}
+    for name in PRESETS:
+        m = _plain(f"model={name}")["model"]
+        r = m["recipe"]
+        lr, wd, seq, drop_path, tiles, script = rows[name]
+        assert (float(lr), float(wd), int(seq), float(drop_path), int(tiles)) == pytest.approx(
+            (r["lr"], r["weight_decay"], r["max_seq_length"], m["drop_path_rate"], m["max_dynamic_patch"])), name
+        assert script.strip("`") in r["source"], name
