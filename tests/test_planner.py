@@ -123,12 +123,12 @@ def test_tool_config_error_exits_2():
 
 
 def test_tool_reports_the_model_builds_refusal_as_a_config_error():
-    # The meta build (in the tool's MetaWorker process) refuses a preset with unsourced dims: the user's
-    # mistake, named, with no traceback.
-    r = subprocess.run([sys.executable, "-m", "internvl_exp.tools.plan", "model=internvl2_1b"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    # The meta build (in the tool's MetaWorker process) refuses a dim that is neither sourced nor a recorded
+    # assumption (models/assumed_arch.py): the user's mistake, named, with no traceback.
+    r = subprocess.run([sys.executable, "-m", "internvl_exp.tools.plan", "model=internvl2_1b",
+                        "model.arch.text.num_hidden_layers=null"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.startswith("config error: ") and "model.arch.text.vocab_size" in r.stderr
+    assert r.stderr.startswith("config error: ") and "model.arch.text.num_hidden_layers" in r.stderr
     assert "Traceback" not in r.stderr
 
 

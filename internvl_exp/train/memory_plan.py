@@ -156,6 +156,9 @@ class Plan:
     steps: int | None
     run_time_s: float | None
     assumptions: list[str] = field(default_factory=list)
+    # Preset values no public source gives, assumed to build the model (models.assumed_arch): the sizes above
+    # rest on them.
+    assumed_arch: list[str] = field(default_factory=list)
 
     @property
     def peak_gb(self) -> float:
@@ -298,24 +301,27 @@ def _buffers(stage: int, zc: dict[str, Any], grads_full: float, world: int, weig
 
 
 def _meta_setup(cfg: Any):
-    """The preset on the meta device with the run's freeze/LoRA applied: (model, family)."""
+    """The preset on the meta device with the run's freeze/LoRA applied: (model, family, assumed), `assumed`
+    naming the unsourced arch values it was built with (models.arch.planning_arch)."""
     import logging
     import warnings
 
+    from internvl_exp.models.arch import planning_arch
     from internvl_exp.models.loading import build_model_on_meta
     from internvl_exp.models.registry import get_family
     from internvl_exp.train.trainable import make_trainable
 
     family = get_family(cfg.model.family)
+    model_cfg, assumed = planning_arch(cfg.model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         level = logging.getLogger("internvl_exp.train.trainable").level
         logging.getLogger("internvl_exp.train.trainable").setLevel(logging.ERROR)  # drop-path notes: not a run
         try:
-            model = make_trainable(build_model_on_meta(cfg.model), family, cfg.freeze, cfg.model).model
+            model = make_trainable(build_model_on_meta(model_cfg), family, cfg.freeze, model_cfg).model
         finally:
             logging.getLogger("internvl_exp.train.trainable").setLevel(level)
-    return model, family
+    return model, family, assumed
 
 
 # The HF config fields activation_bytes reads (a cached summary keeps just these; see ModelSummary).
@@ -362,18 +368,21 @@ class ModelSummary:
     flops: Any  # FlopsModel
     vision_layers: int
     config: Any  # the model's config (a ConfigView when planned from the config alone)
+    # The unsourced preset values the meta build assumed (models.assumed_arch), one line per reason.
+    assumed: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"total": self.total, "trainable": self.trainable, "per_part": self.per_part,
                 "flops": asdict(self.flops), "vision_layers": self.vision_layers,
-                "config": ConfigView.fields_of(self.config)}
+                "config": ConfigView.fields_of(self.config), "assumed": list(self.assumed)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ModelSummary":
         from internvl_exp.train.flops import FlopsModel, PartWeights
 
         flops = FlopsModel(**{**d["flops"], "weights": {p: PartWeights(**w) for p, w in d["flops"]["weights"].items()}})
-        return cls(d["total"], d["trainable"], d["per_part"], flops, d["vision_layers"], ConfigView(d["config"]))
+        return cls(d["total"], d["trainable"], d["per_part"], flops, d["vision_layers"], ConfigView(d["config"]),
+                   list(d["assumed"]))
 
 
 def _summary_key(cfg: Any) -> str:
@@ -420,7 +429,11 @@ def model_summary(cfg: Any, setup: Any = None, cache: bool = True, build: Any = 
                 return ModelSummary.from_json(json.loads(path.read_text()))
             except (ValueError, KeyError, TypeError):
                 pass  # unreadable or from an older layout: rebuild and overwrite
-    summary = build(cfg) if build is not None else _summarise(*_meta_setup(cfg), tpt, keep_config=False)
+    if build is not None:
+        summary = build(cfg)
+    else:
+        model, family, assumed = _meta_setup(cfg)
+        summary = _summarise(model, family, tpt, keep_config=False, assumed=assumed)
     if path is not None:
         from internvl_exp.outputs import write_json_atomic
 
@@ -432,14 +445,14 @@ def model_summary(cfg: Any, setup: Any = None, cache: bool = True, build: Any = 
     return summary
 
 
-def _summarise(model: Any, family: Any, tpt: int, keep_config: bool) -> ModelSummary:
+def _summarise(model: Any, family: Any, tpt: int, keep_config: bool, assumed: list[str] | None = None) -> ModelSummary:
     from internvl_exp.train.flops import FlopsModel
     from internvl_exp.train.freeze import num_vision_layers
 
     total, trainable, per_part = count_parameters(model, family)
     config = model.config if keep_config else ConfigView(ConfigView.fields_of(model.config))
     return ModelSummary(total, trainable, per_part, FlopsModel.from_model(model, family, tpt),
-                        num_vision_layers(model, family), config)
+                        num_vision_layers(model, family), config, list(assumed or []))
 
 
 def count_parameters(model: Any, family: Any) -> tuple[int, int, dict[str, int]]:
@@ -551,7 +564,7 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
         activations_bytes=sum(acts.values()), activation_detail=acts, peak_bytes=peak,
         device=asdict(dev), fits=fits, max_batch=max_batch, overhead_gb=overhead, step_flops=step * accum, mfu=mfu,
         step_time_s=step_time, steps=steps, run_time_s=step_time * steps if step_time and steps else None,
-        assumptions=assumptions,
+        assumptions=assumptions, assumed_arch=list(summary.assumed),
     )
 
 
@@ -598,4 +611,6 @@ def format_plan(plan: Plan) -> str:
             line += " (run time: set trainer.max_steps or pass --samples N)"
         console.print(line)
     console.print("assumptions: " + "; ".join(plan.assumptions))
+    for line in plan.assumed_arch:  # unsourced preset values: said, never silently planned with
+        console.print(f"preset value {line}")
     return buf.getvalue()
