@@ -119,3 +119,14 @@ def test_a_dataset_the_length_policy_empties_stops_before_the_model_naming_it(tm
                   "data.eval_fraction=0", "data.eval.meta_path=null"], tmp_path)
     _, report = build_from_config(spec, tokenizer, spec.resolved.tokens_per_tile)
     assert report.as_dict()["dropped_too_long_per_dataset"] == {"shapes": 8, "compare": 10} == report.dropped_too_long
+
+
+@pytest.mark.slow
+def test_the_8b_preset_on_the_mix_at_512_tokens_stops_before_the_model_naming_compare(tmp_path):
+    r = run_launch(["model=internvl2_8b", "model.random_init=true", "data=mix", "freeze=vision",
+                    "data.max_seq_length=512", f"paths.output_dir={tmp_path / 'out'}",
+                    f"paths.demo_data_dir={tmp_path / 'demo'}"])
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "compare: 48 of 48 lines (100%) longer than data.max_seq_length=512 -- nothing left of it" in out
+    assert "what trains" not in out and "data and model" not in out  # stopped before the model was built

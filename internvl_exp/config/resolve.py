@@ -138,7 +138,8 @@ def resolve_device(spec: DictConfig) -> None:
         import torch
 
         spec.trainer.device = "cuda" if torch.cuda.is_available() else "cpu"
-        spec.resolved.origins["trainer.device"] = "detected"
+        with open_dict(spec):
+            spec.resolved.origins["trainer.device"] = "detected"
 
 
 def _copy(cfg: DictConfig) -> DictConfig:
