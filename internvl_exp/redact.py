@@ -170,7 +170,7 @@ class ScrubFilter(logging.Filter):
 class ScrubbedStream:
     """A text stream (sys.stdout / sys.stderr) that scrubs every write before passing it on.
 
-    Installed over the streams a tracker's console capture has wrapped (train/loggers.py), so what it records
+    Installed over the streams a tracker's console capture has wrapped (train/reporting/loggers.py), so what it records
     from prints of any library is scrubbed first."""
 
     def __init__(self, stream: Any) -> None:

@@ -1,4 +1,4 @@
-"""The short run header (train/console_header.py) for settings the in-process runs do not cover: real weights,
+"""The short run header (train/reporting/console_header.py) for settings the in-process runs do not cover: real weights,
 LoRA, DeepSpeed with offload on 8 processes, a GPU verdict. Composed from the real config tree; the planner
 runs on the tiny preset's meta model."""
 
@@ -10,7 +10,7 @@ from conftest import compose
 
 from internvl_exp.data.report import DataReport
 from internvl_exp.models.resolve import NATIVE_TYPE, Weights
-from internvl_exp.train.console_header import launch_header, training_header
+from internvl_exp.train.reporting.console_header import launch_header, training_header
 
 
 def test_launch_header_names_weights_lora_deepspeed_and_processes(tmp_path):
@@ -35,7 +35,7 @@ def test_launch_header_names_weights_lora_deepspeed_and_processes(tmp_path):
 
 
 def test_training_header_gives_data_size_parameters_and_the_gpu_verdict(tmp_path):
-    from internvl_exp.train.memory_plan import plan_memory
+    from internvl_exp.train.planning.memory_plan import plan_memory
 
     cfg = compose(["trainer.device_memory_gb=1", "trainer.max_steps=7"], tmp_path)
     plan = plan_memory(cfg, gpu="H100")

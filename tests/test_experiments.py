@@ -97,7 +97,7 @@ def test_scrub_tree_redacts_text_binary_and_names(monkeypatch, tmp_path):
     ("cpu", None), ("Some Future GPU", None),
 ])
 def test_peak_table(name, tflops):
-    from internvl_exp.train.flops import peak_tflops_for
+    from internvl_exp.train.planning.flops import peak_tflops_for
 
     assert peak_tflops_for(name) == tflops
 
@@ -107,7 +107,7 @@ def test_flops_are_6n_when_everything_trains_and_forward_only_for_a_frozen_tower
 
     from internvl_exp.models.loading import config_tokens_per_tile, load_model
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.flops import FlopsModel
+    from internvl_exp.train.planning.flops import FlopsModel
 
     cfg = compose([])
     model = load_model(cfg.model, tokenizer)
@@ -146,8 +146,8 @@ def test_flops_count_a_full_part_once_beside_lora(tokenizer):
     """PEFT keeps an idle `original_module` copy of a part in `full` mode beside LoRA: not compute."""
     from internvl_exp.models.loading import config_tokens_per_tile, load_model
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.flops import FlopsModel
-    from internvl_exp.train.trainable import make_trainable
+    from internvl_exp.train.planning.flops import FlopsModel
+    from internvl_exp.train.tuning.trainable import make_trainable
 
     cfg = compose(["freeze=lora_llm", "freeze.parts.projector=full"])
     family = get_family(cfg.model.family)
@@ -193,7 +193,7 @@ def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp
     assert "├── model" not in out  # the config tree only with print_config=true
     assert f"Run directory: {run_dir}" in out
     # The short header instead: model, what trains, processes, outputs; then data size, parameters, planner.
-    from internvl_exp.train.console_header import _count
+    from internvl_exp.train.reporting.console_header import _count
 
     logged = "\n".join(lines)
     params = json.loads((run_dir / "params.json").read_text())["parameters"]["total"]

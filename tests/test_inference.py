@@ -33,7 +33,7 @@ def _shapes_meta(demo_dir: Path, split: str, out: Path) -> Path:
 
 def _train(overrides: list[str], tmp: Path, demo_dir: Path) -> Path:
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.run import run
+    from internvl_exp.train.recipe.run import run
 
     cfg = compose(overrides, tmp, demo_dir)
     rd = RunDir(tmp / "run")

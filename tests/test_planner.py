@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, compose
 
-from internvl_exp.train.memory_plan import GIB, plan_memory, state_bytes
+from internvl_exp.train.planning.memory_plan import GIB, plan_memory, state_bytes
 
 
 def test_zero_partitioning_hand_example():

@@ -87,7 +87,7 @@ def test_every_recipe_file_has_an_oracle_row_and_back():
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
 def test_recipe_composes_with_its_scripts_numbers(recipe, tmp_path, monkeypatch):
     from internvl_exp.config.validate import _deepspeed_problems, _trainer_problems
-    from internvl_exp.train.batch import accumulation_steps
+    from internvl_exp.config.batch import accumulation_steps
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = compose([f"experiment={recipe.name}", META], tmp_path)
@@ -125,7 +125,7 @@ def test_recipe_composes_with_its_scripts_numbers(recipe, tmp_path, monkeypatch)
 @pytest.mark.parametrize("world,accumulation", [(1, 32), (8, 4), (16, 2), (32, 1)])
 def test_headline_recipe_keeps_its_global_batch_at_any_world_size(world, accumulation, tmp_path, monkeypatch):
     from internvl_exp.config.validate import validate
-    from internvl_exp.train.batch import accumulation_steps
+    from internvl_exp.config.batch import accumulation_steps
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = _plain(compose(["experiment=internvl2_8b_finetune_full", META], tmp_path), world)
@@ -148,7 +148,7 @@ def test_a_world_size_that_does_not_divide_the_global_batch_fails(recipe, world,
 
 
 def test_lora_recipe_at_the_scripts_two_gpus(tmp_path, monkeypatch):
-    from internvl_exp.train.batch import accumulation_steps
+    from internvl_exp.config.batch import accumulation_steps
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = compose(["experiment=internvl2_8b_finetune_lora", META], tmp_path)

@@ -36,8 +36,8 @@ def test_a_key_left_null_without_a_recipe_value_is_refused_by_name(tmp_path):
 @pytest.mark.parametrize("nproc,nnodes,global_batch", [(1, 1, 16), (2, 1, 16), (4, 2, 64)])
 def test_every_consumer_sees_the_resolved_world_and_accumulation(tmp_path, nproc, nnodes, global_batch):
     from internvl_exp.config.validate import config_problems
-    from internvl_exp.train.console_header import processes_line
-    from internvl_exp.train.memory_plan import planned_world_size
+    from internvl_exp.train.reporting.console_header import processes_line
+    from internvl_exp.train.planning.memory_plan import planned_world_size
 
     dist = "single" if nproc * nnodes == 1 else "torchrun"
     overrides = [f"distributed={dist}", f"distributed.nproc_per_node={nproc}", f"distributed.nnodes={nnodes}",
@@ -65,7 +65,7 @@ def test_a_group_started_with_another_size_than_distributed_asks_is_refused(tmp_
 
 def test_the_trainer_gets_the_resolved_accumulation_and_eval_strategy(tmp_path, demo_dir):
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.args import training_arguments
+    from internvl_exp.train.recipe.args import training_arguments
 
     spec = _spec(["trainer.global_batch_size=8", "trainer.per_device_train_batch_size=2",
                   f"paths.demo_data_dir={demo_dir}"], tmp_path)

@@ -164,7 +164,7 @@ def test_the_console_wandb_records_is_scrubbed_before_wandb_sees_it(tmp_path, mo
     import sys
 
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.loggers import experiment_logger
+    from internvl_exp.train.reporting.loggers import experiment_logger
     from wandb_records import records
 
     monkeypatch.setenv("MY_SERVICE_TOKEN", SECRET)

@@ -148,7 +148,7 @@ def test_preemption_chains_a_previous_handler_after_the_save():
     from transformers import TrainerControl, TrainerState
 
     from internvl_exp.launch.signals import pass_on
-    from internvl_exp.train.preemption import PreemptionCallback
+    from internvl_exp.train.checkpointing.preemption import PreemptionCallback
 
     calls = []
 

@@ -93,9 +93,9 @@ def resolve(cfg: DictConfig, overrides: Iterable[str] = (), check: bool = True,
     from internvl_exp.config.schema import ResolvedConfig
     from internvl_exp.config.validate import config_problems
     from internvl_exp.models.geometry import tokens_per_tile
-    from internvl_exp.train.batch import accumulation_steps
-    from internvl_exp.train.eval_settings import eval_strategy, optimized_metric
-    from internvl_exp.train.precision import weights_dtype
+    from internvl_exp.config.batch import accumulation_steps
+    from internvl_exp.config.eval_settings import eval_strategy, optimized_metric
+    from internvl_exp.config.precision import weights_dtype
 
     env = os.environ if env is None else env
     problems: list[str] = []

@@ -108,7 +108,7 @@ class ModelConfig:
     use_thumbnail: bool = True  # add a whole-image thumbnail tile when an image has more than one tile
     normalize_type: str = "imagenet"  # pixel normalisation: imagenet | clip | siglip
     # Weights' dtype: auto = float32 without DeepSpeed (trainer.bf16 autocasts over fp32 master weights),
-    # bfloat16 under DeepSpeed with trainer.bf16 (fp32 master in its optimizer); internvl_exp/train/precision.py.
+    # bfloat16 under DeepSpeed with trainer.bf16 (fp32 master in its optimizer); internvl_exp/config/precision.py.
     dtype: str = "auto"
     attn_implementation: str = "sdpa"  # transformers' attention kernel: sdpa | eager | flash_attention_2
     # Stochastic depth on the ViT's residual branches (timm DropPath), linear from 0 (first layer) to this rate
@@ -191,7 +191,7 @@ class DataConfig:
     plan_cache: bool = True
     packing: PackingConfig = field(default_factory=PackingConfig)
     # The loss over an optimizer step: token (mean over supervised tokens), sample (mean of per-sample means,
-    # weights 1/n) or square (InternVL's square averaging, weights 1/sqrt(n)); train/loss.py.
+    # weights 1/n) or square (InternVL's square averaging, weights 1/sqrt(n)); train/recipe/loss.py.
     loss_reduction: str = "token"
     # Batch samples of similar length together (no packing); lengths from the pre-flight plan.
     group_by_length: bool = False
@@ -277,7 +277,7 @@ class TrainerConfig:
     num_train_epochs: float = 3.0
     per_device_train_batch_size: int = 1  # samples per device per forward pass
     # The optimiser's batch across all processes, stated once; gradient accumulation is then derived as
-    # global / (per_device_train_batch_size x world size) and must divide (internvl_exp/train/batch.py).
+    # global / (per_device_train_batch_size x world size) and must divide (internvl_exp/config/batch.py).
     # null: use gradient_accumulation_steps as given.
     global_batch_size: Optional[int] = None
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step
@@ -301,9 +301,9 @@ class TrainerConfig:
     # At each eval, also generate (greedy) for the first N eval samples: eval_exact_match, eval_relaxed_match.
     eval_generate_samples: int = 0
     # Peak dense TFLOPS of one device, the MFU denominator. null: looked up from the device name
-    # (internvl_exp/train/flops.py, bf16 dense tensor-core peaks); no MFU when unknown (e.g. CPU).
+    # (internvl_exp/train/planning/flops.py, bf16 dense tensor-core peaks); no MFU when unknown (e.g. CPU).
     peak_tflops: Optional[float] = None
-    # Memory of one device in GiB for the planner's verdict (internvl_exp/train/memory_plan.py). null: the
+    # Memory of one device in GiB for the planner's verdict (internvl_exp/train/planning/memory_plan.py). null: the
     # detected GPU's, else the table entry of the assumed device.
     device_memory_gb: Optional[float] = None
     # The model FLOPs utilisation the planner assumes for its step-time estimate (an assumption, not a
@@ -406,13 +406,13 @@ class Config:
     seed: int = 42  # seeds python, numpy and torch (transformers.set_seed)
     # Re-running a run_name: auto (continue from its newest complete checkpoint; a finished run refuses),
     # true (must find one), false/never (start over in a fresh <run_name>-N directory), or a path to a run
-    # directory or checkpoint to continue from (internvl_exp/train/resume.py).
+    # directory or checkpoint to continue from (internvl_exp/train/checkpointing/resume.py).
     resume: Any = "auto"
     # Extra secrets: regular expressions whose matches are redacted from everything a run writes, on top of the
     # values of secret-named environment variables (internvl_exp/redact.py; docs/experiments.md).
     secrets: list[str] = field(default_factory=list)
     # Also print the whole resolved config as a tree at the start of a run (it is always in config.yaml; the
-    # console shows a short header: internvl_exp/train/console_header.py).
+    # console shows a short header: internvl_exp/train/reporting/console_header.py).
     print_config: bool = False
     # Filled in by internvl_exp.config.resolve (null until then); not a setting.
     resolved: Optional[ResolvedConfig] = None

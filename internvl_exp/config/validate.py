@@ -13,10 +13,10 @@ from internvl_exp.data.templates import TEMPLATES
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.arch import random_init_refusal
 from internvl_exp.models.registry import PART_MODES, PARTS
-from internvl_exp.train.precision import precision_problems
-from internvl_exp.train.batch import batch_problems
-from internvl_exp.train.eval_settings import eval_problems
-from internvl_exp.train.resume import resume_problems
+from internvl_exp.config.precision import precision_problems
+from internvl_exp.config.batch import batch_problems
+from internvl_exp.config.eval_settings import eval_problems
+from internvl_exp.train.checkpointing.resume import resume_problems
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
 # Official conversation templates a preset names that internvl_exp.data.templates does not implement yet.
@@ -47,7 +47,7 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("freeze.parts: every part is frozen, so nothing would train; set at least one part to full or lora")
     problems += _freeze_problems(cfg)
     problems += _model_problems(cfg.model)
-    problems += precision_problems(cfg)  # train/precision.py
+    problems += precision_problems(cfg)  # config/precision.py
     if not 1 <= cfg.model.min_dynamic_patch <= cfg.model.max_dynamic_patch:
         problems.append("model.min_dynamic_patch/max_dynamic_patch: need 1 <= min_dynamic_patch <= max_dynamic_patch")
     if cfg.data.length_policy not in ("drop", "truncate"):
@@ -74,7 +74,7 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("optimizer.warmup_ratio must be in [0, 1)")
     problems += _optimizer_problems(cfg)
     problems += _trainer_problems(cfg)
-    problems += eval_problems(cfg)  # train/eval_settings.py
+    problems += eval_problems(cfg)  # config/eval_settings.py
     problems += resume_problems(cfg.get("resume", "auto"))
     problems += _deepspeed_problems(cfg)
     if cfg.trainer.device not in ("auto", "cpu", "cuda"):
@@ -287,7 +287,7 @@ def validate(cfg: Any) -> None:
 
 
 def data_batching_problems(cfg: Any) -> list[str]:
-    """Packing, loss reduction and length grouping (data/packing.py, train/loss.py)."""
+    """Packing, loss reduction and length grouping (data/packing.py, train/recipe/loss.py)."""
     d, problems = cfg.data, []
     if d.loss_reduction not in ("token", "sample", "square"):
         problems.append(f"data.loss_reduction: {d.loss_reduction!r} is not token, sample or square")

@@ -84,7 +84,7 @@ def prepare(processor: Any, conversations: Sequence[Sequence[dict]], images: Seq
 def generate(loaded: Any, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence[Any]],
              sampling: Sampling, streamer: Any = None, synced_gpus: bool = False) -> list[str]:
     """One answer per conversation (each ends with a user turn). `synced_gpus`: every process keeps running
-    forwards until all have finished (ZeRO-3 during training's eval: train/evaluation.py)."""
+    forwards until all have finished (ZeRO-3 during training's eval: train/recipe/evaluation.py)."""
     import torch
 
     model, processor = loaded.model, loaded.processor

@@ -82,7 +82,7 @@ def _native(path: Path, config: dict[str, Any]) -> Path:
 
 def load_for_inference(target: str, device: str | None = None, dtype: str | None = None) -> Loaded:
     """The model (eval mode, on `device`) and processor of a run dir, model dir, adapter dir or preset name."""
-    from internvl_exp.train.lora import base_model_dir
+    from internvl_exp.train.tuning.lora import base_model_dir
 
     path = Path(target)
     config: dict[str, Any] = {}

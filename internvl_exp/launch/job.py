@@ -21,7 +21,7 @@ from internvl_exp.errors import ConfigError, UserError
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import configure, scrub, scrub_tree
-from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
+from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         except ConfigError as e:
             _discard_run_dir(rd.root)
             raise SystemExit(str(e)) from None
-    # Before anything is written: a finished run is never overwritten (train/resume.py).
+    # Before anything is written: a finished run is never overwritten (train/checkpointing/resume.py).
     try:
         plan_resume(cfg.get("resume", "auto"), rd.root, warn=False)
     except RunRefused as e:
@@ -146,7 +146,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         weights = resolve_weights(cfg)  # the weights are on this machine (or random is asked for): fail in seconds
 
         from internvl_exp.provenance import write_provenance
-        from internvl_exp.train.console_header import print_launch_header
+        from internvl_exp.train.reporting.console_header import print_launch_header
 
         print_launch_header(cfg, saved, weights, rd.root)  # the config tree too under print_config=true
         write_provenance(rd.provenance, Path(cfg.paths.root_dir))
@@ -167,8 +167,8 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
             if metrics.get("status") == "preempted":  # rank 0 saved the checkpoint and wrote metrics.json
                 raise Preempted(metrics.get("signal", "a signal"), metrics.get("checkpoint"), metrics, caught)
         else:
-            from internvl_exp.train.loggers import experiment_logger
-            from internvl_exp.train.run import run
+            from internvl_exp.train.reporting.loggers import experiment_logger
+            from internvl_exp.train.recipe.run import run
 
             with experiment_logger(cfg, rd, saved):
                 metrics = run(cfg, rd)

@@ -66,9 +66,9 @@ def main(argv: list[str]) -> int:
     configure(cfg.get("secrets"))
     setup_logging(rd)
     from internvl_exp.launch.job import record_failure
-    from internvl_exp.train.loggers import experiment_logger
-    from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted
-    from internvl_exp.train.run import run
+    from internvl_exp.train.reporting.loggers import experiment_logger
+    from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted
+    from internvl_exp.train.recipe.run import run
 
     try:
         with experiment_logger(cfg, rd, OmegaConf.to_container(cfg), is_main=is_main_process()):

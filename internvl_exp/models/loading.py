@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from internvl_exp.models.resolve import Weights
 
 # torch is imported inside the functions: the geometry helpers here serve light config-time code too.
-DTYPE_NAMES = ("float32", "bfloat16", "float16")  # model.dtype=auto is resolved by train/precision.py
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # model.dtype=auto is resolved by config/precision.py
 
 
 class CheckpointMismatchError(UserError):
@@ -99,7 +99,7 @@ def build_model_on_meta(model_cfg: Any):
 def _dtype(name: str):
     import torch
 
-    if name == "auto":  # outside a run (planning, tools): full precision; a run resolves it (train/precision.py)
+    if name == "auto":  # outside a run (planning, tools): full precision; a run resolves it (config/precision.py)
         name = "float32"
     if name not in DTYPE_NAMES:
         raise ConfigError(f"model.dtype: {name!r} is not one of {list(DTYPE_NAMES)}")

@@ -52,7 +52,7 @@ def merge(adapter_dir: Path, base_dir: str, out_dir: Path, dtype: str | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from internvl_exp.train.lora import base_model_dir
+    from internvl_exp.train.tuning.lora import base_model_dir
 
     args = parse_args(argv)
     adapter_dir = args.adapter or args.run_dir / "final"

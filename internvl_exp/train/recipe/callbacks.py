@@ -20,7 +20,7 @@ import torch
 from transformers import TrainerCallback
 
 from internvl_exp.data.templates import IGNORE_INDEX
-from internvl_exp.train.flops import FlopsModel, peak_tflops_for
+from internvl_exp.train.planning.flops import FlopsModel, peak_tflops_for
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from internvl_exp.launch.signals import PREEMPTION_SIGNALS as SIGNALS, caught_signals  # noqa: F401
-from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401  (light: job.py imports them)
+from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401  (light: job.py imports them)
 
 log = logging.getLogger(__name__)
 

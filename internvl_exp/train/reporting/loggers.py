@@ -9,7 +9,7 @@ logger=wandb        one wandb run per job, in <run_dir>/wandb/: project/entity/j
                     Trainer log (loss, lr, grad norm, throughput) under train/; parameter counts per part in
                     the summary. Always finished (wandb.finish), also when the run fails.
 
-A resumed run (the same run directory, train/resume.py) continues the same wandb run: its id is kept in
+A resumed run (the same run directory, train/checkpointing/resume.py) continues the same wandb run: its id is kept in
 <run_dir>/wandb_run.json, written by the main process when the run first starts, and passed to wandb.init with
 resume="allow"; online the dashboard shows one run, offline every attempt's folder carries the id (`wandb sync`
 uploads them into that one run).

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from internvl_exp.outputs import RunDir
-from internvl_exp.train.schedule import hf_scheduler_name
+from internvl_exp.train.tuning.schedule import hf_scheduler_name
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def use_cpu(trainer_cfg: Any) -> bool:
 
 
 def report_to(logger_cfg: Any) -> list[str]:
-    # wandb is logged by our own callback (train/loggers.py), which keeps the run's config = our resolved config.
+    # wandb is logged by our own callback (train/reporting/loggers.py), which keeps the run's config = our resolved config.
     return {"none": [], "tensorboard": ["tensorboard"], "wandb": []}.get(logger_cfg.name, [])
 
 
@@ -59,7 +59,7 @@ def training_arguments(cfg: Any, run_dir: RunDir):
         save_strategy=t.save_strategy,
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        # Eval data with eval_strategy=no is still evaluated once at the end (train/run.py).
+        # Eval data with eval_strategy=no is still evaluated once at the end (train/recipe/run.py).
         eval_strategy=t.eval_strategy,
         eval_steps=t.eval_steps,
         per_device_eval_batch_size=t.per_device_eval_batch_size or t.per_device_train_batch_size,

@@ -25,22 +25,22 @@ from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.models.registry import get_family
 from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.redact import scrub_fields
-from internvl_exp.train.args import training_arguments, use_cpu
-from internvl_exp.train.callbacks import ThroughputCallback, install_first
-from internvl_exp.train.evaluation import eval_history
-from internvl_exp.train.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
-from internvl_exp.train.flops import FlopsModel
-from internvl_exp.train.loss_summary import LossWindows
-from internvl_exp.train.lora import record_base_model
-from internvl_exp.train.loggers import log_parameter_counts, logger_callbacks
-from internvl_exp.train.optim import parameter_groups
-from internvl_exp.train.precision import pure_half_precision
-from internvl_exp.train.param_report import format_report, training_report
-from internvl_exp.train.preemption import Preempted, PreemptionCallback
-from internvl_exp.train.resume import agreed_plan
-from internvl_exp.train.same_graph import keep_vision_in_graph
-from internvl_exp.train.trainable import make_trainable
-from internvl_exp.train.trainer import InternVLTrainer
+from internvl_exp.train.recipe.args import training_arguments, use_cpu
+from internvl_exp.train.recipe.callbacks import ThroughputCallback, install_first
+from internvl_exp.train.recipe.evaluation import eval_history
+from internvl_exp.train.recipe.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
+from internvl_exp.train.planning.flops import FlopsModel
+from internvl_exp.train.reporting.loss_summary import LossWindows
+from internvl_exp.train.tuning.lora import record_base_model
+from internvl_exp.train.reporting.loggers import log_parameter_counts, logger_callbacks
+from internvl_exp.train.tuning.optim import parameter_groups
+from internvl_exp.config.precision import pure_half_precision
+from internvl_exp.train.reporting.param_report import format_report, training_report
+from internvl_exp.train.checkpointing.preemption import Preempted, PreemptionCallback
+from internvl_exp.train.checkpointing.resume import agreed_plan
+from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
+from internvl_exp.train.tuning.trainable import make_trainable
+from internvl_exp.train.recipe.trainer import InternVLTrainer
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +114,13 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         run_dir.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir.root / "params.json", report)
     log_parameter_counts(params)
-    from internvl_exp.train.callbacks import peak_host_rss_gb
-    from internvl_exp.train.memory_plan import plan_memory
+    from internvl_exp.train.recipe.callbacks import peak_host_rss_gb
+    from internvl_exp.train.planning.memory_plan import plan_memory
 
     memory_plan = plan_memory(cfg, setup=(model, family), world=args.world_size, running=True,
                               samples=data_report.samples)
     rss_before_train = peak_host_rss_gb()
-    from internvl_exp.train.console_header import training_header
+    from internvl_exp.train.reporting.console_header import training_header
 
     log.info("%s", training_header(data_report, memory_plan))  # data size, what trains, the planner's verdict
 
@@ -172,13 +172,13 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     steps = trainer.state.global_step
     metrics = {
         "status": "completed",
-        # initial/final: means over the first/last loss_window_steps steps (train/loss_summary.py);
+        # initial/final: means over the first/last loss_window_steps steps (train/reporting/loss_summary.py);
         # train_loss: the Trainer's mean over all steps; best_loss: the lowest logged window.
         **loss_windows.summary(trainer.accelerator),
         "train_loss": result.metrics.get("train_loss"),
         "best_loss": min(l for _, l in losses) if losses else None,
         "loss_history": [{"step": s, "loss": l} for s, l in losses],
-        # eval_loss history [{step, value}], best_eval_loss, final_eval_loss (train/evaluation.py)
+        # eval_loss history [{step, value}], best_eval_loss, final_eval_loss (train/recipe/evaluation.py)
         **eval_history(trainer.state.log_history),
         "steps": steps,
         # Packed: the samples the throughput callback counted (rank 0's times the world size).

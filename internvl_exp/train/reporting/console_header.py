@@ -6,7 +6,7 @@ on the console (launch/console.py). The header comes in two parts, each where it
   launch_header    the Hydra job, before anything heavy is imported: the model and where its weights come
                    from, what the freeze group trains, how the training processes start (distributed group,
                    DeepSpeed stage/offload), where the outputs go.
-  training_header  train/run.py, after the data scan and the model build, logged by the main process only
+  training_header  train/recipe/run.py, after the data scan and the model build, logged by the main process only
                    (the other ranks log warnings only): data size, trainable / total parameters, and the
                    planner's verdict for this run.
 
@@ -68,7 +68,7 @@ def trains_line(cfg: Any) -> str:
 
 def processes_line(cfg: Any) -> str:
     """`torchrun: 8 process(es) x 1 node(s); DeepSpeed ZeRO-2 (optimizer offload)` or `single process; no DeepSpeed`."""
-    from internvl_exp.train.memory_plan import _zero, planned_world_size
+    from internvl_exp.train.planning.memory_plan import _zero, planned_world_size
 
     d = cfg.distributed
     world = planned_world_size(cfg)

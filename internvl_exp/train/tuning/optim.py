@@ -38,7 +38,7 @@ def _vision_layer_scale(family: Family, name: str, decay: float, n_layers: int) 
 def parameter_groups(model: Any, family: Family, opt_cfg: Any) -> list[dict[str, Any]]:
     """One group per (part or `embeddings`, ViT layer when layer decay is on, decay?) that has trainable
     parameters. Each group carries `name`, `part` and the parameter `names` for reports."""
-    from internvl_exp.train.freeze import num_vision_layers
+    from internvl_exp.train.tuning.freeze import num_vision_layers
 
     scales = {str(k): float(v) for k, v in dict(opt_cfg.part_lr_scale or {}).items()}
     layer_decay = getattr(opt_cfg, "vision_layer_decay", None)

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from internvl_exp.models.registry import Family
-from internvl_exp.train.freeze import (
+from internvl_exp.train.tuning.freeze import (
     FreezePlan,
     check_tied_embeddings,
     freeze_plan,
@@ -51,7 +51,7 @@ def make_trainable(
     rates: list[float] = []
     rate = float(getattr(model_cfg, "drop_path_rate", 0.0) or 0.0)
     if rate > 0.0:
-        from internvl_exp.train.drop_path import add_vision_drop_path
+        from internvl_exp.train.tuning.drop_path import add_vision_drop_path
 
         on_frozen = bool(getattr(model_cfg, "drop_path_on_frozen", False))
         rates = add_vision_drop_path(model, family, rate, range(n_layers) if on_frozen else train_layers)
@@ -67,7 +67,7 @@ def make_trainable(
     keep_frozen_in_eval(model, eval_modules)
 
     if plan.uses_lora:
-        from internvl_exp.train.lora import apply_lora, save_base_model
+        from internvl_exp.train.tuning.lora import apply_lora, save_base_model
 
         if save_base_to is not None:
             save_base_model(model, save_base_to)

@@ -22,10 +22,10 @@ from typing import Any
 
 from internvl_exp.dist import is_main_process, world_size
 from internvl_exp.errors import UserError
-from internvl_exp.train.checkpoints import checkpoint_step, is_complete, list_checkpoints, warn_incomplete
+from internvl_exp.train.checkpointing.checkpoints import checkpoint_step, is_complete, list_checkpoints, warn_incomplete
 
 FINISHED_STATUSES = ("completed", "diverged")
-# The exit status of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint (why 143: train/preemption.py).
+# The exit status of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint (why 143: train/checkpointing/preemption.py).
 PREEMPTED_EXIT_CODE = 143
 NEVER = ("false", "never", "no", "0")
 MUST = ("true", "yes", "1")

@@ -45,7 +45,7 @@ weight-sized copy for foreach AdamW, DeepSpeed's fp32 gradient partition).
 The verdict compares peak + CUDA_OVERHEAD_GB (CUDA context, NCCL, allocator fragmentation: not in torch's
 allocator statistics) with the device memory.
 
-Time: the model FLOPs of `train/flops.py` for that batch (+ one extra forward under checkpointing, which the
+Time: the model FLOPs of `train/planning/flops.py` for that batch (+ one extra forward under checkpointing, which the
 hardware does but MFU does not count), at `trainer.planner_mfu` of the device's peak (an assumption, stated in
 every plan).
 """
@@ -62,7 +62,7 @@ from internvl_exp.models.registry import PARTS
 GIB = 2**30
 # What a CUDA process holds outside torch's allocator stats: context (~0.5 GiB), NCCL buffers, fragmentation.
 CUDA_OVERHEAD_GB = 2.0
-# Device memory (GiB) of the accelerators whose dense peak train/flops.py knows, most specific names first.
+# Device memory (GiB) of the accelerators whose dense peak train/planning/flops.py knows, most specific names first.
 DEVICE_MEMORY_GB: tuple[tuple[str, float], ...] = (
     ("B200", 180.0), ("H200 NVL", 141.0), ("H200", 141.0), ("H100 NVL", 94.0), ("H100", 80.0), ("H800", 80.0),
     ("A100 40GB", 40.0), ("A100", 80.0), ("A800", 80.0), ("L40S", 48.0), ("L40", 48.0), ("L4", 24.0),
@@ -100,7 +100,7 @@ def detect_device(cfg: Any, gpu: str | None = None, running: bool = False) -> De
     """trainer.device_memory_gb / trainer.peak_tflops win; else the named (--gpu) or detected GPU's table
     entries; else DEFAULT_DEVICE, said so. `running`: the plan of this very run, whose device is the truth
     (a CPU run has no device memory to compare against unless trainer.device_memory_gb says)."""
-    from internvl_exp.train.flops import peak_tflops_for
+    from internvl_exp.train.planning.flops import peak_tflops_for
 
     t = cfg.trainer
     name, source = gpu, "--gpu"
@@ -309,18 +309,18 @@ def _meta_setup(cfg: Any):
     from internvl_exp.models.arch import planning_arch
     from internvl_exp.models.loading import build_model_on_meta
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.trainable import make_trainable
+    from internvl_exp.train.tuning.trainable import make_trainable
 
     family = get_family(cfg.model.family)
     model_cfg, assumed = planning_arch(cfg.model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        level = logging.getLogger("internvl_exp.train.trainable").level
-        logging.getLogger("internvl_exp.train.trainable").setLevel(logging.ERROR)  # drop-path notes: not a run
+        level = logging.getLogger("internvl_exp.train.tuning.trainable").level
+        logging.getLogger("internvl_exp.train.tuning.trainable").setLevel(logging.ERROR)  # drop-path notes: not a run
         try:
             model = make_trainable(build_model_on_meta(model_cfg), family, cfg.freeze, model_cfg).model
         finally:
-            logging.getLogger("internvl_exp.train.trainable").setLevel(level)
+            logging.getLogger("internvl_exp.train.tuning.trainable").setLevel(level)
     return model, family, assumed
 
 
@@ -378,7 +378,7 @@ class ModelSummary:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ModelSummary":
-        from internvl_exp.train.flops import FlopsModel, PartWeights
+        from internvl_exp.train.planning.flops import FlopsModel, PartWeights
 
         flops = FlopsModel(**{**d["flops"], "weights": {p: PartWeights(**w) for p, w in d["flops"]["weights"].items()}})
         return cls(d["total"], d["trainable"], d["per_part"], flops, d["vision_layers"], ConfigView(d["config"]),
@@ -401,7 +401,7 @@ def _summary_key(cfg: Any) -> str:
             h.update(f"{lib}={version(lib)}".encode())
         except PackageNotFoundError:
             h.update(lib.encode())
-    package = Path(__file__).resolve().parents[1]
+    package = Path(__file__).resolve().parents[2]  # internvl_exp/
     for src in sorted(package.rglob("*.py")):  # any code change may change the counts: rebuild
         h.update(str(src.relative_to(package)).encode())
         h.update(src.read_bytes())
@@ -446,8 +446,8 @@ def model_summary(cfg: Any, setup: Any = None, cache: bool = True, build: Any = 
 
 
 def _summarise(model: Any, family: Any, tpt: int, keep_config: bool, assumed: list[str] | None = None) -> ModelSummary:
-    from internvl_exp.train.flops import FlopsModel
-    from internvl_exp.train.freeze import num_vision_layers
+    from internvl_exp.train.planning.flops import FlopsModel
+    from internvl_exp.train.tuning.freeze import num_vision_layers
 
     total, trainable, per_part = count_parameters(model, family)
     config = model.config if keep_config else ConfigView(ConfigView.fields_of(model.config))
@@ -479,9 +479,9 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     (model, family) already made trainable (a run passes its own model: no second build); `world`: the
     process count (else what the launch group will start); `running`: planning the current run's own device;
     `build`: see model_summary."""
-    from internvl_exp.train.batch import accumulation_steps
-    from internvl_exp.train.flops import FlopsModel, PartWeights
-    from internvl_exp.train.freeze import freeze_plan, trainable_vision_layers
+    from internvl_exp.config.batch import accumulation_steps
+    from internvl_exp.train.planning.flops import FlopsModel, PartWeights
+    from internvl_exp.train.tuning.freeze import freeze_plan, trainable_vision_layers
 
     summary = model_summary(cfg, setup, build=build)
     t, m = cfg.trainer, cfg.model
@@ -492,7 +492,7 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     stage, off_opt, off_par, zc = _zero(cfg)
     total, trainable, per_part = summary.total, summary.trainable, summary.per_part
 
-    from internvl_exp.train.precision import weights_dtype
+    from internvl_exp.config.precision import weights_dtype
 
     loaded = weights_dtype(cfg)  # model.dtype=auto resolved as the run resolves it
     weight_dtype = "bfloat16" if (stage and t.bf16) else loaded  # DeepSpeed casts the model under bf16

@@ -1,6 +1,6 @@
 """Eval during training: the eval loss over the whole eval set, reduced like the training loss, on every rank.
 
-The eval loss is the training loss's formula (train/loss.py) over the whole eval set at once:
+The eval loss is the training loss's formula (train/recipe/loss.py) over the whole eval set at once:
 
     sum over every supervised token of the eval set (all ranks) of w_t * CE_t  /  sum of the same w_t
 
@@ -12,7 +12,7 @@ Sharding: rank r takes eval positions r, r + W, r + 2W, ...; every rank gets the
 so of batches: ZeRO-3 gathers weights in every forward, a collective), the short ranks padded with a copy of
 a real sample whose labels are all ignored (weight 0: it runs the same graph and adds nothing). Batches are
 padded (never packed; the per-token loss is the same) and a text-only batch still runs the vision path under
-more than one process (train/same_graph.py), as in training.
+more than one process (train/recipe/same_graph.py), as in training.
 
 `eval_generate_samples` > 0: greedy answers for the first N eval samples (inference/generate.py, the saved
 chat template's prompt), scored by exact and relaxed match (inference/scoring.py), counted over all ranks.
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from internvl_exp.data.templates import IGNORE_INDEX
-from internvl_exp.train.loss import weighted_token_loss
+from internvl_exp.train.recipe.loss import weighted_token_loss
 
 
 class EvalShard(torch.utils.data.Dataset):

@@ -28,7 +28,7 @@ def serve() -> int:
     from omegaconf import OmegaConf
 
     from internvl_exp.errors import UserError
-    from internvl_exp.train.memory_plan import model_summary
+    from internvl_exp.train.planning.memory_plan import model_summary
 
     line = sys.stdin.readline()
     if not line:  # the caller found its summary in the cache, or gave up
@@ -58,7 +58,7 @@ class MetaWorker:
         from omegaconf import OmegaConf
 
         from internvl_exp import errors
-        from internvl_exp.train.memory_plan import ModelSummary
+        from internvl_exp.train.planning.memory_plan import ModelSummary
 
         request = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "freeze")}
         try:

@@ -80,7 +80,7 @@ def keep_vision_in_graph(model: torch.nn.Module) -> list[torch.utils.hooks.Remov
         loss = output.get("loss") if hasattr(output, "get") else None
         if loss is not None:
             output["loss"] = loss + term.to(loss.dtype)
-        else:  # the trainer computes the (weighted) loss from the logits itself (train/loss.py)
+        else:  # the trainer computes the (weighted) loss from the logits itself (train/recipe/loss.py)
             output["logits"] = output["logits"] + term.to(output["logits"].dtype)
         return output
 

@@ -3,7 +3,7 @@
 Both hooks are also reached under DeepSpeed: with no `optimizer` / `scheduler` block in the DS config, HF's
 `deepspeed_optim_sched` calls `create_optimizer`, and the scheduler is built by `create_scheduler`.
 
-Checkpoints are marked complete after every rank has saved (train/checkpoints.py); retention runs after that.
+Checkpoints are marked complete after every rank has saved (train/checkpointing/checkpoints.py); retention runs after that.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from transformers import PreTrainedModel, Trainer
 
 from internvl_exp.dist import is_main_process
 from internvl_exp.models.registry import Family
-from internvl_exp.train import checkpoints
-from internvl_exp.train.optim import build_optimizer
-from internvl_exp.train.loss import LOSS_KEYS, step_weight, weighted_token_loss
-from internvl_exp.train.schedule import scheduler_kwargs
+from internvl_exp.train.checkpointing import checkpoints
+from internvl_exp.train.tuning.optim import build_optimizer
+from internvl_exp.train.recipe.loss import LOSS_KEYS, step_weight, weighted_token_loss
+from internvl_exp.train.tuning.schedule import scheduler_kwargs
 
 
 class InternVLTrainer(Trainer):
-    # Read by Trainer.training_step after compute_loss: True when our weighted loss (train/loss.py) already
+    # Read by Trainer.training_step after compute_loss: True when our weighted loss (train/recipe/loss.py) already
     # normalised by the whole step; None (HF's own detection) for a batch without loss weights.
     _loss_scaled: bool | None = None
 
@@ -40,7 +40,7 @@ class InternVLTrainer(Trainer):
         self.family = family
         self.optimizer_config = optimizer_config
         self.group_by_length = group_by_length
-        self.eval_collator = eval_collator  # padded batches with loss weights (train/evaluation.py)
+        self.eval_collator = eval_collator  # padded batches with loss weights (train/recipe/evaluation.py)
         self.eval_generate_samples = eval_generate_samples
         self.template = template
         super().__init__(*args, **kwargs)
@@ -48,9 +48,9 @@ class InternVLTrainer(Trainer):
         self.evaluated_step: int | None = None
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"):
-        """The eval loss over the whole eval set on every rank, reduced exactly (train/evaluation.py), plus
+        """The eval loss over the whole eval set on every rank, reduced exactly (train/recipe/evaluation.py), plus
         generation scores when asked; logged (console, trackers, log_history) like HF's evaluate."""
-        from internvl_exp.train.evaluation import eval_loss_sums, generation_scores
+        from internvl_exp.train.recipe.evaluation import eval_loss_sums, generation_scores
 
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         started = time.perf_counter()
@@ -81,7 +81,7 @@ class InternVLTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: Any):
-        # The step's denominator: summed loss weights of its micro-batches on every rank (train/loss.py).
+        # The step's denominator: summed loss weights of its micro-batches on every rank (train/recipe/loss.py).
         if batch_samples and "loss_weight" in batch_samples[0]:
             return step_weight(batch_samples, device, self.accelerator, self.args.world_size)
         return super()._get_num_items_in_batch(batch_samples, device)
@@ -121,13 +121,13 @@ class InternVLTrainer(Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any):
-        # Callbacks never see the batch; those that count it (throughput: train/callbacks.py) get it here.
+        # Callbacks never see the batch; those that count it (throughput: train/recipe/callbacks.py) get it here.
         for callback in self.callback_handler.callbacks:
             observe = getattr(callback, "observe_batch", None)
             if observe is not None:
                 observe(inputs)
         loss = super().training_step(model, inputs, *args, **kwargs)
-        # The per-step loss for the summary numbers (train/loss_summary.py), on the device (no sync).
+        # The per-step loss for the summary numbers (train/reporting/loss_summary.py), on the device (no sync).
         for callback in self.callback_handler.callbacks:
             observe_loss = getattr(callback, "observe_loss", None)
             if observe_loss is not None:
