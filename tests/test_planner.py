@@ -82,8 +82,9 @@ def test_preset_size_matches_the_model_card():
 
 def test_activations_follow_batch_and_checkpointing():
     # bf16 weights (ZeRO-1 over 8 GPUs loads them in bf16; model.dtype=auto alone would plan fp32 weights)
-    base = ["model=internvl2_8b", "freeze=vision", "trainer.bf16=true", "trainer.device_memory_gb=80", "deepspeed=zero1",
-            "distributed.nproc_per_node=8"]
+    # (checkpointing off: the preset's recipe turns it on)
+    base = ["model=internvl2_8b", "freeze=vision", "trainer.bf16=true", "trainer.activation_checkpointing=false",
+            "trainer.device_memory_gb=80", "deepspeed=zero1", "distributed.nproc_per_node=8"]
     p1 = plan_memory(compose(base + ["trainer.per_device_train_batch_size=1"]))
     p2 = plan_memory(compose(base + ["trainer.per_device_train_batch_size=2"]))
     ck = plan_memory(compose(base + ["trainer.per_device_train_batch_size=2", "trainer.activation_checkpointing=true"]))

@@ -18,7 +18,8 @@ def _problems(overrides, tmp_path):
     ([], "float32"),
     (["trainer.bf16=true"], "float32"),  # autocast over fp32 master weights
     (["deepspeed=zero2", "trainer.bf16=true"], "bfloat16"),  # DeepSpeed holds the fp32 master copy
-    (["deepspeed=zero3"], "float32"),  # no bf16 training: nothing to halve
+    (["deepspeed=zero3", "trainer.bf16=false"], "float32"),  # no bf16 training: nothing to halve
+    (["deepspeed=zero3"], "bfloat16"),  # the preset's recipe trains in bf16
     (["model.dtype=bfloat16", "deepspeed=zero2", "trainer.bf16=true"], "bfloat16"),
 ])
 def test_auto_resolves_to_fp32_master_weights_unless_deepspeed_keeps_them(overrides, expected, tmp_path):
