@@ -130,3 +130,16 @@ def test_the_8b_preset_on_the_mix_at_512_tokens_stops_before_the_model_naming_co
     assert r.returncode != 0
     assert "compare: 48 of 48 lines (100%) longer than data.max_seq_length=512 -- nothing left of it" in out
     assert "what trains" not in out and "data and model" not in out  # stopped before the model was built
+
+
+def test_numbers_out_of_range_stop_the_launch_in_one_line_each(tmp_path):
+    out = tmp_path / "out"
+    r = run_launch([f"paths.output_dir={out}", "optimizer.lr=-1", "optimizer.betas=[0.9,1.5]",
+                    "trainer.logging_steps=0", "model.downsample_ratio=0", "trainer.planner_mfu=1.5"])
+    err = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in err
+    for line in ("  - optimizer.lr: -1.0 must be > 0.0", "  - optimizer.betas[1]: 1.5 must be in [0.0, 1.0)",
+                 "  - trainer.logging_steps: 0 must be >= 1", "  - model.downsample_ratio: 0.0 must be in (0.0, 1.0]",
+                 "  - trainer.planner_mfu: 1.5 must be in (0.0, 1.0]"):
+        assert line in err.splitlines(), line
+    assert not out.exists()  # no run directory

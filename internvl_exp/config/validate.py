@@ -87,6 +87,56 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append(f"logger.wandb.mode: {cfg.logger.wandb.mode!r} is not one of {list(WANDB_MODES)} "
                         "(offline writes <run_dir>/wandb/ to upload later with `wandb sync`)")
     problems += _distributed_problems(cfg.distributed)
+    problems += range_problems(cfg)
+    return problems
+
+
+# Numeric settings and the range each must fall in: (key, low, high, low inclusive, high inclusive, null allowed).
+# Checked with the config, so a wrong number stops the launch in one line before torch sees it.
+RANGES = (
+    ("optimizer.lr", 0.0, None, False, False, False),
+    ("optimizer.eps", 0.0, None, False, False, False),
+    ("optimizer.betas[0]", 0.0, 1.0, True, False, False),
+    ("optimizer.betas[1]", 0.0, 1.0, True, False, False),
+    ("trainer.logging_steps", 1, None, True, False, False),
+    ("trainer.save_steps", 1, None, True, False, False),
+    ("trainer.save_total_limit", 1, None, True, False, True),
+    ("trainer.dataloader_num_workers", 0, None, True, False, False),
+    ("trainer.peak_tflops", 0.0, None, False, False, True),
+    ("trainer.device_memory_gb", 0.0, None, False, False, True),
+    ("trainer.planner_mfu", 0.0, 1.0, False, True, False),
+    ("model.image_size", 0, None, False, False, False),
+    ("model.downsample_ratio", 0.0, 1.0, False, True, False),
+    ("data.min_num_frame", 1, None, True, False, False),
+    ("data.max_num_frame", 1, None, True, False, False),
+)
+
+
+def _in_range(value: float, low: float | None, high: float | None, low_in: bool, high_in: bool) -> bool:
+    if low is not None and (value < low or (value == low and not low_in)):
+        return False
+    return not (high is not None and (value > high or (value == high and not high_in)))
+
+
+def range_problems(cfg: Any) -> list[str]:
+    """One line per numeric setting outside its range (RANGES)."""
+    from omegaconf import OmegaConf
+
+    problems = []
+    for key, low, high, low_in, high_in, nullable in RANGES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:  # null where the schema allows it (a non-Optional key cannot compose as null)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _in_range(value, low, high, low_in,
+                                                                                             high_in):
+            lo = "" if low is None else f"{'[' if low_in else '('}{low}"
+            hi = "" if high is None else f"{high}{']' if high_in else ')'}"
+            want = f"in {lo}, {hi}" if low is not None and high is not None else (
+                f"{'>=' if low_in else '>'} {low}" if low is not None else f"{'<=' if high_in else '<'} {high}")
+            problems.append(f"{key}: {value!r} must be {want}" + (" (or null)" if nullable else ""))
+    d = cfg.data
+    if d.min_num_frame > d.max_num_frame:
+        problems.append(f"data.min_num_frame={d.min_num_frame} is above data.max_num_frame={d.max_num_frame}")
     return problems
 
 
