@@ -166,3 +166,26 @@ def test_internlm2_wqkv_is_fused_back_in_its_grouped_layout(tmp_path):
     assert torch.equal(qkv[:, :, :G].reshape(5, -1), x @ native[p + "q_proj.weight"].T)
     assert torch.equal(qkv[:, :, G].reshape(5, -1), x @ native[p + "k_proj.weight"].T)
     assert torch.equal(qkv[:, :, G + 1].reshape(5, -1), x @ native[p + "v_proj.weight"].T)
+
+
+def test_internlm2_sentencepiece_tokenizer_and_remote_code_come_from_the_source(tmp_path):
+    """An InternLM2 checkpoint with its sentencepiece tokenizer and remote-code files: the export holds the
+    released tokenizer files and .py files byte for byte (the native side only has a tokenizer.json)."""
+    from test_convert_sentencepiece import make_internlm2_checkpoint
+
+    w = write_original_checkpoint(tmp_path / "src", "internlm2", "300m")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (w.path / name).unlink()
+    make_internlm2_checkpoint(w.path)
+    code = {"modeling_internvl_chat.py": "# stands in for OpenGVLab's file\n",
+            "tokenization_internlm2.py": "# stands in for InternLM2's tokenizer code\n"}
+    for name, text in code.items():
+        (w.path / name).write_text(text)
+    _convert(w.path, tmp_path / "native")
+    assert not (tmp_path / "native" / "tokenizer.model").exists()
+    report = _export(tmp_path / "native", tmp_path / "back")
+    assert sorted(report.remote_code) == sorted(code) and report.remote_code_note is None
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", *code):
+        assert (tmp_path / "back" / name).read_bytes() == (w.path / name).read_bytes(), name
+    assert not (tmp_path / "back" / "tokenizer.json").exists()
+    assert_same_tensors(tensors_of(tmp_path / "back"), w.tensors)
