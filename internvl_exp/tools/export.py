@@ -59,6 +59,26 @@ def _original_dir(path: Any) -> Path | None:
     return Path(path) if path and Path(path).is_dir() and is_original_layout(Path(path)) else None
 
 
+def _run_source(cfg: dict[str, Any]) -> Path | None:
+    """The original checkpoint a run trained from: its model.path, or where the preset's weights are found on
+    this machine (the same offline lookup the run made), when that copy is in the original layout."""
+    model_cfg = cfg.get("model") or {}
+    if model_cfg.get("path"):
+        return _original_dir(model_cfg["path"])
+    if not model_cfg or model_cfg.get("random_init"):
+        return None
+    from omegaconf import OmegaConf
+
+    from internvl_exp.errors import UserError
+    from internvl_exp.models.resolve import resolve_weights
+
+    try:
+        weights = resolve_weights(OmegaConf.create(cfg))
+    except (UserError, AttributeError, KeyError, IndexError):
+        return None  # the weights are not on this machine (any more): the export goes on without a source
+    return weights.path if weights is not None and weights.layout == "original" else None
+
+
 def _lora_base(final: Path, cfg: dict[str, Any]) -> Path:
     """The native base a LoRA adapter merges into: final/base, the adapter's recorded base, or the run's
     model.path (converted once, through the conversion cache, when it is an original checkpoint)."""
@@ -127,7 +147,7 @@ def _export(args: argparse.Namespace) -> int:
     if not (native / "config.json").is_file() and not (native / "adapter_config.json").is_file():
         raise UserError(f"{native}: holds no saved model (config.json); did the run finish with trainer.save_final?")
     model_cfg = cfg.get("model") or {}
-    source = args.source or _original_dir(model_cfg.get("path"))
+    source = args.source or _run_source(cfg)
     template = args.template or model_cfg.get("template")
     with tempfile.TemporaryDirectory(dir=args.out.parent if args.out.parent.is_dir() else None,
                                      prefix=".export-merge-") as scratch:
