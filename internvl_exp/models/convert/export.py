@@ -24,7 +24,7 @@ from typing import Any
 
 from internvl_exp.models.convert.export_config import original_config, overlay_on_source
 from internvl_exp.models.convert.llm_keys import FAMILIES, NATIVE_DECODER, NATIVE_HEAD, Family, TextDims, original_llm_keys
-from internvl_exp.models.convert.plan import Plan, Rule
+from internvl_exp.models.convert.plan import Plan, Rule, identity
 from internvl_exp.models.convert.source import (ConversionError, SourceCheckpoint, is_original_layout, read_config,
                                                 read_header, shard_files)
 from internvl_exp.models.convert.stream import run_plan
@@ -165,7 +165,7 @@ def inverse_plan(native: SourceCheckpoint, family: Family) -> Plan:
         raise ConversionError(f"{native.path}: the key tables do not run backwards for this model (not given back: "
                               f"{sorted(missing)[:3]}; extra: {sorted(extra)[:3]}; unplanned: "
                               f"{sorted(set(names) - used)[:3]}); converter bug")
-    rules = [Rule(r.targets, r.sources, r.inverse or (lambda ts: ts), f"inverse of {r.why}") for r in forward]
+    rules = [Rule(r.targets, r.sources, r.inverse or identity, f"inverse of {r.why}") for r in forward]
     return Plan(rules=rules, dropped={})
 
 
