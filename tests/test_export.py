@@ -189,3 +189,21 @@ def test_internlm2_sentencepiece_tokenizer_and_remote_code_come_from_the_source(
         assert (tmp_path / "back" / name).read_bytes() == (w.path / name).read_bytes(), name
     assert not (tmp_path / "back" / "tokenizer.json").exists()
     assert_same_tensors(tensors_of(tmp_path / "back"), w.tensors)
+
+
+def test_tokenizer_written_without_a_source_encodes_like_the_trained_one(tmp_path):
+    """No source checkpoint: the trained tokenizer.json goes out with a config transformers reads as
+    PreTrainedTokenizerFast (VLMEvalKit asks for use_fast=False); ids and the image tokens are unchanged, and
+    a <video> placeholder the conversion appended past the embedding table is gone."""
+    from transformers import AutoTokenizer
+
+    _convert(GOLDEN, tmp_path / "native")  # its tokenizer has no <video>: the conversion appends one (id 600)
+    report = _export(_without_source(tmp_path / "native", tmp_path), tmp_path / "built")
+    assert report.tokenizer.startswith("the trained model's tokenizer.json")
+    ours = AutoTokenizer.from_pretrained(str(tmp_path / "native"))
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path / "built"), use_fast=False, trust_remote_code=False)
+    text = "<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\nWhat is shown? 123<|im_end|>\n"
+    assert theirs(text)["input_ids"] == ours(text)["input_ids"]
+    assert theirs.eos_token == "<|im_end|>" and theirs.convert_tokens_to_ids("<IMG_CONTEXT>") == ours.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert ours.convert_tokens_to_ids("<video>") == 600 and "<video>" not in theirs.get_vocab()
+    assert theirs.get_vocab() == {t: i for t, i in ours.get_vocab().items() if t != "<video>"}
