@@ -168,3 +168,13 @@ def test_export_peak_memory_is_about_two_shards(tmp_path):
     growth = int(r.stdout.strip().splitlines()[-1])
     print(f"export peak RSS growth {growth / 1e6:.1f} MB; largest shard {largest / 1e6:.1f} MB; model {model_bytes / 1e6:.1f} MB")
     assert growth < 2.5 * largest, (growth, largest, model_bytes)
+
+
+def test_layout_native_of_an_original_checkpoint_converts_it(tmp_path, capsys):
+    from internvl_exp.models.convert.verify import written_tensors
+    from internvl_exp.tools.export import main
+
+    assert main([str(GOLDEN), "--layout", "native", "--out", str(tmp_path / "native"), "--no-progress"]) == 0
+    assert "native layout" in capsys.readouterr().out
+    config = json.loads((tmp_path / "native" / "config.json").read_text())
+    assert config["model_type"] == "internvl" and "model.language_model.embed_tokens.weight" in written_tensors(tmp_path / "native")
