@@ -44,6 +44,9 @@ SHELL = {
     "srun": "needs SLURM",
     "scontrol": "needs SLURM",
     "rc=$?;": "shell glue of the SLURM script",
+    "cd": "runs another project (VLMEvalKit's run.py) on a GPU",
+    "lmdeploy": "serves a model on a GPU (LMDeploy)",
+    "vllm": "serves a model on a GPU (vLLM)",
 }
 # A documented failure: (part of the command, messages the docs promise).
 EXPECTED_FAILURES = {
