@@ -86,7 +86,7 @@ def _lora_base(final: Path, cfg: dict[str, Any]) -> Path:
 
     from internvl_exp.errors import UserError
     from internvl_exp.models.convert import ensure_converted
-    from internvl_exp.train.lora import base_model_dir
+    from internvl_exp.train.tuning.lora import base_model_dir
 
     if (final / "base" / "config.json").is_file():
         return final / "base"
