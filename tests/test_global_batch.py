@@ -64,11 +64,10 @@ def test_world_size_from_the_distributed_plan_then_the_environment(monkeypatch):
     assert world_size() == 4
 
 
-def _planned(cfg, nproc, nnodes=1):
-    """The config as a multi-node launcher would plan it (a plain copy of the composed config takes its keys)."""
-    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    plain.distributed = {"name": "torchrun", "nproc_per_node": nproc, "nnodes": nnodes, "rdzv_endpoint": "node0:29500"}
-    return plain
+def _planned(overrides, tmp_path, nproc, nnodes=1):
+    """The config of a torchrun launch of `nproc` processes on each of `nnodes` nodes."""
+    return compose([*overrides, "distributed=torchrun", f"distributed.nproc_per_node={nproc}",
+                    f"distributed.nnodes={nnodes}", "distributed.rdzv_endpoint=node0:29500"], tmp_path)
 
 
 def test_validation_checks_the_split_for_the_planned_processes(tmp_path, monkeypatch):
@@ -76,9 +75,9 @@ def test_validation_checks_the_split_for_the_planned_processes(tmp_path, monkeyp
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     validate(compose(["trainer.global_batch_size=32"], tmp_path))  # 32 / (4 x 1)
-    validate(_planned(compose(["trainer.global_batch_size=32"], tmp_path), 8))  # 32 / (4 x 8)
+    validate(_planned(["trainer.global_batch_size=32"], tmp_path, 8))  # 32 / (4 x 8)
     with pytest.raises(ConfigError) as e:
-        validate(_planned(compose(["trainer.global_batch_size=32"], tmp_path), 8, nnodes=2))  # 32 / (4 x 16)
+        validate(_planned(["trainer.global_batch_size=32"], tmp_path, 8, nnodes=2))  # 32 / (4 x 16)
     assert "trainer.global_batch_size=32" in str(e.value) and "16 process(es) = 64" in str(e.value)
     with pytest.raises(ConfigError, match="both set the batch"):
         validate(compose(["trainer.global_batch_size=32", "trainer.gradient_accumulation_steps=8"], tmp_path))

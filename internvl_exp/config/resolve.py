@@ -41,13 +41,13 @@ def planned_world_size(distributed: Any, env: dict[str, str] | None = None) -> i
     env = os.environ if env is None else env
     if env.get("WORLD_SIZE"):
         return int(env["WORLD_SIZE"])
-    return int(distributed.get("nproc_per_node", 1) or 1) * int(distributed.get("nnodes", 1) or 1)
+    return int(distributed.nproc_per_node) * int(distributed.nnodes)
 
 
 def _world_problems(distributed: Any, env: dict[str, str]) -> list[str]:
     launched = env.get("WORLD_SIZE")
-    planned = int(distributed.get("nproc_per_node", 1) or 1) * int(distributed.get("nnodes", 1) or 1)
-    if launched and distributed.get("name") != "single" and int(launched) != planned:
+    planned = int(distributed.nproc_per_node) * int(distributed.nnodes)
+    if launched and distributed.name != "single" and int(launched) != planned:
         return [f"distributed: this process runs in a group of WORLD_SIZE={launched} processes, but "
                 f"distributed.nproc_per_node x nnodes = {planned}; launch with distributed=single inside an "
                 "existing group, or unset WORLD_SIZE and let distributed start the processes"]
@@ -56,15 +56,13 @@ def _world_problems(distributed: Any, env: dict[str, str]) -> list[str]:
 
 def _apply_recipe(cfg: DictConfig) -> dict[str, str]:
     """Fill the null keys of RECIPE_KEYS from model.recipe; returns {key: "recipe <name>"} for those filled."""
-    recipe = cfg.model.get("recipe")
+    recipe = cfg.model.recipe
     origins: dict[str, str] = {}
-    if recipe is None:
-        return origins
     for key, field in RECIPE_KEYS.items():
-        value = recipe.get(field)
+        value = recipe[field]
         if OmegaConf.select(cfg, key) is None and value is not None:
             OmegaConf.update(cfg, key, value, merge=False)
-            origins[key] = f"recipe {recipe.get('name') or cfg.model.name}"
+            origins[key] = f"recipe {recipe.name or cfg.model.name}"
     return origins
 
 
@@ -121,9 +119,9 @@ def resolve(cfg: DictConfig, overrides: Iterable[str] = (), check: bool = True,
         spec.resolved.gradient_accumulation_steps = accumulation_steps(t, world)
     except ConfigError:
         spec.resolved.gradient_accumulation_steps = t.gradient_accumulation_steps  # check=False only
-    if m.get("patch_size"):
+    if m.patch_size > 0:  # (a zero patch size is a validation problem; check=False gets here too)
         spec.resolved.tokens_per_tile = tokens_per_tile(m.image_size, m.patch_size, m.downsample_ratio)
-    if t.get("bf16") is not None:
+    if t.bf16 is not None:
         m.dtype = weights_dtype(spec)
     t.eval_strategy = eval_strategy(spec)
     spec.optimized_metric = optimized_metric(spec)

@@ -75,7 +75,7 @@ def config_problems(cfg: Any) -> list[str]:
     problems += _optimizer_problems(cfg)
     problems += _trainer_problems(cfg)
     problems += eval_problems(cfg)  # config/eval_settings.py
-    problems += resume_problems(cfg.get("resume", "auto"))
+    problems += resume_problems(cfg.resume)
     problems += _deepspeed_problems(cfg)
     if cfg.trainer.device not in ("auto", "cpu", "cuda"):
         problems.append(f"trainer.device: {cfg.trainer.device!r} is not auto, cpu or cuda")
@@ -152,7 +152,7 @@ def _distributed_problems(d: Any) -> list[str]:
 
         return slurm_problems(d)
     problems = []
-    nodes, node_rank, endpoint = d.get("nnodes", 1), d.get("node_rank", 0), d.get("rdzv_endpoint")
+    nodes, node_rank, endpoint = d.nnodes, d.node_rank, d.rdzv_endpoint
     if d.name == "single" and (d.nproc_per_node != 1 or nodes != 1):
         problems.append("distributed.nproc_per_node/nnodes: distributed=single runs one process in the Hydra job; "
                         "use distributed=torchrun distributed.nproc_per_node=N for several")

@@ -115,7 +115,7 @@ def train_and_eval_data(cfg: Any, tokenizer: Any, num_tokens_per_tile: int):
     from internvl_exp.config.eval_settings import has_eval_datasets
 
     train, report = build_from_config(cfg, tokenizer, num_tokens_per_tile)
-    fraction = float(cfg.data.get("eval_fraction") or 0.0)
+    fraction = float(cfg.data.eval_fraction)
     if fraction > 0:
         return split_held_out(train, report, fraction)
     if has_eval_datasets(cfg.data):
