@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from internvl_exp.dist import world_size  # noqa: F401  (re-exported: the batch maths' world)
 from internvl_exp.errors import ConfigError
 
 # TrainerConfig.gradient_accumulation_steps' default; any other value next to global_batch_size states the batch twice.

@@ -159,6 +159,13 @@ def load_run_config(path: str | Path) -> DictConfig:
     return spec
 
 
+def run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's spec (load_run_config) as plain data, {} when the directory has no config.yaml: what
+    the tools that start from a run (chat, predict, merge_lora, export) read."""
+    path = Path(run_dir) / "config.yaml"
+    return OmegaConf.to_container(load_run_config(path), resolve=True) if path.is_file() else {}
+
+
 def origin(cfg: Any, key: str) -> str | None:
     """Where the resolved value of `key` came from ("recipe internvl2_8b", "override"), None for the config
     groups' own values."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.config.resolve import run_config
 from internvl_exp.errors import UserError
 
 
@@ -23,13 +24,6 @@ class Loaded:
     source: str  # what was loaded, for the banner
     template: str | None  # model.template when known (run config or the saved chat template)
     run_config: dict[str, Any]
-
-
-def run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def _template_of(processor: Any, config: dict[str, Any]) -> str | None:

@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.config.resolve import run_config
+
 LAYOUTS = ("original", "native")
 FAMILY_NAMES = ("internlm2", "qwen2", "qwen3", "qwen3_moe", "gpt_oss", "phi3", "llama")
 
@@ -44,13 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="original LLM family when it cannot be told (a native llama text model: internlm2 or llama)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal anyway)")
     return p.parse_args(argv)
-
-
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def _original_dir(path: Any) -> Path | None:
@@ -142,7 +137,7 @@ def _export(args: argparse.Namespace) -> int:
         print(f"converted {path} -> {args.out} (native layout, {report.target_tensors} tensors)")
         return 0
     is_run = (path / "final").is_dir()
-    cfg = _run_config(path) if is_run else {}
+    cfg = run_config(path) if is_run else {}
     native = path / "final" if is_run else path
     if not (native / "config.json").is_file() and not (native / "adapter_config.json").is_file():
         raise UserError(f"{native}: holds no saved model (config.json); did the run finish with trainer.save_final?")

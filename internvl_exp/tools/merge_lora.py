@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from internvl_exp.config.resolve import run_config
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -27,13 +27,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adapter", type=Path, default=None, help="adapter directory (default: RUN_DIR/final)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="dtype to load and save (default: the base's)")
     return p.parse_args(argv)
-
-
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
 
 
 def merge(adapter_dir: Path, base_dir: str, out_dir: Path, dtype: str | None = None) -> Path:
@@ -64,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        base = args.base or base_model_dir(adapter_dir, _run_config(args.run_dir))
+        base = args.base or base_model_dir(adapter_dir, run_config(args.run_dir))
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
