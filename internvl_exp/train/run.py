@@ -28,6 +28,7 @@ from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.redact import scrub_fields
 from internvl_exp.train.args import training_arguments, use_cpu
 from internvl_exp.train.callbacks import ThroughputCallback, install_first
+from internvl_exp.train.chunked_loss import use_chunked_loss
 from internvl_exp.train.eval_settings import eval_strategy as args_eval_strategy
 from internvl_exp.train.evaluation import eval_history
 from internvl_exp.train.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
@@ -141,6 +142,7 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         eval_collator=Collator(tokenizer.pad_token_id, cfg.data.loss_reduction) if eval_dataset is not None else None,
         eval_generate_samples=cfg.trainer.eval_generate_samples,
         template=cfg.model.template,
+        chunked_loss=use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name),
     )
     # Throughput/MFU first, so the loggers and the console printer see the numbers it adds to each log.
     throughput = ThroughputCallback(
