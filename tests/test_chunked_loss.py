@@ -127,7 +127,7 @@ def test_sequence_logps_equal_log_softmax_sums(kind):
 
 def test_use_chunked_loss_resolution():
     from internvl_exp.errors import ConfigError
-    from internvl_exp.train.chunked_loss import use_chunked_loss
+    from internvl_exp.train.chunked_setting import use_chunked_loss
 
     assert use_chunked_loss("auto", "internvl3_5_8b") and not use_chunked_loss("auto", "tiny")
     assert use_chunked_loss(True, "tiny") and use_chunked_loss("true", "tiny")

@@ -35,30 +35,7 @@ from torch import nn
 
 from internvl_exp.data.templates import IGNORE_INDEX
 from internvl_exp.errors import ConfigError
-
-# One chunk's float32 logits are at most this many bytes (128 MiB: 221 rows at vocab 151,674). The loss's peak
-# is about two such tensors (the logits and logsumexp's temporary) plus the head's gradient.
-CHUNK_BYTES = 2**27
-CHUNK_SETTINGS = ("auto", "true", "false")
-
-
-def use_chunked_loss(setting: Any, model_name: str) -> bool:
-    """Resolve `trainer.chunked_loss` (auto | true | false) for a model preset.
-
-    auto: on for every real preset (vocabularies of 92k-200k tokens, where the logits dominate the activation
-    memory); off for `tiny` (vocab 671: one chunk, no memory to save, and measured slightly slower: see
-    docs/benchmarks.md)."""
-    value = str(setting).strip().lower()
-    if value not in CHUNK_SETTINGS:
-        raise ConfigError(f"trainer.chunked_loss: {setting!r} is not one of auto, true, false")
-    if value == "auto":
-        return model_name != "tiny"
-    return value == "true"
-
-
-def chunk_rows_for(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Tokens per chunk: as many as keep one chunk's float32 logits under `chunk_bytes` (at least 16)."""
-    return max(16, chunk_bytes // (4 * max(vocab, 1)))
+from internvl_exp.train.chunked_setting import chunk_rows_for, use_chunked_loss  # noqa: F401  (re-exported)
 
 
 def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -119,6 +96,7 @@ class _WeightedCE(torch.autograd.Function):
             del logits
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.param_dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        ctx.used = False
         return total
 
     @staticmethod
@@ -127,10 +105,14 @@ class _WeightedCE(torch.autograd.Function):
         if ctx.needs_input_grad[0] and grad_h is None or ctx.needs_input_grad[1] and grad_w is None:
             raise RuntimeError("chunked loss: a gradient is needed that was not computed in the forward pass "
                                "(the loss was computed under no_grad or with want_grad=False)")
+        if ctx.used:
+            raise RuntimeError("chunked loss: backward through the same loss twice is not supported")
+        ctx.used = True
         wdt, bdt = ctx.param_dtypes
-        out_h = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        out_w = (grad_w * grad_out.to(grad_w.dtype)).to(wdt) if grad_w is not None else None
-        out_b = (grad_b * grad_out).to(bdt) if grad_b is not None else None
+        # Scaled in place: the head's gradient is the one accumulator, no second vocab x hidden copy.
+        out_h = grad_h.mul_(grad_out.to(grad_h.dtype)) if grad_h is not None else None
+        out_w = grad_w.mul_(grad_out.to(grad_w.dtype)).to(wdt) if grad_w is not None else None
+        out_b = grad_b.mul_(grad_out).to(bdt) if grad_b is not None else None
         return out_h, out_w, out_b, None, None, None, None, None
 
 

@@ -28,7 +28,7 @@ from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.redact import scrub_fields
 from internvl_exp.train.args import training_arguments, use_cpu
 from internvl_exp.train.callbacks import ThroughputCallback, install_first
-from internvl_exp.train.chunked_loss import use_chunked_loss
+from internvl_exp.train.chunked_setting import use_chunked_loss
 from internvl_exp.train.eval_settings import eval_strategy as args_eval_strategy
 from internvl_exp.train.evaluation import eval_history
 from internvl_exp.train.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
