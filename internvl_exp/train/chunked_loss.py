@@ -56,12 +56,22 @@ def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> t
     return F.linear(h, w, b).float()
 
 
-def _softmax_minus_onehot_(logits: torch.Tensor, lse: torch.Tensor, target: torch.Tensor,
+def _exp_stats_(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """In place, logits -> exp(logits - rowmax) (one [chunk x vocab] tensor, no temporaries, unlike logsumexp);
+    returns (logsumexp, target logit, the rows' sum of that exp)."""
+    picked = logits.gather(1, target[:, None]).squeeze(1)
+    top = logits.amax(dim=-1)
+    total = logits.sub_(top[:, None]).exp_().sum(dim=-1)
+    return top + total.log(), picked, total
+
+
+def _softmax_minus_onehot_(exp: torch.Tensor, total: torch.Tensor, target: torch.Tensor,
                            scale: torch.Tensor) -> torch.Tensor:
-    """In place: (softmax(logits) - onehot(target)) * scale per row, the gradient of scale_t * CE_t."""
-    logits.sub_(lse[:, None]).exp_()
-    logits.scatter_add_(1, target[:, None], torch.full_like(lse[:, None], -1.0))
-    return logits.mul_(scale[:, None])
+    """In place, from _exp_stats_'s exp and row sums: (softmax - onehot(target)) * scale per row, the gradient
+    of scale_t * CE_t."""
+    exp.div_(total[:, None])
+    exp.scatter_add_(1, target[:, None], torch.full_like(total[:, None], -1.0))
+    return exp.mul_(scale[:, None])
 
 
 class _WeightedCE(torch.autograd.Function):
@@ -81,11 +91,10 @@ class _WeightedCE(torch.autograd.Function):
         for s in _chunks(h.shape[0], rows):
             hc = h[s].to(dtype)
             logits = _chunk_logits(hc, w, b)
-            lse = torch.logsumexp(logits, dim=-1)
-            ce = lse - logits.gather(1, target[s, None]).squeeze(1)
-            total += (ce * scale[s]).sum()
+            lse, picked, sums = _exp_stats_(logits, target[s])
+            total += ((lse - picked) * scale[s]).sum()
             if need_h or need_w or need_b:
-                g = _softmax_minus_onehot_(logits, lse, target[s], scale[s])
+                g = _softmax_minus_onehot_(logits, sums, target[s], scale[s])
                 if need_b:
                     grad_b += g.sum(0)
                 g = g.to(dtype)
@@ -93,7 +102,7 @@ class _WeightedCE(torch.autograd.Function):
                     grad_h[s] = g @ w
                 if need_w:
                     grad_w.addmm_(g.t(), hc)
-            del logits
+            logits = g = None  # both name the chunk's tensor: drop it before the next chunk's is made
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.param_dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         ctx.used = False
@@ -127,10 +136,9 @@ class _TokenLogp(torch.autograd.Function):
         out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         lses = torch.empty_like(out)
         for s in _chunks(h.shape[0], rows):
-            logits = _chunk_logits(h[s].to(dtype), w, b)
-            lses[s] = torch.logsumexp(logits, dim=-1)
-            out[s] = logits.gather(1, target[s, None]).squeeze(1) - lses[s]
-            del logits
+            lse, picked, _ = _exp_stats_(_chunk_logits(h[s].to(dtype), w, b), target[s])
+            lses[s] = lse
+            out[s] = picked - lse
         ctx.save_for_backward(h, weight, bias, target, lses)
         ctx.rows, ctx.dtype = rows, dtype
         return out
@@ -148,7 +156,8 @@ class _TokenLogp(torch.autograd.Function):
         for s in _chunks(h.shape[0], rows):
             hc = h[s].to(dtype)
             # d logp_t / d logits = onehot - softmax: minus the CE gradient, scaled by the incoming gradient.
-            g = _softmax_minus_onehot_(_chunk_logits(hc, w, b), lses[s], target[s], -grad_out[s].float())
+            exp = _chunk_logits(hc, w, b).sub_(lses[s, None]).exp_()  # the softmax itself
+            g = _softmax_minus_onehot_(exp, torch.ones_like(lses[s]), target[s], -grad_out[s].float())
             if need_b:
                 grad_b += g.sum(0)
             g = g.to(dtype)
@@ -156,6 +165,7 @@ class _TokenLogp(torch.autograd.Function):
                 grad_h[s] = g @ w
             if need_w:
                 grad_w.addmm_(g.t(), hc)
+            exp = g = None  # one chunk's tensor at a time
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
                 grad_b.to(bias.dtype) if need_b else None, None, None, None)
 

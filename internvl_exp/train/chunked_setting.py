@@ -9,8 +9,8 @@ from typing import Any
 
 from internvl_exp.errors import ConfigError
 
-# One chunk's float32 logits are at most this many bytes (128 MiB: 221 tokens at vocab 151,674). The loss's peak
-# is about two such tensors (the logits and logsumexp's temporary) plus the hidden-state gradient.
+# One chunk's float32 logits are at most this many bytes (128 MiB: 221 tokens at vocab 151,674), the one
+# [chunk x vocab] tensor the loss holds at a time (plus, for 16-bit logits, their 16-bit original briefly).
 CHUNK_BYTES = 2**27
 CHUNK_SETTINGS = ("auto", "true", "false")
 

@@ -33,8 +33,7 @@ so there is no seq^2 term except under `attn_implementation=eager`, which adds h
               fp32 log-softmax (transformers' loss upcasts), plus the fp32 gradient of the logits.
               Under trainer.chunked_loss (train/chunked_loss.py) no logits exist: per token the hidden-state
               gradient it computes in the forward pass and the supervised rows' copy, 2 x h x bytes; once, one
-              chunk's fp32 logits and logsumexp's temporary (+ the 16-bit logits before the upcast),
-              chunk_rows x vocab x (8 [+ bytes]); and, for a trained head whose weights are not in the
+              chunk's fp32 logits (+ the 16-bit logits before the upcast), chunk_rows x vocab x (4 [+ bytes]); and, for a trained head whose weights are not in the
               activation dtype, the head gradient's accumulator (vocab x h x bytes).
 
 A part stores activations only if gradients flow through it (it or a part before it trains; the FLOPs model's
@@ -265,7 +264,7 @@ def activation_bytes(model_config: Any, flows: dict[str, bool], batch: int, seq:
         rows = min(chunk_rows_for(tc.vocab_size), n_llm)
         upcast = act_bytes if act_bytes < 4 else 0
         accumulator = tc.vocab_size * tc.hidden_size * act_bytes if head_trains and weight_bytes != act_bytes else 0
-        out["logits"] = 2 * n_llm * tc.hidden_size * act_bytes + rows * tc.vocab_size * (8 + upcast) + accumulator
+        out["logits"] = 2 * n_llm * tc.hidden_size * act_bytes + rows * tc.vocab_size * (4 + upcast) + accumulator
     elif flows["lm_head"]:
         upcast = 4 if act_bytes < 4 else 0  # `.float()` of fp32 logits is the same tensor
         out["logits"] = n_llm * tc.vocab_size * (act_bytes + upcast + 4 + 4)
