@@ -14,6 +14,7 @@ from internvl_exp.models.arch import random_init_refusal
 from internvl_exp.models.registry import PART_MODES, PARTS
 from internvl_exp.train.precision import precision_problems
 from internvl_exp.train.batch import batch_problems, world_size
+from internvl_exp.train.chunked_setting import CHUNK_SETTINGS
 from internvl_exp.train.eval_settings import eval_problems
 from internvl_exp.train.resume import resume_problems
 
@@ -236,6 +237,8 @@ def _trainer_problems(cfg: Any) -> list[str]:
                         "trainer.num_train_epochs epochs")
     if t.max_steps is None and t.num_train_epochs <= 0:
         problems.append(f"trainer.num_train_epochs: {t.num_train_epochs} must be > 0 (or set trainer.max_steps)")
+    if str(t.get("chunked_loss", "auto")).strip().lower() not in CHUNK_SETTINGS:
+        problems.append(f"trainer.chunked_loss: {t.chunked_loss!r} is not one of auto, true, false")
     return problems + batch_problems(t, world_size(cfg.distributed))
 
 
