@@ -247,3 +247,49 @@ def test_trainer_steps_and_eval_loss_equal_the_plain_path(tmp_path, demo_dir, to
     # turns float32 noise into a visible step.)
     assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=RTOL32)
     assert chunked_eval == pytest.approx(plain_eval, rel=RTOL32)
+
+
+# ----------------------------------------------------------------------------------------------- the planner
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_planner_loss_term_matches_memtracker(chunked):
+    """The planner's logits term (memory_plan.activation_bytes) against the peak of live tensor bytes that torch's
+    MemTracker measures for one loss + backward at vocab 151,674, less the inputs and their gradients."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from internvl_exp.train.chunked_loss import linear_cross_entropy
+    from internvl_exp.train.loss import weighted_token_loss
+    from internvl_exp.train.memory_plan import ConfigView, activation_bytes
+
+    vocab, hidden, tokens = 151674, 32, 400
+    tracker = MemTracker()
+    with tracker:
+        h = torch.randn(1, tokens, hidden, requires_grad=True)
+        head = torch.randn(vocab, hidden, requires_grad=True)
+        labels, weight = torch.randint(0, vocab, (1, tokens)), torch.ones(1, tokens)
+        loss = (linear_cross_entropy(h, head, labels, weight) if chunked
+                else weighted_token_loss(h @ head.T, labels, weight))
+        loss.backward()
+        del h, head, labels, weight, loss
+    measured = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"] - 2 * 4 * (tokens + vocab) * hidden
+    config = ConfigView({"downsample_ratio": 0.5, "text": {"hidden_size": hidden, "vocab_size": vocab},
+                         "vision": {"image_size": 448, "patch_size": 14}})
+    flows = {"vision": False, "projector": False, "llm": False, "lm_head": True}
+    predicted = activation_bytes(config, flows, 1, tokens, 0, False, 4, False, 0, chunked=chunked, head_trains=True,
+                                 weight_bytes=4)["logits"]
+    assert 0.85 < predicted / measured < 1.15, (predicted, measured)
+    if chunked:  # one 128 MiB chunk, not the 3 x 400 x vocab x 4 bytes of the plain path
+        assert measured < 0.2 * 3 * tokens * vocab * 4
+
+
+def test_plan_names_the_loss(tmp_path, demo_dir):
+    from internvl_exp.train.memory_plan import format_plan, plan_memory
+
+    plans = {setting: plan_memory(compose([f"trainer.chunked_loss={setting}", "model.arch.text.vocab_size=151674"],
+                                          tmp_path, demo_dir), seq_len=4096, tiles=0, gpu="H100")
+             for setting in ("true", "false")}
+    assert plans["true"].loss == "chunked" and plans["false"].loss == "full logits"
+    assert plans["true"].activation_detail["logits"] < plans["false"].activation_detail["logits"] / 20
+    assert "chunked loss (trainer.chunked_loss)" in format_plan(plans["true"])
+    assert "full logits" in format_plan(plans["false"])
