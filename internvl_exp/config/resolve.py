@@ -92,6 +92,7 @@ def resolve(cfg: DictConfig, overrides: Iterable[str] = (), check: bool = True,
     from internvl_exp.config.validate import config_problems
     from internvl_exp.models.geometry import tokens_per_tile
     from internvl_exp.config.batch import accumulation_steps
+    from internvl_exp.config.chunked_loss import use_chunked_loss
     from internvl_exp.config.eval_settings import eval_strategy, optimized_metric
     from internvl_exp.config.precision import weights_dtype
 
@@ -124,6 +125,12 @@ def resolve(cfg: DictConfig, overrides: Iterable[str] = (), check: bool = True,
     if t.bf16 is not None:
         m.dtype = weights_dtype(spec)
     t.eval_strategy = eval_strategy(spec)
+    try:  # auto -> true/false for this model (config/chunked_loss.py)
+        if str(t.chunked_loss).strip().lower() == "auto":
+            spec.resolved.origins["trainer.chunked_loss"] = f"auto for model={m.name}"
+        t.chunked_loss = str(use_chunked_loss(t.chunked_loss, m.name)).lower()
+    except ConfigError:
+        pass  # check=False only: validation names it
     spec.optimized_metric = optimized_metric(spec)
     return spec
 

@@ -309,6 +309,10 @@ class TrainerConfig:
     # The model FLOPs utilisation the planner assumes for its step-time estimate (an assumption, not a
     # measurement; bench/gpu.py measures it on a GPU box).
     planner_mfu: float = 0.35
+    # The loss from the last hidden states and the LM head in chunks of tokens, never the [tokens x vocab] logits
+    # (internvl_exp/train/recipe/chunked_loss.py; InternVL's --use_liger True): auto | true | false. auto: on for every
+    # real preset, off for model=tiny.
+    chunked_loss: str = "auto"
 
 
 @dataclass

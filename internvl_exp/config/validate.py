@@ -17,6 +17,7 @@ from internvl_exp.config.precision import precision_problems
 from internvl_exp.config.batch import batch_problems
 from internvl_exp.config.eval_settings import eval_problems
 from internvl_exp.train.checkpointing.resume import resume_problems
+from internvl_exp.config.chunked_loss import CHUNK_SETTINGS
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
 # Official conversation templates a preset names that internvl_exp.data.templates does not implement yet.
@@ -292,6 +293,8 @@ def _trainer_problems(cfg: Any) -> list[str]:
                         "trainer.num_train_epochs epochs")
     if t.max_steps is None and t.num_train_epochs <= 0:
         problems.append(f"trainer.num_train_epochs: {t.num_train_epochs} must be > 0 (or set trainer.max_steps)")
+    if str(t.chunked_loss).strip().lower() not in CHUNK_SETTINGS:
+        problems.append(f"trainer.chunked_loss: {t.chunked_loss!r} is not one of auto, true, false")
     return problems + batch_problems(t, planned_world_size(cfg.distributed))
 
 

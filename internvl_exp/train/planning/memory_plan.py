@@ -31,6 +31,10 @@ so there is no seq^2 term except under `attn_implementation=eager`, which adds h
   projector   per image token: 2 x 4*h_vit (norm in/out) + 2 x h_llm (fc1 out, GELU out)
   logits      per token: vocab x (bytes + 12): the logits, their fp32 upcast (none for fp32 logits) and
               fp32 log-softmax (transformers' loss upcasts), plus the fp32 gradient of the logits.
+              Under trainer.chunked_loss (train/recipe/chunked_loss.py) no logits exist: per token the hidden-state
+              gradient it computes in the forward pass and the supervised rows' copy, 2 x h x bytes; once, one
+              chunk's fp32 logits (+ the 16-bit logits before the upcast), chunk_rows x vocab x (4 [+ bytes]); and, for a trained head whose weights are not in the
+              activation dtype, the head gradient's accumulator (vocab x h x bytes).
 
 A part stores activations only if gradients flow through it (it or a part before it trains; the FLOPs model's
 rule). With activation checkpointing a layer keeps only its input (h per token) and one layer's full set is
@@ -138,6 +142,7 @@ class Plan:
     activation_dtype: str
     parameters: int
     trainable: int
+    loss: str  # "chunked" (trainer.chunked_loss) | "full logits"
     trainable_per_part: dict[str, int]
     weights_bytes: float
     gradients_bytes: float
@@ -218,10 +223,12 @@ def _layer_activation_elems(kind: str, c: Any, mode: str = "full", lora_r: int =
 
 def activation_bytes(model_config: Any, flows: dict[str, bool], batch: int, seq: int, tiles: int,
                      checkpointing: bool, act_bytes: int, eager: bool, vision_trainable_layers: int,
-                     modes: dict[str, str] | None = None, lora_r: int = 0, lora_dropout: float = 0.0) -> dict[str, float]:
+                     modes: dict[str, str] | None = None, lora_r: int = 0, lora_dropout: float = 0.0,
+                     chunked: bool = False, head_trains: bool = False, weight_bytes: int = 4) -> dict[str, float]:
     """Activation bytes per part for one micro-batch (module docstring). `vision_trainable_layers`: the ViT
     layers gradients reach (all when anything in or before the tower trains through it; the last N under
-    vit_last_n). `modes`: the freeze mode of vision and llm (default full); `lora_r`: the LoRA rank."""
+    vit_last_n). `modes`: the freeze mode of vision and llm (default full); `lora_r`: the LoRA rank.
+    `chunked`: trainer.chunked_loss (no logits; `head_trains` and `weight_bytes` size its head gradient)."""
     modes = modes or {}
     tc, vc = model_config.get_text_config(), model_config.vision_config
     size = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
@@ -250,7 +257,14 @@ def activation_bytes(model_config: Any, flows: dict[str, bool], batch: int, seq:
         out["projector"] = n_img * (8 * vc.hidden_size + 2 * tc.hidden_size) * act_bytes
     if flows["llm"]:
         out["llm"] = stack("llm", tc, n_llm, tc.num_hidden_layers, fp32_norm)
-    if flows["lm_head"]:
+    if flows["lm_head"] and chunked:
+        from internvl_exp.config.chunked_loss import chunk_rows_for
+
+        rows = min(chunk_rows_for(tc.vocab_size), n_llm)
+        upcast = act_bytes if act_bytes < 4 else 0
+        accumulator = tc.vocab_size * tc.hidden_size * act_bytes if head_trains and weight_bytes != act_bytes else 0
+        out["logits"] = 2 * n_llm * tc.hidden_size * act_bytes + rows * tc.vocab_size * (4 + upcast) + accumulator
+    elif flows["lm_head"]:
         upcast = 4 if act_bytes < 4 else 0  # `.float()` of fp32 logits is the same tensor
         out["logits"] = n_llm * tc.vocab_size * (act_bytes + upcast + 4 + 4)
     return out
@@ -508,11 +522,15 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     vit_layers = n_vit if plan.modes["vision"] != "frozen" else len(trainable_vision_layers(plan, n_vit))
     eager = m.attn_implementation == "eager"
     config = summary.config
+    from internvl_exp.config.chunked_loss import use_chunked_loss
+
+    chunked = use_chunked_loss(t.get("chunked_loss", "auto"), m.name)
 
     def peak_for(bsz: int) -> tuple[float, dict[str, float]]:
         acts = activation_bytes(config, flows, bsz, seq, n_tiles, bool(t.activation_checkpointing), ab, eager, vit_layers,
                                 dict(plan.modes), int(cfg.freeze.lora.r) if plan.uses_lora else 0,
-                                float(cfg.freeze.lora.dropout) if plan.uses_lora else 0.0)
+                                float(cfg.freeze.lora.dropout) if plan.uses_lora else 0.0,
+                                chunked, per_part["lm_head"] > 0, wb)
         head_grad = per_part["lm_head"] * wb / (world if stage >= 2 else 1)
         adam_tmp = 0.0 if off_opt else optimizer_step_temp(trainable, wb, world, stage, cfg.optimizer.get("fused"))
         return weights + opt + buffers + max(sum(acts.values()) + head_grad, grads + adam_tmp), acts
@@ -559,7 +577,7 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
         model=m.name, world_size=world, zero_stage=stage, offload_optimizer=off_opt, offload_params=off_par,
         per_device_batch=b, seq_len=seq, tiles_per_sample=n_tiles,
         activation_checkpointing=bool(t.activation_checkpointing), weight_dtype=weight_dtype, activation_dtype=act_dtype,
-        parameters=total, trainable=trainable, trainable_per_part=per_part,
+        parameters=total, trainable=trainable, loss="chunked" if chunked else "full logits", trainable_per_part=per_part,
         weights_bytes=weights, gradients_bytes=grads, optimizer_bytes=opt, buffers_bytes=buffers,
         activations_bytes=sum(acts.values()), activation_detail=acts, peak_bytes=peak,
         device=asdict(dev), fits=fits, max_batch=max_batch, overhead_gb=overhead, step_flops=step * accum, mfu=mfu,
@@ -593,7 +611,11 @@ def format_plan(plan: Plan) -> str:
         ("buffers", plan.buffers_bytes, "DeepSpeed buckets" if plan.zero_stage else "DDP gradient buckets"),
     ]
     for part in ("vision", "projector", "llm", "logits"):
-        rows.append((f"activations: {part}", plan.activation_detail[part], plan.activation_dtype if part != "logits" else "16-bit + fp32 loss copies"))
+        what = plan.activation_dtype
+        if part == "logits":
+            what = ("chunked loss (trainer.chunked_loss): one chunk of logits at a time" if plan.loss == "chunked"
+                    else "full logits: 16-bit + fp32 loss copies (trainer.chunked_loss=true avoids them)")
+        rows.append((f"activations: {part}", plan.activation_detail[part], what))
     for name, value, what in rows:
         table.add_row(name, f"{value / GIB:.2f}", what)
     table.add_row("peak (allocated)", f"{plan.peak_gb:.2f}", "weights + optimizer + buffers + max(activations, gradients + step temporaries)", end_section=True)

@@ -26,7 +26,6 @@ from typing import Any, Sequence
 import torch
 
 from internvl_exp.data.templates import IGNORE_INDEX
-from internvl_exp.train.recipe.loss import weighted_token_loss
 
 
 class EvalShard(torch.utils.data.Dataset):
@@ -66,9 +65,9 @@ def eval_loss_sums(trainer: Any, dataset: Any, collator: Any, batch_size: int) -
                 batch.pop("sample_lengths", None)
                 inputs = trainer._prepare_inputs(batch)  # device (and DeepSpeed's dtype for pixel_values)
                 with trainer.compute_loss_context_manager():
-                    outputs = model(**inputs, use_cache=False)
+                    total, _ = trainer.loss_sum(model, inputs, labels, weight)  # plain or chunked
                 real = (labels != IGNORE_INDEX).any(dim=1).sum()
-                sums += torch.stack([weighted_token_loss(outputs.logits, labels, weight).double(),
+                sums += torch.stack([total.double(),
                                      weight[:, 1:].sum().double(), real.double()])
     finally:
         model.train(was_training)

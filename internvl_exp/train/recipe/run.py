@@ -41,6 +41,7 @@ from internvl_exp.train.checkpointing.resume import agreed_plan
 from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
 from internvl_exp.train.tuning.trainable import make_trainable
 from internvl_exp.train.recipe.trainer import InternVLTrainer
+from internvl_exp.config.chunked_loss import use_chunked_loss
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         eval_collator=Collator(tokenizer.pad_token_id, cfg.data.loss_reduction) if eval_dataset is not None else None,
         eval_generate_samples=cfg.trainer.eval_generate_samples,
         template=cfg.model.template,
+        chunked_loss=use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name),
     )
     # Throughput/MFU first, so the loggers and the console printer see the numbers it adds to each log.
     throughput = ThroughputCallback(

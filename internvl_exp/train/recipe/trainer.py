@@ -36,8 +36,10 @@ class InternVLTrainer(Trainer):
 
     def __init__(self, *args: Any, family: Family, optimizer_config: Any, group_by_length: bool = False,
                  eval_collator: Any = None, eval_generate_samples: int = 0, template: str | None = None,
-                 **kwargs: Any):
+                 chunked_loss: bool = False, **kwargs: Any):
         self.family = family
+        # The loss from the hidden states and the head, chunk by chunk, never the full logits (train/recipe/chunked_loss.py).
+        self.chunked_loss = chunked_loss
         self.optimizer_config = optimizer_config
         self.group_by_length = group_by_length
         self.eval_collator = eval_collator  # padded batches with loss weights (train/recipe/evaluation.py)
@@ -96,8 +98,7 @@ class InternVLTrainer(Trainer):
         for key in LOSS_KEYS:
             inputs.pop(key, None)
         labels = inputs.pop("labels")
-        outputs = model(**inputs, use_cache=False)  # a live cache would silently skip the packed mask
-        total = weighted_token_loss(outputs.logits, labels, weight)
+        total, outputs = self.loss_sum(model, inputs, labels, weight)
         if num_items_in_batch is None:  # evaluation: this batch alone
             loss = total / weight[:, 1:].sum().clamp_min(1e-12).to(total.device)
         else:
@@ -106,6 +107,15 @@ class InternVLTrainer(Trainer):
             if self.args.world_size > 1:  # DDP/DeepSpeed average gradients over ranks
                 loss = loss * self.args.world_size
         return (loss, outputs) if return_outputs else loss
+
+    def loss_sum(self, model: Any, inputs: dict[str, Any], labels: Any, weight: Any) -> tuple[Any, Any]:
+        """(sum_t w_t * CE_t, the model's outputs) of one batch (train/recipe/loss.py); chunked: no logits in the outputs."""
+        if self.chunked_loss:
+            from internvl_exp.train.recipe.chunked_loss import model_loss_sum
+
+            return model_loss_sum(model, self.accelerator.unwrap_model(model), inputs, labels, weight)
+        outputs = model(**inputs, use_cache=False)  # a live cache would silently skip the packed mask
+        return weighted_token_loss(outputs.logits, labels, weight), outputs
 
     def create_optimizer(self, model: Any = None):
         if self.optimizer is None:

@@ -133,4 +133,6 @@ def training_header(data_report: Any, plan: Any) -> str:
         _row("data", f"{data_report.samples:,} samples" + (f" ({per})" if per else "") + steps),
         _row("params", f"{_count(plan.trainable)} of {_count(plan.parameters)} trainable ({share:.1f}%): {parts}"),
         _row("planner", planner_line(plan)),
+        _row("loss", "chunked (trainer.chunked_loss: no full logits)" if getattr(plan, "loss", None) == "chunked"
+             else "full logits (trainer.chunked_loss=false)"),
     ])
