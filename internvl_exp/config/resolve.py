@@ -127,7 +127,8 @@ def resolve(cfg: DictConfig, overrides: Iterable[str] = (), check: bool = True,
     t.eval_strategy = eval_strategy(spec)
     try:  # auto -> true/false for this model (config/chunked_loss.py)
         if str(t.chunked_loss).strip().lower() == "auto":
-            spec.resolved.origins["trainer.chunked_loss"] = f"auto for model={m.name}"
+            with open_dict(spec):
+                spec.resolved.origins["trainer.chunked_loss"] = f"auto for model={m.name}"
         t.chunked_loss = str(use_chunked_loss(t.chunked_loss, m.name)).lower()
     except ConfigError:
         pass  # check=False only: validation names it
