@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,10 +25,14 @@ from internvl_exp.data.tiling import choose_grid
 from internvl_exp.data.video import FRAME_SAMPLING, VideoError, VideoInfo, expand_video_placeholder, probe_video, video_kind
 
 VIDEO_PLACEHOLDER = "<video>"
+# A JSON escape of a UTF-16 surrogate: json.loads accepts a lone one ("\ud800") and returns a str that no
+# tokenizer (nor UTF-8) can take, so lines holding such an escape are checked string by string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 # Every reason a line can be skipped, with what it means (used in reports and docs/data.md).
 REASONS: dict[str, str] = {
-    "invalid_json": "the line is not valid JSON, or not a JSON object",
+    "invalid_json": "the line is not valid JSON, not a JSON object, or not valid text (bad UTF-8, or a lone "
+    "UTF-16 surrogate escape such as \"\\ud800\")",
     "bad_conversation": "'conversations' missing or malformed: unknown role, roles not alternating human/gpt, "
     "or not ending with a gpt answer",
     "bad_media_field": "'image'/'video'/'clip' has the wrong type, or a line has both 'image' and 'video'",
@@ -133,6 +138,28 @@ def _media_fields(sample: dict) -> tuple[list[str], str | None, list[float] | No
     return images, (video or None), clip
 
 
+def _lone_surrogate(value: object, where: str = "") -> str | None:
+    """Where in the parsed line a string holds an unpaired surrogate (e.g. "conversations[1].value"), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "the line"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            at = f"{where}.{key}" if where else str(key)
+            found = _lone_surrogate(key, f"a key of {where or 'the line'}") or _lone_surrogate(item, at)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _lone_surrogate(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _first_human(convs: list[dict]) -> int:
     return 1 if convs[0]["from"] == "system" else 0
 
@@ -170,6 +197,11 @@ class Planner:
             raise Skip("invalid_json", f"not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(sample, dict):
             raise Skip("invalid_json", "a line must be a JSON object")
+        if _SURROGATE_ESCAPE.search(line.text):
+            bad = _lone_surrogate(sample)
+            if bad is not None:
+                raise Skip("invalid_json", f"{bad} holds a lone UTF-16 surrogate (an escape like \"\\ud800\" without its "
+                           "pair): not valid Unicode text; fix or remove the escape")
         try:
             turns = normalise_roles(sample.get("conversations"))
         except ConversationError as e:

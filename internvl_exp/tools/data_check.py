@@ -226,13 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(f"media: {missing} line(s) with missing files, {corrupt} with corrupt/unreadable files")
 
     load_failures: dict[str, int] = {}
+    failed: list[str] = []  # "file:line: reason: detail" of each sample that fails a full decode
     if args.decode and len(epoch):
         import logging
 
         dataset_log = logging.getLogger("internvl_exp.data.dataset")
         level = dataset_log.level
         dataset_log.setLevel(logging.ERROR)  # one warning per failure is noise here: they are listed below
-        failed = []
         try:
             # Each distinct planned line once (repeat_time copies are the same line).
             for row in range(len(dataset.plan)):
@@ -241,12 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except Exception as e:  # noqa: BLE001 - listed below with its reason
                     reason = getattr(e, "reason", "corrupt_media")
                     load_failures[reason] = load_failures.get(reason, 0) + 1
-                    failed.append(dataset.sample_of_row(row).line.where)
+                    # As training words it: file:line: reason: what the decoder said ("image file is truncated").
+                    failed.append(f"{dataset.sample_of_row(row).line.where}: {reason}: {e}")
         finally:
             dataset_log.setLevel(level)
         console.print(f"decode: {len(dataset.plan) - len(failed)} of {len(dataset.plan)} samples load; failures {load_failures or 'none'}")
-        for where in failed[: args.max_problems]:
-            console.print(f"  {where}", markup=False, soft_wrap=True)
+        for failure in failed[: args.max_problems]:
+            console.print(f"  {failure}", markup=False, soft_wrap=True)
 
     fatal = fatal_problems(report)
     if report.problems:
@@ -281,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "datasets": rows,
             "report": report.as_dict(),
             "load_failures_by_reason": load_failures,
+            "load_failures": failed,
             "problems": [{"where": p.where, "reason": p.reason, "detail": p.detail} for p in report.problems],
             "exit_status": status,
         }
