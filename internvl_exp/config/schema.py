@@ -181,6 +181,9 @@ class DataConfig:
     # Image resize kernel: "pil" (InternVL's own training pixels, bit for bit) or "torch" (torchvision's, =
     # transformers' GotOcr2ImageProcessor: faster, differs by up to ~13 uint8 levels on photos; docs/data.md).
     resize_backend: str = "pil"
+    # Turn images upright by their EXIF orientation tag before tiling. Off: pixels as stored, as InternVL's
+    # loader reads them; data_check and the run's data report count the images that carry such a tag.
+    exif_transpose: bool = False
     # Processes for the pre-flight scan (null: every core available); the scan runs once per machine.
     scan_workers: Optional[int] = None
     # Cache the pre-flight plan under paths.cache_dir, shared by ranks, reruns and sweep jobs (docs/data.md).

@@ -48,6 +48,7 @@ class Plan:
     tiles: np.ndarray  # uint8, flat
     problems: list[Problem] = field(default_factory=list)
     truncated: int = 0
+    exif_rotated: int = 0  # images of usable lines whose EXIF orientation tag asks for a rotation/mirror
 
     def __len__(self) -> int:
         return len(self.rows["line_no"])
@@ -75,7 +76,8 @@ class Plan:
         with open(directory / "problems.jsonl", "w", encoding="utf-8") as f:
             for p in self.problems:
                 f.write(json.dumps([p.where, p.reason, p.detail, p.dataset], ensure_ascii=False) + "\n")
-        (directory / "summary.json").write_text(json.dumps({"truncated": self.truncated, "rows": len(self)}))
+        (directory / "summary.json").write_text(json.dumps({"truncated": self.truncated, "rows": len(self),
+                                                                    "exif_rotated": self.exif_rotated}))
 
     @classmethod
     def load(cls, directory: Path) -> "Plan":
@@ -85,7 +87,7 @@ class Plan:
         with open(directory / "problems.jsonl", encoding="utf-8") as f:
             problems = [Problem(*json.loads(line)) for line in f]
         summary = json.loads((directory / "summary.json").read_text())
-        return cls(rows, tiles, problems, int(summary["truncated"]))
+        return cls(rows, tiles, problems, int(summary["truncated"]), int(summary.get("exif_rotated", 0)))
 
 
 class LineReader:

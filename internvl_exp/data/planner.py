@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from internvl_exp.data.image_header import HeaderCache
+from internvl_exp.data.image_header import SWAPS_SIZE, HeaderCache
 from internvl_exp.data.images import RESIZE_BACKENDS
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import IMAGE_PLACEHOLDER, ConversationError, count_turns, normalise_roles
@@ -70,6 +70,8 @@ class ImageSettings:
     max_num_frame: int = 32
     frame_sampling: str = "rand"
     resize_backend: str = "pil"
+    # Apply an image's EXIF orientation before tiling (off: pixels as stored, as InternVL's loader reads them).
+    exif_transpose: bool = False
 
     def __post_init__(self) -> None:
         if self.resize_backend not in RESIZE_BACKENDS:
@@ -102,6 +104,7 @@ class PlannedSample:
     length: int
     supervised_tokens: int
     truncated: bool = False
+    rotated: int = 0  # images of the line whose EXIF orientation tag asks for a rotation or mirror (2-8)
 
     @property
     def num_frames(self) -> int:
@@ -214,12 +217,13 @@ class Planner:
         convs, media, video_raw, clip = self._parse(line)
         s = self.settings
         video = None
+        rotated = 0
         if video_raw is not None:
             video, tiles = self._plan_video(entry, line, convs, video_raw, clip)
             paths: list[Path] = []
             per_image = 1
         else:
-            paths, per_image, tiles = self._plan_images(entry, convs, media)
+            paths, per_image, tiles, rotated = self._plan_images(entry, convs, media)
         # The roles were checked by _parse: count_turns need not check them again.
         blocks = count_turns(convs, self.tokenizer, self.template, [n * s.tokens_per_tile for n in tiles],
                              self.system_message, roles_checked=True)
@@ -236,7 +240,7 @@ class Planner:
                 video = None
             truncated = True
         supervised = sum(b["supervised"] for b in blocks)
-        return PlannedSample(entry, line, convs, paths, video, per_image, tiles, length, supervised, truncated)
+        return PlannedSample(entry, line, convs, paths, video, per_image, tiles, length, supervised, truncated, rotated)
 
     def materialize(self, entry: DatasetEntry, line: RawLine, *, per_image: int, tiles: list[int], n_frames: int,
                     video_first: int, video_count: int, turns: int, length: int, supervised: int,
@@ -273,25 +277,31 @@ class Planner:
         if n_ph != len(media):
             raise Skip("image_count_mismatch", f"{n_ph} <image> placeholder(s) but {len(media)} image(s)")
 
-    def _plan_images(self, entry: DatasetEntry, convs: list[dict], media: list[str]) -> tuple[list[Path], int, list[int]]:
+    def _plan_images(self, entry: DatasetEntry, convs: list[dict],
+                     media: list[str]) -> tuple[list[Path], int, list[int], int]:
+        """(paths, tile budget per image, tiles per image, images with an EXIF rotation tag)."""
         self._image_placeholders(convs, media)
         paths = [self._path(entry, m) for m in media]
         sizes = []
+        rotated = 0
         for p in paths:
             try:
-                sizes.append(self._headers.size(p))
+                (w, h), orientation = self._headers.info(p)
             except FileNotFoundError:
                 raise Skip("missing_media", f"image {p} does not exist (or is not a file)") from None
             except IsADirectoryError:
                 raise Skip("missing_media", f"image {p} does not exist (or is not a file)") from None
             except (OSError, Image.DecompressionBombError) as e:
                 raise Skip("corrupt_media", f"cannot read image {p}: {e}") from None
+            rotated += orientation != 1
+            # Transposed on load (data.exif_transpose): the tiles are those of the turned image.
+            sizes.append((h, w) if self.settings.exif_transpose and orientation in SWAPS_SIZE else (w, h))
         s = self.settings
         budget = entry.max_dynamic_patch or s.max_dynamic_patch
         # InternVL's multi-image split: each image gets an equal share of the dataset's tile budget.
         per_image = max(1, budget // len(media)) if media else budget
         tiles = [_num_tiles(w, h, s.min_dynamic_patch, per_image, s) for w, h in sizes]
-        return paths, per_image, tiles
+        return paths, per_image, tiles, rotated
 
     def _path(self, entry: DatasetEntry, media: str) -> Path:
         """entry.root / media, remembered: mixes name the same images again and again (a Path costs ~5 us)."""

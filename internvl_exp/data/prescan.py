@@ -57,7 +57,7 @@ PROGRESS_MIN_LINES = 5000  # about a second of scanning: below that a bar is noi
 MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20  # bytes of annotation per worker task
 # Only these settings decide the plan (the resize kernel, normalisation and frame choice act at load time).
 PLAN_SETTINGS = ("tile_size", "tokens_per_tile", "min_dynamic_patch", "max_dynamic_patch", "use_thumbnail",
-                 "min_num_frame", "max_num_frame")
+                 "min_num_frame", "max_num_frame", "exif_transpose")  # a transposed image has other tiles
 
 
 def available_cores() -> int:
@@ -124,7 +124,7 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
     rows: list[tuple] = []  # in _ROW_ORDER
     tiles: list[int] = []
     problems: list[Problem] = []
-    truncated = 0
+    truncated = rotated = 0
     pos = 0
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
@@ -145,6 +145,7 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
             problems.append(Problem(f"{entry.annotation}:{line_no}", reason, detail, entry.name))
             continue
         truncated += sample.truncated
+        rotated += sample.rotated
         video = sample.video
         rows.append((d, line_no, offset, len(raw), sample.length, sample.supervised_tokens, sample.max_tiles_per_image,
                      0 if video else len(sample.num_tiles), len(tiles), len(sample.num_tiles) if video else 0,
@@ -155,7 +156,7 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
     columns = list(zip(*rows)) if rows else [()] * len(_ROW_ORDER)
     arrays = {name: np.asarray(values, dtype=ROW_FIELDS[name]) for name, values in zip(_ROW_ORDER, columns)}
     return {"rows": arrays, "tiles": np.asarray(tiles, dtype=np.uint8), "problems": problems,
-            "truncated": truncated, "lines": len(lines)}
+            "truncated": truncated, "rotated": rotated, "lines": len(lines)}
 
 
 def _join(parts: list[dict[str, Any]]) -> Plan:
@@ -167,7 +168,8 @@ def _join(parts: list[dict[str, Any]]) -> Plan:
     rows = {name: np.concatenate([p["rows"][name] for p in parts]) if parts else np.empty(0, ROW_FIELDS[name])
             for name in ROW_FIELDS}
     return Plan(rows, np.concatenate(tiles) if tiles else np.empty(0, np.uint8),
-                [q for p in parts for q in p["problems"]], sum(p["truncated"] for p in parts))
+                [q for p in parts for q in p["problems"]], sum(p["truncated"] for p in parts),
+                sum(p["rotated"] for p in parts))
 
 
 def scan_files(entries: list[DatasetEntry], planner: Planner, workers: int) -> tuple[Plan, dict[str, str]]:

@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = report.skipped.get("missing_media", 0)
     corrupt = report.skipped.get("corrupt_media", 0) + report.skipped.get("video_unreadable", 0)
     console.print(f"media: {missing} line(s) with missing files, {corrupt} with corrupt/unreadable files")
+    if report.exif_rotated:
+        console.print(f"exif: {report.exif_note()}", markup=False)
 
     load_failures: dict[str, int] = {}
     failed: list[str] = []  # "file:line: reason: detail" of each sample that fails a full decode

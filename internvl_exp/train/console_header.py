@@ -125,6 +125,7 @@ def training_header(data_report: Any, plan: Any) -> str:
     return "\n".join([
         "data and model (after the scan and the build):",
         _row("data", f"{data_report.samples:,} samples" + (f" ({per})" if per else "") + steps),
+        *([_row("exif", note)] if (note := data_report.exif_note()) else []),
         _row("params", f"{_count(plan.trainable)} of {_count(plan.parameters)} trainable ({share:.1f}%): {parts}"),
         _row("planner", planner_line(plan)),
     ])
