@@ -140,8 +140,9 @@ class EvalDataConfig:
     """Eval datasets in InternVL's format, never trained on: a meta JSON and/or inline datasets (inline wins on
     a name clash). Every usable line is evaluated once (repeat_time and weight do not apply; no augmentation)."""
 
+    # data=demo: the demo's eval split while data.meta_path is inside paths.demo_data_dir, else null (own data).
     meta_path: Optional[str] = None
-    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)  # inline eval datasets, as data.datasets
 
 
 @dataclass
@@ -400,9 +401,23 @@ class Config:
     print_config: bool = False
 
 
+def demo_eval_split(meta_path: Optional[str], demo_data_dir: str) -> Optional[str]:
+    """The demo's eval split while the training data is the demo's own (a meta JSON inside paths.demo_data_dir),
+    else None: own data set through `data.meta_path` never evaluates on the demo (conf/data/demo.yaml)."""
+    import os
+
+    if not meta_path:
+        return None
+    demo = os.path.realpath(str(demo_data_dir))
+    if os.path.commonpath([os.path.realpath(str(meta_path)), demo]) != demo:
+        return None
+    return os.path.join(str(demo_data_dir), "eval", "meta.json")
+
+
 def register_configs(project_root: str | None = None) -> None:
     """Register the schema so `conf/config.yaml` can extend it (`defaults: [config_schema, ...]`),
-    and the `${project_root:}` resolver (the folder of launch.py; the working directory otherwise)."""
+    the `${project_root:}` resolver (the folder of launch.py; the working directory otherwise) and
+    `${demo_eval_split:meta_path,demo_data_dir}` (see demo_eval_split)."""
     import os
 
     from hydra.core.config_store import ConfigStore
@@ -410,6 +425,7 @@ def register_configs(project_root: str | None = None) -> None:
 
     root = os.path.abspath(project_root or os.getcwd())
     OmegaConf.register_new_resolver("project_root", lambda: root, replace=True)
+    OmegaConf.register_new_resolver("demo_eval_split", demo_eval_split, replace=True)
 
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)

@@ -194,8 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset.on_error = "skip"
     epoch = dataset.samples
 
+    from internvl_exp.train.console_header import data_line
+
+    console.print(data_line(cfg), markup=False, soft_wrap=True)  # where the data (and the eval data) come from
     console.print(
-        f"[bold]data={d.name}[/] template={cfg.model.template} tile={settings.tile_size}px "
+        f"template={cfg.model.template} tile={settings.tile_size}px "
         f"tokens/tile={n_tok} max_dynamic_patch={settings.max_dynamic_patch} max_seq_length={d.max_seq_length} "
         f"length_policy={d.length_policy} on_error={d.on_error}"
     )
