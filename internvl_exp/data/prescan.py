@@ -50,6 +50,7 @@ from internvl_exp.data.report import Problem
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import refresh_token_counts
 from internvl_exp.errors import UserError
+from internvl_exp.redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -318,12 +319,11 @@ def _fresh(directory: Path, entries: list[DatasetEntry]) -> bool:
         manifest = json.loads((directory / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    files = manifest.get("files", {})
+    files = manifest.get("files")
+    if not isinstance(files, list) or len(files) != len(entries):
+        return False
     changed = False
-    for e in entries:
-        rec = files.get(str(e.annotation.resolve()))
-        if rec is None:
-            return False
+    for e, rec in zip(entries, files):  # in dataset order (the plan key covers the paths themselves)
         if rec["stat"] != _stat_identity(e.annotation):
             if file_fingerprint(e.annotation) != rec["fingerprint"]:
                 return False
@@ -375,7 +375,12 @@ def build_plan(entries: list[DatasetEntry], planner: Planner, workers: int | Non
         tmp = root / f"{key}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         plan.save(tmp)
-        files = {e: {"fingerprint": fp, "stat": _stat_identity(Path(e))} for e, fp in fingerprints.items()}
+        # Listed in dataset order, the path only for a reader and scrubbed: a cache must not keep a secret
+        # found in a path (redact.py); matching is by position, since the plan key already hashes the paths.
+        files = []
+        for e in entries:
+            path = str(e.annotation.resolve())
+            files.append({"path": scrub(path), "fingerprint": fingerprints[path], "stat": _stat_identity(Path(path))})
         _write_manifest(tmp, {"key": key, "files": files, "created": time.time(), "pid": os.getpid()})
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
