@@ -133,6 +133,9 @@ def test_exif_orientation_is_read_from_the_header_as_pil_reads_it(tmp_path):
     files = {"r6.jpg": 6, "r8.png": 8, "r3.webp": 3, "plain.jpg": None, "one.jpg": 1}
     for name, orientation in files.items():
         rgb.save(tmp_path / name, **({} if orientation is None else {"exif": _exif(orientation)}))
+    # A PNG whose eXIf chunk comes after a large (incompressible) ICC profile: past the first bytes read.
+    rgb.save(tmp_path / "icc.png", exif=_exif(5), icc_profile=np.random.default_rng(2).bytes(3000))
+    files["icc.png"] = 5
     for name in files:
         with Image.open(tmp_path / name) as im:  # the oracle: PIL's own EXIF reader
             assert header_info(tmp_path / name) == ((40, 24), im.getexif().get(0x0112, 1)), name

@@ -81,19 +81,26 @@ def _jpeg_size(f, head: bytes) -> tuple[tuple[int, int], int] | None:
         pos += 2 + length
 
 
-def _png_orientation(f) -> int:
-    """The orientation in a PNG's eXIf chunk, looked for among the chunks before the first IDAT."""
+def _png_orientation(f, head: bytes) -> int:
+    """The orientation in a PNG's eXIf chunk, looked for among the chunks before the first IDAT. The chunks
+    usually sit inside the first bytes already read (`head`): no extra read then."""
+
+    def read(at: int, n: int) -> bytes:
+        if at + n <= len(head):
+            return head[at : at + n]
+        f.seek(at)
+        return f.read(n)
+
     pos = 8
     while True:
-        f.seek(pos)
-        header = f.read(8)
+        header = read(pos, 8)
         if len(header) < 8:
             return 1
         length, kind = struct.unpack(">I4s", header)
         if kind in (b"IDAT", b"IEND"):
             return 1
         if kind == b"eXIf":
-            data = f.read(length)
+            data = read(pos + 8, length)
             return exif_orientation(data[6:] if data[:6] == b"Exif\0\0" else data)
         pos += 12 + length  # length, type, data, CRC
 
@@ -108,7 +115,7 @@ def header_info(path: Path) -> tuple[tuple[int, int], int]:
             found = _jpeg_size(f, head)
         elif head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
             width, height = struct.unpack(">II", head[16:24])
-            found = ((width, height), _png_orientation(f)) if width and height else None
+            found = ((width, height), _png_orientation(f, head)) if width and height else None
     if found is not None and found[0][0] * found[0][1] <= Image.MAX_IMAGE_PIXELS:
         return found
     with Image.open(path) as im:  # other formats, unusual headers, and PIL's own decompression-bomb check
