@@ -37,6 +37,8 @@ def test_the_demo_eval_goes_with_the_demo_data_only(tmp_path):
     assert compose([f"paths.demo_data_dir={demo}"]).data.eval.meta_path == f"{demo}/eval/meta.json"
     assert compose([f"paths.demo_data_dir={demo}", "data=demo_large"]).data.eval.meta_path == f"{demo}/eval/meta.json"
     assert compose([f"paths.demo_data_dir={demo}", "data=demo_eval"]).data.eval.meta_path is None
+    # Training on the eval split itself never evaluates on it.
+    assert compose([f"paths.demo_data_dir={demo}", f"data.meta_path={demo}/eval/meta.json"]).data.eval.meta_path is None
     assert compose(own).data.eval.meta_path is None
     # A demo path that only starts like the demo folder is not inside it.
     assert compose([f"paths.demo_data_dir={demo}", f"data.meta_path={demo}_copy/meta.json"]).data.eval.meta_path is None

@@ -408,10 +408,11 @@ def demo_eval_split(meta_path: Optional[str], demo_data_dir: str) -> Optional[st
 
     if not meta_path:
         return None
-    demo = os.path.realpath(str(demo_data_dir))
-    if os.path.commonpath([os.path.realpath(str(meta_path)), demo]) != demo:
+    demo, train = os.path.realpath(str(demo_data_dir)), os.path.realpath(str(meta_path))
+    split = os.path.join(str(demo_data_dir), "eval", "meta.json")
+    if os.path.commonpath([train, demo]) != demo or train == os.path.realpath(split):  # own data, or the split itself
         return None
-    return os.path.join(str(demo_data_dir), "eval", "meta.json")
+    return split
 
 
 def register_configs(project_root: str | None = None) -> None:
