@@ -489,8 +489,9 @@ def test_two_process_run_scans_once_and_skips_on_every_rank(tmp_path, demo_dir):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    # Two plans (the training data and data=demo's eval split), each scanned by one rank and loaded by the other.
-    assert out.count("data plan: scanned") == 2 and out.count("data plan: cache hit") == 2
+    # One plan (own data: no eval, data=demo's eval split goes with the demo's data only), scanned by one rank
+    # and loaded by the other.
+    assert out.count("data plan: scanned") == 1 and out.count("data plan: cache hit") == 1
     metrics = json.loads((tmp_path / "out" / "default" / "two" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["steps"] == 6 and metrics["samples"] == 12
     served = out.count("skipping sample (corrupt_media)")  # both ranks log their own

@@ -140,8 +140,9 @@ class EvalDataConfig:
     """Eval datasets in InternVL's format, never trained on: a meta JSON and/or inline datasets (inline wins on
     a name clash). Every usable line is evaluated once (repeat_time and weight do not apply; no augmentation)."""
 
+    # data=demo: the demo's eval split while data.meta_path is inside paths.demo_data_dir, else null (own data).
     meta_path: Optional[str] = None
-    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)  # inline eval datasets, as data.datasets
 
 
 @dataclass
@@ -185,6 +186,9 @@ class DataConfig:
     # Image resize kernel: "pil" (InternVL's own training pixels, bit for bit) or "torch" (torchvision's, =
     # transformers' GotOcr2ImageProcessor: faster, differs by up to ~13 uint8 levels on photos; docs/data.md).
     resize_backend: str = "pil"
+    # Turn images upright by their EXIF orientation tag before tiling. Off: pixels as stored, as InternVL's
+    # loader reads them; data_check and the run's data report count the images that carry such a tag.
+    exif_transpose: bool = False
     # Processes for the pre-flight scan (null: every core available); the scan runs once per machine.
     scan_workers: Optional[int] = None
     # Cache the pre-flight plan under paths.cache_dir, shared by ranks, reruns and sweep jobs (docs/data.md).
@@ -422,9 +426,24 @@ class Config:
     resolved: Optional[ResolvedConfig] = None
 
 
+def demo_eval_split(meta_path: Optional[str], demo_data_dir: str) -> Optional[str]:
+    """The demo's eval split while the training data is the demo's own (a meta JSON inside paths.demo_data_dir),
+    else None: own data set through `data.meta_path` never evaluates on the demo (conf/data/demo.yaml)."""
+    import os
+
+    if not meta_path:
+        return None
+    demo, train = os.path.realpath(str(demo_data_dir)), os.path.realpath(str(meta_path))
+    split = os.path.join(str(demo_data_dir), "eval", "meta.json")
+    if os.path.commonpath([train, demo]) != demo or train == os.path.realpath(split):  # own data, or the split itself
+        return None
+    return split
+
+
 def register_configs(project_root: str | None = None) -> None:
     """Register the schema so `conf/config.yaml` can extend it (`defaults: [config_schema, ...]`),
-    and the `${project_root:}` resolver (the folder of launch.py; the working directory otherwise)."""
+    the `${project_root:}` resolver (the folder of launch.py; the working directory otherwise) and
+    `${demo_eval_split:meta_path,demo_data_dir}` (see demo_eval_split)."""
     import os
 
     from hydra.core.config_store import ConfigStore
@@ -432,6 +451,7 @@ def register_configs(project_root: str | None = None) -> None:
 
     root = os.path.abspath(project_root or os.getcwd())
     OmegaConf.register_new_resolver("project_root", lambda: root, replace=True)
+    OmegaConf.register_new_resolver("demo_eval_split", demo_eval_split, replace=True)
 
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)

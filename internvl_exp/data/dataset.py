@@ -154,7 +154,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         arrays = []
         max_tiles = sample.max_tiles_per_image
         for path in sample.images:
-            img = load_rgb(path)
+            img = load_rgb(path, s.exif_transpose)
             arrays.append(image_to_tiles_u8(img, min(s.min_dynamic_patch, max_tiles), max_tiles, s.tile_size,
                                             s.use_thumbnail, s.resize_backend, jpeg))
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
@@ -219,6 +219,7 @@ def scan(entries: list[DatasetEntry], tokenizer: Any, template: str, settings: I
         report.skipped[p.reason] += 1
     report.problems = list(plan.problems)
     report.truncated = plan.truncated
+    report.exif_rotated, report.exif_transpose = plan.exif_rotated, settings.exif_transpose
     dataset = SupervisedDataset(plan, entries, planner)
     count_dataset(report, dataset)
     return dataset, report

@@ -33,6 +33,7 @@ def image_settings(cfg: Any, num_tokens_per_tile: int) -> ImageSettings:
         max_num_frame=cfg.data.max_num_frame,
         frame_sampling=cfg.data.frame_sampling,
         resize_backend=cfg.data.resize_backend,
+        exif_transpose=cfg.data.exif_transpose,
     )
 
 

@@ -77,6 +77,9 @@ class DataReport:
     # dataset -> lines the length policy dropped (data.max_drop_share bounds the share; data/dataset.py)
     dropped_too_long: dict[str, int] = field(default_factory=dict)
     plan_source: str = "scan"  # "scan" (no cache), "cache-miss" (scanned and cached) or "cache-hit"
+    # Images (of usable lines) with an EXIF orientation tag other than 1, and whether it is applied on load.
+    exif_rotated: int = 0
+    exif_transpose: bool = False
 
     def count_epoch(self, plan: Any, rows: np.ndarray) -> None:
         """Samples and (supervised) tokens of one epoch: `rows` are the plan rows of the epoch's samples."""
@@ -102,5 +105,15 @@ class DataReport:
             failures = self.load_failures.as_dict(all_ranks)
             out["load_failures_by_reason"] = failures
             out["load_failures"] = sum(failures.values())
+        out["images_with_exif_rotation"] = self.exif_rotated
         out["plan"] = self.plan_source
         return out
+
+    def exif_note(self) -> str:
+        """One line on EXIF rotation tags for the data header ("" when no image has one)."""
+        if not self.exif_rotated:
+            return ""
+        if self.exif_transpose:
+            return f"{self.exif_rotated:,} image(s) with an EXIF rotation tag, turned upright on load (data.exif_transpose=true)"
+        return (f"{self.exif_rotated:,} image(s) with an EXIF rotation tag, used as stored, as InternVL does "
+                "(data.exif_transpose=true turns them upright)")

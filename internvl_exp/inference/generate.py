@@ -31,11 +31,14 @@ class Sampling:
 def open_images(paths: Sequence[str | Path]) -> list[Any]:
     from PIL import Image
 
+    from internvl_exp.data.images import to_rgb
+
     images = []
     for p in paths:
         if not Path(p).is_file():
             raise MissingImageError(f"{p}: no such image file")
-        images.append(Image.open(p).convert("RGB"))
+        with Image.open(p) as im:
+            images.append(to_rgb(im, copy=True))  # as training reads it: 16-bit grayscale scaled, not clipped
     return images
 
 

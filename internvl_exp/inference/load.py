@@ -48,14 +48,16 @@ def device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, Any]:
 
 
 def _from_dir(model_dir: Path, adapter: Path | None, dtype: Any):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=dtype)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
-    processor = AutoProcessor.from_pretrained(str(adapter or model_dir))
+    from internvl_exp.models.processor import from_pretrained_dir
+
+    processor = from_pretrained_dir(adapter or model_dir)  # on the backend the run trained with (its pixels)
     return model, processor
 
 
@@ -128,7 +130,8 @@ def _preset(name: str, device: str | None, dtype: str | None) -> Loaded:
     model = load_model(cfg.model, tokenizer, checkpoint)
     model.config.use_cache = True
     model.config.get_text_config().use_cache = True
-    processor = load_processor(cfg.model, tokenizer, cfg.resolved.tokens_per_tile, checkpoint, cfg.data.system_message)
+    processor = load_processor(cfg.model, tokenizer, cfg.resolved.tokens_per_tile, checkpoint, cfg.data.system_message,
+                               cfg.data.resize_backend)
     dev, _ = device_and_dtype(device, dtype)
     config = OmegaConf.to_container(cfg, resolve=False)
     return Loaded(model.to(dev).eval(), processor, f"preset {name} ({checkpoint or 'random init'})",

@@ -162,8 +162,10 @@ def config_tokens_per_tile(config: Any) -> int:
     return tokens_per_tile(size, patch, config.downsample_ratio)
 
 
-def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, system_message: str | None = None):
-    """An InternVLProcessor built from the model config (tiling, normalisation, chat template of model.template)."""
+def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, system_message: str | None = None,
+                    resize_backend: str = "pil"):
+    """An InternVLProcessor built from the model config (tiling, normalisation, chat template of model.template),
+    its image processor on `resize_backend`'s kernel (data.resize_backend: the training pixels)."""
     from internvl_exp.models.processor import make_processor
 
     return make_processor(
@@ -175,18 +177,20 @@ def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, sy
         template=model_cfg.template,
         normalize_type=model_cfg.normalize_type,
         system_message=system_message,
+        resize_backend=resize_backend,
     )
 
 
 def load_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, checkpoint: Path | None = None,
-                   system_message: str | None = None):
+                   system_message: str | None = None, resize_backend: str = "pil"):
     """The checkpoint's own processor when it ships one (native repos do), else one built from the model config.
-    Its tile counts follow the run's model.min/max_dynamic_patch and its chat template renders the run's
-    model.template (and data.system_message), so final/ preprocesses and prompts as training did."""
+    Its tile counts follow the run's model.min/max_dynamic_patch, its image processor the run's resize kernel
+    (`resize_backend`, data.resize_backend) and its chat template renders the run's model.template (and
+    data.system_message), so final/ preprocesses (pixels included) and prompts as training did."""
     if checkpoint is not None and any((checkpoint / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
-        from transformers import AutoProcessor
+        from internvl_exp.models.processor import from_pretrained_dir
 
-        processor = AutoProcessor.from_pretrained(str(checkpoint))
+        processor = from_pretrained_dir(checkpoint, resize_backend)
         if getattr(processor, "image_seq_length", num_tokens_per_tile) != num_tokens_per_tile:
             raise CheckpointMismatchError(
                 f"{checkpoint}: its processor puts {processor.image_seq_length} tokens per tile, the model "
@@ -200,4 +204,4 @@ def load_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, che
 
         processor.chat_template = template_for(model_cfg.template, system_message) or processor.chat_template
         return processor
-    return build_processor(model_cfg, tokenizer, num_tokens_per_tile, system_message)
+    return build_processor(model_cfg, tokenizer, num_tokens_per_tile, system_message, resize_backend)

@@ -33,14 +33,16 @@ def merge(adapter_dir: Path, base_dir: str, out_dir: Path, dtype: str | None = N
     """Base + adapter -> merged plain model in out_dir, with the processor saved beside it."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from internvl_exp.models.processor import from_pretrained_dir
 
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     base = AutoModelForImageTextToText.from_pretrained(base_dir, **kwargs)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir))
-    AutoProcessor.from_pretrained(str(adapter_dir)).save_pretrained(str(out_dir))
+    from_pretrained_dir(adapter_dir).save_pretrained(str(out_dir))  # the training pixels' backend, as recorded
     return out_dir
 
 

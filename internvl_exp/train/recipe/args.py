@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from internvl_exp.outputs import RunDir
+from internvl_exp.redact import scrub_value
 from internvl_exp.train.tuning.schedule import hf_scheduler_name
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ def training_arguments(cfg: Any, run_dir: RunDir):
         log.info("global batch %d = %d per device x %d process(es) x %d accumulation step(s)",
                  t.global_batch_size, t.per_device_train_batch_size, world, accumulation)
     ds = OmegaConf.to_container(cfg.deepspeed.config, resolve=True) if cfg.deepspeed.stage is not None else None
+    # Scrubbed before TrainingArguments copies it (hf_deepspeed_config): DeepSpeed stores that copy in every
+    # checkpoint's model and optimizer state files, and the pickled args carry it into training_args.bin.
+    ds = scrub_value(ds)
     args = TrainingArguments(
         output_dir=str(run_dir.checkpoints),
         run_name=str(cfg.run_name),

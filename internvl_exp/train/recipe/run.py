@@ -103,7 +103,8 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
             f"model {cfg.model.name!r} has {config_tokens_per_tile(model.config)} image tokens per tile but its config "
             f"gives {num_tokens_per_tile}; check model.image_size / model.downsample_ratio"
         )
-    processor = load_processor(cfg.model, tokenizer, num_tokens_per_tile, checkpoint, cfg.data.system_message)
+    processor = load_processor(cfg.model, tokenizer, num_tokens_per_tile, checkpoint, cfg.data.system_message,
+                               cfg.data.resize_backend)  # final/'s processor computes the training pixels
 
     # Drop-path, freezing, eval-mode frozen parts, LoRA. A random base exists nowhere else: saved for merge_lora.
     save_base = cfg.model.random_init and cfg.trainer.save_final and is_main_process()

@@ -87,6 +87,29 @@ def processes_line(cfg: Any) -> str:
     return f"{start}; {ds}; device {device}, {precision}"
 
 
+def data_line(cfg: Any) -> str:
+    """`data=demo: /data/mine/meta.json; eval off (...)`: what trains and what it is evaluated on, by where it
+    comes from (a group's name alone hides an overridden data.meta_path)."""
+    from internvl_exp.config.eval_settings import has_eval_datasets
+
+    d = cfg.data
+
+    def sources(node: Any) -> str:
+        parts = [str(node.meta_path)] if node.get("meta_path") else []
+        if node.get("datasets"):
+            parts.append("datasets " + ", ".join(node.datasets))
+        return " + ".join(parts)
+
+    fraction = d.get("eval_fraction") or 0.0
+    if fraction:
+        ev = f"a held-out {fraction:g} of the training lines (data.eval_fraction)"
+    elif has_eval_datasets(d):
+        ev = sources(d.eval)
+    else:
+        ev = "off (no data.eval.meta_path, data.eval.datasets or data.eval_fraction set)"
+    return f"data={d.name}: {sources(d) or 'no datasets'}; eval {ev}"
+
+
 def launch_header(cfg: Any, weights: Any, run_dir: Path) -> str:
     """The part of the header the Hydra job knows before training starts."""
     sweep = f" (sweep {cfg.sweep_name})" if cfg.get("sweep_name") else ""
@@ -97,6 +120,7 @@ def launch_header(cfg: Any, weights: Any, run_dir: Path) -> str:
         _row("processes", processes_line(cfg)),
         _row("settings", settings_line(cfg)),
         _row("outputs", f"{run_dir} (full config: config.yaml; print_config=true prints it here)"),
+        _row("data", data_line(cfg)),
     ])
 
 
@@ -131,6 +155,7 @@ def training_header(data_report: Any, plan: Any) -> str:
     return "\n".join([
         "data and model (after the scan and the build):",
         _row("data", f"{data_report.samples:,} samples" + (f" ({per})" if per else "") + steps),
+        *([_row("exif", note)] if (note := data_report.exif_note()) else []),
         _row("params", f"{_count(plan.trainable)} of {_count(plan.parameters)} trainable ({share:.1f}%): {parts}"),
         _row("planner", planner_line(plan)),
         _row("loss", "chunked (trainer.chunked_loss: no full logits)" if getattr(plan, "loss", None) == "chunked"
