@@ -31,7 +31,7 @@ class R(NamedTuple):
 
 
 # The oracle, transcribed from OpenGVLab/InternVL@2410d1d internvl_chat/shell/internvl{2.0,2.5,3.0}/2nd_finetune/
-# <name>_dynamic_res_2nd_finetune_{full,lora}.sh (cross-checked with shared/reference/internvl-sft.md §5.1-5.3).
+# <name>_dynamic_res_2nd_finetune_{full,lora}.sh.
 RECIPES = [
     R('internvl2_1b_finetune_full', 4e-5, 0.01, 0.1, 4096, 6, 'Hermes-2', 1, None, 128, 4, 8, 4, 0),  # internvl2_1b_qwen2_0_5b_full.sh
     R('internvl2_1b_finetune_lora', 4e-5, 0.01, 0.0, 4096, 6, 'Hermes-2', 1, None, 16, 4, 2, 2, 16),  # internvl2_1b_qwen2_0_5b_lora.sh
