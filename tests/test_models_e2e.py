@@ -10,6 +10,8 @@ import pytest
 
 from conftest import fixture, run_launch
 
+pytestmark = pytest.mark.slow  # launch.py converts, trains and generates in a subprocess
+
 GOLDEN = fixture("original_layout", "qwen2_vit300m")
 
 

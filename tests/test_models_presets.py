@@ -203,6 +203,7 @@ SHRINK_TEXT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads":
 # One sourced preset per text model_type (and both ViT kinds: internvl2_26b has the 6B's RMSNorm + qk-norm).
 @pytest.mark.parametrize("name", ["internvl2_26b", "internvl3_1b", "internvl3_5_1b", "internvl3_5_30b_a3b",
                                   "internvl3_5_gpt_oss_20b_a4b"])
+@pytest.mark.slow
 def test_random_init_of_each_architecture_trains(name, tmp_path, tokenizer, demo_dir):
     """A sourced preset's architecture, shrunk (its kinds kept: model_type, norms, tie, MoE), builds through
     random init and trains two real steps on the tiny tokenizer: the LLM's weights move, the loss is finite."""

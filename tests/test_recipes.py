@@ -196,6 +196,7 @@ def test_cfg_job_of_a_recipe_imports_no_torch():
     assert cfg.deepspeed.name == "zero1" and cfg.trainer.global_batch_size == 128
 
 
+@pytest.mark.slow
 def test_a_recipe_trains_through_launch_with_the_tiny_model(tmp_path, demo_dir):
     """The LoRA recipe on the tiny model (model=tiny wins over the recipe's preset), CPU, no DeepSpeed: the real
     Trainer takes 16 samples per optimiser step (4 per device x 4 derived accumulation steps x 1 process)."""

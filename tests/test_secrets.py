@@ -67,6 +67,7 @@ def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
 
 
+@pytest.mark.slow
 def test_no_file_name_or_byte_under_the_run_and_sweep_dirs_holds_a_secret(runs):
     out = runs["out"]
     files = _files(out)
