@@ -86,6 +86,7 @@ def test_no_file_name_or_byte_under_the_run_and_sweep_dirs_holds_a_secret(runs):
         assert "removed a secret" not in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_training_args_bin_unpickled_holds_no_secret(runs):
     import torch
 
@@ -99,6 +100,7 @@ def test_training_args_bin_unpickled_holds_no_secret(runs):
             assert args.run_name == "run-<REDACTED>"
 
 
+@pytest.mark.slow
 def test_what_was_redacted_is_still_recorded(runs):
     single = next((runs["out"] / "one").iterdir())
     assert single.name.startswith("run-") and "REDACTED" in single.name
