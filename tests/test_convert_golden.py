@@ -68,6 +68,7 @@ def test_golden_config_tokenizer_and_processor(converted):
     assert report["family"] == "qwen2" and report["source_tensors"] == 65 and report["target_tensors"] == 73
 
 
+@pytest.mark.slow  # the tool in a subprocess; the same conversion runs in-process above
 def test_cli_converts_the_golden_dir(tmp_path):
     dst = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "internvl_exp.tools.convert", str(GOLDEN), str(dst)],
