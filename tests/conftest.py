@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+FIXTURES = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT))
 
 # Never touch the network in tests.
@@ -21,6 +22,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # each spin one OpenMP thread per core: oversubscribed, they wait on each other's spinning threads.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def fixture(*parts: str) -> Path:
+    """A file or folder committed under tests/fixtures/. A missing one is a broken checkout: fail, never skip."""
+    path = FIXTURES.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"test fixture missing: {path} (it is committed in the repository; restore it with "
+                                f"`git checkout -- {path.relative_to(ROOT)}`)")
+    return path
 
 
 def compose(overrides: list[str] | None = None, tmp_path: Path | None = None, demo_dir: Path | None = None,

@@ -277,6 +277,7 @@ def test_data_augment_draws_change_with_the_epoch(tmp_path, tokenizer):
     assert any(not np.array_equal(per_epoch[0], other) for other in per_epoch[1:])
 
 
+@pytest.mark.slow
 def test_trainer_hands_the_epoch_to_the_dataset(tmp_path, tokenizer, demo_dir):
     """The real Trainer (through accelerate's DataLoaderShard.set_epoch) reaches SupervisedDataset.set_epoch."""
     from conftest import compose

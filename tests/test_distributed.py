@@ -16,6 +16,8 @@ import pytest
 
 from conftest import run_launch
 
+pytestmark = pytest.mark.slow  # 2-process torchrun runs, DeepSpeed ZeRO-2/3 included
+
 # ZeRO-3 hung at step 7 on this data while the black tile was encoded before DeepSpeed's start-of-forward hook.
 STEPS = 8
 # One process and two agree to float32 reduction-order noise: the same 2 samples, summed in another order.

@@ -169,6 +169,7 @@ def _job(tmp_path, demo_dir, overrides, run_dir, sweep_dir=None):
     return run_job(cfg, run_dir, [*FAST, *overrides], sweep_dir)
 
 
+@pytest.mark.slow
 def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp_path, demo_dir, monkeypatch, capsys,
                                                                             caplog):
     monkeypatch.setenv("MY_API_KEY", SECRET)
@@ -227,6 +228,7 @@ def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp
                                                                    or plain.encode() in p.read_bytes())]
 
 
+@pytest.mark.slow
 def test_logger_none_writes_nothing_extra_and_a_failed_single_run_exits_nonzero(tmp_path, demo_dir, capsys):
     run_dir = tmp_path / "outputs" / "default" / "plain"
     _job(tmp_path, demo_dir, ["logger=none", "print_config=true"], run_dir)
@@ -249,6 +251,7 @@ def test_logger_none_writes_nothing_extra_and_a_failed_single_run_exits_nonzero(
     assert not (tmp_path / "outputs" / "default" / "badcfg").exists()  # a rejected config leaves no run dir
 
 
+@pytest.mark.slow
 def test_sweep_jobs_are_named_after_their_directory_and_the_report_shows_failures(tmp_path, demo_dir, capsys):
     from internvl_exp.tools.report import main as report_main
 

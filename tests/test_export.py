@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fixture
 from original_checkpoints import FAMILIES, write_original_checkpoint
 
-GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden_original" / "qwen2_vit300m"
+GOLDEN = fixture("original_layout", "qwen2_vit300m")
 # What OpenGVLab's InternVLChatConfig.__init__ and InternVLChatModel read from the top level of config.json.
 TOP_READ = ("select_layer", "force_image_size", "downsample_ratio", "ps_version", "template", "dynamic_image_size",
             "use_thumbnail", "min_dynamic_patch", "max_dynamic_patch", "use_backbone_lora", "use_llm_lora",

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_launch
+from conftest import fixture, run_launch
 from original_checkpoints import Dims, write_original_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden_original" / "qwen2_vit300m"
+GOLDEN = fixture("original_layout", "qwen2_vit300m")
 
 
 def _train(tmp_path: Path, demo_dir: Path, name: str, *extra: str) -> Path:

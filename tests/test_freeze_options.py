@@ -68,7 +68,12 @@ def test_every_freeze_option_is_covered():
     assert options == {c for c in CASES if "+" not in c}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# The default, everything trained and LoRA run in the fast layer; the other cases are each one more training.
+FAST_CASES = {"vision", "full", "lora_llm"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in FAST_CASES else pytest.mark.slow)
+                                  for c in sorted(CASES)])
 def test_one_real_step_changes_exactly_the_intended_parameters(case, dataset, tokenizer, tmp_path, demo_dir):
     from internvl_exp.train.tuning.optim import parameter_groups
 

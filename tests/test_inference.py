@@ -14,6 +14,8 @@ import pytest
 
 from conftest import ROOT, compose
 
+pytestmark = pytest.mark.slow  # trained runs (subprocess launches) answered and scored
+
 # A short run that learns the demo's colour question from the pixels (a 4-way answer): the shapes task of the
 # demo's larger split (400 images; 48 are memorised, not generalised), batches of 16 at a constant lr. 300 steps:
 # at 200 the eval score sat at the test's margin (0.19 with one thread per process, more with two).

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import compose
 
 
+@pytest.mark.slow
 def test_demo_trains_packed(tmp_path, demo_dir):
     from internvl_exp.outputs import RunDir
     from internvl_exp.train.recipe.run import run

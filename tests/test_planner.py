@@ -123,6 +123,7 @@ def test_tool_config_error_exits_2():
     assert r.returncode == 2 and "config error" in r.stderr and "nope" in r.stderr
 
 
+@pytest.mark.slow
 def test_tool_reports_the_model_builds_refusal_as_a_config_error():
     # The meta build (in the tool's MetaWorker process) refuses a dim that is neither sourced nor a recorded
     # assumption (models/assumed_arch.py): the user's mistake, named, with no traceback.

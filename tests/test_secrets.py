@@ -92,6 +92,7 @@ def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
 
 
+@pytest.mark.slow
 def test_no_file_name_or_byte_under_the_run_and_sweep_dirs_holds_a_secret(runs):
     out, cache = runs["out"], runs["cache"]
     files = _files(out) + _files(cache)
@@ -118,6 +119,7 @@ def test_no_file_name_or_byte_under_the_run_and_sweep_dirs_holds_a_secret(runs):
         assert "removed a secret" not in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_deepspeed_state_files_keep_the_scrubbed_config(runs):
     import torch
 
@@ -125,12 +127,14 @@ def test_deepspeed_state_files_keep_the_scrubbed_config(runs):
     assert torch.load(states, weights_only=False)["ds_config"]["note"] == "db <REDACTED>"
 
 
+@pytest.mark.slow
 def test_a_cached_plan_is_still_found_with_a_secret_in_the_path(runs):
     """The sweep's two jobs and the single run share one plan (the cache is matched by position, not by the
     scrubbed path): one scan, then cache hits."""
     log = "".join(r.stdout + r.stderr for r in (runs["sweep"], runs["single"]))
     assert log.count("data plan: cache hit") >= 2
 
+@pytest.mark.slow
 def test_training_args_bin_unpickled_holds_no_secret(runs):
     import torch
 
@@ -144,6 +148,7 @@ def test_training_args_bin_unpickled_holds_no_secret(runs):
             assert args.run_name == "run-<REDACTED>"
 
 
+@pytest.mark.slow
 def test_what_was_redacted_is_still_recorded(runs):
     single = next((runs["out"] / "one").iterdir())
     assert single.name.startswith("run-") and "REDACTED" in single.name

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import compose, run_launch
+
+pytestmark = pytest.mark.slow  # the demo run end to end
 
 
 def test_demo_run_end_to_end(tmp_path, demo_dir):

@@ -1,4 +1,4 @@
-"""What DeepSpeed needs around the Trainer (shared/reference/environment.md, "DeepSpeed on CPU"):
+"""What DeepSpeed needs around the Trainer:
 
 - its communication layer wants RANK/WORLD_SIZE/MASTER_* (else it looks for mpi4py): a single process without
   a launcher gets a one-process env rendezvous on a free local port;
