@@ -32,11 +32,11 @@ def tokenizer(tmp_path_factory):
     return AutoTokenizer.from_pretrained(str(converted("reference", tmp_path_factory.mktemp("mpo"))))
 
 
-def _entries(base: Path = GOLDEN):
+def _entries(base: Path = GOLDEN, **overrides):
     """The golden meta entry; its paths are relative to the fixture folder (InternVL's working directory)."""
     meta = json.loads((GOLDEN / "data" / "meta.json").read_text())
-    inline = {name: {**spec, "root": str(base / spec["root"]), "annotation": str(base / spec["annotation"])}
-              for name, spec in meta.items()}
+    inline = {name: {**spec, "root": str(base / spec["root"]), "annotation": str(base / spec["annotation"]),
+                     **overrides} for name, spec in meta.items()}
     return load_entries(None, inline)
 
 
@@ -135,3 +135,12 @@ def test_strict_errors_name_file_and_line_and_skip_counts(tokenizer, tmp_path: P
     short = PreferenceDataset(entries[:1], _encoder(tokenizer, max_seq_length=260), on_error="skip")
     assert short.skipped["too_long"] > 0
     assert (short.lengths <= 260).all()
+
+
+def test_repeat_time_and_the_tile_budget_of_the_meta_entry(tokenizer) -> None:
+    twice = PreferenceDataset(_entries(repeat_time=2), _encoder(tokenizer))
+    assert len(twice) == 14 and sorted(twice.rows["line_no"][twice.epoch_order()].tolist()) == sorted(list(range(1, 8)) * 2)
+    # A smaller per-dataset budget changes the tiles (line 5, 256x50, has 6 tiles at max_dynamic_patch 6).
+    small = PreferenceDataset(_entries(max_dynamic_patch=2), _encoder(tokenizer))
+    item = next(small[i] for i in range(len(small)) if small[i]["where"].endswith(":5"))
+    assert len(item["pixel_tiles"]) == 3  # 2x1 + thumbnail

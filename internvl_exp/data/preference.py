@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from PIL import Image
 from internvl_exp.data.image_header import HeaderCache
 from internvl_exp.data.images import image_to_tiles_u8, load_rgb
 from internvl_exp.data.mixture import epoch_indices, epoch_slots
+from internvl_exp.data.plan import LineReader
 from internvl_exp.data.planner import ImageSettings
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, ConversationError, count_turns, tokenize_turns
@@ -212,8 +214,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
         self.entries, self.encoder = list(entries), encoder
         self.skipped: Counter[str] = Counter()
         problems: list[str] = []
-        rows: dict[str, list[int]] = {k: [] for k in ("dataset", "line_no", "offset", "nbytes", "chosen_length",
-                                                      "rejected_length")}
+        # Packed int64 arrays while scanning, not Python lists: a few bytes per line at millions of lines.
+        rows: dict[str, array] = {k: array("q") for k in ("dataset", "line_no", "offset", "nbytes", "chosen_length",
+                                                          "rejected_length")}
         for d, entry in enumerate(self.entries):
             for line_no, offset, raw in _lines(entry.annotation):
                 try:
@@ -234,7 +237,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
             shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
             raise PreferenceDataError(f"{len(problems)} problem(s) in the preference data (data.on_error=strict; fix "
                                       f"them, or set data.on_error=skip to skip and count them):\n  {shown}")
-        self.rows = {k: np.asarray(v, dtype=np.int64) for k, v in rows.items()}
+        self.rows = {k: np.frombuffer(v, dtype=np.int64) if len(v) else np.empty(0, np.int64) for k, v in rows.items()}
+        self.reader = LineReader(self.entries)
         if not len(self.rows["dataset"]):
             raise PreferenceDataError(f"no usable preference pairs (skipped by reason: {dict(self.skipped)})")
         sizes = np.bincount(self.rows["dataset"], minlength=len(self.entries))
@@ -252,6 +256,10 @@ class PreferenceDataset(torch.utils.data.Dataset):
         picks = epoch_indices(self._sizes, self.slots, self.encoder.seed, self.epoch)
         self._order = np.concatenate([self._starts[d] + picks[e.name] for d, e in enumerate(self.entries)])
 
+    def epoch_order(self) -> np.ndarray:
+        """Scan rows (indices into `rows`) of this epoch's items, by dataset (the sampler shuffles them)."""
+        return self._order
+
     def __len__(self) -> int:
         return len(self._order)
 
@@ -262,11 +270,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def raw_line(self, row: int) -> RawLine:
         r = self.rows
-        entry = self.entries[int(r["dataset"][row])]
-        with open(entry.annotation, "rb") as f:
-            f.seek(int(r["offset"][row]))
-            text = f.read(int(r["nbytes"][row])).decode("utf-8")
-        return RawLine(entry.name, entry.annotation, int(r["line_no"][row]), text)
+        return self.reader.read(int(r["dataset"][row]), int(r["line_no"][row]), int(r["offset"][row]),
+                                int(r["nbytes"][row]))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = int(self._order[index])
