@@ -144,3 +144,15 @@ def test_repeat_time_and_the_tile_budget_of_the_meta_entry(tokenizer) -> None:
     small = PreferenceDataset(_entries(max_dynamic_patch=2), _encoder(tokenizer))
     item = next(small[i] for i in range(len(small)) if small[i]["where"].endswith(":5"))
     assert len(item["pixel_tiles"]) == 3  # 2x1 + thumbnail
+
+
+def test_media_broken_after_the_scan(tokenizer, tmp_path: Path) -> None:
+    shutil.copytree(GOLDEN / "data", tmp_path / "data")
+    strict = PreferenceDataset(_entries(tmp_path), _encoder(tokenizer))
+    skip = PreferenceDataset(_entries(tmp_path), _encoder(tokenizer), on_error="skip")
+    (tmp_path / "data" / "images" / "astronaut_48x48.png").write_bytes(b"not a png")  # jsonl line 1
+    position = next(i for i in range(7) if strict.rows["line_no"][strict.epoch_order()[i]] == 1)
+    with pytest.raises(PreferenceDataError, match=r"mpo_demo.jsonl:1: corrupt_media"):
+        strict[position]
+    served = skip[position]
+    assert not served["where"].endswith(":1") and skip.load_failures == {"corrupt_media": 1}

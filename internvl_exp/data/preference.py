@@ -19,6 +19,7 @@ Memory at scale: the scan keeps only numpy arrays per line (offsets and lengths)
 from __future__ import annotations
 
 import json
+import logging
 import random
 from array import array
 from collections import Counter
@@ -40,7 +41,10 @@ from internvl_exp.data.templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, Convers
 from internvl_exp.data.tiling import choose_grid
 from internvl_exp.errors import UserError
 
+log = logging.getLogger(__name__)
+
 SIDES = ("chosen", "rejected")
+MAX_REPLACEMENTS = 100  # consecutive pairs tried under on_error=skip before giving up
 
 # Why a preference line cannot be used (reports, docs/troubleshooting.md).
 REASONS: dict[str, str] = {
@@ -211,8 +215,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
     def __init__(self, entries: Sequence[DatasetEntry], encoder: PreferenceEncoder, on_error: str = "strict"):
         if on_error not in ("strict", "skip"):
             raise ValueError(f"data.on_error must be 'strict' or 'skip', got {on_error!r}")
-        self.entries, self.encoder = list(entries), encoder
-        self.skipped: Counter[str] = Counter()
+        self.entries, self.encoder, self.on_error = list(entries), encoder, on_error
+        self.skipped: Counter[str] = Counter()  # lines dropped by the scan, by reason
+        self.load_failures: Counter[str] = Counter()  # pairs replaced at load time (on_error=skip), by reason
         problems: list[str] = []
         # Packed int64 arrays while scanning, not Python lists: a few bytes per line at millions of lines.
         rows: dict[str, array] = {k: array("q") for k in ("dataset", "line_no", "offset", "nbytes", "chosen_length",
@@ -273,16 +278,32 @@ class PreferenceDataset(torch.utils.data.Dataset):
         return self.reader.read(int(r["dataset"][row]), int(r["line_no"][row]), int(r["offset"][row]),
                                 int(r["nbytes"][row]))
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        row = int(self._order[index])
+    def load_row(self, row: int, augment_key: str) -> dict[str, Any]:
+        """The item of scan row `row`; raises PairSkip/OSError when its line or media changed since the scan."""
         line = self.raw_line(row)
         entry = self.entries[int(self.rows["dataset"][row])]
-        try:
-            item = self.encoder.load(entry, self.encoder.plan(entry, line.text), f"{self.epoch}-{index}")
-        except (PairSkip, OSError, Image.DecompressionBombError, SyntaxError) as e:
-            raise PreferenceDataError(f"{line.where}: {e} (the file changed since the pre-flight scan?)") from e
+        item = self.encoder.load(entry, self.encoder.plan(entry, line.text), augment_key)
         item["where"] = line.where
         return item
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # Under on_error=skip a pair whose media broke after the scan is counted and the next pair of the epoch
+        # order served instead (deterministically), so every batch keeps its size and every rank its step count.
+        tries = min(len(self), MAX_REPLACEMENTS + 1)
+        for k in range(tries):
+            position = (index + k) % len(self)
+            row = int(self._order[position])
+            try:
+                return self.load_row(row, f"{self.epoch}-{position}")
+            except (PairSkip, OSError, UnicodeDecodeError, Image.DecompressionBombError, SyntaxError) as e:
+                where = f"{self.entries[int(self.rows['dataset'][row])].annotation}:{int(self.rows['line_no'][row])}"
+                if self.on_error == "strict":
+                    raise PreferenceDataError(f"{where}: {e} (changed since the pre-flight scan; data.on_error=skip "
+                                              "skips such pairs)") from e
+                self.load_failures[getattr(e, "reason", "corrupt_media")] += 1
+                log.warning("%s: skipping pair (%s); serving the next pair instead", where, e)
+        raise PreferenceDataError(f"{tries} consecutive pairs from epoch position {index} failed to load "
+                                  "(data.on_error=skip)")
 
 
 def collate_pairs(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
