@@ -8,7 +8,7 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 GOLDEN = FIXTURES / "golden_mpo" / "qwen2_vit300m"
 # The reference model is byte-identical to the original-layout golden checkpoint (config and tokenizer too).
-REFERENCE = FIXTURES / "golden_original" / "qwen2_vit300m"
+REFERENCE = FIXTURES / "original_layout" / "qwen2_vit300m"
 
 
 def policy_original(dst: Path) -> Path:
