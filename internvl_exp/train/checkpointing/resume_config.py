@@ -27,7 +27,7 @@ from internvl_exp.train.checkpointing.checkpoints import RUN_CONFIG
 
 # Prefixes of dotted keys (a key matches itself and everything under it).
 IGNORED = ("run_name", "sweep_name", "experiment_name", "resume", "paths", "secrets", "print_config",
-           "optimized_metric", "hydra", "model.recipe")
+           "optimized_metric", "hydra", "model.recipe", "resolved")
 REFUSED = ("model", "freeze", "optimizer", "deepspeed", "seed", "data", "trainer.max_steps",
            "trainer.num_train_epochs", "trainer.per_device_train_batch_size", "trainer.global_batch_size",
            "trainer.gradient_accumulation_steps", "trainer.bf16", "trainer.pure_half_precision")
@@ -73,7 +73,7 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> tuple[list[str], list[s
         if _under(key, IGNORED):
             continue
         a, b = before.get(key, "<unset>"), after.get(key, "<unset>")
-        if a == b:
+        if a == b or (key == "trainer.device" and b == "auto"):  # auto: detected later, as the run's was
             continue
         line = f"{key} ({_show(a)} -> {_show(b)})"
         cannot = (_under(key, REFUSED) and not _under(key, APPLIES)) or (sharded and _under(key, WORLD))
