@@ -3,7 +3,7 @@
 A kill or a full disk during the save leaves `final.partial/` (removed by the next attempt) and no final/,
 so the run directory never looks finished while its model is half written: the same command resumes from the
 newest complete checkpoint and saves final/ again. final/ carries the same marker as a checkpoint (every
-file's size and checksum), which is what train/resume.py counts as "finished".
+file's size and checksum), which is what train/checkpointing/resume.py counts as "finished".
 """
 
 from __future__ import annotations
