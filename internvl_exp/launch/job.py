@@ -18,10 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from internvl_exp.config.resolve import resolve, resolve_device
 from internvl_exp.errors import ConfigError, UserError
+from internvl_exp.launch.run_lock import LOCK_FILE, RunDirUnwritable, RunLocked, acquire, release
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import configure, scrub, scrub_tree
 from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
+from internvl_exp.train.checkpointing.resume_config import check_resume_config
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,9 @@ def note_new_dirs(run_dir: Path) -> None:
 def _discard_run_dir(root: Path) -> None:
     """Remove a single run's directory that holds nothing but an empty-so-far log (Hydra made it before the
     job started), and the folders above it that this launch made, if they are then empty."""
-    if not root.is_dir() or any(p.name != "train.log" for p in root.iterdir()):
+    if not root.is_dir() or any(p.name not in ("train.log", LOCK_FILE) for p in root.iterdir()):
         return
+    release(root)
     for p in root.iterdir():
         p.unlink()
     root.rmdir()
@@ -98,6 +101,10 @@ def _discard_run_dir(root: Path) -> None:
         if not parent.is_dir() or any(parent.iterdir()) or top not in (parent, *parent.parents):
             break
         parent.rmdir()
+
+
+def _container(spec: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(spec, resolve=True)  # type: ignore[return-value]
 
 
 def resume_command(overrides: list[str], run_name: str) -> str:
@@ -110,6 +117,13 @@ def resume_command(overrides: list[str], run_name: str) -> str:
 
 
 def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float | None:
+    try:
+        return _run_job(cfg, run_dir, overrides, sweep_dir)
+    finally:
+        release(run_dir)  # the run is over (taken in _run_job, or by RunGuard before Hydra made the directory)
+
+
+def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None) -> float | None:
     started = time.time()
     configure(cfg.get("secrets"))  # the run's `secrets` patterns, before anything is written
     rd = RunDir(run_dir)
@@ -124,10 +138,15 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         except ConfigError as e:
             _discard_run_dir(rd.root)
             raise SystemExit(str(e)) from None
-    # Before anything is written: a finished run is never overwritten (train/checkpointing/resume.py).
+    # Before anything is written: one launch per run directory (launch/run_lock.py), and a finished run is never
+    # overwritten (train/checkpointing/resume.py).
     try:
-        plan_resume(cfg.get("resume", "auto"), rd.root, warn=False)
-    except RunRefused as e:
+        acquire(rd.root)
+        plan = plan_resume(cfg.get("resume", "auto"), rd.root, warn=False, checksums=False)
+        # Settings changed since the checkpoint: refuse what cannot apply, before config.yaml is rewritten (a
+        # sweep job's spec is resolved below: checked there, its refusal recorded in its directory).
+        changed = check_resume_config(_container(spec), plan.checkpoint) if spec is not None else []
+    except (RunRefused, RunLocked, RunDirUnwritable) as e:
         if sweep:
             log.error("job %s not run: %s", rd.root.name, e)
             return None
@@ -140,6 +159,10 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
             except ConfigError:
                 write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # what was asked
                 raise
+            changed = check_resume_config(_container(spec), plan.checkpoint)
+        if changed:
+            log.warning("resume from %s: changed settings apply from its step on: %s", plan.checkpoint,
+                        "; ".join(changed))
         resolve_device(spec)
         cfg = spec  # from here on, only the resolved spec
         saved = write_config(rd, OmegaConf.to_container(spec, resolve=True), overrides)  # scrubbed

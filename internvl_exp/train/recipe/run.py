@@ -31,7 +31,7 @@ from internvl_exp.train.recipe.evaluation import eval_history
 from internvl_exp.train.recipe.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
 from internvl_exp.train.planning.flops import FlopsModel
 from internvl_exp.train.reporting.loss_summary import LossWindows
-from internvl_exp.train.tuning.lora import record_base_model
+from internvl_exp.train.checkpointing.final import save_final
 from internvl_exp.train.reporting.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.tuning.optim import parameter_groups
 from internvl_exp.config.precision import pure_half_precision
@@ -157,18 +157,14 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     preemption.accelerator = trainer.accelerator
     trainer.add_callback(preemption)
     write_deepspeed_json(trainer.args, run_dir.deepspeed)  # the JSON as DeepSpeed was given it
+    trainer.restore_run_summary(plan.checkpoint)  # the summaries cover the whole run, not this attempt
     result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     preempted = preemption.stopped_by is not None and trainer.state.global_step < trainer.state.max_steps
     if eval_dataset is not None and not preempted and trainer.evaluated_step != trainer.state.global_step:
         trainer.evaluate()  # final_eval_loss is always the final model's (also under eval_strategy=no)
 
     if cfg.trainer.save_final and not preempted:
-        trainer.save_model(str(run_dir.final))
-        if is_main_process():
-            processor.save_pretrained(str(run_dir.final))
-            # A LoRA final/ names its base by local path: final/base (random init) or the resolved checkpoint.
-            base_dir = run_dir.final / "base"
-            record_base_model(run_dir.final, base_dir if (base_dir / "config.json").is_file() else checkpoint)
+        save_final(trainer, processor, run_dir, checkpoint)  # complete or not at all (train/checkpointing/final.py)
 
     losses = _losses(trainer.state.log_history)
     world = args.world_size
@@ -176,9 +172,9 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     metrics = {
         "status": "completed",
         # initial/final: means over the first/last loss_window_steps steps (train/reporting/loss_summary.py);
-        # train_loss: the Trainer's mean over all steps; best_loss: the lowest logged window.
+        # train_loss: the mean over all steps; best_loss: the lowest logged window. The whole run's, across
+        # resumes (the checkpoint carries them: run_summary.json).
         **loss_windows.summary(trainer.accelerator),
-        "train_loss": result.metrics.get("train_loss"),
         "best_loss": min(l for _, l in losses) if losses else None,
         "loss_history": [{"step": s, "loss": l} for s, l in losses],
         # eval_loss history [{step, value}], best_eval_loss, final_eval_loss (train/recipe/evaluation.py)
