@@ -163,10 +163,10 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
         if changed:
             log.warning("resume from %s: changed settings apply from its step on: %s", plan.checkpoint,
                         "; ".join(changed))
-        resolve_device(spec)
+        weights = resolve_weights(spec)  # the weights are on this machine (or random is asked for): fail in seconds
+        resolve_device(spec)  # imports torch: after the light checks
         cfg = spec  # from here on, only the resolved spec
         saved = write_config(rd, OmegaConf.to_container(spec, resolve=True), overrides)  # scrubbed
-        weights = resolve_weights(cfg)  # the weights are on this machine (or random is asked for): fail in seconds
 
         from internvl_exp.provenance import write_provenance
         from internvl_exp.train.reporting.console_header import print_launch_header
