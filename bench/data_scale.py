@@ -41,6 +41,13 @@ WORDS = ("the a an this that image picture photo shows person man woman child do
          "tree sky cloud water river table chair window door light sign text red blue green white black yellow large "
          "small left right front behind near top bottom middle side two three several many standing sitting walking "
          "holding looking wearing parked open closed bright dark old new wooden metal glass stone").split()
+# Chinese: common words written without spaces, commas and full stops, as Chinese captions are.
+ZH_WORDS = ("图片 照片 一个 两个 三个 男人 女人 孩子 小狗 小猫 汽车 公共汽车 街道 马路 建筑 大楼 树木 天空 白云 河流 桌子 椅子 "
+            "窗户 大门 灯光 标志 文字 红色 蓝色 绿色 白色 黑色 黄色 很大 很小 左边 右边 前面 后面 附近 上面 下面 中间 旁边 站着 "
+            "坐着 走路 拿着 看着 穿着 停着 打开 关闭 明亮 黑暗 旧的 新的 木头 金属 玻璃 石头 的 了 在 是 有 和 也 都 这 那 正在 "
+            "非常 可以 我们 他们 显示 描述 详细").split()
+ZH_QUESTIONS = ["详细描述这张图片。", "图片里发生了什么？", "图中有几个人？", "最大的物体是什么颜色？", "图片里有文字吗？请读出来。",
+                "这张照片是在哪里拍的？"]
 QUESTIONS = ["Describe the image in detail.", "What is happening in this picture?", "How many people are visible?",
              "What colour is the largest object?", "Is there any text in the image? Read it.", "Where was this photo taken?"]
 
@@ -51,6 +58,15 @@ def _sentence(rng: random.Random, n: int) -> str:
 
 def _answer(rng: random.Random) -> str:
     return " ".join(_sentence(rng, rng.randint(10, 26)) for _ in range(rng.randint(1, 5)))
+
+
+def _zh_sentence(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(ZH_WORDS) + ("，" if rng.random() < 0.12 else "") for _ in range(n)) + "。"
+
+
+def chinese_text(rng: random.Random) -> str:
+    """A Chinese answer: 1 to 5 sentences of 10 to 26 words, as `_answer` writes English ones."""
+    return "".join(_zh_sentence(rng, rng.randint(10, 26)) for _ in range(rng.randint(1, 5)))
 
 
 def generate(directory: Path, n: int, seed: int = 0) -> Path:
