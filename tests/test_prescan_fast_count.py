@@ -147,12 +147,26 @@ def sentencepiece_tokenizers(tmp_path_factory):
 
 
 def test_sentencepiece_counts_equal_the_rust_encode(sentencepiece_tokenizers):
-    """Every sentencepiece layout, on mixed-script text: the chunks at "▁" and the pieces around symbols that
-    never merge are provably where BPE cuts, so their remembered counts add up to the whole."""
+    """Every sentencepiece layout, on mixed-script text: the chunks at "▁" and the runs between characters no
+    merge can join are provably where BPE cuts, so their remembered counts add up to the whole."""
     texts = _fuzz(800, seed=2, mixed=True)
     for name, tok in sentencepiece_tokenizers.items():
         counter = _check_counts(tok, texts)
         assert counter._coarse is not None, name  # a real sentencepiece vocabulary: every "▁" run starts a chunk
+
+
+@pytest.mark.parametrize("whole_words", [False, True])
+def test_cjk_words_counted_in_runs_or_whole(sentencepiece_tokenizers, whole_words):
+    """Long CJK words are counted once, not remembered: cut into runs, or (once a sample shows the vocabulary
+    joins most neighbours) whole. Both ways against encode, for a byte-level and a sentencepiece vocabulary."""
+    rng = random.Random(5)
+    texts = [data_scale.chinese_text(rng) + rng.choice(["", " ok", "，🙂", "\u3000x"]) for _ in range(300)]
+    for tok in (Tokenizer.from_file(str(TINY)), sentencepiece_tokenizers["internlm2"]):
+        counter = WordCounter(tok)
+        counter._whole_words = whole_words
+        for text in texts:
+            assert counter.count(text) == len(tok.encode(text, add_special_tokens=False)), text
+        assert counter._whole_words == whole_words or counter._sampled[0] > 20_000
 
 
 def test_cuts_inside_words_are_exact_where_tokens_span_them():

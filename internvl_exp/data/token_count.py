@@ -41,12 +41,15 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from itertools import accumulate
+from itertools import accumulate, compress, count
+from operator import not_
 from typing import Any, Callable
 
 MEMO_MAX = 400_000  # words remembered per process (~100 bytes each); cleared when full
 _SPACE = "\u2581"  # sentencepiece's "▁"
 _OUTSIDE = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character the regex rewrite does not cover as it is
+# Scripts written without spaces between words (CJK and on), and emoji: their regex "words" are clauses.
+_UNSPACED = re.compile("[\u2e80-\U0010ffff]")
 _IDENTITY_ON_ASCII = {"NFC", "NFD", "NFKC", "NFKD"}
 # The regex of ByteLevel(use_regex=true), as the tokenizers crate has it (GPT-2's).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -225,7 +228,9 @@ class WordCounter:
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)  # tokens added later: a new counter
         self._texts: dict[str, int] = {}  # short text -> count
         self._words: dict[str, int] = {}  # word (before the byte-level map) -> count
-        self._plain: dict[str, int] = {}  # model string -> count with plain merges
+        self._runs: dict[str, int] = {}  # piece of a word between safe cuts -> count with plain merges
+        self._sampled = [0, 0]  # characters of words counted once, and the joins among them
+        self._whole_words = False
         self._encode_fast = getattr(backend, "encode_batch_fast", None)
         self.fast = self._setup(json.loads(backend.to_str()))
 
@@ -264,26 +269,26 @@ class WordCounter:
         self._model = Tokenizer.from_str(json.dumps(bare)).model
         vocab = model.get("vocab") or {}
         self._vocab = vocab
-        self._coarse = self._fine = None
+        self._coarse = None
         # Before a "▁" run after a character no vocabulary string has right before a "▁".
         if not self._byte_level and _SPACE in vocab:
             before_space = {s[i - 1] for s in vocab for i in range(1, len(s)) if s[i] == _SPACE and s[i - 1] != _SPACE}
             if not before_space:
                 self._coarse = re.compile(f"{_SPACE}*[^{_SPACE}]+|{_SPACE}+").findall
-        # Around symbols that never follow / precede another inside a vocabulary string.
-        inner_l, inner_r = set(), set()
-        for s in vocab:
-            if len(s) > 1:
-                inner_l.update(s[1:])
-                inner_r.update(s[:-1])
-        singles = {s for s in vocab if len(s) == 1}
-        left, right = singles - inner_l, singles - inner_r  # no cut before/after them can be crossed
-        both, lo, ro = left & right, left - right, right - left
-        if both or lo or ro:
-            def cls(chars: set[str]) -> str:
-                return "[" + "".join(re.escape(c) for c in sorted(chars)) + "]" if chars else "(?!)"
-            rest = "[^" + "".join(re.escape(c) for c in sorted(both | lo | ro)) + "]"
-            self._fine = re.compile(f"{cls(both)}|{cls(lo)}{rest}*{cls(ro)}?|{rest}+{cls(ro)}?|{cls(ro)}").findall
+        # Where BPE can join two neighbouring characters: only where some merge (a, b) has `a` ending like the
+        # text before and `b` starting like the text after (see _plain_total).
+        merges = [m.split(" ", 1) if isinstance(m, str) else m for m in model.get("merges") or []]
+        self._singles = {v for v in vocab if len(v) == 1}
+        self._pairs: Any = None
+        if self._byte_level:
+            if set(_byte_level_map().values()) <= self._singles:  # else a byte is no token of its own: no cuts
+                by_edge: dict[str, list[tuple[str, str]]] = {}
+                for a, b in merges:
+                    by_edge.setdefault(a[-1] + b[0], []).append((a, b))
+                self._pairs = _LazyTable(lambda ab: _may_join(by_edge, byte_level(ab[0]), byte_level(ab[1])), key=str)
+        else:
+            self._pairs = {a[-1] + b[0] for a, b in merges if a and b}
+        self._char_counts = _LazyTable(lambda c: len(self._model.tokenize(byte_level(c) if self._byte_level else c)), key=str)
         return True
 
     @staticmethod
@@ -485,39 +490,115 @@ class WordCounter:
         try:
             return sum(map(memo.__getitem__, words))
         except KeyError:
-            if len(memo) > MEMO_MAX:
-                memo.clear()
-            n = 0
-            plain, bl = self._plain_count, self._byte_level
-            for w in words:
-                m = memo.get(w)
-                if m is None:
-                    s = byte_level(w) if bl else w
-                    m = 1 if (self._ignore_merges and s in self._vocab) else plain(s)
-                    if len(w) <= 64:  # a long CJK clause would only fill the memo
-                        memo[w] = m
-                n += m
-            return n
+            pass
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        missing = [w for w in dict.fromkeys(words) if w not in memo]
+        if self._ignore_merges and self._coarse is None:  # a whole word in the vocabulary is one token
+            for w in missing:
+                if (byte_level(w) if self._byte_level else w) in self._vocab:
+                    memo[w] = 1
+            missing = [w for w in missing if w not in memo]
+        # Short words recur (English, Cyrillic, code): learnt one by one. The rest (a CJK clause, a sentencepiece
+        # sentence) rarely does: counted together, only their runs remembered.
+        for w in missing:
+            if len(w) <= 32 and _UNSPACED.search(w) is None:
+                memo[w] = self._plain_total([w])
+        once = [w for w in words if w not in memo]
+        return (self._count_once(once) if once else 0) + sum(memo[w] for w in words if w in memo)
 
-    def _plain_count(self, s: str) -> int:
-        """BPE count of `s` with plain merges, the sum over its provably safe pieces."""
-        memo = self._plain
-        parts = self._fine(s) if self._fine is not None else (s,)
-        try:
-            return sum(map(memo.__getitem__, parts))
-        except KeyError:
-            if len(memo) > MEMO_MAX:
-                memo.clear()
-            n = 0
+    def _count_once(self, words: list[str]) -> int:
+        """Words not worth remembering. Cut into runs where that pays: with a vocabulary that merges most
+        neighbouring characters of this text (a sentencepiece model trained on CJK: most of them) the runs are
+        the words again, so after a sample of the text each word goes to the BPE model whole."""
+        if self._whole_words:
             tokenize = self._model.tokenize
-            for p in parts:
-                m = memo.get(p)
-                if m is None:
-                    m = len(tokenize(p))
-                    if len(p) <= 64:
-                        memo[p] = m
-                n += m
+            return sum(len(tokenize(byte_level(w) if self._byte_level else w)) for w in words)
+        n = self._plain_total(words, sample=True)
+        if self._sampled[0] > 20_000:
+            self._whole_words = self._sampled[1] > 0.3 * self._sampled[0]
+        return n
+
+    def _plain_total(self, words: list[str], sample: bool = False) -> int:
+        """The BPE count of `words` (each before the byte-level map, each on its own) with plain merges.
+
+        BPE joins two neighbouring symbols only by a merge (a, b) of a symbol `a` ending right before the cut and
+        a symbol `b` starting right after it. Where no merge has `a` ending as the text before does and `b`
+        starting as the text after does (sentencepiece: a's last character and b's first; byte-level: their
+        bytes, as far as the two characters go), no token ever spans the cut, so the pieces count apart
+        exactly. (Only between characters that are tokens of their own: none of byte fallback's symbols.)
+        Counted as: every character alone (remembered per character), corrected for each run of characters that
+        may join (counted whole, remembered per run). In CJK text with a vocabulary of few CJK merges most
+        characters stand alone, and only the joins cost Python time."""
+        text = "".join(words) if len(words) > 1 else words[0]
+        pairs = self._pairs
+        if len(self._char_counts) > MEMO_MAX:
+            self._char_counts.clear()
+        if self._byte_level and pairs is not None and len(pairs) > MEMO_MAX:
+            pairs.clear()
+        if pairs is None:
+            return sum(self._run_count(w) for w in words)
+        if self._byte_level:  # every byte symbol is a token of its own (checked once)
+            joins = list(compress(count(1), map(pairs.__getitem__, map(str.__add__, text[:-1], text[1:]))))
+        elif self._singles.issuperset(text):
+            joins = list(compress(count(1), map(pairs.__contains__, map(str.__add__, text[:-1], text[1:]))))
+        else:  # a character that is no token of its own (byte fallback, unknown): never cut next to it
+            singles = self._singles
+            joins = [i for i, (a, b) in enumerate(zip(text, text[1:]), 1)
+                     if a + b in pairs or a not in singles or b not in singles]
+        n = sum(map(self._char_counts.__getitem__, text))
+        if sample:  # how often characters join, for _count_once
+            self._sampled[0] += len(text)
+            self._sampled[1] += len(joins)
+        if joins and len(words) > 1:  # the words' own ends are cuts
+            ends = set(accumulate(map(len, words[:-1])))
+            joins = [j for j in joins if j not in ends]
+        if not joins:
             return n
+        chars = self._char_counts
+        start = prev = joins[0]
+        for j in joins[1:] + [-1]:
+            if j != prev + 1:  # the run [start - 1, prev + 1) ends
+                run = text[start - 1 : prev + 1]
+                n += self._run_count(run) - sum(map(chars.__getitem__, run))
+                start = j
+            prev = j
+        return n
+
+    def _run_count(self, run: str) -> int:
+        n = self._runs.get(run)
+        return self._learn_run(run) if n is None else n
+
+    def _learn_run(self, run: str) -> int:
+        n = len(self._model.tokenize(byte_level(run) if self._byte_level else run))
+        if len(run) <= 64:
+            if len(self._runs) > MEMO_MAX:
+                self._runs.clear()
+            self._runs[run] = n
+        return n
+
+
+def _may_join(by_edge: dict[str, list[tuple[str, str]]], left: str, right: str) -> bool:
+    """Whether a merge (a, b) could apply across the end of `left` and the start of `right` (byte-level strings
+    of two neighbouring characters): `a` ends as `left` does and `b` starts as `right` does, as far as both go."""
+    for a, b in by_edge.get(left[-1] + right[0], ()):
+        k, m = min(len(a), len(left)), min(len(b), len(right))
+        if a[-k:] == left[-k:] and b[:m] == right[:m]:
+            return True
+    return False
+
+
+class _LazyTable(dict):
+    """A table per character (str.translate's, keyed by code point, or keyed by the character) filled on first use."""
+
+    def __init__(self, make: Callable[[str], Any], key: type = int):
+        super().__init__()
+        self._make = make
+        self._by_char = key is str  # keyed by the character itself, not its code (for map(table.__getitem__, text))
+
+    def __missing__(self, key: Any) -> Any:
+        out = self[key] = self._make(key if self._by_char else chr(key))
+        return out
 
 
 def _isolated_spans(rx: re.Pattern, text: str) -> list[tuple[int, int]]:
