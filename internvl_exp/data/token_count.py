@@ -263,10 +263,13 @@ class WordCounter:
         self._ignore_merges = bool(model.get("ignore_merges"))
         from tokenizers import Tokenizer
 
-        plain = dict(model, ignore_merges=False)
-        bare = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
-                "pre_tokenizer": None, "post_processor": None, "decoder": None, "model": plain}
-        self._model = Tokenizer.from_str(json.dumps(bare)).model
+        if self._ignore_merges:  # a copy without it: cut words must be BPE'd all the way
+            bare = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+                    "pre_tokenizer": None, "post_processor": None, "decoder": None,
+                    "model": dict(model, ignore_merges=False)}
+            self._model = Tokenizer.from_str(json.dumps(bare)).model
+        else:
+            self._model = b.model
         vocab = model.get("vocab") or {}
         self._vocab = vocab
         self._coarse = None
