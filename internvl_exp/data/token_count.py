@@ -22,14 +22,18 @@ So the count is the number of added tokens plus the words' counts, and a word's 
   `re` sees the same sequence of classes and cuts at the same places. Characters a case-insensitive
   literal could match (the long s of `(?i:'s)`) send the text to the Rust tokenizer whole.
 - model: BPE without dropout or subword prefixes/suffixes.
-A word is then cut further where no token can cross, provably, and the pieces are memoised:
+A word is then cut further where no token can cross, provably:
 - before a run of "▁" that follows a character no vocabulary string has right before a "▁" (for a
-  sentencepiece vocabulary, every word boundary): a token spanning the cut would be a vocabulary string
-  containing that pair, and every token BPE forms is a vocabulary string (merges produce `a+b` ids).
-- before a symbol no vocabulary string has at a position > 0, and after one no vocabulary string has
-  before its end (with a tiny byte-level vocabulary, every byte of CJK text; in a real one, the symbols
-  that never merge). Only symbols that are themselves in the vocabulary, so no unknown/byte-fallback
-  symbol is involved.
+  sentencepiece vocabulary, every word boundary): every symbol BPE forms is a vocabulary string.
+- between two characters no merge (a, b) can join: BPE joins neighbours only by merging a symbol `a` that
+  ends right before the cut with a symbol `b` that starts right after it, so where no merge has `a` ending
+  as the text before does and `b` starting as the text after does (sentencepiece: a's last character and
+  b's first; byte-level: their bytes, as far as the two characters go), no token ever spans the cut. Only
+  between characters that are tokens of their own (no byte-fallback or unknown symbols).
+Short words are memoised (English, Cyrillic, code recur). Long CJK words (no spaces: a regex "word" is a
+clause) are counted as the sum of their characters alone plus a correction for each run of joinable ones
+(memoised per character and per run); when a sample shows the vocabulary joins most neighbours (a
+sentencepiece model trained on CJK), each such word goes to the BPE model whole.
 With `ignore_merges` (Llama-3), a word that is a vocabulary entry is one token; cut words are counted with
 the same merges without it. Any other tokenizer, or text, is counted by the Rust tokenizer (`encode_batch_fast`:
 the same ids, no offsets).
@@ -42,7 +46,6 @@ import json
 import re
 from functools import lru_cache
 from itertools import accumulate, compress, count
-from operator import not_
 from typing import Any, Callable
 
 MEMO_MAX = 400_000  # words remembered per process (~100 bytes each); cleared when full
