@@ -22,6 +22,7 @@ import socket
 import time
 from pathlib import Path
 
+from internvl_exp.dist import is_main_process
 from internvl_exp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ def acquire(run_dir: Path) -> bool:
     process already held it. Raises RunLocked, naming the holder, when another process holds it."""
     run_dir = Path(run_dir)
     key = str(run_dir.resolve())
-    if key in _held:
+    if key in _held or not is_main_process():
+        # A non-main rank of launch.py run under a torchrun of the user's own is part of rank 0's launch,
+        # which holds the lock for all of them.
         return False
     path = run_dir / LOCK_FILE
     try:
