@@ -66,7 +66,8 @@ def choose_run_dir(config: DictConfig) -> None:
     resume=false move to a fresh `<run_name>-N` directory when this one already holds work (train/checkpointing/resume.py)."""
     from omegaconf import open_dict, read_write
 
-    from internvl_exp.train.checkpointing.resume import RunRefused, fresh_run_dir, has_work, plan_resume, resume_mode
+    from internvl_exp.config.resume_rules import resume_mode
+    from internvl_exp.train.checkpointing.resume import RunRefused, fresh_run_dir, has_work, plan_resume
 
     run_dir = Path(str(config.hydra.run.dir))
     if resume_mode(config.get("resume")) == "never" and has_work(run_dir):

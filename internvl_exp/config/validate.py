@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from internvl_exp.config.resolve import planned_world_size, recipe_gaps
+from internvl_exp.config.slurm_rules import slurm_problems
 from internvl_exp.config.strict import secret_problems, unknown_key_problems
 from internvl_exp.data.templates import TEMPLATES
 from internvl_exp.errors import ConfigError
@@ -16,7 +17,7 @@ from internvl_exp.models.registry import PART_MODES, PARTS
 from internvl_exp.config.precision import precision_problems
 from internvl_exp.config.batch import batch_problems
 from internvl_exp.config.eval_settings import eval_problems
-from internvl_exp.train.checkpointing.resume import resume_problems
+from internvl_exp.config.resume_rules import resume_problems
 from internvl_exp.config.chunked_loss import CHUNK_SETTINGS
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
@@ -149,8 +150,6 @@ def _distributed_problems(d: Any) -> list[str]:
     if d.name not in DISTRIBUTED:
         return [f"distributed: {d.name!r} is not one of {list(DISTRIBUTED)}"]
     if d.name == "slurm":
-        from internvl_exp.launch.slurm import slurm_problems
-
         return slurm_problems(d)
     problems = []
     nodes, node_rank, endpoint = d.nnodes, d.node_rank, d.rdzv_endpoint

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from internvl_exp.dist import is_main_process, world_size
+from internvl_exp.config.resume_rules import resume_mode
 from internvl_exp.errors import UserError
 from internvl_exp.train.checkpointing.checkpoints import (
     MARKER,
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 FINISHED_STATUSES = ("completed", "diverged")
 # The exit status of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint (why 143: train/checkpointing/preemption.py).
 PREEMPTED_EXIT_CODE = 143
-NEVER = ("false", "never", "no", "0")
-MUST = ("true", "yes", "1")
 
 
 class RunRefused(UserError):
@@ -58,17 +57,6 @@ class Preempted(Exception):
         # pass_on): the one that stopped the run (default), or what a launching process caught itself.
         self.caught = signal_name if caught is True else caught
         super().__init__(f"stopped by {signal_name}; checkpoint saved at {checkpoint}")
-
-
-def resume_mode(value: Any) -> str:
-    """'auto' | 'must' | 'never' | 'path' for a `resume` value (Hydra gives `false` as a bool)."""
-    if value is None or value is True or str(value).strip().lower() in MUST:
-        return "must" if value is not None else "auto"
-    if value is False or str(value).strip().lower() in NEVER:
-        return "never"
-    if str(value).strip().lower() == "auto":
-        return "auto"
-    return "path"
 
 
 def _status(run_dir: Path) -> str | None:
@@ -204,9 +192,3 @@ def agreed_plan(resume: Any, run_dir: Path) -> ResumePlan:
     return ResumePlan(resume_mode(resume), Path(chosen[1]) if chosen[1] is not None else None)
 
 
-def resume_problems(value: Any) -> list[str]:
-    """Config validation: a `resume` path must exist (checked before any run directory is made)."""
-    if resume_mode(value) == "path" and not Path(str(value)).expanduser().exists():
-        return [f"resume: {value!r} is not auto, true, false or an existing run directory / checkpoint "
-                "(outputs/<experiment>/<run_name> or .../checkpoints/checkpoint-N)"]
-    return []
