@@ -186,7 +186,10 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
     value = objective(metrics, metric, sweep)
     metrics.update({"optimized_metric": metric, "objective": value})
     write_json_atomic(rd.metrics, metrics)
-    log.info("%s. Run directory: %s", summary_line(metrics), rd.root)
+    log.info("%s", summary_line(metrics))  # the run directory is printed once, below
     scrub_tree(rd.root)
     print(f"\nRun directory: {rd.root}")
+    if not sweep and (rd.final / "config.json").is_file():  # what to do next with a trained model
+        print(f"chat with it: python -m internvl_exp.tools.chat {rd.root} \"your question\" (--image PATH adds "
+              f"an image; without a question it is interactive)")
     return value

@@ -28,11 +28,11 @@ def extensions_dir(cache_dir: str | Path) -> Path:
 
 def prepare_environment(cfg: Any, cpu: bool) -> None:
     """Before TrainingArguments (and before deepspeed is imported): env rendezvous, accelerator, op cache."""
+    if cpu:  # also without DeepSpeed: transformers imports it, and it warns "Setting accelerator to CPU" unless told
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if cfg.deepspeed.stage is None:
         return
     os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir(cfg.paths.cache_dir))
-    if cpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not os.environ.get("WORLD_SIZE"):  # one process, no launcher
         from internvl_exp.launch.torchrun import free_port
 

@@ -39,6 +39,7 @@ from internvl_exp.train.optim import parameter_groups
 from internvl_exp.train.precision import pure_half_precision, weights_dtype
 from internvl_exp.train.param_report import format_report, training_report
 from internvl_exp.train.preemption import Preempted, PreemptionCallback
+from internvl_exp.train.progress import install_console
 from internvl_exp.train.resume import agreed_plan
 from internvl_exp.train.same_graph import keep_vision_in_graph
 from internvl_exp.train.trainable import make_trainable
@@ -147,6 +148,7 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         FlopsModel.from_model(model, family, num_tokens_per_tile), cfg.trainer.peak_tflops, args.world_size
     )
     install_first(trainer, throughput)
+    install_console(trainer)  # one readable line per log step; the last step always logged (train/progress.py)
     loss_windows = LossWindows()
     trainer.add_callback(loss_windows)
     for callback in logger_callbacks(cfg):

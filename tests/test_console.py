@@ -1,0 +1,44 @@
+"""What a person sees on the console, through the real launch.py (no mocks): one readable line per log step,
+the last step always logged, no warnings that are not the user's to act on, the run directory once, the chat
+command at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def _launch(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """launch.py with stdout and stderr interleaved as on a terminal (so a line glued to the bar shows)."""
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def test_console_lines_and_last_step_logged(tmp_path, demo_dir):
+    # max_steps < logging_steps: the Trainer alone would log step 1 only.
+    res = _launch([f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", "run_name=c",
+                   "trainer.max_steps=3", "trainer.logging_steps=10", "trainer.eval_strategy=no"])
+    out = res.stdout
+    assert res.returncode == 0, out[-3000:]
+    metrics = json.loads((tmp_path / "default" / "c" / "metrics.json").read_text())
+    history = metrics["loss_history"]
+    assert [h["step"] for h in history] == [1, 3]
+    assert metrics["best_loss"] == min(h["loss"] for h in history)
+    # One line per log step, the numbers as numbers; the Trainer's dicts are gone.
+    lines = re.findall(r"step (\d)/3  loss (\d+\.\d{4})  lr \S+  grad \S+", out)
+    assert [int(s) for s, _ in lines] == [1, 3], out[-3000:]
+    assert abs(float(lines[-1][1]) - history[-1]["loss"]) < 1e-4
+    assert "{'loss'" not in out and "'train_runtime'" not in out
+    assert "Setting accelerator to CPU" not in out  # DeepSpeed's, with deepspeed=none
+    assert "Writing model shards" not in out
+    # The note logged when training begins starts its own line (not glued to the progress bar).
+    before = out[: out.index("preemption: SIGTERM or SIGUSR1")].rsplit("\n", 1)[-1]
+    assert "it/s]" not in before and "%|" not in before, before
+    assert out.count("Run directory:") == 1
+    assert f"chat with it: python -m internvl_exp.tools.chat {tmp_path / 'default' / 'c'}" in out
