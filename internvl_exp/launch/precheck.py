@@ -37,11 +37,35 @@ def check_or_exit(cfg: Any) -> None:
         raise SystemExit(message)
 
 
+def check_override_keys(argv: list[str], config_dir: Path) -> None:
+    """launch.py: exit with one line per mistyped override key ("did you mean ...", launch/overrides.py) before
+    Hydra composes and prints its own advice. Left to Hydra with another config (--config-dir/-path/-name)."""
+    from hydra._internal.utils import get_args_parser
+
+    from internvl_exp.launch.overrides import override_problems
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.config_dir or args.config_path or (args.config_name or "config") != "config" or args.shell_completion:
+        return
+    problems = override_problems(list(args.overrides), config_dir)
+    if problems:
+        raise SystemExit("\n".join(problems))
+
+
 def compose_config(overrides: list[str], config_dir: Path = ROOT / "conf", config_name: str = "config") -> Any:
     """The task config Hydra would compose for `launch.py OVERRIDES` (run mode; same schema registration and
-    resolvers). The one composer of the tools (validate, data_check, plan, predict, chat) and of `--cfg`."""
+    resolvers). The one composer of the tools (validate, data_check, plan, predict, chat) and of `--cfg`.
+    A mistyped key raises Hydra's ConfigCompositionException with the one-line suggestion (launch/overrides.py)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+
+    from internvl_exp.launch.overrides import override_problems
+
+    if config_name == "config" and Path(config_dir).resolve() == (ROOT / "conf").resolve():
+        problems = override_problems(list(overrides), config_dir)
+        if problems:
+            raise ConfigCompositionException("\n".join(problems))
 
     from internvl_exp.config.schema import register_configs
     from internvl_exp.launch.resolvers import register_resolvers
