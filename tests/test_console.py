@@ -7,8 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from conftest import ROOT
 
@@ -42,3 +47,61 @@ def test_console_lines_and_last_step_logged(tmp_path, demo_dir):
     assert "it/s]" not in before and "%|" not in before, before
     assert out.count("Run directory:") == 1
     assert f"chat with it: python -m internvl_exp.tools.chat {tmp_path / 'default' / 'c'}" in out
+
+
+@pytest.fixture
+def start():
+    """Start launch.py ARGS (stdout and stderr interleaved); whatever is still running at the end is killed."""
+    procs = []
+
+    def _start(args: list[str]) -> subprocess.Popen:
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, start_new_session=True))
+        return procs[-1]
+
+    yield _start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _until(proc: subprocess.Popen, text: str) -> str:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError("".join(seen)[-3000:])
+
+
+def test_ctrl_c_saves_and_prints_the_resume_command_a_second_stops_at_once(tmp_path, demo_dir, start):
+    from internvl_exp.train import checkpoints
+
+    common = [f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", "trainer.max_steps=100000",
+              "trainer.logging_steps=1000", "trainer.eval_strategy=no"]
+    proc = start([*common, "run_name=once"])
+    out = _until(proc, "preemption: SIGTERM or SIGUSR1 saves")  # logged when training begins
+    assert "so does Ctrl-C (press it again to stop at once)" in out
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=300)
+    out += rest
+    assert proc.returncode == 143, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert "to resume: python launch.py" in out and "run_name=once" in out
+    metrics = json.loads((tmp_path / "default" / "once" / "metrics.json").read_text())
+    assert metrics["status"] == "preempted" and metrics["signal"] == "SIGINT"
+    assert checkpoints.is_complete(Path(metrics["checkpoint"]))
+
+    proc = start([*common, "run_name=twice"])
+    out = _until(proc, "preemption: SIGTERM or SIGUSR1 saves")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=300)  # 100000 steps: only stopping at once ends it in time
+    out += rest
+    assert proc.returncode == -signal.SIGINT, out[-3000:]
+    assert "SIGINT again: stopping now, without a checkpoint" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert not (tmp_path / "default" / "twice" / "final").exists()

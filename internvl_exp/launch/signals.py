@@ -150,7 +150,7 @@ def pass_on(signal_name: str | None) -> int | None:
     if not isinstance(sig, signal.Signals):
         return None
     handler = signal.getsignal(sig)
-    if not callable(handler):
+    if not callable(handler) or handler is signal.default_int_handler:  # Ctrl-C's KeyboardInterrupt: nothing to pass
         return None
     log.info("preemption: the checkpoint is saved; passing %s on to the handler installed before ours (%s)",
              signal_name, getattr(handler, "__qualname__", handler))

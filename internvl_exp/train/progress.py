@@ -15,6 +15,8 @@ report would end there.
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
 
 from transformers import TrainerCallback
@@ -54,18 +56,50 @@ def format_log(logs: dict[str, Any], step: int, max_steps: int) -> str | None:
     return "  ".join(parts)
 
 
+class _AboveTheBar:
+    """A console stream for logging while a bar is drawn: each record is written above the bar (tqdm.write)
+    instead of being glued to it. The handler keeps its formatter and filters (the secret scrubbing)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(text.rstrip("\n"), file=self.stream)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _console_handlers() -> list[logging.StreamHandler]:
+    return [h for h in logging.getLogger().handlers
+            if type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)]
+
+
 class ConsoleProgress(ProgressCallback):
-    """HF's progress bars, with `format_log` lines instead of dicts and the bar started at the first step."""
+    """HF's progress bars, with `format_log` lines instead of dicts, the bar started at the first step, and log
+    records written above it."""
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.training_bar = None
         self.current_step = 0
+        self._redirected: list[tuple[logging.StreamHandler, Any]] = []
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.training_bar is None:
             super().on_train_begin(args, state, control, **kwargs)  # the bar, now that the begin notes are out
             self.current_step = state.global_step  # a resumed run's bar starts where it left off
             self.training_bar.update(state.global_step)
+            for handler in _console_handlers():
+                self._redirected.append((handler, handler.setStream(_AboveTheBar(handler.stream))))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.training_bar is not None:
+            super().on_train_end(args, state, control, **kwargs)
+        for handler, stream in self._redirected:
+            handler.setStream(stream)
+        self._redirected.clear()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.training_bar is not None:
