@@ -1,7 +1,8 @@
 """Hydra callbacks (configured under `hydra.callbacks` in conf/hydra/default.yaml).
 
 RunGuard: a single run's config is validated in `on_run_start`, before Hydra creates the run directory, so a
-rejected config exits non-zero with the same message as `--cfg job` and leaves no directory behind (a sweep job
+rejected config exits non-zero with the same message as `--cfg job` and leaves no directory behind; so does a
+data file (meta JSON, annotation) that is not there, found before torch is imported (a sweep job
 is validated inside the job instead, which records the failure). Every job first applies its `secrets`
 patterns to the redaction layer, and a sweep's multirun.yaml (Hydra writes the raw command line into it) is
 scrubbed as soon as its first job starts.
@@ -41,6 +42,11 @@ class RunGuard(Callback):
         HydraConfig.instance().set_config(config)  # so `${hydra:...}` interpolations resolve while checking
         check_or_exit(config)
         choose_run_dir(config)
+        from internvl_exp.launch.precheck import data_file_error
+
+        problem = data_file_error(config)  # a missing meta/annotation file: in seconds, before torch and the dir
+        if problem is not None:
+            raise SystemExit(f"run failed: {problem}")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from internvl_exp.redact import configure

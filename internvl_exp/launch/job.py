@@ -1,7 +1,8 @@
 """What one Hydra job does: name the run, snapshot config and provenance, validate, run, record the outcome.
 
 A failed job always leaves `metrics.json` with `status: failed` and the error (the traceback is in train.log),
-except a single run whose config fails validation: that one exits with the message and leaves no directory.
+except a single run that fails validation or fails before its first optimizer step in a directory that held
+no earlier work: that one exits with the message alone (a bug's traceback above it) and leaves no directory.
 In a sweep the job then returns None, so the sweeper records a failed trial and the sweep goes on; a single
 run exits non-zero with one clear line. Nothing written here carries a secret (redact.py).
 """
@@ -83,6 +84,20 @@ def _discard_run_dir(root: Path) -> None:
         root.parent.rmdir()
 
 
+def _failed_before_first_step(error: Exception, root: Path) -> None:
+    """A single run that failed before its first step (bad data, missing weights, a crash while building) has
+    nothing to keep or resume: its directory goes, and the error is said once (a bug's traceback with it)."""
+    import shutil
+
+    clear = isinstance(error, UserError)
+    if not clear:
+        log.error("run failed before its first step: %s: %s", type(error).__name__, error, exc_info=True)
+    shutil.rmtree(root, ignore_errors=True)
+    if root.parent.is_dir() and not any(root.parent.iterdir()):
+        root.parent.rmdir()
+    raise SystemExit(scrub(f"run failed: {type(error).__name__}: {error}") if clear else 1) from None
+
+
 def resume_command(overrides: list[str], run_name: str) -> str:
     """The command that continues this run: the same overrides with this run's name (run_name defaults to a
     timestamp, so a re-run without it would start a new run)."""
@@ -113,7 +128,11 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
             log.error("job %s not run: %s", rd.root.name, e)
             return None
         raise SystemExit(str(e)) from None
+    from internvl_exp.train.resume import has_work
+
+    fresh = not has_work(rd.root)  # nothing of an earlier attempt here (a failure may then remove the directory)
     rd.root.mkdir(parents=True, exist_ok=True)
+    training = False  # set once the training processes start (before: nothing of the run exists but its config)
     try:
         name_run(cfg, rd.root, sweep_dir)
         saved = write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # scrubbed
@@ -127,6 +146,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         print_launch_header(cfg, saved, weights, rd.root)  # the config tree too under print_config=true
         write_provenance(rd.provenance, Path(cfg.paths.root_dir))
 
+        training = True
         if cfg.distributed.name in ("torchrun", "slurm"):  # the workers log to the tracker, write metrics.json
             if cfg.distributed.name == "slurm":
                 from internvl_exp.launch.slurm import run_slurm
@@ -164,6 +184,10 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         print(f"\nto resume: {resume_command(overrides, cfg.run_name)}")
         raise
     except Exception as e:
+        # run.py tells how many steps it finished (0: failed while building); the workers' failures do not.
+        before_first_step = not training or getattr(e, "steps_done", None) == 0
+        if not sweep and fresh and before_first_step and not has_work(rd.root):
+            _failed_before_first_step(e, rd.root)
         record_failure(rd, e, started)
         # A user mistake (config key, data file:line) shows just its message on the console; a bug shows the
         # traceback too. train.log always keeps the traceback.

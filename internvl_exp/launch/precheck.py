@@ -37,6 +37,32 @@ def check_or_exit(cfg: Any) -> None:
         raise SystemExit(message)
 
 
+def data_file_error(cfg: Any) -> str | None:
+    """The first missing or unreadable data file the config names (meta JSON, annotation files, for training
+    and data.eval), found in a fraction of a second before torch is imported; None when they are there or the
+    run generates them (data.generate_demo). The lines themselves are scanned later (data/prescan.py)."""
+    from omegaconf import OmegaConf
+
+    from internvl_exp.data.sources import load_entries
+    from internvl_exp.errors import UserError
+
+    data = cfg.data
+    if data.generate_demo:
+        return None
+
+    def inline(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True) if node else None
+
+    try:
+        if data.meta_path or data.datasets:
+            load_entries(data.meta_path, inline(data.datasets))
+        if data.eval.meta_path or data.eval.datasets:
+            load_entries(data.eval.meta_path, inline(data.eval.datasets), key="data.eval")
+    except UserError as e:
+        return str(e)
+    return None
+
+
 def check_override_keys(argv: list[str], config_dir: Path) -> None:
     """launch.py: exit with one line per mistyped override key ("did you mean ...", launch/overrides.py) before
     Hydra composes and prints its own advice. Left to Hydra with another config (--config-dir/-path/-name)."""

@@ -56,6 +56,7 @@ class PreemptionCallback(TrainerCallback):
         self.accelerator = accelerator
         self.received: str | None = None  # the signal this process caught
         self.stopped_by: str | None = None  # set on every rank once they agree to stop
+        self.steps_done = 0  # optimizer steps this process finished (job.py: did the run fail before its first?)
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
 
@@ -120,6 +121,7 @@ class PreemptionCallback(TrainerCallback):
         return bool(acc.reduce(flag, reduction="sum").item() > 0)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.steps_done += 1
         if self.stopped_by is None and self._agreed():
             self.stopped_by = self.received or "a signal on another rank"
             log.warning("preemption: %s received; saving a checkpoint at step %d and stopping",

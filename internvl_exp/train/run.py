@@ -58,6 +58,9 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     preemption.install()
     try:
         return _run(cfg, run_dir, preemption)
+    except Exception as e:
+        e.steps_done = preemption.steps_done  # type: ignore[attr-defined]  # 0: failed before its first step
+        raise
     finally:
         preemption.restore()
 
