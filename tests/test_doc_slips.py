@@ -60,3 +60,17 @@ def test_local_geometry_refusal_names_the_keys_to_set(tmp_path):
     cfg = compose(["model=local", f"model.path={ckpt}", "model.template=internvl2_5", "model.image_size=64",
                    "model.patch_size=8"], tmp_path)
     assert resolve_weights(cfg) is not None  # the advice, followed, is accepted
+
+
+def test_pyproject_license_is_an_spdx_string_without_setuptools_deprecation(tmp_path):
+    """What an install does with pyproject.toml (setuptools applies it to a Distribution): no license banner."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert dist.metadata.license_expression == "Apache-2.0"
+    assert not [w for w in caught if "license" in str(w.message).lower()], [str(w.message)[:200] for w in caught]
