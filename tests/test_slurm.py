@@ -56,7 +56,7 @@ def test_nodelist_errors_and_scontrol_first(tmp_path, monkeypatch):
 def _torchrun_args(argv: list[str]):
     from torch.distributed.run import get_args_parser  # torchrun's own parser reads our command line
 
-    assert argv[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert argv[:3] == [sys.executable, "-m", "internvl_exp.launch.agent"]  # torchrun in-process (launch/agent.py)
     return get_args_parser().parse_args(argv[3:])
 
 
@@ -231,7 +231,7 @@ def test_local_executor_runs_the_node_function_end_to_end(tmp_path, demo_dir):
     assert metrics["throughput"]["world_size"] == 1 and metrics["objective"] is not None
     assert (run_dir / "final" / "model.safetensors").is_file()
     logs = list((run_dir / "submitit").rglob("*_log.out"))
-    assert logs and "torch.distributed.run" in "".join(p.read_text() for p in logs)  # the node task ran torchrun
+    assert logs and "internvl_exp.launch.agent" in "".join(p.read_text() for p in logs)  # the node task ran torchrun
 
 
 def test_hydra_submitit_launcher_job_preempted_saves_then_submitit_requeues(tmp_path, demo_dir):

@@ -65,8 +65,8 @@ def objective(metrics: dict[str, Any], key: str, sweep: bool) -> float | None:
 
 def _traceback_to_log_files(error: BaseException) -> None:
     """Write the traceback of `error` to the file handlers only (train.log), through their scrub filters."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "traceback of the failure above", None,
-                            (type(error), error, error.__traceback__))
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "run failed: %s: %s",
+                            (type(error).__name__, error), (type(error), error, error.__traceback__))
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
@@ -191,16 +191,18 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         record_failure(rd, e, started)
         # A user mistake (config key, data file:line) shows just its message on the console; a bug shows the
         # traceback too. train.log always keeps the traceback.
-        clear = isinstance(e, UserError)
-        log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not clear)
+        # The message is said once, by the exit below; a bug's traceback goes to the console too.
+        clear = isinstance(e, UserError) or getattr(e, "one_line", False)
         if clear:
             _traceback_to_log_files(e)
+        else:
+            log.error("run failed: %s: %s", type(e).__name__, e, exc_info=True)
         scrub_tree(rd.root)
         if sweep:
             log.error("job %s failed (recorded in its metrics.json); the sweep goes on", rd.root.name)
             return None
         where = "metrics.json has the status, train.log the traceback"
-        raise SystemExit(scrub(f"run failed: {type(e).__name__}: {e}\nRun directory: {rd.root} ({where})\n"
+        raise SystemExit(scrub(f"{chr(10) if clear else ''}run failed: {type(e).__name__}: {e}\nRun directory: {rd.root} ({where})\n"
                                f"to resume (from its newest complete checkpoint, if any): "
                                f"{resume_command(overrides, cfg.run_name)}"))
 

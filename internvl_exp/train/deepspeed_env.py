@@ -51,7 +51,10 @@ def init_before_model(cfg: Any, args: Any, cpu: bool) -> None:
         import deepspeed
 
         _ = args.device  # sets up accelerate's state first
-        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+        from datetime import timedelta
+
+        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl",
+                                   timeout=timedelta(seconds=int(cfg.distributed.timeout_s)))
 
 
 def write_deepspeed_json(args: Any, path: Path) -> None:
