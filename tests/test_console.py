@@ -42,6 +42,7 @@ def test_console_lines_and_last_step_logged(tmp_path, demo_dir):
     assert "{'loss'" not in out and "'train_runtime'" not in out
     assert "Setting accelerator to CPU" not in out  # DeepSpeed's, with deepspeed=none
     assert "Writing model shards" not in out
+    assert "compiling its C++ op" not in out  # deepspeed=none builds nothing
     # The note logged when training begins starts its own line (not glued to the progress bar).
     before = out[: out.index("preemption: SIGTERM or SIGUSR1")].rsplit("\n", 1)[-1]
     assert "it/s]" not in before and "%|" not in before, before
@@ -105,3 +106,14 @@ def test_ctrl_c_saves_and_prints_the_resume_command_a_second_stops_at_once(tmp_p
     assert "SIGINT again: stopping now, without a checkpoint" in out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out
     assert not (tmp_path / "default" / "twice" / "final").exists()
+
+
+def test_deepspeed_first_cpu_run_says_it_compiles_an_op_once(tmp_path, demo_dir, start):
+    """A fresh cache: the note comes before the (minutes-long, silent) build starts; the run is stopped there."""
+    proc = start([f"paths.output_dir={tmp_path / 'out'}", f"paths.demo_data_dir={demo_dir}",
+                  f"paths.cache_dir={tmp_path / 'cache'}", "deepspeed=zero2", "trainer.max_steps=1"])
+    out = _until(proc, "DeepSpeed on CPU: compiling its C++ op")
+    line = out.splitlines()[-1]
+    assert f"deepspeed_shm_comm now, once per machine (~1-3 min; cached in {tmp_path / 'cache' / 'torch_extensions'}" \
+           in line, line
+    assert "built successfully" not in out  # said before the build, not after

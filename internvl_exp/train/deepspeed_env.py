@@ -42,6 +42,35 @@ def prepare_environment(cfg: Any, cpu: bool) -> None:
         log.info("DeepSpeed in one process: env rendezvous on %s:%s", os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
 
 
+SHM_OP = "deepspeed_shm_comm"  # the C++ op DeepSpeed's CPU accelerator compiles at its first comm init
+
+
+def op_build_dir(name: str = SHM_OP) -> Path:
+    """Where torch's JIT build puts (and later finds) `name` under TORCH_EXTENSIONS_DIR (per Python/CUDA version)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False))
+
+
+_announced = False
+
+
+def announce_op_build(cfg: Any, cpu: bool) -> None:
+    """Just before DeepSpeed's comm init (ZeRO-3: before the model; else when training starts): say that it
+    compiles its CPU op, which is otherwise ~1-3 minutes of silence on the first DeepSpeed run of a machine."""
+    global _announced
+    if cfg.deepspeed.stage is None or not cpu or not is_main_process() or _announced:
+        return
+    _announced = True
+    try:
+        build = op_build_dir()
+    except Exception:  # torch moved its private helper: say nothing rather than something wrong
+        return
+    if not (build / f"{SHM_OP}.so").is_file():
+        log.info("DeepSpeed on CPU: compiling its C++ op %s now, once per machine (~1-3 min; cached in %s, later "
+                 "runs start at once)", SHM_OP, build.parent)
+
+
 def init_before_model(cfg: Any, args: Any, cpu: bool) -> None:
     """After TrainingArguments, before the model: ZeRO-3 needs the process group at construction; and the
     DeepSpeed JSON as the Trainer filled it goes into the run directory as deepspeed.json."""
@@ -50,6 +79,7 @@ def init_before_model(cfg: Any, args: Any, cpu: bool) -> None:
     if cfg.deepspeed.stage == 3:
         import deepspeed
 
+        announce_op_build(cfg, cpu)
         _ = args.device  # sets up accelerate's state first
         from datetime import timedelta
 

@@ -30,7 +30,8 @@ from internvl_exp.train.args import training_arguments, use_cpu
 from internvl_exp.train.callbacks import ThroughputCallback, install_first
 from internvl_exp.train.eval_settings import eval_strategy as args_eval_strategy
 from internvl_exp.train.evaluation import eval_history
-from internvl_exp.train.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
+from internvl_exp.train.deepspeed_env import (announce_op_build, init_before_model, prepare_environment,
+                                              write_deepspeed_json)
 from internvl_exp.train.flops import FlopsModel
 from internvl_exp.train.loss_summary import LossWindows
 from internvl_exp.train.lora import record_base_model
@@ -159,6 +160,7 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     preemption.accelerator = trainer.accelerator
     trainer.add_callback(preemption)
     write_deepspeed_json(trainer.args, run_dir.deepspeed)  # the JSON as DeepSpeed was given it
+    announce_op_build(cfg, cpu)  # DeepSpeed's first CPU run compiles an op now: say so (train/deepspeed_env.py)
     result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
     preempted = preemption.stopped_by is not None and trainer.state.global_step < trainer.state.max_steps
     if eval_dataset is not None and not preempted and trainer.evaluated_step != trainer.state.global_step:
