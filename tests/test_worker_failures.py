@@ -94,3 +94,34 @@ def test_a_stalled_rank_is_named_after_the_collective_timeout(launched, tmp_path
     assert f"rank 0: waited distributed.timeout_s={STALL_TIMEOUT_S} s in a collective for rank 1, which stopped " \
            "answering\n" in out
     _quiet(out)
+
+
+def test_ctrl_c_saves_on_every_rank_and_two_sigterms_stop_at_once(launched, tmp_path):
+    from pathlib import Path
+
+    from internvl_exp.train import checkpoints
+
+    proc, before, _ = launched("ctrlc")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: every process of the group gets it
+    rest, _ = proc.communicate(timeout=300)
+    out = before + rest
+    assert proc.returncode == 143, out[-3000:]
+    assert "to resume: python launch.py" in out and "Traceback" not in out and "KeyboardInterrupt" not in out
+    metrics = json.loads((tmp_path / "default" / "ctrlc" / "metrics.json").read_text())
+    assert metrics["status"] == "preempted" and metrics["signal"] == "SIGINT"
+    assert checkpoints.is_complete(Path(metrics["checkpoint"]))
+
+    proc, before, worker = launched("twice")
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)  # a scheduler signals the launcher, then insists
+    import time
+
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)  # 100000 steps: only stopping at once ends it in time
+    out = before + rest
+    assert proc.returncode == -signal.SIGTERM, out[-3000:]
+    assert "SIGTERM again: stopping the workers now, without a checkpoint" in out
+    psutil.wait_procs(tree, timeout=30)
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # torchrun, workers gone
+    assert not (tmp_path / "default" / "twice" / "final").exists()

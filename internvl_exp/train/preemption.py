@@ -94,7 +94,7 @@ class PreemptionCallback(TrainerCallback):
                 _stop_now(signum)
             self.received = self.received or "SIGINT"
             return
-        self.received = signal.Signals(signum).name
+        self.received = self.received or signal.Signals(signum).name  # the first one is what stopped the run
         previous = self._previous.get(signum, signal.SIG_DFL)
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
 
