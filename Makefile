@@ -1,11 +1,12 @@
-# Two commands: `make demo` and `make test`. Both create .venv on first use (and when
-# pyproject.toml or requirements.lock change); otherwise the environment step is a no-op.
+# Commands: `make demo`, `make test` (the whole suite) and `make test-fast` (the suite less the tests marked slow).
+# Each creates .venv on first use (and when pyproject.toml or requirements.lock change); otherwise the environment
+# step is a no-op.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test env lock clean-outputs
+.PHONY: demo test test-fast env lock clean-outputs
 
 # The demo recipe: the tiny model on the demo's larger split (data=demo_large: 400 samples per task), every part
 # trained, batches of 16 at a constant lr, evaluated on the eval split as it trains. It learns the colour answers
@@ -19,6 +20,11 @@ demo: $(STAMP)
 # One pytest-xdist worker per core (at most 4), each test file on one worker (its module fixtures built once).
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile
+
+# The fast layer while editing: every test but those marked slow (end-to-end subprocess runs, DeepSpeed,
+# 2-process and longer trainings). `make test` stays the whole suite, and the one CI runs.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile -m "not slow"
 
 env: $(STAMP)
 

@@ -14,7 +14,7 @@ Variants: attention sdpa vs flash_attention_2 (only when flash-attn is installed
 off vs on, padded rows vs the same samples packed into one row (`packed_batch`: sdpa masks it block-diagonally,
 flash attention runs its varlen kernel).
 tokens/s/GPU counts every token of the batch (no padding in these fixed rows); MFU uses the FLOPs model of
-train/flops.py and the device's dense bf16 peak; peak memory is torch.cuda.max_memory_allocated over the
+train/planning/flops.py and the device's dense bf16 peak; peak memory is torch.cuda.max_memory_allocated over the
 timed steps, next to `plan_memory`'s predicted peak for the same shapes.
 """
 
@@ -69,14 +69,15 @@ def packed_batch(ids, labels, pixels, flash: bool) -> dict:
 def run_one(v: dict, args) -> dict:
     import torch
 
-    from internvl_exp.models.loading import load_model, tokens_per_tile
+    from internvl_exp.models.geometry import tokens_per_tile
+    from internvl_exp.models.loading import load_model
     from internvl_exp.models.registry import get_family
     from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
     from internvl_exp.launch.precheck import compose_config
-    from internvl_exp.train.flops import FlopsModel, peak_tflops_for
-    from internvl_exp.train.memory_plan import GIB, plan_memory
-    from internvl_exp.train.optim import build_optimizer
-    from internvl_exp.train.trainable import make_trainable
+    from internvl_exp.train.planning.flops import FlopsModel, peak_tflops_for
+    from internvl_exp.train.planning.memory_plan import GIB, plan_memory
+    from internvl_exp.train.tuning.optim import build_optimizer
+    from internvl_exp.train.tuning.trainable import make_trainable
 
     cuda = not args.smoke
     device = torch.device("cuda" if cuda else "cpu")

@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
     from internvl_exp.launch.precheck import compose_config
     from internvl_exp.models.loading import load_model, load_tokenizer
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.trainable import make_trainable
+    from internvl_exp.train.tuning.trainable import make_trainable
 
     cfg = compose_config(overrides, ROOT / "conf")
     set_seed(cfg.seed)
@@ -49,20 +49,20 @@ def main(argv: list[str]) -> None:
     )
     train_dataset, collator = training_data(cfg, dataset, args)
     if "--same-graph" in flags:
-        from internvl_exp.train.same_graph import keep_vision_in_graph
+        from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
 
         keep_vision_in_graph(model)
     if "--ours" in flags:
-        from internvl_exp.train.trainer import InternVLTrainer
+        from internvl_exp.train.recipe.trainer import InternVLTrainer
 
         trainer = InternVLTrainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator,
                                   family=family, optimizer_config=cfg.optimizer, group_by_length=False)
     else:
         trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator)
     if "--callbacks" in flags:
-        from internvl_exp.train.callbacks import ThroughputCallback, install_first
-        from internvl_exp.train.flops import FlopsModel
-        from internvl_exp.train.loss_summary import LossWindows
+        from internvl_exp.train.recipe.callbacks import ThroughputCallback, install_first
+        from internvl_exp.train.planning.flops import FlopsModel
+        from internvl_exp.train.reporting.loss_summary import LossWindows
 
         install_first(trainer, ThroughputCallback(FlopsModel.from_model(model, family, tokens_per_tile(cfg.model)),
                                                   t.peak_tflops, 1))

@@ -8,8 +8,8 @@ Measurement: torch's MemTracker (torch.distributed._tools.mem_tracker), which fo
 every device as it is created and freed, and reports the peak of live bytes (by category: parameters,
 gradients, optimizer state, activations, temporaries). It counts tensor bytes exactly, without allocator slack
 or the Python/library footprint that an RSS delta would mix in. Each setting builds the model for real
-(random init from the preset's `arch`), applies the run's freeze/LoRA (train/trainable.py), builds our AdamW
-(train/optim.py) and runs 2 optimizer steps (forward, backward, step, zero_grad, as the Trainer does) on a
+(random init from the preset's `arch`), applies the run's freeze/LoRA (train/tuning/trainable.py), builds our AdamW
+(train/tuning/optim.py) and runs 2 optimizer steps (forward, backward, step, zero_grad, as the Trainer does) on a
 fixed batch: every row `--seq` tokens with `--tiles` image tiles. The planner gets the same model, batch, sequence
 length and tile count (`plan_memory(..., seq_len=, tiles=)`): the comparison is of its memory model, not of the
 worst-case shapes it assumes by default.
@@ -96,13 +96,14 @@ def tracker_class():
 def measure(overrides: list[str], batch: int, checkpointing: bool, seq: int, tiles: int, steps: int = 2) -> dict:
     import torch
 
-    from internvl_exp.models.loading import load_model, tokens_per_tile
+    from internvl_exp.models.geometry import tokens_per_tile
+    from internvl_exp.models.loading import load_model
     from internvl_exp.models.registry import get_family
     from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
     from internvl_exp.launch.precheck import compose_config
-    from internvl_exp.train.memory_plan import GIB, plan_memory
-    from internvl_exp.train.optim import build_optimizer
-    from internvl_exp.train.trainable import make_trainable
+    from internvl_exp.train.planning.memory_plan import GIB, plan_memory
+    from internvl_exp.train.tuning.optim import build_optimizer
+    from internvl_exp.train.tuning.trainable import make_trainable
 
     extra = [f"trainer.per_device_train_batch_size={batch}", f"trainer.activation_checkpointing={str(checkpointing).lower()}"]
     cfg = compose_config([*overrides, *extra])
@@ -181,7 +182,7 @@ def main() -> None:
         section = "\n".join([
             "## Planner accuracy",
             "",
-            "Predicted peak memory (`internvl_exp.train.memory_plan.plan_memory`, the numbers `tools.plan` prints) against",
+            "Predicted peak memory (`internvl_exp.train.planning.memory_plan.plan_memory`, the numbers `tools.plan` prints) against",
             "the measured peak of live tensor bytes, on CPU in float32, 2 optimizer steps per setting. Measured with",
             "torch's `MemTracker` (`torch.distributed._tools.mem_tracker`): it follows every tensor storage as it is",
             "created and freed, so it counts exactly the bytes the planner models (no allocator slack, no library",

@@ -9,9 +9,9 @@ first launch, one process; its phases are the gaps between the run's own log tim
 
   start + compose    process start -> the launch header (Python, Hydra, composition, validation, config.yaml,
                      finding the weights)
-  imports + provenance   -> the first line of train/run.py (torch, transformers and the training stack
+  imports + provenance   -> the first line of train/recipe/run.py (torch, transformers and the training stack
                      imported; provenance/ written); measured apart in the same run as well: the import of
-                     internvl_exp.train.run in a fresh process, and write_provenance alone
+                     internvl_exp.train.recipe.run in a fresh process, and write_provenance alone
   tokenizer + scan   -> "data: N samples"
   model build        -> "what trains" (model, freeze, TrainingArguments)
   to training start  -> the preemption handler's line at the Trainer's on_train_begin (planner, Trainer,
@@ -50,11 +50,11 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[([\w.]+)\]\[\w+\] (.*)$")
 # (phase name, logger, message start) of the log line that ends each phase.
 MARKS = [
-    ("start + compose (Python, Hydra, validation, config.yaml)", "internvl_exp.train.console_header", "run "),
-    ("imports + provenance", "internvl_exp.train.run", "model "),
-    ("tokenizer + data scan", "internvl_exp.train.run", "data: "),
-    ("model build (+ freeze, TrainingArguments)", "internvl_exp.train.run", "what trains"),
-    ("to training start (planner, Trainer, optimizer, data loader)", "internvl_exp.train.preemption", "preemption:"),
+    ("start + compose (Python, Hydra, validation, config.yaml)", "internvl_exp.train.reporting.console_header", "run "),
+    ("imports + provenance", "internvl_exp.train.recipe.run", "model "),
+    ("tokenizer + data scan", "internvl_exp.train.recipe.run", "data: "),
+    ("model build (+ freeze, TrainingArguments)", "internvl_exp.train.recipe.run", "what trains"),
+    ("to training start (planner, Trainer, optimizer, data loader)", "internvl_exp.train.checkpointing.preemption", "preemption:"),
     ("step 1 + wrap-up (metrics.json)", "internvl_exp.launch.job", "run finished"),
 ]
 
@@ -117,7 +117,7 @@ PLAN = ["model=internvl2_8b", "deepspeed=zero2", "freeze=vision", "trainer.per_d
 PLAN_IN_PROCESS = (
     "import sys; from internvl_exp.launch.precheck import compose_config; "
     "from internvl_exp.shutdown import skip_final_collection; skip_final_collection(); "
-    "from internvl_exp.train.memory_plan import format_plan, plan_memory; "
+    "from internvl_exp.train.planning.memory_plan import format_plan, plan_memory; "
     "print(format_plan(plan_memory(compose_config(sys.argv[1:]))))"
 )
 
@@ -146,7 +146,7 @@ def main() -> None:
     python = wall(["-c", "pass"], args.repeats)
     help_s = wall(["launch.py", "--help"], args.repeats)
     cfg_s = wall(["launch.py", "--cfg", "job"], args.repeats)
-    imports = wall(["-c", "import internvl_exp.train.run"], args.repeats) - python
+    imports = wall(["-c", "import internvl_exp.train.recipe.run"], args.repeats) - python
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         from internvl_exp.data.demo import generate_demo_data  # generated once per machine: not start-up
@@ -177,7 +177,7 @@ split at its own log lines (train.log time stamps, 1 ms resolution):
 |---|---|---|
 {rows}
 
-Measured apart in the same run: importing `internvl_exp.train.run` (torch, transformers and the training
+Measured apart in the same run: importing `internvl_exp.train.recipe.run` (torch, transformers and the training
 stack) takes {imports:.2f} s in a fresh process, writing `provenance/` (git commit and diff, installed packages,
 environment) {prov:.2f} s: together {imports + prov:.1f} s against the phase's {phases[MARKS[1][0]]:.1f} s, the load
 having changed between the measurements; imports are most of the phase and of the whole start-up. `--help` and

@@ -1,9 +1,8 @@
 """Hydra callbacks (configured under `hydra.callbacks` in conf/hydra/default.yaml).
 
-RunGuard: a single run's config is validated in `on_run_start`, before Hydra creates the run directory, so a
-rejected config exits non-zero with the same message as `--cfg job` and leaves no directory behind; so does a
-data file (meta JSON, annotation) that is not there, found before torch is imported (a sweep job
-is validated inside the job instead, which records the failure). Every job first applies its `secrets`
+RunGuard: before Hydra creates a single run's directory, refuse to touch a finished run (or move to a fresh
+`<run_name>-N` with resume=false). The config is resolved and validated once, in the job (launch/job.py): a
+rejected single run exits with the message and leaves no directory. Every job first applies its `secrets`
 patterns to the redaction layer, and a sweep's multirun.yaml (Hydra writes the raw command line into it) is
 scrubbed as soon as its first job starts.
 
@@ -35,18 +34,14 @@ class RunGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        from internvl_exp.launch.precheck import check_or_exit
         from internvl_exp.redact import configure
+
+        from internvl_exp.launch.job import note_new_dirs
 
         configure(config.get("secrets"))
         HydraConfig.instance().set_config(config)  # so `${hydra:...}` interpolations resolve while checking
-        check_or_exit(config)
         choose_run_dir(config)
-        from internvl_exp.launch.precheck import data_file_error
-
-        problem = data_file_error(config)  # a missing meta/annotation file: in seconds, before torch and the dir
-        if problem is not None:
-            raise SystemExit(f"run failed: {problem}")
+        note_new_dirs(Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from internvl_exp.redact import configure
@@ -67,10 +62,10 @@ class RunGuard(Callback):
 
 def choose_run_dir(config: DictConfig) -> None:
     """Before Hydra creates (or reopens) a single run's directory: refuse to touch a finished run, and with
-    resume=false move to a fresh `<run_name>-N` directory when this one already holds work (train/resume.py)."""
+    resume=false move to a fresh `<run_name>-N` directory when this one already holds work (train/checkpointing/resume.py)."""
     from omegaconf import open_dict, read_write
 
-    from internvl_exp.train.resume import RunRefused, fresh_run_dir, has_work, plan_resume, resume_mode
+    from internvl_exp.train.checkpointing.resume import RunRefused, fresh_run_dir, has_work, plan_resume, resume_mode
 
     run_dir = Path(str(config.hydra.run.dir))
     if resume_mode(config.get("resume")) == "never" and has_work(run_dir):

@@ -6,7 +6,8 @@ What counts as a secret:
   3. any text shaped like a well-known credential (`CREDENTIAL_SHAPES`: sk-…, hf_…, ghp_…, AKIA…, xoxb-…, ...).
 Such values are never meant to be in a config: `credential_kind` lets validation refuse them there.
 
-Every text we write or hand over (config, overrides, provenance, logs, metrics, directory names, TrainingArguments,
+Every text we write or hand over (config, overrides, provenance, logs, metrics, directory names, TrainingArguments
+and the DeepSpeed config they carry into DeepSpeed's state files, the data-plan cache's manifest and problem list,
 tracker name/group/tags/config) goes through `scrub` / `scrub_value` *before* it is written. `scrub_tree` is
 only a safety net run over a finished run or sweep directory for files other code wrote from inputs we do not
 control (Hydra's multirun.yaml holds the raw command line); it logs a warning for each file it had to fix.
@@ -170,7 +171,7 @@ class ScrubFilter(logging.Filter):
 class ScrubbedStream:
     """A text stream (sys.stdout / sys.stderr) that scrubs every write before passing it on.
 
-    Installed over the streams a tracker's console capture has wrapped (train/loggers.py), so what it records
+    Installed over the streams a tracker's console capture has wrapped (train/reporting/loggers.py), so what it records
     from prints of any library is scrubbed first."""
 
     def __init__(self, stream: Any) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+FIXTURES = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT))
 
 # Never touch the network in tests.
@@ -23,8 +24,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def compose(overrides: list[str] | None = None, tmp_path: Path | None = None, demo_dir: Path | None = None):
-    """The composed config, as launch.py would see it (run dir under tmp_path when given)."""
+def fixture(*parts: str) -> Path:
+    """A file or folder committed under tests/fixtures/. A missing one is a broken checkout: fail, never skip."""
+    path = FIXTURES.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"test fixture missing: {path} (it is committed in the repository; restore it with "
+                                f"`git checkout -- {path.relative_to(ROOT)}`)")
+    return path
+
+
+def compose(overrides: list[str] | None = None, tmp_path: Path | None = None, demo_dir: Path | None = None,
+            resolved: bool = True):
+    """The run spec launch.py's job would resolve (config/resolve.py; not validated: tests check that
+    themselves), or with resolved=False the config as Hydra composes it. Run dir under tmp_path when given."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -39,7 +51,12 @@ def compose(overrides: list[str] | None = None, tmp_path: Path | None = None, de
         extra.append(f"paths.demo_data_dir={demo_dir}")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=extra + list(overrides or []))
+        composed = hydra_compose(config_name="config", overrides=extra + list(overrides or []))
+    if not resolved:
+        return composed
+    from internvl_exp.config.resolve import resolve
+
+    return resolve(composed, list(overrides or []), check=False)
 
 
 @pytest.fixture(scope="session")

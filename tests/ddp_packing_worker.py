@@ -14,9 +14,9 @@ from conftest import compose  # noqa: E402
 
 def main(tmp: str, demo: str) -> None:
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.run import run
+    from internvl_exp.train.recipe.run import run
 
-    import internvl_exp.train.run as run_mod
+    import internvl_exp.train.recipe.run as run_mod
 
     seen = {}
     original = run_mod.InternVLTrainer

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from internvl_exp.train import checkpoints  # noqa: E402
+from internvl_exp.train.checkpointing import checkpoints  # noqa: E402
 
 HOLD_AT_STEP = int(os.environ["HOLD_AT_STEP"])
 SENTINEL = Path(os.environ["HOLD_SENTINEL"])

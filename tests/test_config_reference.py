@@ -29,7 +29,7 @@ def test_reference_is_up_to_date():
 
 def test_reference_names_every_key_and_option():
     text = OUT.read_text()
-    cfg = OmegaConf.to_container(compose(["logger=wandb"]), resolve=False)
+    cfg = OmegaConf.to_container(compose(["logger=wandb"], resolved=False), resolve=False)  # the settings
     cfg.pop("hydra", None)
     for key in _leaves(cfg):
         assert f"`{key}`" in text, key

@@ -78,7 +78,7 @@ def _until(proc: subprocess.Popen, text: str) -> str:
 
 
 def test_ctrl_c_saves_and_prints_the_resume_command_a_second_stops_at_once(tmp_path, demo_dir, start):
-    from internvl_exp.train import checkpoints
+    from internvl_exp.train.checkpointing import checkpoints
 
     common = [f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", "trainer.max_steps=100000",
               "trainer.logging_steps=1000", "trainer.eval_strategy=no"]

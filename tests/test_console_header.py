@@ -1,4 +1,4 @@
-"""The short run header (train/console_header.py) for settings the in-process runs do not cover: real weights,
+"""The short run header (train/reporting/console_header.py) for settings the in-process runs do not cover: real weights,
 LoRA, DeepSpeed with offload on 8 processes, a GPU verdict. Composed from the real config tree; the planner
 runs on the tiny preset's meta model."""
 
@@ -10,7 +10,7 @@ from conftest import compose
 
 from internvl_exp.data.report import DataReport
 from internvl_exp.models.resolve import NATIVE_TYPE, Weights
-from internvl_exp.train.console_header import launch_header, training_header
+from internvl_exp.train.reporting.console_header import launch_header, training_header
 
 
 def test_launch_header_names_weights_lora_deepspeed_and_processes(tmp_path):
@@ -25,12 +25,17 @@ def test_launch_header_names_weights_lora_deepspeed_and_processes(tmp_path):
     assert lines[3].startswith("  processes torchrun: 8 process(es) per node x 1 node(s); DeepSpeed ZeRO-3 "
                                "(optimizer and parameter offload); device auto")
     assert lines[3].endswith(", bf16")
-    assert lines[4].startswith(f"  outputs   {tmp_path / 'outputs' / 'default' / 'sft1'} ")
-    assert "├──" not in text and "max_seq_length" not in text  # not the config tree
+    # The resolved settings, each the recipe's or the command line's (config/resolve.py); bf16 weights under ZeRO.
+    assert lines[4] == ("  settings  lr 4e-05 (recipe internvl2_8b), weight decay 0.05 (recipe internvl2_8b), warmup 0.03 "
+                        "(recipe internvl2_8b), schedule cosine (recipe internvl2_8b), max_seq_length 4096 (recipe "
+                        "internvl2_8b), bf16 on (override), activation checkpointing on (recipe internvl2_8b), weights "
+                        "bfloat16, accumulation 1")
+    assert lines[5].startswith(f"  outputs   {tmp_path / 'outputs' / 'default' / 'sft1'} ")
+    assert "├──" not in text and "tokens_per_tile" not in text  # not the config tree
 
 
 def test_training_header_gives_data_size_parameters_and_the_gpu_verdict(tmp_path):
-    from internvl_exp.train.memory_plan import plan_memory
+    from internvl_exp.train.planning.memory_plan import plan_memory
 
     cfg = compose(["trainer.device_memory_gb=1", "trainer.max_steps=7"], tmp_path)
     plan = plan_memory(cfg, gpu="H100")

@@ -112,6 +112,7 @@ def test_killed_conversion_leaves_no_complete_looking_dir(tmp_path, monkeypatch)
     assert [p.name for p in root.iterdir() if p.is_dir()] == []
 
 
+@pytest.mark.slow
 def test_concurrent_processes_convert_once(tmp_path):
     """Two processes (two ranks) ask at once: one converts, the other waits and reuses the result."""
     w = write_original_checkpoint(tmp_path / "src", "qwen2", "300m")

@@ -1,4 +1,5 @@
-"""The converter on the golden original-layout checkpoint, whose logits were computed by OpenGVLab's own code."""
+"""The converter on the golden original-layout checkpoint (tests/fixtures/original_layout), whose logits were
+computed by OpenGVLab's own code."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = Path("/work/shared/golden/original-layout/qwen2_vit300m")
-pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="golden original-layout checkpoint not present")
+from conftest import ROOT, fixture
+
+GOLDEN = fixture("original_layout", "qwen2_vit300m")
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,7 @@ def test_golden_config_tokenizer_and_processor(converted):
     assert report["family"] == "qwen2" and report["source_tensors"] == 65 and report["target_tensors"] == 73
 
 
+@pytest.mark.slow  # the tool in a subprocess; the same conversion runs in-process above
 def test_cli_converts_the_golden_dir(tmp_path):
     dst = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "internvl_exp.tools.convert", str(GOLDEN), str(dst)],

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import run_launch
 from original_checkpoints import FAMILIES, write_original_checkpoint
 
@@ -13,6 +15,7 @@ from original_checkpoints import FAMILIES, write_original_checkpoint
 VIT = {family: ("6b" if family == "llama" else "300m") for family in FAMILIES}
 
 
+@pytest.mark.slow
 def test_every_family_trains_a_step_through_launch(tmp_path, demo_dir):
     paths = []
     for family in FAMILIES:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from original_checkpoints import Dims, write_original_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +26,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """
 
 
+@pytest.mark.slow
 def test_peak_memory_is_bounded_by_the_largest_shard(tmp_path):
     write_original_checkpoint(tmp_path / "small", "qwen2", "300m")
     big_dims = Dims(hidden=512, layers=8, heads=8, kv_heads=2, head_dim=64, inter=1536)

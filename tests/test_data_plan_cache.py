@@ -156,6 +156,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_started_at_once_scan_once(tmp_path):
     """Like the ranks of a node: the first takes the lock and scans, the other waits and loads the cache."""
     rows = _mixed_rows(tmp_path, 3000)  # long enough that both processes are in the build at the same time

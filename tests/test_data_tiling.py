@@ -277,6 +277,7 @@ def test_data_augment_draws_change_with_the_epoch(tmp_path, tokenizer):
     assert any(not np.array_equal(per_epoch[0], other) for other in per_epoch[1:])
 
 
+@pytest.mark.slow
 def test_trainer_hands_the_epoch_to_the_dataset(tmp_path, tokenizer, demo_dir):
     """The real Trainer (through accelerate's DataLoaderShard.set_epoch) reaches SupervisedDataset.set_epoch."""
     from conftest import compose
@@ -284,8 +285,8 @@ def test_trainer_hands_the_epoch_to_the_dataset(tmp_path, tokenizer, demo_dir):
     from internvl_exp.data.from_config import build_from_config
     from internvl_exp.models.loading import load_model
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.args import training_arguments
-    from internvl_exp.train.trainer import InternVLTrainer
+    from internvl_exp.train.recipe.args import training_arguments
+    from internvl_exp.train.recipe.trainer import InternVLTrainer
     from internvl_exp.models.registry import get_family
 
     cfg = compose(["data.datasets={}", "trainer.max_steps=null", "trainer.num_train_epochs=2",

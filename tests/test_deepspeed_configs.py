@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose
 
-# The oracle: OpenGVLab/InternVL internvl_chat/*.json as transcribed in shared/reference/internvl-sft.md §5.5.
+# The oracle: OpenGVLab/InternVL@2410d1d internvl_chat/zero_stage*_config*.json, transcribed by hand.
 _SHARED = {
     "fp16": {"enabled": "auto", "auto_cast": True, "loss_scale": 0, "initial_scale_power": 32,
              "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},

@@ -4,7 +4,7 @@ One run per setting, each checked for everything at once (every torchrun start c
 process): one run directory, one metrics.json, one wandb run, deepspeed.json, a final/ that from_pretrained
 loads, and the first-step loss equal to one process at the same global batch. The runs use data=mix, one
 sample per rank and activation checkpointing, the setting that hung before text-only batches kept the vision
-path in the graph (train/same_graph.py): finishing at all is part of the test.
+path in the graph (train/recipe/same_graph.py): finishing at all is part of the test.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import math
 import pytest
 
 from conftest import run_launch
+
+pytestmark = pytest.mark.slow  # 2-process torchrun runs, DeepSpeed ZeRO-2/3 included
 
 # ZeRO-3 hung at step 7 on this data while the black tile was encoded before DeepSpeed's start-of-forward hook.
 STEPS = 8

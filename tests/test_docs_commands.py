@@ -30,6 +30,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # every documented command, run verbatim in subprocesses
+
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(?:bash|sh|shell)\n(.*?)^```", re.S | re.M)
 
@@ -44,6 +46,9 @@ SHELL = {
     "srun": "needs SLURM",
     "scontrol": "needs SLURM",
     "rc=$?;": "shell glue of the SLURM script",
+    "cd": "runs another project (VLMEvalKit's run.py) on a GPU",
+    "lmdeploy": "serves a model on a GPU (LMDeploy)",
+    "vllm": "serves a model on a GPU (vLLM)",
 }
 # A documented failure: (part of the command, messages the docs promise).
 EXPECTED_FAILURES = {

@@ -22,7 +22,7 @@ def _cfg(overrides, tmp_path, validate=True):
 
 
 def _layers_with_drop_path(model) -> dict[int, float]:
-    from internvl_exp.train.drop_path import vision_drop_path_rates
+    from internvl_exp.train.tuning.drop_path import vision_drop_path_rates
 
     rates = vision_drop_path_rates(model)
     by_layer: dict[int, float] = {}
@@ -40,7 +40,7 @@ def _pixels(n=8):
 
 
 def test_rate_per_layer_follows_the_linear_schedule(tokenizer, tmp_path):
-    from internvl_exp.train.drop_path import linear_drop_path_rates
+    from internvl_exp.train.tuning.drop_path import linear_drop_path_rates
 
     assert linear_drop_path_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
     cfg = _cfg(["freeze=full", "model.drop_path_rate=0.3"], tmp_path)

@@ -81,8 +81,8 @@ def _oracle(model, dataset, pad_token_id) -> tuple[float, float]:
 def test_eval_loss_is_the_whole_set_reduction_not_a_mean_of_batch_means(reduction, tmp_path, demo_dir, tokenizer):
     from internvl_exp.data.collator import Collator
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.args import training_arguments
-    from internvl_exp.train.trainer import InternVLTrainer
+    from internvl_exp.train.recipe.args import training_arguments
+    from internvl_exp.train.recipe.trainer import InternVLTrainer
 
     cfg = quick_cfg([f"data.loss_reduction={reduction}", "trainer.eval_generate_samples=4"], tmp_path, demo_dir)
     family, setup = build(cfg, tokenizer)
@@ -115,7 +115,7 @@ def _processor(cfg, tokenizer):
 
 
 def test_eval_history_summary_from_the_log():
-    from internvl_exp.train.evaluation import eval_history
+    from internvl_exp.train.recipe.evaluation import eval_history
 
     log = [{"loss": 3.0, "step": 10}, {"eval_loss": 2.5, "eval_samples": 8, "step": 10},
            {"eval_loss": 1.5, "step": 20, "eval_samples": 8}, {"eval_loss": 1.75, "step": 25, "eval_samples": 8}]
@@ -143,7 +143,7 @@ def test_eval_settings_without_eval_data_or_contradictory_are_refused(overrides,
 
 def test_defaults_follow_the_eval_data():
     from internvl_exp.config.validate import validate
-    from internvl_exp.train.eval_settings import eval_strategy, optimized_metric
+    from internvl_exp.config.eval_settings import eval_strategy, optimized_metric
 
     demo = compose()  # the demo evaluates on its eval split
     validate(demo)

@@ -97,7 +97,7 @@ def test_scrub_tree_redacts_text_binary_and_names(monkeypatch, tmp_path):
     ("cpu", None), ("Some Future GPU", None),
 ])
 def test_peak_table(name, tflops):
-    from internvl_exp.train.flops import peak_tflops_for
+    from internvl_exp.train.planning.flops import peak_tflops_for
 
     assert peak_tflops_for(name) == tflops
 
@@ -107,7 +107,7 @@ def test_flops_are_6n_when_everything_trains_and_forward_only_for_a_frozen_tower
 
     from internvl_exp.models.loading import config_tokens_per_tile, load_model
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.flops import FlopsModel
+    from internvl_exp.train.planning.flops import FlopsModel
 
     cfg = compose([])
     model = load_model(cfg.model, tokenizer)
@@ -146,8 +146,8 @@ def test_flops_count_a_full_part_once_beside_lora(tokenizer):
     """PEFT keeps an idle `original_module` copy of a part in `full` mode beside LoRA: not compute."""
     from internvl_exp.models.loading import config_tokens_per_tile, load_model
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.flops import FlopsModel
-    from internvl_exp.train.trainable import make_trainable
+    from internvl_exp.train.planning.flops import FlopsModel
+    from internvl_exp.train.tuning.trainable import make_trainable
 
     cfg = compose(["freeze=lora_llm", "freeze.parts.projector=full"])
     family = get_family(cfg.model.family)
@@ -169,6 +169,7 @@ def _job(tmp_path, demo_dir, overrides, run_dir, sweep_dir=None):
     return run_job(cfg, run_dir, [*FAST, *overrides], sweep_dir)
 
 
+@pytest.mark.slow
 def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp_path, demo_dir, monkeypatch, capsys,
                                                                             caplog):
     monkeypatch.setenv("MY_API_KEY", SECRET)
@@ -193,7 +194,7 @@ def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp
     assert "├── model" not in out  # the config tree only with print_config=true
     assert f"Run directory: {run_dir}" in out
     # The short header instead: model, what trains, processes, outputs; then data size, parameters, planner.
-    from internvl_exp.train.console_header import _count
+    from internvl_exp.train.reporting.console_header import _count
 
     logged = "\n".join(lines)
     params = json.loads((run_dir / "params.json").read_text())["parameters"]["total"]
@@ -227,6 +228,7 @@ def test_single_run_with_tensorboard_writes_events_provenance_and_throughput(tmp
                                                                    or plain.encode() in p.read_bytes())]
 
 
+@pytest.mark.slow
 def test_logger_none_writes_nothing_extra_and_a_failed_single_run_exits_nonzero(tmp_path, demo_dir, capsys):
     run_dir = tmp_path / "outputs" / "default" / "plain"
     _job(tmp_path, demo_dir, ["logger=none", "print_config=true"], run_dir)
@@ -249,6 +251,7 @@ def test_logger_none_writes_nothing_extra_and_a_failed_single_run_exits_nonzero(
     assert not (tmp_path / "outputs" / "default" / "badcfg").exists()  # a rejected config leaves no run dir
 
 
+@pytest.mark.slow
 def test_sweep_jobs_are_named_after_their_directory_and_the_report_shows_failures(tmp_path, demo_dir, capsys):
     from internvl_exp.tools.report import main as report_main
 

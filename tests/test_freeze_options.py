@@ -68,9 +68,14 @@ def test_every_freeze_option_is_covered():
     assert options == {c for c in CASES if "+" not in c}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# The default, everything trained and LoRA run in the fast layer; the other cases are each one more training.
+FAST_CASES = {"vision", "full", "lora_llm"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in FAST_CASES else pytest.mark.slow)
+                                  for c in sorted(CASES)])
 def test_one_real_step_changes_exactly_the_intended_parameters(case, dataset, tokenizer, tmp_path, demo_dir):
-    from internvl_exp.train.optim import parameter_groups
+    from internvl_exp.train.tuning.optim import parameter_groups
 
     overrides, include, exclude = CASES[case]
     option = case.split("+")[0]
@@ -160,7 +165,7 @@ def test_tied_lm_head_and_embeddings_must_share_a_mode(tokenizer, tmp_path, demo
     """A checkpoint that ties lm_head to the input embeddings has one tensor for both parts."""
     from internvl_exp.models.loading import load_model
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.freeze import apply_freeze
+    from internvl_exp.train.tuning.freeze import apply_freeze
 
     cfg = quick_cfg(["freeze=vision", "freeze.embeddings=frozen"], tmp_path, demo_dir)
     model = load_model(cfg.model, tokenizer)

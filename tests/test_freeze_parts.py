@@ -24,8 +24,8 @@ def tiny_model(tokenizer):
 @pytest.mark.parametrize("option", sorted(EXPECTED))
 def test_freeze_option_trains_exactly_its_parts(option, tiny_model, tmp_path):
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.freeze import apply_freeze
-    from internvl_exp.train.param_report import parameter_report
+    from internvl_exp.train.tuning.freeze import apply_freeze
+    from internvl_exp.train.reporting.param_report import parameter_report
 
     cfg = compose([f"freeze={option}"], tmp_path)
     family = get_family(cfg.model.family)

@@ -19,13 +19,13 @@ def _trainer(global_batch, per_device, accumulation=1):
     (128, 4, 1, 32), (128, 4, 8, 4), (128, 4, 16, 2), (128, 2, 16, 4), (128, 1, 32, 4), (16, 4, 2, 2), (16, 2, 2, 4),
 ])
 def test_accumulation_follows_from_the_global_batch(global_batch, per_device, world, expected):
-    from internvl_exp.train.batch import accumulation_steps
+    from internvl_exp.config.batch import accumulation_steps
 
     assert accumulation_steps(_trainer(global_batch, per_device), world) == expected
 
 
 def test_without_a_global_batch_the_accumulation_is_used_as_given():
-    from internvl_exp.train.batch import accumulation_steps
+    from internvl_exp.config.batch import accumulation_steps
 
     assert accumulation_steps(_trainer(None, 4, accumulation=3), 8) == 3
 
@@ -33,7 +33,7 @@ def test_without_a_global_batch_the_accumulation_is_used_as_given():
 @pytest.mark.parametrize("global_batch,per_device,world", [(128, 3, 1), (16, 4, 8), (128, 4, 64), (100, 4, 2)])
 def test_a_split_that_does_not_divide_fails_naming_the_three_numbers(global_batch, per_device, world):
     from internvl_exp.errors import ConfigError
-    from internvl_exp.train.batch import accumulation_steps
+    from internvl_exp.config.batch import accumulation_steps
 
     with pytest.raises(ConfigError) as e:
         accumulation_steps(_trainer(global_batch, per_device), world)
@@ -45,14 +45,14 @@ def test_a_split_that_does_not_divide_fails_naming_the_three_numbers(global_batc
 
 def test_global_batch_and_accumulation_together_are_refused():
     from internvl_exp.errors import ConfigError
-    from internvl_exp.train.batch import accumulation_steps
+    from internvl_exp.config.batch import accumulation_steps
 
     with pytest.raises(ConfigError, match="both set the batch"):
         accumulation_steps(_trainer(128, 4, accumulation=4), 8)  # consistent, but the batch is stated twice
 
 
 def test_world_size_from_the_distributed_plan_then_the_environment(monkeypatch):
-    from internvl_exp.train.batch import world_size
+    from internvl_exp.dist import world_size
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert world_size() == 1
@@ -64,11 +64,10 @@ def test_world_size_from_the_distributed_plan_then_the_environment(monkeypatch):
     assert world_size() == 4
 
 
-def _planned(cfg, nproc, nnodes=1):
-    """The config as a multi-node launcher would plan it (a plain copy of the composed config takes its keys)."""
-    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    plain.distributed = {"name": "torchrun", "nproc_per_node": nproc, "nnodes": nnodes, "rdzv_endpoint": "node0:29500"}
-    return plain
+def _planned(overrides, tmp_path, nproc, nnodes=1):
+    """The config of a torchrun launch of `nproc` processes on each of `nnodes` nodes."""
+    return compose([*overrides, "distributed=torchrun", f"distributed.nproc_per_node={nproc}",
+                    f"distributed.nnodes={nnodes}", "distributed.rdzv_endpoint=node0:29500"], tmp_path)
 
 
 def test_validation_checks_the_split_for_the_planned_processes(tmp_path, monkeypatch):
@@ -76,9 +75,9 @@ def test_validation_checks_the_split_for_the_planned_processes(tmp_path, monkeyp
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     validate(compose(["trainer.global_batch_size=32"], tmp_path))  # 32 / (4 x 1)
-    validate(_planned(compose(["trainer.global_batch_size=32"], tmp_path), 8))  # 32 / (4 x 8)
+    validate(_planned(["trainer.global_batch_size=32"], tmp_path, 8))  # 32 / (4 x 8)
     with pytest.raises(ConfigError) as e:
-        validate(_planned(compose(["trainer.global_batch_size=32"], tmp_path), 8, nnodes=2))  # 32 / (4 x 16)
+        validate(_planned(["trainer.global_batch_size=32"], tmp_path, 8, nnodes=2))  # 32 / (4 x 16)
     assert "trainer.global_batch_size=32" in str(e.value) and "16 process(es) = 64" in str(e.value)
     with pytest.raises(ConfigError, match="both set the batch"):
         validate(compose(["trainer.global_batch_size=32", "trainer.gradient_accumulation_steps=8"], tmp_path))
@@ -86,7 +85,7 @@ def test_validation_checks_the_split_for_the_planned_processes(tmp_path, monkeyp
 
 def test_training_arguments_get_the_derived_accumulation(tmp_path, monkeypatch):
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.args import training_arguments
+    from internvl_exp.train.recipe.args import training_arguments
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = compose(["trainer.global_batch_size=24", "trainer.per_device_train_batch_size=3", "trainer.device=cpu"],

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import ROOT, compose
 
+pytestmark = pytest.mark.slow  # trained runs (subprocess launches) answered and scored
+
 # A short run that learns the demo's colour question from the pixels (a 4-way answer): the shapes task of the
 # demo's larger split (400 images; 48 are memorised, not generalised), batches of 16 at a constant lr. 300 steps:
 # at 200 the eval score sat at the test's margin (0.19 with one thread per process, more with two).
@@ -33,7 +35,7 @@ def _shapes_meta(demo_dir: Path, split: str, out: Path) -> Path:
 
 def _train(overrides: list[str], tmp: Path, demo_dir: Path) -> Path:
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.run import run
+    from internvl_exp.train.recipe.run import run
 
     cfg = compose(overrides, tmp, demo_dir)
     rd = RunDir(tmp / "run")

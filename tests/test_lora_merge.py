@@ -19,7 +19,7 @@ def test_lora_run_merges_into_a_plain_checkpoint(tmp_path, demo_dir, capsys):
     from internvl_exp.data.from_config import build_from_config
     from internvl_exp.outputs import RunDir
     from internvl_exp.tools import merge_lora
-    from internvl_exp.train.run import run
+    from internvl_exp.train.recipe.run import run
 
     cfg = compose(QUICK + ["freeze=lora_all", "freeze.parts.projector=full", "optimizer.weight_decay=0.01"],
                   tmp_path, demo_dir)

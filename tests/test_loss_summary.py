@@ -12,7 +12,7 @@ from conftest import compose
 
 
 def test_window_is_the_logging_interval_capped_at_half_the_run():
-    from internvl_exp.train.loss_summary import window_size
+    from internvl_exp.train.reporting.loss_summary import window_size
 
     assert window_size(10, 6) == 3 and window_size(3, 6) == 3 and window_size(2, 100) == 2
     assert window_size(1, 1) == 1 and window_size(10, 1) == 1 and window_size(0.25, 40) == 10

@@ -1,6 +1,6 @@
-"""A real original-layout checkpoint (OpenGVLab's own code produced it, shared/golden) end to end: launch.py
-converts it on first use, trains it, and its final/ answers an `<image>` prompt through the saved processor's
-chat template, with the prompt text the training template renders."""
+"""A real original-layout checkpoint (OpenGVLab's own code produced it: tests/fixtures/original_layout) end to
+end: launch.py converts it on first use, trains it, and its final/ answers an `<image>` prompt through the saved
+processor's chat template, with the prompt text the training template renders."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_launch
+from conftest import fixture, run_launch
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "original-layout" / "qwen2_vit300m"
+pytestmark = pytest.mark.slow  # launch.py converts, trains and generates in a subprocess
+
+GOLDEN = fixture("original_layout", "qwen2_vit300m")
 
 
 @pytest.fixture(scope="module")
 def converted_run(tmp_path_factory, demo_dir) -> Path:
-    if not GOLDEN.is_dir():
-        pytest.fail(f"golden checkpoint missing at {GOLDEN} (shared/ lies beside the checkout)")
     tmp = tmp_path_factory.mktemp("converted_run")
     res = run_launch([
         "model=local", f"model.path={GOLDEN}", "model.template=internvl2_5", "model.image_size=56",

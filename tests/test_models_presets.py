@@ -1,9 +1,11 @@
-"""The model zoo presets (conf/model/): each composes with the facts of ../shared/reference/model-zoo.md, the
-headline `--cfg job` stays light, and every preset whose dims are sourced builds on the meta device at the size
-its model card states; the others refuse random init, naming the missing keys."""
+"""The model zoo presets (conf/model/): each composes with the published facts transcribed in
+tests/fixtures/model_zoo.csv, the headline `--cfg job` stays light, and every preset whose dims are sourced
+builds on the meta device at the size its model card states; the others refuse random init, naming the missing
+keys."""
 
 from __future__ import annotations
 
+import csv
 import functools
 import math
 import subprocess
@@ -11,58 +13,31 @@ import sys
 
 import pytest
 
-from conftest import CONF, ROOT, compose
+from conftest import CONF, ROOT, compose, fixture
 
 PRESETS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in ("tiny", "local"))
 
-# Independent transcription of model-zoo.md (Hub ids, template, IMG_CONTEXT id), to catch a slip in a preset file.
-# (original repo, native repo or None, template, image token id or None when the zoo has `?`)
-ZOO = {
-    "internvl2_1b": ("OpenGVLab/InternVL2-1B", None, "Hermes-2", 151648),
-    "internvl2_2b": ("OpenGVLab/InternVL2-2B", None, "internlm2-chat", 92546),
-    "internvl2_4b": ("OpenGVLab/InternVL2-4B", None, "phi3-chat", 32013),
-    "internvl2_8b": ("OpenGVLab/InternVL2-8B", None, "internlm2-chat", 92546),
-    "internvl2_26b": ("OpenGVLab/InternVL2-26B", None, "internlm2-chat", 92546),
-    "internvl2_40b": ("OpenGVLab/InternVL2-40B", None, "Hermes-2", 64000),
-    "internvl2_76b": ("OpenGVLab/InternVL2-Llama3-76B", None, "internlm2-chat", 128258),
-    "internvl2_5_1b": ("OpenGVLab/InternVL2_5-1B", None, "internvl2_5", 151667),
-    "internvl2_5_2b": ("OpenGVLab/InternVL2_5-2B", None, "internvl2_5", 92546),
-    "internvl2_5_4b": ("OpenGVLab/InternVL2_5-4B", None, "internvl2_5", 151667),
-    "internvl2_5_8b": ("OpenGVLab/InternVL2_5-8B", None, "internvl2_5", 92546),
-    "internvl2_5_26b": ("OpenGVLab/InternVL2_5-26B", None, "internvl2_5", 92546),
-    "internvl2_5_38b": ("OpenGVLab/InternVL2_5-38B", None, "internvl2_5", 151667),
-    "internvl2_5_78b": ("OpenGVLab/InternVL2_5-78B", None, "internvl2_5", 151667),
-    "internvl3_1b": ("OpenGVLab/InternVL3-1B", "OpenGVLab/InternVL3-1B-hf", "internvl2_5", 151667),
-    "internvl3_2b": ("OpenGVLab/InternVL3-2B", "OpenGVLab/InternVL3-2B-hf", "internvl2_5", 151667),
-    "internvl3_8b": ("OpenGVLab/InternVL3-8B", "OpenGVLab/InternVL3-8B-hf", "internvl2_5", 151667),
-    "internvl3_9b": ("OpenGVLab/InternVL3-9B", "OpenGVLab/InternVL3-9B-hf", "internvl2_5", None),
-    "internvl3_14b": ("OpenGVLab/InternVL3-14B", "OpenGVLab/InternVL3-14B-hf", "internvl2_5", 151667),
-    "internvl3_38b": ("OpenGVLab/InternVL3-38B", "OpenGVLab/InternVL3-38B-hf", "internvl2_5", 151667),
-    "internvl3_78b": ("OpenGVLab/InternVL3-78B", "OpenGVLab/InternVL3-78B-hf", "internvl2_5", 151667),
-    "internvl3_5_1b": ("OpenGVLab/InternVL3_5-1B", "OpenGVLab/InternVL3_5-1B-HF", "internvl2_5", 151671),
-    "internvl3_5_2b": ("OpenGVLab/InternVL3_5-2B", "OpenGVLab/InternVL3_5-2B-HF", "internvl2_5", None),
-    "internvl3_5_4b": ("OpenGVLab/InternVL3_5-4B", "OpenGVLab/InternVL3_5-4B-HF", "internvl2_5", None),
-    "internvl3_5_8b": ("OpenGVLab/InternVL3_5-8B", "OpenGVLab/InternVL3_5-8B-HF", "internvl2_5", 151671),
-    "internvl3_5_14b": ("OpenGVLab/InternVL3_5-14B", "OpenGVLab/InternVL3_5-14B-HF", "internvl2_5", None),
-    "internvl3_5_38b": ("OpenGVLab/InternVL3_5-38B", "OpenGVLab/InternVL3_5-38B-HF", "internvl2_5", None),
-    "internvl3_5_30b_a3b": ("OpenGVLab/InternVL3_5-30B-A3B", "OpenGVLab/InternVL3_5-30B-A3B-HF", "internvl2_5", 151671),
-    "internvl3_5_241b_a28b": ("OpenGVLab/InternVL3_5-241B-A28B", "OpenGVLab/InternVL3_5-241B-A28B-HF", "internvl2_5", None),
-    "internvl3_5_gpt_oss_20b_a4b": ("OpenGVLab/InternVL3_5-GPT-OSS-20B-A4B-Preview",
-                                    "OpenGVLab/InternVL3_5-GPT-OSS-20B-A4B-Preview-HF", "internvl3_5_gpt_oss", None),
-}
 
-# Published parameter counts, in billions: (vision, LLM, total); None where the card gives none.
-CARDS = {
-    "internvl2_8b": (None, None, 8.1),  # "Model Size 8.1B": HF card [P1]
-    "internvl3_5_1b": (0.3, 0.8, 1.1),  # InternVL README model zoo, InternVL3.5 table [S1 L104-129]
-    "internvl3_5_8b": (0.3, 8.2, 8.5),  # [S1]
-    "internvl3_5_30b_a3b": (0.3, 30.5, 30.8),  # [S1] (total parameters, not the 3B active)
-    "internvl3_5_gpt_oss_20b_a4b": (0.3, 20.9, 21.2),  # [S1]
-}
-INTERNVIT_300M = 304e6  # "Params (M): 304", InternViT-300M-448px card [D16]
-# Presets whose every arch dim is sourced in model-zoo.md (all others are `?` somewhere).
+def _load_zoo() -> dict[str, dict]:
+    """tests/fixtures/model_zoo.csv, one row per preset (its header names the public sources)."""
+    with fixture("model_zoo.csv").open(newline="") as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    num = lambda v, kind: kind(v) if v else None  # noqa: E731  (an empty cell: no source gives the value)
+    return {r["preset"]: {"original": r["original"], "native": r["native"] or None, "template": r["template"],
+                          "image_token_id": num(r["image_token_id"], int),
+                          "card": tuple(num(r[k], float) for k in ("card_vision_b", "card_llm_b", "card_total_b"))}
+            for r in rows}
+
+
+# Independent transcription of the zoo (Hub ids, template, IMG_CONTEXT id, published parameter counts), to catch
+# a slip in a preset file.
+ZOO = _load_zoo()
+INTERNVIT_300M = 304e6  # "Params (M): 304", huggingface.co/OpenGVLab/InternViT-300M-448px (model card)
+# Presets whose every arch dim is sourced (docs/models.md; all others have a null arch value somewhere).
 SOURCED = {"internvl2_8b", "internvl2_26b", "internvl2_5_4b", "internvl3_1b", "internvl3_5_1b", "internvl3_5_8b",
            "internvl3_5_30b_a3b", "internvl3_5_gpt_oss_20b_a4b"}
+# Published (vision, LLM, total) billions of the presets that build without weights, to compare a meta build with.
+CARDS = {name: ZOO[name]["card"] for name in SOURCED if any(ZOO[name]["card"])}
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,6 +48,9 @@ def _model(*overrides: str):
 
 def test_the_zoo_is_complete():
     assert set(PRESETS) == set(ZOO)
+    # The sourced presets with a published count (a fixture edit that dropped one would silently skip its check).
+    assert set(CARDS) == {"internvl2_8b", "internvl3_5_1b", "internvl3_5_8b", "internvl3_5_30b_a3b",
+                          "internvl3_5_gpt_oss_20b_a4b"}
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -81,14 +59,15 @@ def test_preset_composes_with_the_zoo_facts(name, tmp_path):
     from internvl_exp.models.resolve import hub_ids
 
     m = _model(f"model={name}")
-    original, native, template, token = ZOO[name]
+    zoo = ZOO[name]
+    original, native, template, token = zoo["original"], zoo["native"], zoo["template"], zoo["image_token_id"]
     assert (m.name, m.family, m.hub.original, m.hub.native) == (name, "internvl_hf", original, native)
     assert hub_ids(m) == [i for i in (native, original) if i]  # native first: no conversion needed
     assert (m.template, m.image_token_id, m.image_context_token) == (template, token, "<IMG_CONTEXT>")
     assert (m.image_size, m.patch_size, m.downsample_ratio) == (448, 14, 0.5)
-    assert tokens_per_tile(m) == 256  # model-zoo.md 0: "256 tokens per 448² tile"
+    assert tokens_per_tile(m) == 256  # 448² tile, patch 14, pixel shuffle 0.5 (transformers' image_seq_length)
     assert m.random_init is False and m.path is None
-    assert m.max_dynamic_patch == (6 if name.startswith("internvl2") else 12)  # internvl-sft.md 5.3 / S5
+    assert m.max_dynamic_patch == (6 if name.startswith("internvl2") else 12)  # the 2nd_finetune scripts (S2-S5)
 
 
 def test_mpo_variants_pick_their_own_repos(tmp_path):
@@ -175,8 +154,8 @@ def test_meta_build_has_the_preset_dims(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(CARDS))
 def test_meta_build_matches_the_model_card(name, tmp_path):
-    """Sourced presets without a published count (internvl2_26b, internvl2_5_4b, internvl3_1b: model-zoo.md
-    Uncertain 9) are covered by the dims test above only."""
+    """Sourced presets without a published count (internvl2_26b, internvl2_5_4b, internvl3_1b: no card figure in
+    tests/fixtures/model_zoo.csv) are covered by the dims test above only."""
     m, model = _meta(name, tmp_path)
     inner = model.model
     vision = _billions(inner.vision_tower)
@@ -224,6 +203,7 @@ SHRINK_TEXT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads":
 # One sourced preset per text model_type (and both ViT kinds: internvl2_26b has the 6B's RMSNorm + qk-norm).
 @pytest.mark.parametrize("name", ["internvl2_26b", "internvl3_1b", "internvl3_5_1b", "internvl3_5_30b_a3b",
                                   "internvl3_5_gpt_oss_20b_a4b"])
+@pytest.mark.slow
 def test_random_init_of_each_architecture_trains(name, tmp_path, tokenizer, demo_dir):
     """A sourced preset's architecture, shrunk (its kinds kept: model_type, norms, tie, MoE), builds through
     random init and trains two real steps on the tiny tokenizer: the LLM's weights move, the loss is finite."""

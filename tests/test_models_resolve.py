@@ -209,6 +209,7 @@ def test_model_path_never_silently_trains_the_tiny_model(tmp_path):
 
 
 # -- a native checkpoint in the HF cache trains ---------------------------------------------------------------
+@pytest.mark.slow
 def test_native_checkpoint_in_hf_cache_is_found_and_trains(tmp_path, tiny_native, demo_dir):
     """A preset-like model (the tiny architecture, with a Hub id and no random init) is found in a fake HF cache
     and trains 2 steps through launch.py. The frozen vision tower in final/ is the checkpoint's (seed 123), not a

@@ -14,7 +14,7 @@ LR = 1e-3
 
 
 def _groups_by_param(cfg, tokenizer):
-    from internvl_exp.train.optim import parameter_groups
+    from internvl_exp.train.tuning.optim import parameter_groups
 
     family, setup = build(cfg, tokenizer)
     groups = parameter_groups(setup.model, family, cfg.optimizer)
@@ -80,7 +80,7 @@ def test_groups_skip_frozen_parts_and_group_lora_by_part(tokenizer, tmp_path):
 
 @pytest.mark.parametrize("fused", [None, False])
 def test_adamw_uses_the_fused_kernel_where_available(fused, tokenizer, tmp_path):
-    from internvl_exp.train.optim import build_optimizer
+    from internvl_exp.train.tuning.optim import build_optimizer
 
     cfg = compose(["freeze=mlp_only", f"optimizer.fused={'null' if fused is None else 'false'}"], tmp_path)
     family, setup = build(cfg, tokenizer)
@@ -93,8 +93,8 @@ def test_adamw_uses_the_fused_kernel_where_available(fused, tokenizer, tmp_path)
 
 def _factors(scheduler: str, extra: list[str], tmp_path, tokenizer, steps: int = 100):
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.args import training_arguments
-    from internvl_exp.train.trainer import InternVLTrainer
+    from internvl_exp.train.recipe.args import training_arguments
+    from internvl_exp.train.recipe.trainer import InternVLTrainer
 
     cfg = compose(["freeze=mlp_only", f"optimizer.scheduler={scheduler}", "optimizer.warmup_ratio=0.1",
                    "trainer.eval_strategy=no", *extra],
@@ -130,7 +130,7 @@ def test_schedule_shapes(scheduler, tmp_path, tokenizer):
 
 def test_clipping_warmup_and_checkpointing_reach_training_arguments(tmp_path):
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.args import training_arguments
+    from internvl_exp.train.recipe.args import training_arguments
 
     cfg = compose(["optimizer.max_grad_norm=0.5", "optimizer.warmup_ratio=0.03", "optimizer.scheduler=constant",
                    "trainer.activation_checkpointing=true"], tmp_path)

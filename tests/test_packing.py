@@ -36,8 +36,8 @@ def setup(tmp_path_factory, demo_dir):
 
 def _trainer(cfg, model, family, tmp, collator, world=1):
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.args import training_arguments
-    from internvl_exp.train.trainer import InternVLTrainer
+    from internvl_exp.train.recipe.args import training_arguments
+    from internvl_exp.train.recipe.trainer import InternVLTrainer
 
     args = training_arguments(cfg, RunDir(tmp / "run"))
     return InternVLTrainer(model=model, args=args, data_collator=collator, family=family, optimizer_config=cfg.optimizer)

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a 2-process packed run
+
 HERE = Path(__file__).parent
 
 

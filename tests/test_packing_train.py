@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import compose
 
 
+@pytest.mark.slow
 def test_demo_trains_packed(tmp_path, demo_dir):
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.run import run
+    from internvl_exp.train.recipe.run import run
 
     cfg = compose(["run_name=packed", "data.packing.enabled=true", "data.packing.max_packed_tokens=512",
                    "trainer.per_device_train_batch_size=1", "trainer.save_final=false"], tmp_path, demo_dir)

@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 PROBE = """
@@ -28,6 +30,7 @@ def _plan(tmp_path, *overrides: str, out: str) -> dict:
     return {**probe, "plan": json.loads((tmp_path / out).read_text())}
 
 
+@pytest.mark.slow
 def test_second_plan_of_a_model_reads_the_cache_and_imports_no_torch(tmp_path):
     first = _plan(tmp_path, "trainer.per_device_train_batch_size=2", out="a.json")
     assert first["rc"] == 0 and not first["torch"] and not first["transformers"]  # built in the worker

@@ -1,4 +1,4 @@
-"""model.dtype and mixed precision (train/precision.py): fp32 master weights unless pure half precision is asked
+"""model.dtype and mixed precision (config/precision.py): fp32 master weights unless pure half precision is asked
 for by name; the real presets load bf16 only where DeepSpeed keeps the fp32 master copy."""
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ def _problems(overrides, tmp_path):
     ([], "float32"),
     (["trainer.bf16=true"], "float32"),  # autocast over fp32 master weights
     (["deepspeed=zero2", "trainer.bf16=true"], "bfloat16"),  # DeepSpeed holds the fp32 master copy
-    (["deepspeed=zero3"], "float32"),  # no bf16 training: nothing to halve
+    (["deepspeed=zero3", "trainer.bf16=false"], "float32"),  # no bf16 training: nothing to halve
+    (["deepspeed=zero3"], "bfloat16"),  # the preset's recipe trains in bf16
     (["model.dtype=bfloat16", "deepspeed=zero2", "trainer.bf16=true"], "bfloat16"),
 ])
 def test_auto_resolves_to_fp32_master_weights_unless_deepspeed_keeps_them(overrides, expected, tmp_path):
-    from internvl_exp.train.precision import weights_dtype
+    from internvl_exp.config.precision import weights_dtype
 
     cfg = compose(["model=internvl2_5_8b", *overrides], tmp_path)
     assert weights_dtype(cfg) == expected

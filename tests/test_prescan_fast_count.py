@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 
-from conftest import ROOT
+from conftest import ROOT, fixture
 from data_media import conv, write_image, write_jsonl, write_video
 from internvl_exp.data.dataset import ImageSettings, build_dataset
 from internvl_exp.data.sources import load_entries
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import data_scale  # noqa: E402  (the benchmark's realistic line generator)
 
 TINY = ROOT / "internvl_exp" / "models" / "assets" / "tiny_tokenizer" / "tokenizer.json"
-GOLDEN = Path("/work/shared/golden/original-layout/qwen2_vit300m/tokenizer.json")  # as tests/test_convert_golden.py
+GOLDEN = fixture("original_layout", "qwen2_vit300m", "tokenizer.json")  # OpenGVLab's Qwen2-style layout
 QWEN2 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
@@ -44,11 +43,8 @@ def _split_bytelevel(pattern: str) -> Tokenizer:
 
 
 def _tokenizers() -> dict[str, Tokenizer]:
-    out = {"tiny (ByteLevel regex)": Tokenizer.from_file(str(TINY)), "qwen2 split": _split_bytelevel(QWEN2),
-           "llama3 split": _split_bytelevel(LLAMA3)}
-    if GOLDEN.exists():
-        out["golden qwen2_vit300m"] = Tokenizer.from_file(str(GOLDEN))
-    return out
+    return {"tiny (ByteLevel regex)": Tokenizer.from_file(str(TINY)), "qwen2 split": _split_bytelevel(QWEN2),
+            "llama3 split": _split_bytelevel(LLAMA3), "golden qwen2_vit300m": Tokenizer.from_file(str(GOLDEN))}
 
 
 # Pieces that stress the word split: contractions (either case), runs of spaces and newlines, digits, punctuation
@@ -108,8 +104,6 @@ CONVERSATIONS = [
 def golden_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
-    if not GOLDEN.exists():
-        pytest.skip(f"{GOLDEN} is not on this machine")
     return PreTrainedTokenizerFast(tokenizer_file=str(GOLDEN))
 
 

@@ -31,7 +31,7 @@ class R(NamedTuple):
 
 
 # The oracle, transcribed from OpenGVLab/InternVL@2410d1d internvl_chat/shell/internvl{2.0,2.5,3.0}/2nd_finetune/
-# <name>_dynamic_res_2nd_finetune_{full,lora}.sh (cross-checked with shared/reference/internvl-sft.md §5.1-5.3).
+# <name>_dynamic_res_2nd_finetune_{full,lora}.sh.
 RECIPES = [
     R('internvl2_1b_finetune_full', 4e-5, 0.01, 0.1, 4096, 6, 'Hermes-2', 1, None, 128, 4, 8, 4, 0),  # internvl2_1b_qwen2_0_5b_full.sh
     R('internvl2_1b_finetune_lora', 4e-5, 0.01, 0.0, 4096, 6, 'Hermes-2', 1, None, 16, 4, 2, 2, 16),  # internvl2_1b_qwen2_0_5b_lora.sh
@@ -87,7 +87,7 @@ def test_every_recipe_file_has_an_oracle_row_and_back():
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
 def test_recipe_composes_with_its_scripts_numbers(recipe, tmp_path, monkeypatch):
     from internvl_exp.config.validate import _deepspeed_problems, _trainer_problems
-    from internvl_exp.train.batch import accumulation_steps
+    from internvl_exp.config.batch import accumulation_steps
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = compose([f"experiment={recipe.name}", META], tmp_path)
@@ -125,7 +125,7 @@ def test_recipe_composes_with_its_scripts_numbers(recipe, tmp_path, monkeypatch)
 @pytest.mark.parametrize("world,accumulation", [(1, 32), (8, 4), (16, 2), (32, 1)])
 def test_headline_recipe_keeps_its_global_batch_at_any_world_size(world, accumulation, tmp_path, monkeypatch):
     from internvl_exp.config.validate import validate
-    from internvl_exp.train.batch import accumulation_steps
+    from internvl_exp.config.batch import accumulation_steps
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = _plain(compose(["experiment=internvl2_8b_finetune_full", META], tmp_path), world)
@@ -148,7 +148,7 @@ def test_a_world_size_that_does_not_divide_the_global_batch_fails(recipe, world,
 
 
 def test_lora_recipe_at_the_scripts_two_gpus(tmp_path, monkeypatch):
-    from internvl_exp.train.batch import accumulation_steps
+    from internvl_exp.config.batch import accumulation_steps
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = compose(["experiment=internvl2_8b_finetune_lora", META], tmp_path)
@@ -196,6 +196,7 @@ def test_cfg_job_of_a_recipe_imports_no_torch():
     assert cfg.deepspeed.name == "zero1" and cfg.trainer.global_batch_size == 128
 
 
+@pytest.mark.slow
 def test_a_recipe_trains_through_launch_with_the_tiny_model(tmp_path, demo_dir):
     """The LoRA recipe on the tiny model (model=tiny wins over the recipe's preset), CPU, no DeepSpeed: the real
     Trainer takes 16 samples per optimiser step (4 per device x 4 derived accumulation steps x 1 process)."""

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose, run_launch
-from internvl_exp.train import checkpoints
-from internvl_exp.train.resume import RunRefused, fresh_run_dir, plan_resume
+from internvl_exp.train.checkpointing import checkpoints
+from internvl_exp.train.checkpointing.resume import RunRefused, fresh_run_dir, plan_resume
+
+pytestmark = pytest.mark.slow  # launch.py runs killed, signalled and resumed
 
 # Six optimizer steps, a checkpoint every two, every checkpoint kept.
 RUN = ["trainer.max_steps=6", "trainer.save_steps=2", "trainer.save_total_limit=null", "trainer.logging_steps=1",

@@ -1,4 +1,4 @@
-"""A text-only batch still runs the vision tower and projector (train/same_graph.py): the loss is bit-identical
+"""A text-only batch still runs the vision tower and projector (train/recipe/same_graph.py): the loss is bit-identical
 to the model without the hook, every trainable vision/projector weight gets a gradient (exactly zero), and the
 LLM's gradients are unchanged."""
 
@@ -14,7 +14,7 @@ def test_text_only_batch_keeps_vision_in_the_graph_with_zero_contribution(tmp_pa
     from internvl_exp.data.from_config import build_from_config, tokens_per_tile
     from internvl_exp.models.loading import load_model
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.same_graph import keep_vision_in_graph
+    from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
 
     cfg = compose(["data=mix"], tmp_path, demo_dir)
     dataset, _ = build_from_config(cfg, tokenizer, tokens_per_tile(cfg.model))

@@ -1,13 +1,18 @@
 """No secret on disk: a secret planted everywhere a user could put one, then every byte of every file searched.
 
-One subprocess sweep (2 jobs) and one single run through the real launch.py, both with logger=wandb (offline),
-Trainer checkpoints every step and the final save. The secrets:
+One subprocess sweep (2 jobs) and one single run (under DeepSpeed ZeRO-2) through the real launch.py, both with
+logger=wandb (offline), Trainer checkpoints every step and the final save. The secrets:
   - SECRET: the value of a secret-named environment variable (not credential-shaped, so the config may carry it:
-    it is only known to be secret from the environment), also in run_name, in an override, in the wandb tags and
-    in an uncommitted change (and an untracked file name) of the git repo the provenance records;
+    it is only known to be secret from the environment), also in run_name, in an override, in the wandb tags, in
+    an uncommitted change (and an untracked file name) of the git repo the provenance records, and in the folder
+    of a dataset's annotation file (so in every path the pre-flight plan cache records);
   - PATTERNED: matched by the run's own `secrets` pattern only, planted in an override;
-  - GH_SECRET: a credential-shaped value of a secret-named environment variable (never in the config).
-The oracle is a plain bytes search of every file (binary included), plus the unpickled training_args.bin.
+  - GH_SECRET: a credential-shaped value of a secret-named environment variable (never in the config);
+  - PASSWORD: the value of a *PASSWORD* variable, in a free-form DeepSpeed key (`+deepspeed.config.note=...`, which
+    DeepSpeed keeps in its model and optimizer state files) and in a bad line's missing image name (a problem the
+    plan cache records).
+The oracle is a plain bytes search of every file (binary included) under the outputs and the cache directory (the
+plan cache), plus the unpickled training_args.bin.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from wandb_records import read_run
 SECRET = "Quokka-Mirth-8817-Velvet"
 PATTERNED = "acct-314159"
 GH_SECRET = "ghp_" + "Zx9" * 12
-NEEDLES = (SECRET, PATTERNED, GH_SECRET)
-ENV = {"MY_SERVICE_TOKEN": SECRET, "GH_TOKEN": GH_SECRET}
+PASSWORD = "Velvet-Otter-7788"
+NEEDLES = (SECRET, PATTERNED, GH_SECRET, PASSWORD)
+# DeepSpeed's JIT-built ops are kept where runs with the default paths.cache_dir keep them (built once per machine).
+ENV = {"MY_SERVICE_TOKEN": SECRET, "GH_TOKEN": GH_SECRET, "DB_PASSWORD": PASSWORD,
+       "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "internvl_exp" / "torch_extensions")}
 
 
 def _git_repo(path: Path) -> Path:
@@ -43,13 +51,29 @@ def _git_repo(path: Path) -> Path:
     return path
 
 
+def _secret_meta(folder: Path, demo_dir: Path) -> Path:
+    """A meta JSON in a folder named with SECRET: the demo's shapes, plus a dataset of one good line and one whose
+    (missing) image name holds PASSWORD."""
+    folder.mkdir()
+    lines = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
+             {"image": f"img-{PASSWORD}.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                                {"from": "gpt", "value": "A."}]}]
+    (folder / "mine.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    meta = {"shapes": {"root": str(demo_dir), "annotation": str(demo_dir / "shapes.jsonl")},
+            "mine": {"root": str(folder), "annotation": str(folder / "mine.jsonl")}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder / "meta.json"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_dir):
     tmp = tmp_path_factory.mktemp("secrets")
     repo = _git_repo(tmp / "repo")
     out = tmp / "outputs"
+    meta = _secret_meta(tmp / f"data-{SECRET}", demo_dir)
     common = [
         f"paths.root_dir={repo}", f"paths.output_dir={out}", f"paths.cache_dir={tmp / 'cache'}",
+        f"data.meta_path={meta}", "data.on_error=skip",
         f"paths.demo_data_dir={demo_dir}", "logger=wandb", f"logger.wandb.tags=[tag-{SECRET}]",
         "trainer.max_steps=2", "trainer.logging_steps=1", "trainer.save_strategy=steps", "trainer.save_steps=1",
         "trainer.save_total_limit=null",  # keep both checkpoints: both are searched
@@ -57,25 +81,35 @@ def runs(tmp_path_factory, demo_dir):
         f"data.system_message=Be brief. {SECRET} {PATTERNED}",
     ]
     sweep = run_launch(["-m", *common, "experiment_name=sw", "optimizer.lr=1e-3,2e-3"], env=ENV)
-    single = run_launch([*common, "experiment_name=one"], env=ENV)
+    single = run_launch([*common, "experiment_name=one", "deepspeed=zero2", f"+deepspeed.config.note=db {PASSWORD}"],
+                        env=ENV)
     for res in (sweep, single):
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return {"out": out, "sweep": sweep, "single": single}
+    return {"out": out, "cache": tmp / "cache", "sweep": sweep, "single": single}
 
 
 def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
 
 
+@pytest.mark.slow
 def test_no_file_name_or_byte_under_the_run_and_sweep_dirs_holds_a_secret(runs):
-    out = runs["out"]
-    files = _files(out)
-    names = [p for p in out.rglob("*") if any(n in p.name for n in NEEDLES)]
+    out, cache = runs["out"], runs["cache"]
+    files = _files(out) + _files(cache)
+    names = [p for root in (out, cache) for p in root.rglob("*") if any(n in p.name for n in NEEDLES)]
     leaks = [(p, n) for p in files for n in NEEDLES if n.encode() in p.read_bytes()]
     assert not names and not leaks, (names, leaks)
-    # What was searched is the real thing: checkpoints, the final model, wandb's record log, Hydra's record.
+    # What was searched is the real thing: checkpoints, the final model, wandb's record log, Hydra's record,
+    # DeepSpeed's state files and the plan cache (with the bad line's problem and the annotation's path).
     suffixes = {p.name for p in files}
-    assert {"training_args.bin", "trainer_state.json", "model.safetensors", "multirun.yaml"} <= suffixes
+    assert {"training_args.bin", "trainer_state.json", "model.safetensors", "multirun.yaml", "manifest.json",
+            "problems.jsonl", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"} <= suffixes
+    problems = [json.loads(line) for p in cache.rglob("problems.jsonl") for line in p.read_text().splitlines()]
+    assert [f"{cache.parent}/data-<REDACTED>/mine.jsonl:2", "missing_media",
+            f"image {cache.parent}/data-<REDACTED>/img-<REDACTED>.png does not exist (or is not a file)",
+            "mine"] in problems
+    manifests = [json.loads(p.read_text()) for p in cache.rglob("manifest.json")]
+    assert f"{cache.parent}/data-<REDACTED>/mine.jsonl" in [f["path"] for m in manifests for f in m["files"]]
     assert len(list(out.rglob("checkpoint-*"))) == 6  # 2 per run, 3 runs
     assert len(list(out.rglob("run-*.wandb"))) == 3
     for res in (runs["sweep"], runs["single"]):
@@ -85,6 +119,22 @@ def test_no_file_name_or_byte_under_the_run_and_sweep_dirs_holds_a_secret(runs):
         assert "removed a secret" not in res.stdout + res.stderr
 
 
+@pytest.mark.slow
+def test_deepspeed_state_files_keep_the_scrubbed_config(runs):
+    import torch
+
+    (states,) = (runs["out"] / "one").rglob("checkpoint-2/global_step2/mp_rank_00_model_states.pt")
+    assert torch.load(states, weights_only=False)["ds_config"]["note"] == "db <REDACTED>"
+
+
+@pytest.mark.slow
+def test_a_cached_plan_is_still_found_with_a_secret_in_the_path(runs):
+    """The sweep's two jobs and the single run share one plan (the cache is matched by position, not by the
+    scrubbed path): one scan, then cache hits."""
+    log = "".join(r.stdout + r.stderr for r in (runs["sweep"], runs["single"]))
+    assert log.count("data plan: cache hit") >= 2
+
+@pytest.mark.slow
 def test_training_args_bin_unpickled_holds_no_secret(runs):
     import torch
 
@@ -98,6 +148,7 @@ def test_training_args_bin_unpickled_holds_no_secret(runs):
             assert args.run_name == "run-<REDACTED>"
 
 
+@pytest.mark.slow
 def test_what_was_redacted_is_still_recorded(runs):
     single = next((runs["out"] / "one").iterdir())
     assert single.name.startswith("run-") and "REDACTED" in single.name
@@ -164,7 +215,7 @@ def test_the_console_wandb_records_is_scrubbed_before_wandb_sees_it(tmp_path, mo
     import sys
 
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.loggers import experiment_logger
+    from internvl_exp.train.reporting.loggers import experiment_logger
     from wandb_records import records
 
     monkeypatch.setenv("MY_SERVICE_TOKEN", SECRET)

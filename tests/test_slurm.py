@@ -148,7 +148,7 @@ def test_preemption_chains_a_previous_handler_after_the_save():
     from transformers import TrainerControl, TrainerState
 
     from internvl_exp.launch.signals import pass_on
-    from internvl_exp.train.preemption import PreemptionCallback
+    from internvl_exp.train.checkpointing.preemption import PreemptionCallback
 
     calls = []
 
@@ -219,6 +219,7 @@ def test_launcher_outlives_the_signal_and_forwards_it_once(tmp_path, monkeypatch
 # -- end to end: submitit's local executor runs the per-node function ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_local_executor_runs_the_node_function_end_to_end(tmp_path, demo_dir):
     res = run_launch([f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", "run_name=viaslurm",
                       "distributed=slurm", "distributed.executor=local", "distributed.gpus_per_node=1",
@@ -235,6 +236,7 @@ def test_local_executor_runs_the_node_function_end_to_end(tmp_path, demo_dir):
     assert logs and "internvl_exp.launch.agent" in "".join(p.read_text() for p in logs)  # the node task ran torchrun
 
 
+@pytest.mark.slow
 def test_hydra_submitit_launcher_job_preempted_saves_then_submitit_requeues(tmp_path, demo_dir):
     """`-m hydra/launcher=submitit_local`: submitit runs the sweep job and has installed its handlers. Its
     preemption signal (SIGUSR2) makes our run save a complete checkpoint first; then submitit's own handler runs

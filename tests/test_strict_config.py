@@ -80,6 +80,7 @@ def test_validation_on_the_fast_edge_imports_no_torch():
     assert "data.on_error" in res.stderr
 
 
+@pytest.mark.slow
 def test_a_sweep_records_the_job_that_fails_validation(tmp_path, demo_dir):
     out = tmp_path / "outputs"
     res = run_launch(["-m", f"paths.output_dir={out}", f"paths.demo_data_dir={demo_dir}", "experiment_name=v",

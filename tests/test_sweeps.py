@@ -18,6 +18,8 @@ import yaml
 from conftest import run_launch
 from wandb_records import read_run
 
+pytestmark = pytest.mark.slow  # multirun sweeps of real launches
+
 # Secret because of its variable's name, not its shape (a credential-shaped value in a config is refused).
 SECRET = "Heron-Quill-9f8e7d6c5b4a3210"
 FAST = ["trainer.max_steps=10", "trainer.logging_steps=2", "trainer.save_final=false"]

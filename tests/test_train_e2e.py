@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import compose, run_launch
+
+pytestmark = pytest.mark.slow  # the demo run end to end
 
 
 def test_demo_run_end_to_end(tmp_path, demo_dir):
@@ -50,13 +53,13 @@ def test_reloaded_final_reproduces_training_loss(tmp_path, demo_dir):
     from internvl_exp.data.collator import Collator
     from internvl_exp.data.from_config import build_from_config
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.run import run
+    from internvl_exp.train.recipe.run import run
 
     cfg = compose(["trainer.max_steps=5", "data=mix", "freeze=full", "run_name=reload"], tmp_path, demo_dir)
     rd = RunDir(tmp_path / "run")
     captured = {}
 
-    import internvl_exp.train.run as run_mod
+    import internvl_exp.train.recipe.run as run_mod
 
     original = run_mod.InternVLTrainer
 

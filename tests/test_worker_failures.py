@@ -99,7 +99,7 @@ def test_a_stalled_rank_is_named_after_the_collective_timeout(launched, tmp_path
 def test_ctrl_c_saves_on_every_rank_and_two_sigterms_stop_at_once(launched, tmp_path):
     from pathlib import Path
 
-    from internvl_exp.train import checkpoints
+    from internvl_exp.train.checkpointing import checkpoints
 
     proc, before, _ = launched("ctrlc")
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: every process of the group gets it

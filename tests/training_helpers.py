@@ -36,7 +36,7 @@ def build(cfg: Any, tokenizer: Any):
 
     from internvl_exp.models.loading import load_model
     from internvl_exp.models.registry import get_family
-    from internvl_exp.train.trainable import make_trainable
+    from internvl_exp.train.tuning.trainable import make_trainable
 
     set_seed(cfg.seed)
     family = get_family(cfg.model.family)
@@ -52,8 +52,8 @@ def train(cfg: Any, model: torch.nn.Module, family: Any, dataset: Any, tokenizer
     """A real InternVLTrainer run of cfg.trainer.max_steps steps (no tqdm); returns the trainer."""
     from internvl_exp.data.collator import Collator
     from internvl_exp.outputs import RunDir
-    from internvl_exp.train.args import training_arguments
-    from internvl_exp.train.trainer import InternVLTrainer
+    from internvl_exp.train.recipe.args import training_arguments
+    from internvl_exp.train.recipe.trainer import InternVLTrainer
 
     args = training_arguments(cfg, RunDir(tmp_path / "run"))
     args.disable_tqdm = True

@@ -108,7 +108,7 @@ class ModelConfig:
     use_thumbnail: bool = True  # add a whole-image thumbnail tile when an image has more than one tile
     normalize_type: str = "imagenet"  # pixel normalisation: imagenet | clip | siglip
     # Weights' dtype: auto = float32 without DeepSpeed (trainer.bf16 autocasts over fp32 master weights),
-    # bfloat16 under DeepSpeed with trainer.bf16 (fp32 master in its optimizer); internvl_exp/train/precision.py.
+    # bfloat16 under DeepSpeed with trainer.bf16 (fp32 master in its optimizer); internvl_exp/config/precision.py.
     dtype: str = "auto"
     attn_implementation: str = "sdpa"  # transformers' attention kernel: sdpa | eager | flash_attention_2
     # Stochastic depth on the ViT's residual branches (timm DropPath), linear from 0 (first layer) to this rate
@@ -140,8 +140,9 @@ class EvalDataConfig:
     """Eval datasets in InternVL's format, never trained on: a meta JSON and/or inline datasets (inline wins on
     a name clash). Every usable line is evaluated once (repeat_time and weight do not apply; no augmentation)."""
 
+    # data=demo: the demo's eval split while data.meta_path is inside paths.demo_data_dir, else null (own data).
     meta_path: Optional[str] = None
-    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)  # inline eval datasets, as data.datasets
 
 
 @dataclass
@@ -166,9 +167,13 @@ class DataConfig:
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)  # name -> DatasetSpec (InternVL's meta keys)
     # Generate the demo datasets into paths.demo_data_dir first (deterministic, once).
     generate_demo: bool = False
-    max_seq_length: int = 2048  # tokens per sample, image tokens included (longer: see length_policy)
+    # Tokens per sample, image tokens included (longer: see length_policy). null: the model recipe's.
+    max_seq_length: Optional[int] = None
     # What to do with samples longer than max_seq_length: drop (skip and count) or truncate whole turns.
     length_policy: str = "drop"
+    # The share of a dataset's lines the length policy may drop before the run stops (before the model loads),
+    # naming the dataset and the fixes; 1.0 accepts any loss. A dataset left with no sample always stops.
+    max_drop_share: float = 0.05
     # Bad annotation lines or unreadable media: strict (stop and list every problem) or skip (skip and count).
     on_error: str = "strict"
     system_message: Optional[str] = None  # replaces the template's system prompt (null: the template's own)
@@ -181,13 +186,16 @@ class DataConfig:
     # Image resize kernel: "pil" (InternVL's own training pixels, bit for bit) or "torch" (torchvision's, =
     # transformers' GotOcr2ImageProcessor: faster, differs by up to ~13 uint8 levels on photos; docs/data.md).
     resize_backend: str = "pil"
+    # Turn images upright by their EXIF orientation tag before tiling. Off: pixels as stored, as InternVL's
+    # loader reads them; data_check and the run's data report count the images that carry such a tag.
+    exif_transpose: bool = False
     # Processes for the pre-flight scan (null: every core available); the scan runs once per machine.
     scan_workers: Optional[int] = None
     # Cache the pre-flight plan under paths.cache_dir, shared by ranks, reruns and sweep jobs (docs/data.md).
     plan_cache: bool = True
     packing: PackingConfig = field(default_factory=PackingConfig)
     # The loss over an optimizer step: token (mean over supervised tokens), sample (mean of per-sample means,
-    # weights 1/n) or square (InternVL's square averaging, weights 1/sqrt(n)); train/loss.py.
+    # weights 1/n) or square (InternVL's square averaging, weights 1/sqrt(n)); train/recipe/loss.py.
     loss_reduction: str = "token"
     # Batch samples of similar length together (no packing); lengths from the pre-flight plan.
     group_by_length: bool = False
@@ -239,12 +247,13 @@ class DeepSpeedConfig:
 @dataclass
 class OptimizerConfig:
     name: str = MISSING
-    lr: float = 1e-4  # peak learning rate
-    weight_decay: float = 0.0  # AdamW weight decay (never on biases and norms)
+    # null (lr, weight_decay, scheduler, warmup_ratio): the model recipe's value (model.recipe; config/resolve.py).
+    lr: Optional[float] = None  # peak learning rate
+    weight_decay: Optional[float] = None  # AdamW weight decay (never on biases and norms)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     eps: float = 1e-8  # AdamW epsilon
-    scheduler: str = "cosine"  # an HF scheduler name: cosine | linear | constant | cosine_with_min_lr | warmup_stable_decay | ...
-    warmup_ratio: float = 0.0  # share of all steps spent warming up linearly from 0
+    scheduler: Optional[str] = None  # an HF scheduler name: cosine | linear | constant | cosine_with_min_lr | warmup_stable_decay | ...
+    warmup_ratio: Optional[float] = None  # share of all steps spent warming up linearly from 0
     max_grad_norm: float = 1.0  # gradient clipping by global norm
     # Multiplies `lr` per part, e.g. {vision: 0.1}. Parts not listed use 1.0; `embeddings` defaults to llm's.
     part_lr_scale: dict[str, float] = field(default_factory=dict)
@@ -272,7 +281,7 @@ class TrainerConfig:
     num_train_epochs: float = 3.0
     per_device_train_batch_size: int = 1  # samples per device per forward pass
     # The optimiser's batch across all processes, stated once; gradient accumulation is then derived as
-    # global / (per_device_train_batch_size x world size) and must divide (internvl_exp/train/batch.py).
+    # global / (per_device_train_batch_size x world size) and must divide (internvl_exp/config/batch.py).
     # null: use gradient_accumulation_steps as given.
     global_batch_size: Optional[int] = None
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step
@@ -281,12 +290,12 @@ class TrainerConfig:
     save_steps: int = 500  # checkpoint every N steps (save_strategy=steps)
     save_total_limit: Optional[int] = None  # keep only the N newest checkpoints (null: all)
     dataloader_num_workers: int = 0  # data-loader worker processes (0: in the training process)
-    bf16: bool = False  # bf16 mixed precision (autocast; DeepSpeed: bf16 weights)
+    bf16: Optional[bool] = None  # bf16 mixed precision (autocast; DeepSpeed: bf16 weights); null: the model recipe's
     # Accept half-precision weights trained by a torch optimizer without fp32 master weights (warns).
     pure_half_precision: bool = False
     # "auto": CPU when no accelerator is visible.
     device: str = "auto"
-    activation_checkpointing: bool = False  # recompute each layer in the backward pass: less memory, ~1/3 more compute
+    activation_checkpointing: Optional[bool] = None  # null: the model recipe's; recompute each layer in the backward pass: less memory, ~1/3 more compute
     save_final: bool = True  # save the trained model (or adapter) and processor to <run_dir>/final
     # Eval loss on data.eval / data.eval_fraction: no | steps | epoch (HF names); null: steps when there is eval
     # data, else no. With eval data the final model is always evaluated once more at the end (final_eval_loss).
@@ -296,14 +305,18 @@ class TrainerConfig:
     # At each eval, also generate (greedy) for the first N eval samples: eval_exact_match, eval_relaxed_match.
     eval_generate_samples: int = 0
     # Peak dense TFLOPS of one device, the MFU denominator. null: looked up from the device name
-    # (internvl_exp/train/flops.py, bf16 dense tensor-core peaks); no MFU when unknown (e.g. CPU).
+    # (internvl_exp/train/planning/flops.py, bf16 dense tensor-core peaks); no MFU when unknown (e.g. CPU).
     peak_tflops: Optional[float] = None
-    # Memory of one device in GiB for the planner's verdict (internvl_exp/train/memory_plan.py). null: the
+    # Memory of one device in GiB for the planner's verdict (internvl_exp/train/planning/memory_plan.py). null: the
     # detected GPU's, else the table entry of the assumed device.
     device_memory_gb: Optional[float] = None
     # The model FLOPs utilisation the planner assumes for its step-time estimate (an assumption, not a
     # measurement; bench/gpu.py measures it on a GPU box).
     planner_mfu: float = 0.35
+    # The loss from the last hidden states and the LM head in chunks of tokens, never the [tokens x vocab] logits
+    # (internvl_exp/train/recipe/chunked_loss.py; InternVL's --use_liger True): auto | true | false. auto: on for every
+    # real preset, off for model=tiny.
+    chunked_loss: str = "auto"
 
 
 @dataclass
@@ -370,6 +383,20 @@ class PathsConfig:
 
 
 @dataclass
+class ResolvedConfig:
+    """What internvl_exp.config.resolve decided from the rest of the config, once, in the Hydra job (never set by
+    hand): config.yaml carries it to every process and tool."""
+
+    world_size: int = 1  # training processes the launch starts (nproc_per_node x nnodes; SLURM: nodes x gpus)
+    # Micro-batches per optimiser step: trainer.global_batch_size / (per-device batch x world_size) when the global
+    # batch is set, else trainer.gradient_accumulation_steps.
+    gradient_accumulation_steps: int = 1
+    tokens_per_tile: int = 0  # image tokens per tile: (image_size / patch_size)^2 x downsample_ratio^2
+    # Where a value came from when it is not the config groups' own: "recipe <name>" or "override".
+    origins: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -390,19 +417,36 @@ class Config:
     seed: int = 42  # seeds python, numpy and torch (transformers.set_seed)
     # Re-running a run_name: auto (continue from its newest complete checkpoint; a finished run refuses),
     # true (must find one), false/never (start over in a fresh <run_name>-N directory), or a path to a run
-    # directory or checkpoint to continue from (internvl_exp/train/resume.py).
+    # directory or checkpoint to continue from (internvl_exp/train/checkpointing/resume.py).
     resume: Any = "auto"
     # Extra secrets: regular expressions whose matches are redacted from everything a run writes, on top of the
     # values of secret-named environment variables (internvl_exp/redact.py; docs/experiments.md).
     secrets: list[str] = field(default_factory=list)
     # Also print the whole resolved config as a tree at the start of a run (it is always in config.yaml; the
-    # console shows a short header: internvl_exp/train/console_header.py).
+    # console shows a short header: internvl_exp/train/reporting/console_header.py).
     print_config: bool = False
+    # Filled in by internvl_exp.config.resolve (null until then); not a setting.
+    resolved: Optional[ResolvedConfig] = None
+
+
+def demo_eval_split(meta_path: Optional[str], demo_data_dir: str) -> Optional[str]:
+    """The demo's eval split while the training data is the demo's own (a meta JSON inside paths.demo_data_dir),
+    else None: own data set through `data.meta_path` never evaluates on the demo (conf/data/demo.yaml)."""
+    import os
+
+    if not meta_path:
+        return None
+    demo, train = os.path.realpath(str(demo_data_dir)), os.path.realpath(str(meta_path))
+    split = os.path.join(str(demo_data_dir), "eval", "meta.json")
+    if os.path.commonpath([train, demo]) != demo or train == os.path.realpath(split):  # own data, or the split itself
+        return None
+    return split
 
 
 def register_configs(project_root: str | None = None) -> None:
     """Register the schema so `conf/config.yaml` can extend it (`defaults: [config_schema, ...]`),
-    and the `${project_root:}` resolver (the folder of launch.py; the working directory otherwise)."""
+    the `${project_root:}` resolver (the folder of launch.py; the working directory otherwise) and
+    `${demo_eval_split:meta_path,demo_data_dir}` (see demo_eval_split)."""
     import os
 
     from hydra.core.config_store import ConfigStore
@@ -410,6 +454,7 @@ def register_configs(project_root: str | None = None) -> None:
 
     root = os.path.abspath(project_root or os.getcwd())
     OmegaConf.register_new_resolver("project_root", lambda: root, replace=True)
+    OmegaConf.register_new_resolver("demo_eval_split", demo_eval_split, replace=True)
 
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)

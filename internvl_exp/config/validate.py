@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from internvl_exp.config.resolve import planned_world_size, recipe_gaps
 from internvl_exp.config.strict import secret_problems, unknown_key_problems
 from internvl_exp.data.templates import TEMPLATES
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.arch import random_init_refusal
 from internvl_exp.models.registry import PART_MODES, PARTS
-from internvl_exp.train.precision import precision_problems
-from internvl_exp.train.batch import batch_problems, world_size
-from internvl_exp.train.eval_settings import eval_problems
-from internvl_exp.train.resume import resume_problems
+from internvl_exp.config.precision import precision_problems
+from internvl_exp.config.batch import batch_problems
+from internvl_exp.config.eval_settings import eval_problems
+from internvl_exp.train.checkpointing.resume import resume_problems
+from internvl_exp.config.chunked_loss import CHUNK_SETTINGS
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
 # Official conversation templates a preset names that internvl_exp.data.templates does not implement yet.
@@ -27,6 +29,9 @@ SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "warmup_st
 
 def config_problems(cfg: Any) -> list[str]:
     problems: list[str] = [*unknown_key_problems(cfg), *secret_problems(cfg)]  # config/strict.py
+    gaps = recipe_gaps(cfg)
+    if gaps:  # the rules below compare these values
+        return problems + gaps
     parts = dict(cfg.freeze.parts)
     missing = [p for p in PARTS if p not in parts]
     unknown = [p for p in parts if p not in PARTS]
@@ -43,11 +48,13 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("freeze.parts: every part is frozen, so nothing would train; set at least one part to full or lora")
     problems += _freeze_problems(cfg)
     problems += _model_problems(cfg.model)
-    problems += precision_problems(cfg)  # train/precision.py
+    problems += precision_problems(cfg)  # config/precision.py
     if not 1 <= cfg.model.min_dynamic_patch <= cfg.model.max_dynamic_patch:
         problems.append("model.min_dynamic_patch/max_dynamic_patch: need 1 <= min_dynamic_patch <= max_dynamic_patch")
     if cfg.data.length_policy not in ("drop", "truncate"):
         problems.append(f"data.length_policy: {cfg.data.length_policy!r} is not 'drop' or 'truncate'")
+    if not 0.0 <= cfg.data.max_drop_share <= 1.0:
+        problems.append(f"data.max_drop_share: {cfg.data.max_drop_share} must be in [0, 1] (1 accepts any loss)")
     if cfg.data.on_error not in ("strict", "skip"):
         problems.append(f"data.on_error: {cfg.data.on_error!r} is not 'strict' or 'skip'")
     if cfg.data.name == "meta" and not cfg.data.meta_path:
@@ -68,8 +75,8 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("optimizer.warmup_ratio must be in [0, 1)")
     problems += _optimizer_problems(cfg)
     problems += _trainer_problems(cfg)
-    problems += eval_problems(cfg)  # train/eval_settings.py
-    problems += resume_problems(cfg.get("resume", "auto"))
+    problems += eval_problems(cfg)  # config/eval_settings.py
+    problems += resume_problems(cfg.resume)
     problems += _deepspeed_problems(cfg)
     if cfg.trainer.device not in ("auto", "cpu", "cuda"):
         problems.append(f"trainer.device: {cfg.trainer.device!r} is not auto, cpu or cuda")
@@ -81,6 +88,56 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append(f"logger.wandb.mode: {cfg.logger.wandb.mode!r} is not one of {list(WANDB_MODES)} "
                         "(offline writes <run_dir>/wandb/ to upload later with `wandb sync`)")
     problems += _distributed_problems(cfg.distributed)
+    problems += range_problems(cfg)
+    return problems
+
+
+# Numeric settings and the range each must fall in: (key, low, high, low inclusive, high inclusive, null allowed).
+# Checked with the config, so a wrong number stops the launch in one line before torch sees it.
+RANGES = (
+    ("optimizer.lr", 0.0, None, False, False, False),
+    ("optimizer.eps", 0.0, None, False, False, False),
+    ("optimizer.betas[0]", 0.0, 1.0, True, False, False),
+    ("optimizer.betas[1]", 0.0, 1.0, True, False, False),
+    ("trainer.logging_steps", 1, None, True, False, False),
+    ("trainer.save_steps", 1, None, True, False, False),
+    ("trainer.save_total_limit", 1, None, True, False, True),
+    ("trainer.dataloader_num_workers", 0, None, True, False, False),
+    ("trainer.peak_tflops", 0.0, None, False, False, True),
+    ("trainer.device_memory_gb", 0.0, None, False, False, True),
+    ("trainer.planner_mfu", 0.0, 1.0, False, True, False),
+    ("model.image_size", 0, None, False, False, False),
+    ("model.downsample_ratio", 0.0, 1.0, False, True, False),
+    ("data.min_num_frame", 1, None, True, False, False),
+    ("data.max_num_frame", 1, None, True, False, False),
+)
+
+
+def _in_range(value: float, low: float | None, high: float | None, low_in: bool, high_in: bool) -> bool:
+    if low is not None and (value < low or (value == low and not low_in)):
+        return False
+    return not (high is not None and (value > high or (value == high and not high_in)))
+
+
+def range_problems(cfg: Any) -> list[str]:
+    """One line per numeric setting outside its range (RANGES)."""
+    from omegaconf import OmegaConf
+
+    problems = []
+    for key, low, high, low_in, high_in, nullable in RANGES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:  # null where the schema allows it (a non-Optional key cannot compose as null)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _in_range(value, low, high, low_in,
+                                                                                             high_in):
+            lo = "" if low is None else f"{'[' if low_in else '('}{low}"
+            hi = "" if high is None else f"{high}{']' if high_in else ')'}"
+            want = f"in {lo}, {hi}" if low is not None and high is not None else (
+                f"{'>=' if low_in else '>'} {low}" if low is not None else f"{'<=' if high_in else '<'} {high}")
+            problems.append(f"{key}: {value!r} must be {want}" + (" (or null)" if nullable else ""))
+    d = cfg.data
+    if d.min_num_frame > d.max_num_frame:
+        problems.append(f"data.min_num_frame={d.min_num_frame} is above data.max_num_frame={d.max_num_frame}")
     return problems
 
 
@@ -96,7 +153,7 @@ def _distributed_problems(d: Any) -> list[str]:
 
         return slurm_problems(d)
     problems = []
-    nodes, node_rank, endpoint = d.get("nnodes", 1), d.get("node_rank", 0), d.get("rdzv_endpoint")
+    nodes, node_rank, endpoint = d.nnodes, d.node_rank, d.rdzv_endpoint
     if d.name == "single" and (d.nproc_per_node != 1 or nodes != 1):
         problems.append("distributed.nproc_per_node/nnodes: distributed=single runs one process in the Hydra job; "
                         "use distributed=torchrun distributed.nproc_per_node=N for several")
@@ -236,7 +293,9 @@ def _trainer_problems(cfg: Any) -> list[str]:
                         "trainer.num_train_epochs epochs")
     if t.max_steps is None and t.num_train_epochs <= 0:
         problems.append(f"trainer.num_train_epochs: {t.num_train_epochs} must be > 0 (or set trainer.max_steps)")
-    return problems + batch_problems(t, world_size(cfg.distributed))
+    if str(t.chunked_loss).strip().lower() not in CHUNK_SETTINGS:
+        problems.append(f"trainer.chunked_loss: {t.chunked_loss!r} is not one of auto, true, false")
+    return problems + batch_problems(t, planned_world_size(cfg.distributed))
 
 
 # ZeRO stages, and the stages that can offload each kind of state (DeepSpeed: parameters need ZeRO-3).
@@ -281,7 +340,7 @@ def validate(cfg: Any) -> None:
 
 
 def data_batching_problems(cfg: Any) -> list[str]:
-    """Packing, loss reduction and length grouping (data/packing.py, train/loss.py)."""
+    """Packing, loss reduction and length grouping (data/packing.py, train/recipe/loss.py)."""
     d, problems = cfg.data, []
     if d.loss_reduction not in ("token", "sample", "square"):
         problems.append(f"data.loss_reduction: {d.loss_reduction!r} is not token, sample or square")

@@ -59,7 +59,7 @@ def pixel_values(features: Sequence[dict[str, Any]]) -> torch.Tensor | None:
 
 
 class Collator:
-    """Padded rows; `loss_weight` per position for the trainer's loss (data/loss_weights.py, train/loss.py)."""
+    """Padded rows; `loss_weight` per position for the trainer's loss (data/loss_weights.py, train/recipe/loss.py)."""
 
     def __init__(self, pad_token_id: int | None, loss_reduction: str = "token"):
         self.loss_reduction = check_reduction(loss_reduction)

@@ -154,7 +154,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         arrays = []
         max_tiles = sample.max_tiles_per_image
         for path in sample.images:
-            img = load_rgb(path)
+            img = load_rgb(path, s.exif_transpose)
             arrays.append(image_to_tiles_u8(img, min(s.min_dynamic_patch, max_tiles), max_tiles, s.tile_size,
                                             s.use_thumbnail, s.resize_backend, jpeg))
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
@@ -219,6 +219,7 @@ def scan(entries: list[DatasetEntry], tokenizer: Any, template: str, settings: I
         report.skipped[p.reason] += 1
     report.problems = list(plan.problems)
     report.truncated = plan.truncated
+    report.exif_rotated, report.exif_transpose = plan.exif_rotated, settings.exif_transpose
     dataset = SupervisedDataset(plan, entries, planner)
     count_dataset(report, dataset)
     return dataset, report
@@ -234,6 +235,32 @@ def count_dataset(report: DataReport, dataset: SupervisedDataset) -> None:
     report.load_failures = dataset.load_failures
 
 
+def length_drop_problems(report: DataReport, usable: dict[str, int], max_share: float, max_seq_length: int,
+                         length_policy: str) -> str | None:
+    """Datasets the length policy emptied, or cut by more than `max_share` of their lines: the message that stops
+    the run (before the model loads), or None. Fills report.dropped_too_long either way."""
+    dropped: dict[str, int] = {}
+    lines: dict[str, int] = dict(usable)
+    for p in report.problems:
+        lines[p.dataset] = lines.get(p.dataset, 0) + 1
+        if p.reason in POLICY_REASONS:
+            dropped[p.dataset] = dropped.get(p.dataset, 0) + 1
+    report.dropped_too_long = dropped
+    over = [(name, n, n / lines[name]) for name, n in dropped.items()
+            if usable.get(name, 0) == 0 or n / lines[name] > max_share]
+    if not over:
+        return None
+    rows = "\n  ".join(f"{name}: {n:,} of {lines[name]:,} lines ({share:.0%}) longer than data.max_seq_length="
+                       f"{max_seq_length}" + (" -- nothing left of it" if usable.get(name, 0) == 0 else "")
+                       for name, n, share in over)
+    how = "even after truncation" if length_policy == "truncate" else "under data.length_policy=drop"
+    return (f"the length policy would drop too much data ({how}; data.max_drop_share={max_share:g}):\n  {rows}\n"
+            "fix: raise data.max_seq_length, or lower model.max_dynamic_patch (fewer image tokens per sample), or "
+            "set data.length_policy=truncate (cuts whole trailing turns), or accept a partial loss with "
+            "data.max_drop_share=1 (a dataset left empty must be fixed or removed from the mix); "
+            "`python -m internvl_exp.tools.data_check` lists every dropped line")
+
+
 def fatal_problems(report: DataReport) -> list[str]:
     """The problems that stop a run under on_error=strict (all but length-policy drops), as `file:line: reason: detail`."""
     return [str(p) for p in report.problems if p.reason not in POLICY_REASONS]
@@ -242,7 +269,7 @@ def fatal_problems(report: DataReport) -> list[str]:
 def build_dataset(entries: list[DatasetEntry], tokenizer: Any, template: str, settings: ImageSettings,
                   max_seq_length: int, length_policy: str = "drop", on_error: str = "strict",
                   system_message: str | None = None, seed: int = 0, scan_workers: int | None = 1,
-                  cache_dir: str | None = None) -> tuple[SupervisedDataset, DataReport]:
+                  cache_dir: str | None = None, max_drop_share: float = 1.0) -> tuple[SupervisedDataset, DataReport]:
     """Scan and plan every sample (the pre-flight check), then the dataset of epoch 0.
 
     `scan_workers`: processes for the scan (None: every core available); `cache_dir`: where the plan is
@@ -257,6 +284,9 @@ def build_dataset(entries: list[DatasetEntry], tokenizer: Any, template: str, se
             f"{len(bad)} problem(s) in the data (data.on_error=strict; fix them, or set data.on_error=skip to skip and count them):\n  "
             + "\n  ".join(bad)
         )
+    too_lossy = length_drop_problems(report, dataset._sizes, max_drop_share, max_seq_length, length_policy)
+    if too_lossy:
+        raise DataError(too_lossy)
     if report.skipped:
         log.warning("data: skipped %d sample(s) by reason: %s", sum(report.skipped.values()), dict(report.skipped))
         for p in report.problems[:20]:

@@ -112,10 +112,10 @@ def build_eval_datasets(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> t
 def train_and_eval_data(cfg: Any, tokenizer: Any, num_tokens_per_tile: int):
     """(train dataset, train report, eval dataset or None, eval report or None) of a composed config."""
     from internvl_exp.data.from_config import build_from_config
-    from internvl_exp.train.eval_settings import has_eval_datasets
+    from internvl_exp.config.eval_settings import has_eval_datasets
 
     train, report = build_from_config(cfg, tokenizer, num_tokens_per_tile)
-    fraction = float(cfg.data.get("eval_fraction") or 0.0)
+    fraction = float(cfg.data.eval_fraction)
     if fraction > 0:
         return split_held_out(train, report, fraction)
     if has_eval_datasets(cfg.data):

@@ -16,7 +16,7 @@ from internvl_exp.data.sources import DatasetEntry, load_entries
 def tokens_per_tile(model_cfg: Any) -> int:
     """Image tokens per tile from the model config alone, so the data can be scanned before the model is built.
     A checkpoint's config.json has been checked to agree with these numbers (models.resolve.check_weights)."""
-    from internvl_exp.models.loading import tokens_per_tile as formula
+    from internvl_exp.models.geometry import tokens_per_tile as formula
 
     return formula(model_cfg.image_size, model_cfg.patch_size, model_cfg.downsample_ratio)
 
@@ -33,6 +33,7 @@ def image_settings(cfg: Any, num_tokens_per_tile: int) -> ImageSettings:
         max_num_frame=cfg.data.max_num_frame,
         frame_sampling=cfg.data.frame_sampling,
         resize_backend=cfg.data.resize_backend,
+        exif_transpose=cfg.data.exif_transpose,
     )
 
 
@@ -64,6 +65,7 @@ def build_from_config(cfg: Any, tokenizer: Any, num_tokens_per_tile: int,
         image_settings(cfg, num_tokens_per_tile),
         max_seq_length=cfg.data.max_seq_length,
         length_policy=cfg.data.length_policy,
+        max_drop_share=cfg.data.max_drop_share,
         on_error=cfg.data.on_error,
         system_message=cfg.data.system_message,
         seed=cfg.data.seed,

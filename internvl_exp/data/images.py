@@ -32,11 +32,32 @@ def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         raise ValueError(f"unknown normalize_type {name!r}; choose one of {sorted(NORMALIZATION)}") from None
 
 
-def load_rgb(path) -> Image.Image:
-    """The decoded image in RGB (no extra copy when it already is RGB). Raises OSError on a broken file."""
+# Pillow's modes for 16-bit grayscale (how it opens a 16-bit gray PNG). Its convert("RGB") clips them at 255
+# instead of scaling, which turns nearly every such image white (InternVL's loader has the same fault).
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def to_rgb(im: Image.Image, copy: bool = False) -> Image.Image:
+    """`im` in RGB; 16-bit grayscale is scaled to 8 bits by round(v / 257) (65535 -> 255) first. An RGB image
+    comes back as it is unless `copy` (needed when `im` is closed or seeked to another frame afterwards)."""
+    if im.mode in SIXTEEN_BIT_MODES:
+        v = np.asarray(im).astype(np.uint32)
+        im = Image.fromarray(((v + 128) // 257).astype(np.uint8))  # == round(v / 257): no ties at integer v
+    return im if im.mode == "RGB" and not copy else im.convert("RGB")
+
+
+def load_rgb(path, exif_transpose: bool = False) -> Image.Image:
+    """The decoded image in RGB (no extra copy when it already is RGB). Raises OSError on a broken file.
+
+    `exif_transpose`: turn the image as its EXIF orientation tag says (data.exif_transpose); by default the
+    pixels are used as stored, as InternVL's loader does."""
     with Image.open(path) as im:
         im.load()
-        return im if im.mode == "RGB" else im.convert("RGB")
+        if exif_transpose:
+            from PIL import ImageOps
+
+            im = ImageOps.exif_transpose(im)
+        return to_rgb(im)
 
 
 def jpeg_reencode(image: Image.Image, rng: random.Random) -> Image.Image:

@@ -1,4 +1,4 @@
-"""Per-token loss weights, one rule for the padded and the packed collators (train/loss.py divides by their sum)."""
+"""Per-token loss weights, one rule for the padded and the packed collators (train/recipe/loss.py divides by their sum)."""
 
 from __future__ import annotations
 

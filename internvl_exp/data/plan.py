@@ -20,6 +20,7 @@ import numpy as np
 
 from internvl_exp.data.report import Problem
 from internvl_exp.data.sources import DatasetEntry, RawLine
+from internvl_exp.redact import scrub, secret_values
 
 # Row arrays (name -> dtype). `tiles_at` indexes the flat `tiles` array (tiles per kept image, in order).
 ROW_FIELDS: dict[str, str] = {
@@ -48,6 +49,7 @@ class Plan:
     tiles: np.ndarray  # uint8, flat
     problems: list[Problem] = field(default_factory=list)
     truncated: int = 0
+    exif_rotated: int = 0  # images of usable lines whose EXIF orientation tag asks for a rotation/mirror
 
     def __len__(self) -> int:
         return len(self.rows["line_no"])
@@ -72,10 +74,14 @@ class Plan:
         for name, arr in self.rows.items():
             np.save(directory / f"{name}.npy", np.ascontiguousarray(arr))
         np.save(directory / "tiles.npy", self.tiles)
+        secrets = secret_values()
         with open(directory / "problems.jsonl", "w", encoding="utf-8") as f:
             for p in self.problems:
-                f.write(json.dumps([p.where, p.reason, p.detail, p.dataset], ensure_ascii=False) + "\n")
-        (directory / "summary.json").write_text(json.dumps({"truncated": self.truncated, "rows": len(self)}))
+                # A cache outlives the run and is shared: a secret in a path or a bad line stays out of it.
+                fields = [scrub(str(v), secrets) for v in (p.where, p.reason, p.detail, p.dataset)]
+                f.write(json.dumps(fields, ensure_ascii=False) + "\n")
+        (directory / "summary.json").write_text(json.dumps({"truncated": self.truncated, "rows": len(self),
+                                                                    "exif_rotated": self.exif_rotated}))
 
     @classmethod
     def load(cls, directory: Path) -> "Plan":
@@ -85,7 +91,7 @@ class Plan:
         with open(directory / "problems.jsonl", encoding="utf-8") as f:
             problems = [Problem(*json.loads(line)) for line in f]
         summary = json.loads((directory / "summary.json").read_text())
-        return cls(rows, tiles, problems, int(summary["truncated"]))
+        return cls(rows, tiles, problems, int(summary["truncated"]), int(summary.get("exif_rotated", 0)))
 
 
 class LineReader:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from internvl_exp.data.image_header import HeaderCache
+from internvl_exp.data.image_header import SWAPS_SIZE, HeaderCache
 from internvl_exp.data.images import RESIZE_BACKENDS
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import IMAGE_PLACEHOLDER, ConversationError, count_turns, normalise_roles
@@ -24,10 +25,14 @@ from internvl_exp.data.tiling import choose_grid
 from internvl_exp.data.video import FRAME_SAMPLING, VideoError, VideoInfo, expand_video_placeholder, probe_video, video_kind
 
 VIDEO_PLACEHOLDER = "<video>"
+# A JSON escape of a UTF-16 surrogate: json.loads accepts a lone one ("\ud800") and returns a str that no
+# tokenizer (nor UTF-8) can take, so lines holding such an escape are checked string by string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 # Every reason a line can be skipped, with what it means (used in reports and docs/data.md).
 REASONS: dict[str, str] = {
-    "invalid_json": "the line is not valid JSON, or not a JSON object",
+    "invalid_json": "the line is not valid JSON, not a JSON object, or not valid text (bad UTF-8, or a lone "
+    "UTF-16 surrogate escape such as \"\\ud800\")",
     "bad_conversation": "'conversations' missing or malformed: unknown role, roles not alternating human/gpt, "
     "or not ending with a gpt answer",
     "bad_media_field": "'image'/'video'/'clip' has the wrong type, or a line has both 'image' and 'video'",
@@ -65,6 +70,8 @@ class ImageSettings:
     max_num_frame: int = 32
     frame_sampling: str = "rand"
     resize_backend: str = "pil"
+    # Apply an image's EXIF orientation before tiling (off: pixels as stored, as InternVL's loader reads them).
+    exif_transpose: bool = False
 
     def __post_init__(self) -> None:
         if self.resize_backend not in RESIZE_BACKENDS:
@@ -97,6 +104,7 @@ class PlannedSample:
     length: int
     supervised_tokens: int
     truncated: bool = False
+    rotated: int = 0  # images of the line whose EXIF orientation tag asks for a rotation or mirror (2-8)
 
     @property
     def num_frames(self) -> int:
@@ -131,6 +139,28 @@ def _media_fields(sample: dict) -> tuple[list[str], str | None, list[float] | No
         if not ok:
             raise Skip("bad_media_field", f"'clip' must be [start, end] in seconds with 0 <= start < end, got {clip!r}")
     return images, (video or None), clip
+
+
+def _lone_surrogate(value: object, where: str = "") -> str | None:
+    """Where in the parsed line a string holds an unpaired surrogate (e.g. "conversations[1].value"), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "the line"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            at = f"{where}.{key}" if where else str(key)
+            found = _lone_surrogate(key, f"a key of {where or 'the line'}") or _lone_surrogate(item, at)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _lone_surrogate(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _first_human(convs: list[dict]) -> int:
@@ -170,6 +200,11 @@ class Planner:
             raise Skip("invalid_json", f"not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(sample, dict):
             raise Skip("invalid_json", "a line must be a JSON object")
+        if _SURROGATE_ESCAPE.search(line.text):
+            bad = _lone_surrogate(sample)
+            if bad is not None:
+                raise Skip("invalid_json", f"{bad} holds a lone UTF-16 surrogate (an escape like \"\\ud800\" without its "
+                           "pair): not valid Unicode text; fix or remove the escape")
         try:
             turns = normalise_roles(sample.get("conversations"))
         except ConversationError as e:
@@ -182,12 +217,13 @@ class Planner:
         convs, media, video_raw, clip = self._parse(line)
         s = self.settings
         video = None
+        rotated = 0
         if video_raw is not None:
             video, tiles = self._plan_video(entry, line, convs, video_raw, clip)
             paths: list[Path] = []
             per_image = 1
         else:
-            paths, per_image, tiles = self._plan_images(entry, convs, media)
+            paths, per_image, tiles, rotated = self._plan_images(entry, convs, media)
         # The roles were checked by _parse: count_turns need not check them again.
         blocks = count_turns(convs, self.tokenizer, self.template, [n * s.tokens_per_tile for n in tiles],
                              self.system_message, roles_checked=True)
@@ -204,7 +240,7 @@ class Planner:
                 video = None
             truncated = True
         supervised = sum(b["supervised"] for b in blocks)
-        return PlannedSample(entry, line, convs, paths, video, per_image, tiles, length, supervised, truncated)
+        return PlannedSample(entry, line, convs, paths, video, per_image, tiles, length, supervised, truncated, rotated)
 
     def materialize(self, entry: DatasetEntry, line: RawLine, *, per_image: int, tiles: list[int], n_frames: int,
                     video_first: int, video_count: int, turns: int, length: int, supervised: int,
@@ -241,25 +277,31 @@ class Planner:
         if n_ph != len(media):
             raise Skip("image_count_mismatch", f"{n_ph} <image> placeholder(s) but {len(media)} image(s)")
 
-    def _plan_images(self, entry: DatasetEntry, convs: list[dict], media: list[str]) -> tuple[list[Path], int, list[int]]:
+    def _plan_images(self, entry: DatasetEntry, convs: list[dict],
+                     media: list[str]) -> tuple[list[Path], int, list[int], int]:
+        """(paths, tile budget per image, tiles per image, images with an EXIF rotation tag)."""
         self._image_placeholders(convs, media)
         paths = [self._path(entry, m) for m in media]
         sizes = []
+        rotated = 0
         for p in paths:
             try:
-                sizes.append(self._headers.size(p))
+                (w, h), orientation = self._headers.info(p)
             except FileNotFoundError:
                 raise Skip("missing_media", f"image {p} does not exist (or is not a file)") from None
             except IsADirectoryError:
                 raise Skip("missing_media", f"image {p} does not exist (or is not a file)") from None
             except (OSError, Image.DecompressionBombError) as e:
                 raise Skip("corrupt_media", f"cannot read image {p}: {e}") from None
+            rotated += orientation != 1
+            # Transposed on load (data.exif_transpose): the tiles are those of the turned image.
+            sizes.append((h, w) if self.settings.exif_transpose and orientation in SWAPS_SIZE else (w, h))
         s = self.settings
         budget = entry.max_dynamic_patch or s.max_dynamic_patch
         # InternVL's multi-image split: each image gets an equal share of the dataset's tile budget.
         per_image = max(1, budget // len(media)) if media else budget
         tiles = [_num_tiles(w, h, s.min_dynamic_patch, per_image, s) for w, h in sizes]
-        return paths, per_image, tiles
+        return paths, per_image, tiles, rotated
 
     def _path(self, entry: DatasetEntry, media: str) -> Path:
         """entry.root / media, remembered: mixes name the same images again and again (a Path costs ~5 us)."""

@@ -50,6 +50,7 @@ from internvl_exp.data.report import Problem
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import refresh_token_counts
 from internvl_exp.errors import UserError
+from internvl_exp.redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ PROGRESS_MIN_LINES = 5000  # about a second of scanning: below that a bar is noi
 MIN_CHUNK, MAX_CHUNK = 256 << 10, 8 << 20  # bytes of annotation per worker task
 # Only these settings decide the plan (the resize kernel, normalisation and frame choice act at load time).
 PLAN_SETTINGS = ("tile_size", "tokens_per_tile", "min_dynamic_patch", "max_dynamic_patch", "use_thumbnail",
-                 "min_num_frame", "max_num_frame")
+                 "min_num_frame", "max_num_frame", "exif_transpose")  # a transposed image has other tiles
 
 
 def available_cores() -> int:
@@ -124,7 +125,7 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
     rows: list[tuple] = []  # in _ROW_ORDER
     tiles: list[int] = []
     problems: list[Problem] = []
-    truncated = 0
+    truncated = rotated = 0
     pos = 0
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
@@ -145,6 +146,7 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
             problems.append(Problem(f"{entry.annotation}:{line_no}", reason, detail, entry.name))
             continue
         truncated += sample.truncated
+        rotated += sample.rotated
         video = sample.video
         rows.append((d, line_no, offset, len(raw), sample.length, sample.supervised_tokens, sample.max_tiles_per_image,
                      0 if video else len(sample.num_tiles), len(tiles), len(sample.num_tiles) if video else 0,
@@ -155,7 +157,7 @@ def _scan_chunk(task: tuple[int, int, int, int]) -> dict[str, Any]:
     columns = list(zip(*rows)) if rows else [()] * len(_ROW_ORDER)
     arrays = {name: np.asarray(values, dtype=ROW_FIELDS[name]) for name, values in zip(_ROW_ORDER, columns)}
     return {"rows": arrays, "tiles": np.asarray(tiles, dtype=np.uint8), "problems": problems,
-            "truncated": truncated, "lines": len(lines)}
+            "truncated": truncated, "rotated": rotated, "lines": len(lines)}
 
 
 def _join(parts: list[dict[str, Any]]) -> Plan:
@@ -167,7 +169,8 @@ def _join(parts: list[dict[str, Any]]) -> Plan:
     rows = {name: np.concatenate([p["rows"][name] for p in parts]) if parts else np.empty(0, ROW_FIELDS[name])
             for name in ROW_FIELDS}
     return Plan(rows, np.concatenate(tiles) if tiles else np.empty(0, np.uint8),
-                [q for p in parts for q in p["problems"]], sum(p["truncated"] for p in parts))
+                [q for p in parts for q in p["problems"]], sum(p["truncated"] for p in parts),
+                sum(p["rotated"] for p in parts))
 
 
 def scan_files(entries: list[DatasetEntry], planner: Planner, workers: int) -> tuple[Plan, dict[str, str]]:
@@ -316,12 +319,11 @@ def _fresh(directory: Path, entries: list[DatasetEntry]) -> bool:
         manifest = json.loads((directory / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    files = manifest.get("files", {})
+    files = manifest.get("files")
+    if not isinstance(files, list) or len(files) != len(entries):
+        return False
     changed = False
-    for e in entries:
-        rec = files.get(str(e.annotation.resolve()))
-        if rec is None:
-            return False
+    for e, rec in zip(entries, files):  # in dataset order (the plan key covers the paths themselves)
         if rec["stat"] != _stat_identity(e.annotation):
             if file_fingerprint(e.annotation) != rec["fingerprint"]:
                 return False
@@ -373,7 +375,12 @@ def build_plan(entries: list[DatasetEntry], planner: Planner, workers: int | Non
         tmp = root / f"{key}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         plan.save(tmp)
-        files = {e: {"fingerprint": fp, "stat": _stat_identity(Path(e))} for e, fp in fingerprints.items()}
+        # Listed in dataset order, the path only for a reader and scrubbed: a cache must not keep a secret
+        # found in a path (redact.py); matching is by position, since the plan key already hashes the paths.
+        files = []
+        for e in entries:
+            path = str(e.annotation.resolve())
+            files.append({"path": scrub(path), "fingerprint": fingerprints[path], "stat": _stat_identity(Path(path))})
         _write_manifest(tmp, {"key": key, "files": files, "created": time.time(), "pid": os.getpid()})
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)

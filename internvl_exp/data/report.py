@@ -74,7 +74,12 @@ class DataReport:
     tokens: int = 0  # total tokens in one epoch
     supervised_tokens: int = 0
     load_failures: LoadFailures | None = None
+    # dataset -> lines the length policy dropped (data.max_drop_share bounds the share; data/dataset.py)
+    dropped_too_long: dict[str, int] = field(default_factory=dict)
     plan_source: str = "scan"  # "scan" (no cache), "cache-miss" (scanned and cached) or "cache-hit"
+    # Images (of usable lines) with an EXIF orientation tag other than 1, and whether it is applied on load.
+    exif_rotated: int = 0
+    exif_transpose: bool = False
 
     def count_epoch(self, plan: Any, rows: np.ndarray) -> None:
         """Samples and (supervised) tokens of one epoch: `rows` are the plan rows of the epoch's samples."""
@@ -89,6 +94,7 @@ class DataReport:
             "per_dataset": dict(self.per_dataset),
             "skipped_by_reason": dict(self.skipped),
             "truncated": self.truncated,
+            "dropped_too_long_per_dataset": dict(self.dropped_too_long),
             "tokens_per_epoch": self.tokens,
             "supervised_tokens_per_epoch": self.supervised_tokens,
         }
@@ -99,5 +105,15 @@ class DataReport:
             failures = self.load_failures.as_dict(all_ranks)
             out["load_failures_by_reason"] = failures
             out["load_failures"] = sum(failures.values())
+        out["images_with_exif_rotation"] = self.exif_rotated
         out["plan"] = self.plan_source
         return out
+
+    def exif_note(self) -> str:
+        """One line on EXIF rotation tags for the data header ("" when no image has one)."""
+        if not self.exif_rotated:
+            return ""
+        if self.exif_transpose:
+            return f"{self.exif_rotated:,} image(s) with an EXIF rotation tag, turned upright on load (data.exif_transpose=true)"
+        return (f"{self.exif_rotated:,} image(s) with an EXIF rotation tag, used as stored, as InternVL does "
+                "(data.exif_transpose=true turns them upright)")

@@ -23,6 +23,8 @@ from typing import Sequence
 
 from PIL import Image
 
+from internvl_exp.data.images import to_rgb
+
 FRAME_SAMPLING = ("rand", "middle")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -205,12 +207,12 @@ def _load_image_frames(path: Path, kind: str, wanted: Sequence[int]) -> list[Ima
         files = folder_frames(path)
         for i in wanted:
             with Image.open(files[i]) as im:
-                out.append(im.convert("RGB"))
+                out.append(to_rgb(im, copy=True))
         return out
     with Image.open(path) as im:
         for i in wanted:
             im.seek(i)
-            out.append(im.convert("RGB"))
+            out.append(to_rgb(im, copy=True))
     return out
 
 

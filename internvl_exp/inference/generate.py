@@ -31,11 +31,14 @@ class Sampling:
 def open_images(paths: Sequence[str | Path]) -> list[Any]:
     from PIL import Image
 
+    from internvl_exp.data.images import to_rgb
+
     images = []
     for p in paths:
         if not Path(p).is_file():
             raise MissingImageError(f"{p}: no such image file")
-        images.append(Image.open(p).convert("RGB"))
+        with Image.open(p) as im:
+            images.append(to_rgb(im, copy=True))  # as training reads it: 16-bit grayscale scaled, not clipped
     return images
 
 
@@ -84,7 +87,7 @@ def prepare(processor: Any, conversations: Sequence[Sequence[dict]], images: Seq
 def generate(loaded: Any, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence[Any]],
              sampling: Sampling, streamer: Any = None, synced_gpus: bool = False) -> list[str]:
     """One answer per conversation (each ends with a user turn). `synced_gpus`: every process keeps running
-    forwards until all have finished (ZeRO-3 during training's eval: train/evaluation.py)."""
+    forwards until all have finished (ZeRO-3 during training's eval: train/recipe/evaluation.py)."""
     import torch
 
     model, processor = loaded.model, loaded.processor

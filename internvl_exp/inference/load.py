@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.config.resolve import run_config
 from internvl_exp.errors import UserError
 
 
@@ -23,13 +24,6 @@ class Loaded:
     source: str  # what was loaded, for the banner
     template: str | None  # model.template when known (run config or the saved chat template)
     run_config: dict[str, Any]
-
-
-def run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def _template_of(processor: Any, config: dict[str, Any]) -> str | None:
@@ -54,14 +48,16 @@ def device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, Any]:
 
 
 def _from_dir(model_dir: Path, adapter: Path | None, dtype: Any):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=dtype)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
-    processor = AutoProcessor.from_pretrained(str(adapter or model_dir))
+    from internvl_exp.models.processor import from_pretrained_dir
+
+    processor = from_pretrained_dir(adapter or model_dir)  # on the backend the run trained with (its pixels)
     return model, processor
 
 
@@ -72,13 +68,17 @@ def _native(path: Path, config: dict[str, Any]) -> Path:
         return path
     from internvl_exp.models.convert import ensure_converted
 
-    cache = ((config.get("paths") or {}).get("cache_dir")) or str(Path.home() / ".cache" / "internvl_exp")
+    cache = (config.get("paths") or {}).get("cache_dir")
+    if not cache:  # a model directory outside a run: the project's own cache (paths.cache_dir's default)
+        from internvl_exp.launch.precheck import compose_config
+
+        cache = compose_config([]).paths.cache_dir
     return Path(ensure_converted(path, Path(cache)))
 
 
 def load_for_inference(target: str, device: str | None = None, dtype: str | None = None) -> Loaded:
     """The model (eval mode, on `device`) and processor of a run dir, model dir, adapter dir or preset name."""
-    from internvl_exp.train.lora import base_model_dir
+    from internvl_exp.train.tuning.lora import base_model_dir
 
     path = Path(target)
     config: dict[str, Any] = {}
@@ -114,7 +114,6 @@ def _preset(name: str, device: str | None, dtype: str | None) -> Loaded:
     """A preset (`model=<name>`), its weights found as a run finds them (never downloaded)."""
     from omegaconf import OmegaConf
 
-    from internvl_exp.data.from_config import tokens_per_tile
     from internvl_exp.models.loading import load_model, load_processor, load_tokenizer, native_checkpoint
     from internvl_exp.models.resolve import resolve_weights
     from internvl_exp.launch.precheck import compose_config
@@ -123,15 +122,16 @@ def _preset(name: str, device: str | None, dtype: str | None) -> Loaded:
         cfg = compose_config([f"model={name}"])
     except Exception as e:  # hydra: unknown option
         raise InferenceTargetError(f"{name}: not a directory and not a model preset (conf/model/): {e}") from None
-    if dtype:
-        cfg.model.dtype = dtype
+    if dtype:  # the command's --dtype is this preset's setting (composed, then resolved again)
+        cfg = compose_config([f"model={name}", f"model.dtype={dtype}"])
     weights = resolve_weights(cfg)
     checkpoint = native_checkpoint(weights, Path(cfg.paths.cache_dir), cfg.model.random_init)
     tokenizer = load_tokenizer(cfg.model, checkpoint)
     model = load_model(cfg.model, tokenizer, checkpoint)
     model.config.use_cache = True
     model.config.get_text_config().use_cache = True
-    processor = load_processor(cfg.model, tokenizer, tokens_per_tile(cfg.model), checkpoint, cfg.data.system_message)
+    processor = load_processor(cfg.model, tokenizer, cfg.resolved.tokens_per_tile, checkpoint, cfg.data.system_message,
+                               cfg.data.resize_backend)
     dev, _ = device_and_dtype(device, dtype)
     config = OmegaConf.to_container(cfg, resolve=False)
     return Loaded(model.to(dev).eval(), processor, f"preset {name} ({checkpoint or 'random init'})",

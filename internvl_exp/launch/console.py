@@ -1,5 +1,5 @@
 """What a run prints for people: the config as a tree (with print_config=true; the short header is
-train/console_header.py), one summary line at the end."""
+train/reporting/console_header.py), one summary line at the end."""
 
 from __future__ import annotations
 

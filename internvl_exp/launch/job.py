@@ -17,13 +17,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from internvl_exp.config.validate import validate
+from internvl_exp.config.resolve import resolve, resolve_device
 from internvl_exp.errors import ConfigError, UserError
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import configure, scrub, scrub_tree
-from internvl_exp.train.eval_settings import optimized_metric
-from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
+from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +71,39 @@ def _traceback_to_log_files(error: BaseException) -> None:
             handler.handle(record)
 
 
+# The topmost folder of a single run's directory that did not exist before Hydra made it (hydra_callbacks.RunGuard
+# notes it before the directory is created), so a rejected run removes exactly what its launch made.
+_made_from: list[Path] = []
+
+
+def note_new_dirs(run_dir: Path) -> None:
+    """Before Hydra creates `run_dir`: remember its topmost ancestor that does not exist yet."""
+    top = None
+    for p in [run_dir, *run_dir.parents]:
+        if p.exists():
+            break
+        top = p
+    _made_from[:] = [top] if top is not None else []
+
+
 def _discard_run_dir(root: Path) -> None:
     """Remove a single run's directory that holds nothing but an empty-so-far log (Hydra made it before the
-    job started), and its experiment folder if that is then empty."""
+    job started), and the folders above it that this launch made, if they are then empty."""
     if not root.is_dir() or any(p.name != "train.log" for p in root.iterdir()):
         return
     for p in root.iterdir():
         p.unlink()
     root.rmdir()
-    if root.parent.is_dir() and not any(root.parent.iterdir()):
-        root.parent.rmdir()
+    _discard_made_parents(root)
+
+
+def _discard_made_parents(root: Path) -> None:
+    """The folders above a removed run directory that this launch made, if they are now empty."""
+    top = _made_from[0] if _made_from else root.parent
+    for parent in root.parents:
+        if not parent.is_dir() or any(parent.iterdir()) or top not in (parent, *parent.parents):
+            break
+        parent.rmdir()
 
 
 def _failed_before_first_step(error: Exception, root: Path) -> None:
@@ -93,8 +115,7 @@ def _failed_before_first_step(error: Exception, root: Path) -> None:
     if not clear:
         log.error("run failed before its first step: %s: %s", type(error).__name__, error, exc_info=True)
     shutil.rmtree(root, ignore_errors=True)
-    if root.parent.is_dir() and not any(root.parent.iterdir()):
-        root.parent.rmdir()
+    _discard_made_parents(root)
     raise SystemExit(scrub(f"run failed: {type(error).__name__}: {error}") if clear else 1) from None
 
 
@@ -112,15 +133,23 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
     configure(cfg.get("secrets"))  # the run's `secrets` patterns, before anything is written
     rd = RunDir(run_dir)
     sweep = sweep_dir is not None
+    name_run(cfg, rd.root, sweep_dir)
+    spec = None
     if not sweep:
-        # A single run that fails validation leaves no directory (launched by Hydra, RunGuard has already
-        # checked before the directory existed; this covers run_job called directly).
+        # The one resolution and validation of the run (config/resolve.py). A single run that fails it leaves no
+        # directory (Hydra made one with an empty log before the job started).
         try:
-            validate(cfg)
+            spec = resolve(cfg, overrides)
         except ConfigError as e:
             _discard_run_dir(rd.root)
             raise SystemExit(str(e)) from None
-    # Before anything is written: a finished run is never overwritten (train/resume.py).
+        from internvl_exp.launch.precheck import data_file_error
+
+        problem = data_file_error(spec)  # a missing meta/annotation file: in a second, before torch is imported
+        if problem is not None:
+            _discard_run_dir(rd.root)
+            raise SystemExit(f"run failed: {problem}")
+    # Before anything is written: a finished run is never overwritten (train/checkpointing/resume.py).
     try:
         plan_resume(cfg.get("resume", "auto"), rd.root, warn=False)
     except RunRefused as e:
@@ -128,20 +157,25 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
             log.error("job %s not run: %s", rd.root.name, e)
             return None
         raise SystemExit(str(e)) from None
-    from internvl_exp.train.resume import has_work
+    from internvl_exp.train.checkpointing.resume import has_work
 
     fresh = not has_work(rd.root)  # nothing of an earlier attempt here (a failure may then remove the directory)
     rd.root.mkdir(parents=True, exist_ok=True)
     training = False  # set once the training processes start (before: nothing of the run exists but its config)
     try:
-        name_run(cfg, rd.root, sweep_dir)
-        saved = write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # scrubbed
-        if sweep:
-            validate(cfg)  # before anything heavy is imported or loaded; the failure is recorded below
+        if spec is None:  # a sweep job: its failure to resolve is recorded in its directory, and the sweep goes on
+            try:
+                spec = resolve(cfg, overrides)
+            except ConfigError:
+                write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # what was asked
+                raise
+        resolve_device(spec)
+        cfg = spec  # from here on, only the resolved spec
+        saved = write_config(rd, OmegaConf.to_container(spec, resolve=True), overrides)  # scrubbed
         weights = resolve_weights(cfg)  # the weights are on this machine (or random is asked for): fail in seconds
 
         from internvl_exp.provenance import write_provenance
-        from internvl_exp.train.console_header import print_launch_header
+        from internvl_exp.train.reporting.console_header import print_launch_header
 
         print_launch_header(cfg, saved, weights, rd.root)  # the config tree too under print_config=true
         write_provenance(rd.provenance, Path(cfg.paths.root_dir))
@@ -163,8 +197,8 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
             if metrics.get("status") == "preempted":  # rank 0 saved the checkpoint and wrote metrics.json
                 raise Preempted(metrics.get("signal", "a signal"), metrics.get("checkpoint"), metrics, caught)
         else:
-            from internvl_exp.train.loggers import experiment_logger
-            from internvl_exp.train.run import run
+            from internvl_exp.train.reporting.loggers import experiment_logger
+            from internvl_exp.train.recipe.run import run
 
             with experiment_logger(cfg, rd, saved):
                 metrics = run(cfg, rd)
@@ -190,8 +224,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
             _failed_before_first_step(e, rd.root)
         record_failure(rd, e, started)
         # A user mistake (config key, data file:line) shows just its message on the console; a bug shows the
-        # traceback too. train.log always keeps the traceback.
-        # The message is said once, by the exit below; a bug's traceback goes to the console too.
+        # traceback too. train.log always keeps the traceback. The message is said once, by the exit below; a bug's traceback goes to the console too.
         clear = isinstance(e, UserError) or getattr(e, "one_line", False)
         if clear:
             _traceback_to_log_files(e)
@@ -208,7 +241,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
 
     from internvl_exp.launch.console import summary_line
 
-    metric = optimized_metric(cfg)  # auto: final_eval_loss with eval data, else final_loss
+    metric = cfg.optimized_metric  # resolved: final_eval_loss with eval data, else final_loss
     value = objective(metrics, metric, sweep)
     metrics.update({"optimized_metric": metric, "objective": value})
     write_json_atomic(rd.metrics, metrics)

@@ -19,22 +19,14 @@ from internvl_exp.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]  # the folder of launch.py and conf/
 
 
-def config_error(cfg: Any) -> str | None:
-    """The validation message for a composed config (secrets scrubbed), or None when it is valid."""
-    from internvl_exp.config.validate import validate
+def resolved_or_exit(cfg: Any, overrides: list[str] = ()) -> Any:
+    """The resolved spec of a composed config (config/resolve.py), or exit 1 with the validation message."""
+    from internvl_exp.config.resolve import resolve
 
     try:
-        validate(cfg)
+        return resolve(cfg, overrides)
     except ConfigError as e:
-        return str(e)
-    return None
-
-
-def check_or_exit(cfg: Any) -> None:
-    """Exit with status 1 and the validation message when `cfg` breaks a rule."""
-    message = config_error(cfg)
-    if message is not None:
-        raise SystemExit(message)
+        raise SystemExit(str(e)) from None
 
 
 def data_file_error(cfg: Any) -> str | None:
@@ -78,9 +70,11 @@ def check_override_keys(argv: list[str], config_dir: Path) -> None:
         raise SystemExit("\n".join(problems))
 
 
-def compose_config(overrides: list[str], config_dir: Path = ROOT / "conf", config_name: str = "config") -> Any:
-    """The task config Hydra would compose for `launch.py OVERRIDES` (run mode; same schema registration and
-    resolvers). The one composer of the tools (validate, data_check, plan, predict, chat) and of `--cfg`.
+def compose_config(overrides: list[str], config_dir: Path = ROOT / "conf", config_name: str = "config",
+                   check: bool = False) -> Any:
+    """The resolved run spec Hydra's job would get for `launch.py OVERRIDES` (run mode; same schema registration
+    and resolvers). The one composer of the tools (validate, data_check, plan, predict, chat) and of `--cfg`.
+    check=True validates (ConfigError); otherwise the caller validates the result once.
     A mistyped key raises Hydra's ConfigCompositionException with the one-line suggestion (launch/overrides.py)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -93,6 +87,7 @@ def compose_config(overrides: list[str], config_dir: Path = ROOT / "conf", confi
         if problems:
             raise ConfigCompositionException("\n".join(problems))
 
+    from internvl_exp.config.resolve import resolve
     from internvl_exp.config.schema import register_configs
     from internvl_exp.launch.resolvers import register_resolvers
 
@@ -100,11 +95,14 @@ def compose_config(overrides: list[str], config_dir: Path = ROOT / "conf", confi
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+        composed = compose(config_name=config_name, overrides=list(overrides))
+    return resolve(composed, overrides, check=check)
 
 
 def check_cfg_request(argv: list[str], config_dir: Path) -> None:
     """For `launch.py ... --cfg job|all`: exit non-zero with the launch's message when the config is invalid.
+    `--cfg job` (without --package) prints the resolved run spec itself, each value that a recipe or an override
+    decided marked with its origin, and exits: what the run would write as its config.yaml.
 
     A config that does not even compose is left to Hydra, which then reports it in its own words."""
     from hydra._internal.utils import get_args_parser
@@ -118,7 +116,13 @@ def check_cfg_request(argv: list[str], config_dir: Path) -> None:
     if args.config_dir:
         overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]")
     try:
-        cfg = compose_config(overrides, config_dir, args.config_name or "config")
+        spec = compose_config(overrides, config_dir, args.config_name or "config", check=True)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
     except Exception:  # Hydra's own --cfg path reports composition errors
         return
-    check_or_exit(cfg)
+    if args.cfg == "job" and not args.package:
+        from internvl_exp.config.show import annotated_yaml
+
+        print(annotated_yaml(spec), end="")
+        raise SystemExit(0)

@@ -1,6 +1,6 @@
 """Preemption signals in the processes between the scheduler and the workers, and handing a signal on.
 
-The training processes (train/preemption.py) turn SIGTERM or SIGUSR1 into "save a complete checkpoint at the
+The training processes (train/checkpointing/preemption.py) turn SIGTERM or SIGUSR1 into "save a complete checkpoint at the
 next step, then exit 143". The processes that start them (the Hydra job for distributed=torchrun, the SLURM
 task on each node for distributed=slurm, and torchrun itself) must neither die of those signals (SLURM signals
 every process of a job step, and an ended parent ends the step) nor deliver them a second time (a second signal

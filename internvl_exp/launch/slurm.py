@@ -15,7 +15,7 @@ Preemption and requeue: sbatch gets `--signal=USR1@<signal_delay_s>` and `--requ
 process of the step, the workers save a complete checkpoint at the next step and exit 143 (launch/signals.py
 keeps torchrun and this task alive meanwhile), then node 0's task requeues the job (`scontrol requeue`) unless
 submitit's own handler did, and every task exits 143. The requeued job runs the same tasks on the same run
-directory, which resume from that checkpoint (train/resume.py).
+directory, which resume from that checkpoint (train/checkpointing/resume.py).
 
 Light at import (validation imports `slurm_problems`): submitit is imported only to submit.
 """
@@ -245,12 +245,11 @@ class NodeLauncher:
     def run(self) -> dict[str, Any]:
         """Start and wait for this node's workers; rank 0's metrics (status preempted included; with
         `launcher_signal`, what this task caught meanwhile)."""
-        from omegaconf import OmegaConf
-
+        from internvl_exp.config.resolve import load_run_config
         from internvl_exp.launch.torchrun import launch_torchrun, workers_outcome
 
         rd = RunDir(Path(self.run_dir))
-        cfg = OmegaConf.load(rd.config)
+        cfg = load_run_config(rd.config)
         self.requeue, node = bool(cfg.distributed.requeue), SlurmNode.from_env()
         argv = node_torchrun_argv(cfg.distributed, rd.root, node)
         log.info("SLURM job %s node %d/%d: %s", node.job_id, node.node_rank, node.nnodes, " ".join(argv[1:]))
@@ -262,7 +261,7 @@ class NodeLauncher:
 
     def __call__(self) -> dict[str, Any]:
         from internvl_exp.launch.signals import pass_on
-        from internvl_exp.train.resume import PREEMPTED_EXIT_CODE
+        from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE
 
         _log_to_stdout()  # this task's log: submitit's <job>_<task>_log.out
         metrics = self.run()

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from internvl_exp.config.resolve import load_run_config
 from internvl_exp.dist import is_main_process, process_group, rank
 from internvl_exp.launch.signals import unshield
 from internvl_exp.outputs import RunDir
@@ -62,13 +63,13 @@ def main(argv: list[str]) -> int:
     # `kill -USR2 <pid>` prints every thread's Python stack: where a hung rank waits (docs/distributed.md).
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     rd = RunDir(Path(argv[0]))
-    cfg = OmegaConf.load(rd.config)
+    cfg = load_run_config(rd.config)  # the Hydra job's resolved spec, typed by the same schema
     configure(cfg.get("secrets"))
     setup_logging(rd)
     from internvl_exp.launch.job import record_failure
-    from internvl_exp.train.loggers import experiment_logger
-    from internvl_exp.train.resume import PREEMPTED_EXIT_CODE, Preempted
-    from internvl_exp.train.run import run
+    from internvl_exp.train.reporting.loggers import experiment_logger
+    from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted
+    from internvl_exp.train.recipe.run import run
 
     _init_cpu_process_group(cfg)
     try:
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> int:
 def _init_cpu_process_group(cfg: Any) -> None:
     """On CPU, the gloo process group with distributed.timeout_s: TrainingArguments passes its ddp_timeout to the
     process group only off-CPU, and gloo's own default lets a stalled rank hang the job for 30 minutes."""
-    from internvl_exp.train.args import use_cpu
+    from internvl_exp.train.recipe.args import use_cpu
 
     if not use_cpu(cfg.trainer):
         return

@@ -56,10 +56,41 @@ def random_init_refusal(model_cfg: Any) -> str | None:
     )
 
 
+def planning_arch(model_cfg: Any) -> tuple[Any, list[str]]:
+    """The preset for planning: a copy with each unsourced `model.arch.text` value that random init would refuse
+    filled from models.assumed_arch, and one line per reason naming what was assumed (empty: nothing assumed,
+    `model_cfg` itself is returned). A missing value with no recorded assumption stays a ConfigError."""
+    import copy
+
+    from internvl_exp.models.assumed_arch import assumed_text_values
+
+    if not missing_arch_fields(model_cfg):
+        return model_cfg, []
+    table = assumed_text_values(model_cfg.name)
+    cfg = copy.deepcopy(model_cfg)
+    used: dict[str, list[str]] = {}  # reason -> "field=value", in the order assumed
+    for _ in range(2):  # model_type first: it decides which other fields are needed
+        for key in missing_arch_fields(cfg):
+            field_name = key.rsplit(".", 1)[1]
+            if key.startswith("model.arch.text.") and field_name in table:
+                value, why = table[field_name]
+                cfg.arch.text[field_name] = value
+                shown = str(value).lower() if isinstance(value, bool) else value  # as the YAML would say it
+                used.setdefault(why, []).append(f"{field_name}={shown}")
+    still = missing_arch_fields(cfg)
+    if still:
+        raise ConfigError(
+            f"model.arch: preset {model_cfg.name!r} has no sourced value for {', '.join(still)}, and the planner "
+            f"records no assumption for them: set them on the command line (from the checkpoint's config.json, "
+            f"e.g. {still[0]}=...) to plan this model"
+        )
+    return cfg, [f"assumed model.arch.text.{', '.join(values)}: {why}" for why, values in used.items()]
+
+
 def internvl_config_dict(model_cfg: Any, image_token_id: int, pad_token_id: int | None,
                          eos_token_id: int | None) -> dict[str, Any]:
     """Keyword arguments of transformers' `InternVLConfig` for the preset's architecture."""
-    from internvl_exp.models.loading import tokens_per_tile
+    from internvl_exp.models.geometry import tokens_per_tile
 
     refusal = random_init_refusal(model_cfg)
     if refusal:

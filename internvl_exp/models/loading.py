@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from internvl_exp.errors import ConfigError, UserError
+from internvl_exp.models.geometry import tokens_per_tile
 
 if TYPE_CHECKING:
     from internvl_exp.models.resolve import Weights
 
 # torch is imported inside the functions: the geometry helpers here serve light config-time code too.
-DTYPE_NAMES = ("float32", "bfloat16", "float16")  # model.dtype=auto is resolved by train/precision.py
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # model.dtype=auto is resolved by config/precision.py
 
 
 class CheckpointMismatchError(UserError):
@@ -52,10 +53,6 @@ def load_tokenizer(model_cfg: Any, checkpoint: Path | None = None):
 def _no_weights(model_cfg: Any) -> str:
     return (f"model={model_cfg.name} needs its weights: resolve them first "
             "(internvl_exp.models.resolve.resolve_weights) or set model.random_init=true")
-
-
-def tokens_per_tile(image_size: int, patch_size: int, downsample_ratio: float) -> int:
-    return int((image_size // patch_size) ** 2 * downsample_ratio**2)
 
 
 def image_token_id(model_cfg: Any, tokenizer: Any) -> int:
@@ -102,7 +99,7 @@ def build_model_on_meta(model_cfg: Any):
 def _dtype(name: str):
     import torch
 
-    if name == "auto":  # outside a run (planning, tools): full precision; a run resolves it (train/precision.py)
+    if name == "auto":  # outside a run (planning, tools): full precision; a run resolves it (config/precision.py)
         name = "float32"
     if name not in DTYPE_NAMES:
         raise ConfigError(f"model.dtype: {name!r} is not one of {list(DTYPE_NAMES)}")
@@ -165,8 +162,10 @@ def config_tokens_per_tile(config: Any) -> int:
     return tokens_per_tile(size, patch, config.downsample_ratio)
 
 
-def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, system_message: str | None = None):
-    """An InternVLProcessor built from the model config (tiling, normalisation, chat template of model.template)."""
+def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, system_message: str | None = None,
+                    resize_backend: str = "pil"):
+    """An InternVLProcessor built from the model config (tiling, normalisation, chat template of model.template),
+    its image processor on `resize_backend`'s kernel (data.resize_backend: the training pixels)."""
     from internvl_exp.models.processor import make_processor
 
     return make_processor(
@@ -178,18 +177,20 @@ def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, sy
         template=model_cfg.template,
         normalize_type=model_cfg.normalize_type,
         system_message=system_message,
+        resize_backend=resize_backend,
     )
 
 
 def load_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, checkpoint: Path | None = None,
-                   system_message: str | None = None):
+                   system_message: str | None = None, resize_backend: str = "pil"):
     """The checkpoint's own processor when it ships one (native repos do), else one built from the model config.
-    Its tile counts follow the run's model.min/max_dynamic_patch and its chat template renders the run's
-    model.template (and data.system_message), so final/ preprocesses and prompts as training did."""
+    Its tile counts follow the run's model.min/max_dynamic_patch, its image processor the run's resize kernel
+    (`resize_backend`, data.resize_backend) and its chat template renders the run's model.template (and
+    data.system_message), so final/ preprocesses (pixels included) and prompts as training did."""
     if checkpoint is not None and any((checkpoint / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
-        from transformers import AutoProcessor
+        from internvl_exp.models.processor import from_pretrained_dir
 
-        processor = AutoProcessor.from_pretrained(str(checkpoint))
+        processor = from_pretrained_dir(checkpoint, resize_backend)
         if getattr(processor, "image_seq_length", num_tokens_per_tile) != num_tokens_per_tile:
             raise CheckpointMismatchError(
                 f"{checkpoint}: its processor puts {processor.image_seq_length} tokens per tile, the model "
@@ -203,4 +204,4 @@ def load_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, che
 
         processor.chat_template = template_for(model_cfg.template, system_message) or processor.chat_template
         return processor
-    return build_processor(model_cfg, tokenizer, num_tokens_per_tile, system_message)
+    return build_processor(model_cfg, tokenizer, num_tokens_per_tile, system_message, resize_backend)

@@ -7,7 +7,7 @@ Besides the four parts there is one sub-part, ``embeddings``: the LLM's input to
 ``llm`` (``part_of`` says ``llm``) but can be frozen on its own and kept out of weight decay. When the checkpoint
 ties ``lm_head`` to the input embeddings (one tensor), ``named_parameters`` lists that tensor once, under the
 embeddings name; freezing therefore requires ``lm_head`` and ``embeddings`` to have the same mode
-(checked in ``internvl_exp.train.freeze``).
+(checked in ``internvl_exp.train.tuning.freeze``).
 """
 
 from __future__ import annotations

@@ -166,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"config error: {e}", markup=False, style="red")
         return 2
 
-    from internvl_exp.data.dataset import fatal_problems, scan
-    from internvl_exp.data.from_config import dataset_entries, image_settings, scan_options, tokens_per_tile
+    from internvl_exp.data.dataset import fatal_problems, length_drop_problems, scan
+    from internvl_exp.data.from_config import dataset_entries, image_settings, scan_options
     from internvl_exp.data.sources import DataConfigError
     from internvl_exp.models.loading import load_tokenizer, native_checkpoint
     from internvl_exp.models.resolve import resolve_weights
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"model error: {e}", markup=False, style="red")
         return 2
     tokenizer = load_tokenizer(cfg.model, native_checkpoint(weights, Path(cfg.paths.cache_dir), cfg.model.random_init))
-    n_tok = tokens_per_tile(cfg.model)
+    n_tok = cfg.resolved.tokens_per_tile
     settings = image_settings(cfg, n_tok)
     d = cfg.data
     try:
@@ -194,8 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset.on_error = "skip"
     epoch = dataset.samples
 
+    from internvl_exp.train.reporting.console_header import data_line
+
+    console.print(data_line(cfg), markup=False, soft_wrap=True)  # where the data (and the eval data) come from
     console.print(
-        f"[bold]data={d.name}[/] template={cfg.model.template} tile={settings.tile_size}px "
+        f"template={cfg.model.template} tile={settings.tile_size}px "
         f"tokens/tile={n_tok} max_dynamic_patch={settings.max_dynamic_patch} max_seq_length={d.max_seq_length} "
         f"length_policy={d.length_policy} on_error={d.on_error}"
     )
@@ -224,15 +227,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = report.skipped.get("missing_media", 0)
     corrupt = report.skipped.get("corrupt_media", 0) + report.skipped.get("video_unreadable", 0)
     console.print(f"media: {missing} line(s) with missing files, {corrupt} with corrupt/unreadable files")
+    if report.exif_rotated:
+        console.print(f"exif: {report.exif_note()}", markup=False)
 
     load_failures: dict[str, int] = {}
+    failed: list[str] = []  # "file:line: reason: detail" of each sample that fails a full decode
     if args.decode and len(epoch):
         import logging
 
         dataset_log = logging.getLogger("internvl_exp.data.dataset")
         level = dataset_log.level
         dataset_log.setLevel(logging.ERROR)  # one warning per failure is noise here: they are listed below
-        failed = []
         try:
             # Each distinct planned line once (repeat_time copies are the same line).
             for row in range(len(dataset.plan)):
@@ -241,12 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except Exception as e:  # noqa: BLE001 - listed below with its reason
                     reason = getattr(e, "reason", "corrupt_media")
                     load_failures[reason] = load_failures.get(reason, 0) + 1
-                    failed.append(dataset.sample_of_row(row).line.where)
+                    # As training words it: file:line: reason: what the decoder said ("image file is truncated").
+                    failed.append(f"{dataset.sample_of_row(row).line.where}: {reason}: {e}")
         finally:
             dataset_log.setLevel(level)
         console.print(f"decode: {len(dataset.plan) - len(failed)} of {len(dataset.plan)} samples load; failures {load_failures or 'none'}")
-        for where in failed[: args.max_problems]:
-            console.print(f"  {where}", markup=False, soft_wrap=True)
+        for failure in failed[: args.max_problems]:
+            console.print(f"  {failure}", markup=False, soft_wrap=True)
 
     fatal = fatal_problems(report)
     if report.problems:
@@ -262,8 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             render_sample(console, epoch[i], item, tokenizer, i)
 
     status = 0
+    too_lossy = length_drop_problems(report, dataset._sizes, d.max_drop_share, d.max_seq_length, d.length_policy)
     if not len(dataset.plan):
         console.print("[red]no usable samples[/]: training would stop")
+        status = 1
+    elif too_lossy:
+        console.print(f"[red]training would stop before the model loads[/]: {too_lossy}", markup=True, soft_wrap=True)
         status = 1
     elif fatal and d.on_error == "strict":
         console.print(f"[red]{len(fatal)} problem(s): training would stop (data.on_error=strict)[/]; fix them or set data.on_error=skip")
@@ -281,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "datasets": rows,
             "report": report.as_dict(),
             "load_failures_by_reason": load_failures,
+            "load_failures": failed,
             "problems": [{"where": p.where, "reason": p.reason, "detail": p.detail} for p in report.problems],
             "exit_status": status,
         }

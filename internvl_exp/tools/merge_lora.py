@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from internvl_exp.config.resolve import run_config
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -29,30 +29,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
-
-
 def merge(adapter_dir: Path, base_dir: str, out_dir: Path, dtype: str | None = None) -> Path:
     """Base + adapter -> merged plain model in out_dir, with the processor saved beside it."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from internvl_exp.models.processor import from_pretrained_dir
 
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     base = AutoModelForImageTextToText.from_pretrained(base_dir, **kwargs)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir))
-    AutoProcessor.from_pretrained(str(adapter_dir)).save_pretrained(str(out_dir))
+    from_pretrained_dir(adapter_dir).save_pretrained(str(out_dir))  # the training pixels' backend, as recorded
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    from internvl_exp.train.lora import base_model_dir
+    from internvl_exp.train.tuning.lora import base_model_dir
 
     args = parse_args(argv)
     adapter_dir = args.adapter or args.run_dir / "final"
@@ -64,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        base = args.base or base_model_dir(adapter_dir, _run_config(args.run_dir))
+        base = args.base or base_model_dir(adapter_dir, run_config(args.run_dir))
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

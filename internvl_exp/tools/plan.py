@@ -4,7 +4,7 @@
         trainer.per_device_train_batch_size=4 distributed.nproc_per_node=8
 
 Takes the same overrides as launch.py, builds the preset on the meta device (no GPU, no weights), applies the
-run's freeze/LoRA to it and prints the per-GPU table of internvl_exp/train/memory_plan.py (the model it uses is
+run's freeze/LoRA to it and prints the per-GPU table of internvl_exp/train/planning/memory_plan.py (the model it uses is
 in that module's docstring). Exit status 0 when it fits (or the device memory is unknown), 1 when it does
 not, 2 on a config error.
 """
@@ -49,7 +49,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from internvl_exp.train.meta_worker import MetaWorker
+    from internvl_exp.train.planning.meta_worker import MetaWorker
 
     worker = MetaWorker()  # imports torch and transformers while the config composes (a first plan)
     try:
@@ -67,7 +67,7 @@ def _plan(args: argparse.Namespace, worker) -> int:
 
     try:
         cfg = compose_config(args.overrides, args.config_dir)
-        from internvl_exp.train.memory_plan import format_plan, plan_memory
+        from internvl_exp.train.planning.memory_plan import format_plan, plan_memory
 
         plan = plan_memory(cfg, gpu=args.gpu, seq_len=args.seq_len, tiles=args.tiles, samples=args.samples,
                            build=worker.summary)

@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from internvl_exp.data.from_config import build_from_config, tokens_per_tile
+    from internvl_exp.data.from_config import build_from_config
     from internvl_exp.inference.generate import Sampling, generate, open_images, split_prompt
     from internvl_exp.inference.load import load_for_inference
     from internvl_exp.inference.scoring import exact_match, relaxed_match, scores
@@ -97,7 +97,7 @@ def _predict(args: argparse.Namespace) -> int:
     loaded = load_for_inference(args.target, args.device, args.dtype)
     print(f"loaded {loaded.source} (template {loaded.template})", file=sys.stderr)
     cfg = compose_for(loaded, args.overrides)
-    dataset, _ = build_from_config(cfg, loaded.processor.tokenizer, tokens_per_tile(cfg.model))
+    dataset, _ = build_from_config(cfg, loaded.processor.tokenizer, cfg.resolved.tokens_per_tile)
     todo = list(samples(dataset, args.limit))
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,28 +15,31 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
 
-    from internvl_exp.launch.precheck import compose_config, config_error
+    from internvl_exp.errors import ConfigError
+    from internvl_exp.launch.precheck import compose_config
     from internvl_exp.redact import scrub
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in overrides):
         print(__doc__.strip())
         return 0
+    failed, configs = 0, []
     try:
         jobs = _jobs(overrides)
-        configs = [compose_config(job) for job in jobs]
+        for num, job in enumerate(jobs):
+            message = None
+            try:
+                configs.append(compose_config(job, check=True))  # resolved and validated, as the launch does
+            except ConfigError as e:
+                message = str(e)
+            if message is not None:
+                print(scrub(f"job {num} ({' '.join(job)}): {message}") if len(jobs) > 1 else message,
+                      file=sys.stderr)
+                failed += 1
     except HydraException as e:
         cause = f"\n{e.__cause__}" if e.__cause__ is not None else ""
         print(scrub(f"{e}{cause}"), file=sys.stderr)
         return 1
-    failed = 0
-    for num, (job, cfg) in enumerate(zip(jobs, configs)):
-        message = config_error(cfg)
-        if message is not None and len(jobs) > 1:
-            message = scrub(f"job {num} ({' '.join(job)}): {message}")
-        if message is not None:
-            print(message, file=sys.stderr)
-            failed += 1
     if failed:
         return 1
     cfg = configs[0]

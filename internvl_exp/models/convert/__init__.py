@@ -3,7 +3,8 @@ transformers' native InternVLForConditionalGeneration layout, from config.json +
 
 Modules: source (reading config and headers), config_map, vision_keys, llm_keys (one table per LLM family),
 plan, stream + writer (shard by shard), verify, tokenizer, processor, generation, checkpoint (the pipeline),
-cache (ensure_converted). Importing this package does not import torch.
+cache (ensure_converted). The way back (native -> original, tools/export.py): invert (the key tables run
+backwards), export_config, export. Importing this package does not import torch.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 LLM_PREFIX = "language_model."
 NATIVE_DECODER = "model.language_model."
 NATIVE_HEAD = "lm_head.weight"
+HF_DECODER = LLM_PREFIX + "model."  # transformers' CausalLM layout under language_model.
+HF_HEAD = LLM_PREFIX + "lm_head.weight"
+INTERNLM2_HEAD = LLM_PREFIX + "output.weight"
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,9 @@ def _hf_layout_rules(keys: list[str], dims: TextDims) -> list[Rule]:
     """transformers' own CausalLM layout under `language_model.`: language_model.model.X / language_model.lm_head."""
     rules = []
     for key in keys:
-        if key.startswith("language_model.model."):
-            rules.append(rename(key, NATIVE_DECODER + key[len("language_model.model."):]))
-        elif key == "language_model.lm_head.weight":
+        if key.startswith(HF_DECODER):
+            rules.append(rename(key, NATIVE_DECODER + key[len(HF_DECODER):]))
+        elif key == HF_HEAD:
             rules.append(rename(key, NATIVE_HEAD))
     return rules
 
@@ -54,6 +57,7 @@ _INTERNLM2_RENAMES = [
     (r"^language_model\.model\.layers\.(\d+)\.ffn_norm\.", r"layers.\1.post_attention_layernorm."),
 ]
 _WQKV = re.compile(r"^language_model\.model\.layers\.(\d+)\.attention\.wqkv\.(weight|bias)$")
+_WQKV_TARGET = r"layers.\1.self_attn.{part}_proj.\2"  # under NATIVE_DECODER, one per part of "qkv"
 
 
 def split_internlm2_wqkv(wqkv: "torch.Tensor", dims: TextDims) -> list["torch.Tensor"]:
@@ -69,17 +73,29 @@ def split_internlm2_wqkv(wqkv: "torch.Tensor", dims: TextDims) -> list["torch.Te
     return [q.contiguous(), k.contiguous(), v.contiguous()]
 
 
+def fuse_internlm2_wqkv(parts: list["torch.Tensor"], dims: TextDims) -> list["torch.Tensor"]:
+    """q, k, v -> InternLM2's grouped wqkv: the exact inverse of split_internlm2_wqkv."""
+    import torch
+
+    q, k, v = parts
+    groups = dims.num_heads // dims.num_kv_heads
+    rest = q.shape[1:]
+    blocks = torch.cat([q.reshape(dims.num_kv_heads, groups, dims.head_dim, *rest),
+                        k.reshape(dims.num_kv_heads, 1, dims.head_dim, *rest),
+                        v.reshape(dims.num_kv_heads, 1, dims.head_dim, *rest)], dim=1)
+    return [blocks.reshape(dims.num_kv_heads * (groups + 2) * dims.head_dim, *rest).contiguous()]
+
+
 def _internlm2_rules(keys: list[str], dims: TextDims) -> list[Rule]:
     rules = []
     for key in keys:
         m = _WQKV.match(key)
         if m:
-            layer, kind = m.groups()
-            base = f"{NATIVE_DECODER}layers.{layer}.self_attn."
-            rules.append(Rule((key,), tuple(f"{base}{p}_proj.{kind}" for p in "qkv"),
-                              lambda ts, d=dims: split_internlm2_wqkv(ts[0], d), "InternLM2 grouped wqkv split"))
+            rules.append(Rule((key,), tuple(NATIVE_DECODER + m.expand(_WQKV_TARGET.format(part=p)) for p in "qkv"),
+                              lambda ts, d=dims: split_internlm2_wqkv(ts[0], d), "InternLM2 grouped wqkv split",
+                              lambda ts, d=dims: fuse_internlm2_wqkv(ts, d)))
             continue
-        if key == "language_model.output.weight":
+        if key == INTERNLM2_HEAD:
             rules.append(rename(key, NATIVE_HEAD))
             continue
         for pattern, repl in _INTERNLM2_RENAMES:
@@ -93,6 +109,9 @@ def _internlm2_rules(keys: list[str], dims: TextDims) -> list[Rule]:
 # --- Qwen3-MoE ----------------------------------------------------------------------------------------------
 
 _EXPERT = re.compile(r"^language_model\.model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_EXPERT_KEY = "language_model.model.layers.{layer}.mlp.experts.{expert}.{proj}.weight"  # what _EXPERT matches
+_EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
+_FUSED_EXPERTS = ("gate_up_proj", "down_proj")  # the native tensors, under NATIVE_DECODER layers.L.mlp.experts.
 
 
 def _stack_experts(ts: list["torch.Tensor"]) -> list["torch.Tensor"]:
@@ -103,6 +122,17 @@ def _stack_experts(ts: list["torch.Tensor"]) -> list["torch.Tensor"]:
     gates, ups, downs = ts[0::3], ts[1::3], ts[2::3]
     gate_up = torch.stack([torch.cat([g, u], dim=0) for g, u in zip(gates, ups)])
     return [gate_up, torch.stack(downs)]
+
+
+def _unstack_experts(ts: list["torch.Tensor"]) -> list["torch.Tensor"]:
+    """gate_up_proj, down_proj -> [gate_0, up_0, down_0, gate_1, ...], the inverse of _stack_experts (cloned:
+    safetensors refuses to write views of one storage)."""
+    gate_up, down = ts
+    inter = gate_up.shape[1] // 2
+    out = []
+    for e in range(gate_up.shape[0]):
+        out += [gate_up[e, :inter].clone(), gate_up[e, inter:].clone(), down[e].clone()]
+    return out
 
 
 def _qwen3_moe_rules(keys: list[str], dims: TextDims) -> list[Rule]:
@@ -119,10 +149,10 @@ def _qwen3_moe_rules(keys: list[str], dims: TextDims) -> list[Rule]:
         complete = sorted(by_expert)
         if complete != list(range(len(complete))) or any(len(by_expert[e]) != 3 for e in complete):
             continue  # a gap in the expert set: its keys stay unused, and the coverage check names them
-        sources = tuple(by_expert[e][p] for e in complete for p in ("gate_proj", "up_proj", "down_proj"))
+        sources = tuple(by_expert[e][p] for e in complete for p in _EXPERT_PROJS)
         base = f"{NATIVE_DECODER}layers.{layer}.mlp.experts."
-        rules.append(Rule(sources, (base + "gate_up_proj", base + "down_proj"), _stack_experts,
-                          f"Qwen3-MoE layer {layer}: {len(complete)} experts stacked"))
+        rules.append(Rule(sources, tuple(base + t for t in _FUSED_EXPERTS), _stack_experts,
+                          f"Qwen3-MoE layer {layer}: {len(complete)} experts stacked", _unstack_experts))
     return rules
 
 
@@ -158,3 +188,29 @@ def family_of(llm_config: dict) -> Family | None:
 
 def supported_architectures() -> list[str]:
     return [a for f in FAMILIES for a in f.architectures]
+
+
+# --- native -> original names (export) ------------------------------------------------------------------------
+
+
+def original_llm_keys(family: Family, native: str, shape: tuple[int, ...]) -> list[str]:
+    """The original key(s) a native language-model key comes from, by this module's tables run backwards
+    (several native keys can name one fused original key; a stacked expert tensor names one key per expert).
+    Empty for a key the family's forward rules do not produce."""
+    from internvl_exp.models.convert.invert import apply_inverted
+
+    if native == NATIVE_HEAD:
+        return [INTERNLM2_HEAD if family.name == "internlm2" else HF_HEAD]
+    if not native.startswith(NATIVE_DECODER):
+        return []
+    rest = native[len(NATIVE_DECODER):]
+    if family.name == "internlm2":
+        table = [(p, r) for p, r in _INTERNLM2_RENAMES] + [(_WQKV.pattern, _WQKV_TARGET.format(part=p)) for p in "qkv"]
+        found = apply_inverted(rest, table)
+        return [found] if found else []
+    if family.name == "qwen3_moe":
+        m = re.match(r"^layers\.(\d+)\.mlp\.experts\.(\w+)$", rest)
+        if m and m.group(2) in _FUSED_EXPERTS:
+            projs = _EXPERT_PROJS[:2] if m.group(2) == "gate_up_proj" else _EXPERT_PROJS[2:]
+            return [_EXPERT_KEY.format(layer=m.group(1), expert=e, proj=p) for e in range(shape[0]) for p in projs]
+    return [HF_DECODER + rest]

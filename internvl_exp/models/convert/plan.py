@@ -1,7 +1,7 @@
 """A conversion plan: rules that turn named source tensors into named target tensors.
 
 A rule reads one or more source tensors and writes one or more target tensors (a rename is 1 -> 1, the fused
-vision qkv is 1 -> 3, stacked MoE experts are 3E -> 2). "Every source tensor used exactly once" means every
+vision qkv is 1 -> 3, stacked MoE experts are 3E -> 2); its `inverse` undoes `build` (export, models/convert/export.py). "Every source tensor used exactly once" means every
 source key belongs to exactly one rule; `verify.check_coverage` checks that before any weight is read.
 """
 
@@ -26,6 +26,8 @@ class Rule:
     targets: tuple[str, ...]
     build: Build = identity
     why: str = "rename"  # shown in errors and in the report
+    # targets -> sources, bit for bit (export to the original layout runs every rule backwards); None: identity.
+    inverse: Build | None = None
 
 
 def rename(source: str, target: str) -> Rule:
@@ -38,7 +40,12 @@ def split_rows(source: str, targets: tuple[str, ...], sizes: tuple[int, ...], wh
     def build(ts: list["torch.Tensor"]) -> list["torch.Tensor"]:
         return [part.contiguous() for part in ts[0].split(list(sizes), dim=0)]
 
-    return Rule((source,), targets, build, why)
+    def join(ts: list["torch.Tensor"]) -> list["torch.Tensor"]:
+        import torch
+
+        return [torch.cat(ts, dim=0)]
+
+    return Rule((source,), targets, build, why, join)
 
 
 @dataclass

@@ -25,9 +25,11 @@ _VISION_RENAMES = [
     (r"^encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.", r"encoder.layer.\1.mlp.\2."),
 ]
 _QKV = re.compile(r"^encoder\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_QKV_TARGET = r"encoder.layer.\1.attention.{part}_proj.\2"  # one per part of "qkv"
 
 # mlp1 is nn.Sequential(LayerNorm, Linear, GELU, Linear): index 2 (GELU) has no weights.
 _PROJECTOR = {"0": "layer_norm", "1": "linear_1", "3": "linear_2"}
+_PROJECTOR_KEY = re.compile(r"^mlp1\.(\d+)\.(weight|bias)$")
 
 
 def vision_rules(keys: list[str], hidden_size: int) -> list[Rule]:
@@ -38,9 +40,7 @@ def vision_rules(keys: list[str], hidden_size: int) -> list[Rule]:
         m = _QKV.match(rest)
         if m:
             # Rows are three contiguous blocks q | k | v (reshape(B, N, 3, H, D) in the original forward).
-            layer, kind = m.groups()
-            base = f"{NATIVE_VISION}encoder.layer.{layer}.attention."
-            targets = tuple(f"{base}{p}_proj.{kind}" for p in "qkv")
+            targets = tuple(NATIVE_VISION + m.expand(_QKV_TARGET.format(part=p)) for p in "qkv")
             rules.append(split_rows(key, targets, (hidden_size,) * 3, "vision qkv split into thirds"))
             continue
         for pattern, repl in _VISION_RENAMES:
@@ -54,7 +54,27 @@ def vision_rules(keys: list[str], hidden_size: int) -> list[Rule]:
 def projector_rules(keys: list[str]) -> list[Rule]:
     rules = []
     for key in keys:
-        m = re.match(r"^mlp1\.(\d+)\.(weight|bias)$", key)
+        m = _PROJECTOR_KEY.match(key)
         if m and m.group(1) in _PROJECTOR:
             rules.append(rename(key, f"{NATIVE_PROJECTOR}{_PROJECTOR[m.group(1)]}.{m.group(2)}"))
     return rules
+
+
+def original_vision_key(native: str) -> str | None:
+    """The original name of a native `model.vision_tower.*` key (q/k/v parts all name the fused qkv), by the
+    tables above run backwards; None for a key they do not produce."""
+    from internvl_exp.models.convert.invert import apply_inverted
+
+    if not native.startswith(NATIVE_VISION):
+        return None
+    table = _VISION_RENAMES + [(_QKV.pattern, _QKV_TARGET.format(part=p)) for p in "qkv"]
+    rest = apply_inverted(native[len(NATIVE_VISION):], table)
+    return None if rest is None else VISION_PREFIX + rest
+
+
+def original_projector_key(native: str) -> str | None:
+    index = {name: i for i, name in _PROJECTOR.items()}
+    m = re.match(rf"^{re.escape(NATIVE_PROJECTOR)}(\w+)\.(weight|bias)$", native)
+    if not m or m.group(1) not in index:
+        return None
+    return f"{PROJECTOR_PREFIX}{index[m.group(1)]}.{m.group(2)}"

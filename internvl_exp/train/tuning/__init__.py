@@ -1,0 +1,1 @@
+"""What trains and how: freeze/LoRA per part, drop-path, optimizer parameter groups and the schedule."""
