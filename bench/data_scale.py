@@ -41,6 +41,13 @@ WORDS = ("the a an this that image picture photo shows person man woman child do
          "tree sky cloud water river table chair window door light sign text red blue green white black yellow large "
          "small left right front behind near top bottom middle side two three several many standing sitting walking "
          "holding looking wearing parked open closed bright dark old new wooden metal glass stone").split()
+# Chinese: common words written without spaces, commas and full stops, as Chinese captions are.
+ZH_WORDS = ("图片 照片 一个 两个 三个 男人 女人 孩子 小狗 小猫 汽车 公共汽车 街道 马路 建筑 大楼 树木 天空 白云 河流 桌子 椅子 "
+            "窗户 大门 灯光 标志 文字 红色 蓝色 绿色 白色 黑色 黄色 很大 很小 左边 右边 前面 后面 附近 上面 下面 中间 旁边 站着 "
+            "坐着 走路 拿着 看着 穿着 停着 打开 关闭 明亮 黑暗 旧的 新的 木头 金属 玻璃 石头 的 了 在 是 有 和 也 都 这 那 正在 "
+            "非常 可以 我们 他们 显示 描述 详细").split()
+ZH_QUESTIONS = ["详细描述这张图片。", "图片里发生了什么？", "图中有几个人？", "最大的物体是什么颜色？", "图片里有文字吗？请读出来。",
+                "这张照片是在哪里拍的？"]
 QUESTIONS = ["Describe the image in detail.", "What is happening in this picture?", "How many people are visible?",
              "What colour is the largest object?", "Is there any text in the image? Read it.", "Where was this photo taken?"]
 
@@ -53,8 +60,18 @@ def _answer(rng: random.Random) -> str:
     return " ".join(_sentence(rng, rng.randint(10, 26)) for _ in range(rng.randint(1, 5)))
 
 
-def generate(directory: Path, n: int, seed: int = 0) -> Path:
-    """The image pool and an n-line jsonl (deterministic); reused when already there."""
+def _zh_sentence(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(ZH_WORDS) + ("，" if rng.random() < 0.12 else "") for _ in range(n)) + "。"
+
+
+def chinese_text(rng: random.Random) -> str:
+    """A Chinese answer: 1 to 5 sentences of 10 to 26 words, as `_answer` writes English ones."""
+    return "".join(_zh_sentence(rng, rng.randint(10, 26)) for _ in range(rng.randint(1, 5)))
+
+
+def generate(directory: Path, n: int, seed: int = 0, lang: str = "en") -> Path:
+    """The image pool and an n-line jsonl (deterministic); reused when already there. `lang`: "en", or "zh"
+    (the same shapes with Chinese questions and answers)."""
     import numpy as np
     from PIL import Image
 
@@ -67,7 +84,7 @@ def generate(directory: Path, n: int, seed: int = 0) -> Path:
             small = g.integers(0, 256, (h // 24 + 2, w // 24 + 2, 3), dtype=np.uint8)
             Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).save(images / f"pool_{i:02d}.jpg", quality=90)
     pool = [f"images/pool_{i:02d}.jpg" for i in range(len(POOL_SIZES) * 4)]
-    ann = directory / f"scale_{n}.jsonl"
+    ann = directory / (f"scale_{n}.jsonl" if lang == "en" else f"scale_{n}_{lang}.jsonl")
     if ann.exists():
         return ann
     rng = random.Random(seed)
@@ -77,12 +94,16 @@ def generate(directory: Path, n: int, seed: int = 0) -> Path:
             kind = rng.random()
             n_img = 0 if kind < 0.10 else (rng.randint(2, 3) if kind < 0.15 else 1)
             turns = []
+            questions = QUESTIONS if lang == "en" else ZH_QUESTIONS
             for t in range(rng.randint(1, 4)):
-                q = rng.choice(QUESTIONS) + " " + _sentence(rng, rng.randint(4, 12))
+                if lang == "en":
+                    q, a = rng.choice(QUESTIONS) + " " + _sentence(rng, rng.randint(4, 12)), _answer(rng)
+                else:
+                    q, a = rng.choice(ZH_QUESTIONS) + _zh_sentence(rng, rng.randint(4, 12)), chinese_text(rng)
                 if t == 0 and n_img:
                     q = "".join(f"Image-{k + 1}: <image>\n" for k in range(n_img)) if n_img > 1 else "<image>\n" + q
-                    q += rng.choice(QUESTIONS) if n_img > 1 else ""
-                turns += [{"from": "human", "value": q}, {"from": "gpt", "value": _answer(rng)}]
+                    q += rng.choice(questions) if n_img > 1 else ""
+                turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
             row: dict = {"id": i, "conversations": turns}
             if n_img:
                 picks = [rng.choice(pool) for _ in range(n_img)]
@@ -90,6 +111,62 @@ def generate(directory: Path, n: int, seed: int = 0) -> Path:
             f.write(json.dumps(row) + "\n")
     os.replace(tmp, ann)
     return ann
+
+
+# The tokenizer families of the language table: (template, how the tokenizer is made).
+FAMILIES = {
+    "byte-level BPE": "internvl2_5",  # the tiny tokenizer shipped with the package (GPT-2/Qwen2 layout)
+    "InternLM2 sentencepiece": "internlm2-chat",  # a sentencepiece BPE model trained here, converted as InternVL2/2.5's
+    "Llama/Phi-3 sentencepiece": "internlm2-chat",  # the same vocabulary, laid out as transformers converts Llama
+}
+
+
+def sentencepiece_checkpoint(directory: Path, vocab_size: int = 4000) -> Path:
+    """An InternLM2-style tokenizer folder (tokenizer.model + tokenizer_config.json with its added tokens), the
+    model a sentencepiece BPE (byte fallback, as InternLM2's) trained on this generator's English and Chinese."""
+    import io
+
+    import sentencepiece as spm
+
+    out = directory / f"spm_{vocab_size}"
+    if (out / "tokenizer_config.json").exists():
+        return out
+    rng = random.Random(1)
+    corpus = [_answer(rng) for _ in range(3000)] + [chinese_text(rng) for _ in range(3000)] + QUESTIONS + ZH_QUESTIONS
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=model, model_type="bpe", vocab_size=vocab_size, byte_fallback=True,
+        character_coverage=0.9995, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, split_digits=True, allow_whitespace_only_pieces=True, hard_vocab_limit=False, minloglevel=2)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    from internvl_exp.data.templates import IMG_CONTEXT, IMG_END, IMG_START
+
+    n = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    added = ["<|im_start|>", "<|im_end|>", IMG_START, IMG_END, IMG_CONTEXT, "<ref>", "</ref>", "<box>", "</box>"]
+    decoder = {str(i): {"content": c, "special": True} for i, c in [(0, "<unk>"), (1, "<s>"), (2, "</s>")]}
+    decoder.update({str(n + k): {"content": c, "special": True} for k, c in enumerate(added)})
+    config = {"added_tokens_decoder": decoder, "bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>",
+              "unk_token": "<unk>", "add_bos_token": True}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False))
+    return out
+
+
+def load_tokenizer(family: str, spm_dir: Path | None):
+    """The bench's tokenizer of `family` (FAMILIES)."""
+    if family == "byte-level BPE":
+        from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
+
+        return load_tiny_tokenizer()
+    from tokenizers import pre_tokenizers
+
+    from internvl_exp.models.convert.sentencepiece import sentencepiece_to_fast
+
+    tok = sentencepiece_to_fast(spm_dir)
+    if family.startswith("Llama"):  # transformers' LlamaConverter (legacy=False): Metaspace(first, split=False)
+        tok.backend_tokenizer.normalizer = None
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
+    return tok
 
 
 def _rss_now_kb() -> int:
@@ -104,8 +181,11 @@ def child(args: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints one JSON line."""
     from internvl_exp.data.dataset import ImageSettings, build_dataset
     from internvl_exp.data.sources import load_entries
-    from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
 
+    if args.rust_count:  # the counting before per-word memos covered this row: the Rust encode of every text
+        from internvl_exp.data import token_count
+
+        token_count.WordCounter.count = lambda self, text: len(self._backend.encode(text, add_special_tokens=False))
     ann = Path(args.ann)
     if args.lines:  # a prefix of the file, for the single-process scan
         part = ann.with_name(f"{ann.stem}_first{args.lines}.jsonl")
@@ -114,13 +194,14 @@ def child(args: argparse.Namespace) -> None:
                 for _, line in zip(range(args.lines), src):
                     dst.write(line)
         ann = part
-    tokenizer = load_tiny_tokenizer()
+    tokenizer = load_tokenizer(args.family, Path(args.spm) if args.spm else None)
+    template = FAMILIES[args.family]
     entries = load_entries(None, {"scale": {"annotation": str(ann), "root": str(ann.parent)}})
     settings = ImageSettings(tile_size=448, tokens_per_tile=256, max_dynamic_patch=12)
     before = _rss_now_kb()
     cpu0 = os.times()
     start = time.perf_counter()
-    ds, report = build_dataset(entries, tokenizer, "internvl2_5", settings, 8192, scan_workers=args.workers,
+    ds, report = build_dataset(entries, tokenizer, template, settings, 8192, scan_workers=args.workers,
                                cache_dir=args.cache)
     seconds = time.perf_counter() - start
     cpu1 = os.times()  # this process and its (joined) scan workers
@@ -143,7 +224,7 @@ def child(args: argparse.Namespace) -> None:
         samples = [ds.samples[i] for i in picks]
         t = time.perf_counter()
         for s in samples:
-            tokenize_turns(s.conversations, tokenizer, "internvl2_5", [n * 256 for n in s.num_tiles])
+            tokenize_turns(s.conversations, tokenizer, template, [n * 256 for n in s.num_tiles])
         out["tokenize_ms"] = (time.perf_counter() - t) / len(samples) * 1e3
         t = time.perf_counter()
         for i in picks:
@@ -152,8 +233,11 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(out), flush=True)
 
 
-def measure(ann: Path, cache: Path, workers: int | None, lines: int = 0, first_step: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--ann", str(ann), "--cache", str(cache)]
+def measure(ann: Path, cache: Path, workers: int | None, lines: int = 0, first_step: bool = False,
+            family: str = "byte-level BPE", spm: Path | None = None, rust_count: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--ann", str(ann), "--cache", str(cache), "--family", family]
+    cmd += ["--spm", str(spm)] if spm else []
+    cmd += ["--rust-count"] if rust_count else []
     cmd += ["--workers", str(workers)] if workers else []
     cmd += ["--lines", str(lines)] if lines else []
     cmd += ["--first-step"] if first_step else []
@@ -161,6 +245,89 @@ def measure(ann: Path, cache: Path, workers: int | None, lines: int = 0, first_s
     if res.returncode != 0:
         raise SystemExit(f"measurement failed: {' '.join(cmd)}\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def languages(args: argparse.Namespace) -> None:
+    """The first scan of the same lines in English and Chinese with each tokenizer family, all workers."""
+    import shutil
+
+    import tokenizers
+
+    from internvl_exp.data.prescan import available_cores
+
+    cores, n = available_cores(), args.lang_lines
+    load = os.getloadavg()
+    spm = sentencepiece_checkpoint(args.data_dir)
+    files = {lang: generate(args.data_dir, n, lang=lang) for lang in ("en", "zh")}
+    rows = []
+    for family in FAMILIES:
+        for lang, ann in files.items():
+            row = {"family": family, "lang": lang}
+            for key, rust in (("fast", False),) + ((("rust", True),) if args.with_rust else ()):
+                cache = args.data_dir / "cache_lang"
+                shutil.rmtree(cache, ignore_errors=True)
+                row[key] = measure(ann, cache, None, family=family, spm=spm, rust_count=rust)
+                shutil.rmtree(cache, ignore_errors=True)
+            r = row["fast"]
+            print(f"  {lang} {family}: {r['lines'] / r['seconds']:,.0f} lines/s, {r['lines'] / r['cpu_s']:,.0f} lines per CPU-s"
+                  + (f" (Rust encode: {row['rust']['lines'] / row['rust']['cpu_s']:,.0f} per CPU-s)" if args.with_rust else ""),
+                  flush=True)
+            rows.append(row)
+    base = rows[0]["fast"]  # English, byte-level BPE: the fast path this table is measured against
+
+    def rate(r: dict) -> float:
+        return r["lines"] / r["seconds"]
+
+    def per_cpu(r: dict) -> float:
+        return r["lines"] / r["cpu_s"]
+
+    head = ("| language | tokenizer | lines/s, {c} workers | lines per CPU-second | vs English byte-level, lines/s | "
+            "vs English byte-level, per CPU-second |").format(c=cores)
+    sep = "|---|---|---|---|---|---|"
+    if args.with_rust:
+        head += " Rust `encode` of every text (lines per CPU-second) |"
+        sep += "---|"
+    lines = []
+    for row in rows:
+        r = row["fast"]
+        cell = (f"| {'English' if row['lang'] == 'en' else 'Chinese'} | {row['family']} | {rate(r):,.0f} | "
+                f"{per_cpu(r):,.0f} | {rate(r) / rate(base):.2f} | {per_cpu(r) / per_cpu(base):.2f} |")
+        if args.with_rust:
+            cell += f" {row['rust']['lines'] / row['rust']['cpu_s']:,.0f} |"
+        lines.append(cell)
+    sizes = {lang: ann.stat().st_size / 1e6 for lang, ann in files.items()}
+    import platform as _platform
+
+    cmd = "python bench/data_scale.py --languages --write-docs" + (" --with-rust" if args.with_rust else "")
+    cmd += f" --lang-lines {n}" if n != 100_000 else ""
+    rust_note = ("" if not args.with_rust else "\nThe last column is the same scan with every text counted by the "
+                 "Rust `encode`, as every row but the first was before\nthe per-word counting covered it.")
+    section = f"""## Token counting by language and tokenizer
+
+The first scan (all {cores} workers, no cache) of {n:,} generated lines per language (`bench/data_scale.py
+--languages`): the shapes of the table above (1 to 4 turn pairs, 90% with images), English ({sizes['en']:.0f} MB) or
+Chinese ({sizes['zh']:.0f} MB: the same number of words per sentence, written without spaces). Tokenizers:
+**byte-level BPE** is the tiny tokenizer (GPT-2/Qwen2 layout, 671 tokens, a few Chinese merges) with the
+`internvl2_5` template; **InternLM2 sentencepiece** is a sentencepiece BPE model trained on this generator's
+English and Chinese (4,000 pieces, byte fallback) and converted as InternVL2/2.5's InternLM2 tokenizer is
+(`models/convert/sentencepiece.py`: no pre-tokenizer, the whole text one BPE word), with the `internlm2-chat`
+template; **Llama/Phi-3 sentencepiece** is the same vocabulary laid out as transformers converts Llama
+(Metaspace(prepend_scheme=first, split=false)). Every row counts tokens exactly (docs/data.md, "Fast and
+exact"); the ratio columns compare each row with the first (English, byte-level: the path that was already
+fast) in the same run, by lines/s and by lines per CPU-second. On a machine shared with other jobs only the
+second is meaningful: lines/s then depends on what else ran during that row.{rust_note}
+
+{head}
+{sep}
+""" + "\n".join(lines) + f"""
+
+**Machine**: {_platform.machine()}, {cores} CPU cores, load average {load[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at
+the end (other jobs share the cores: lines per CPU-second is the comparable number, and rows compare within one
+run only). {args.note + " " if args.note else ""}{time.strftime("%Y-%m-%d")}. Python {_platform.python_version()}, tokenizers {tokenizers.__version__}.
+"""
+    from docs_section import publish
+
+    publish(section, args.write_docs, cmd)
 
 
 def main() -> None:
@@ -176,9 +343,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--lines", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--first-step", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--family", default="byte-level BPE", help=argparse.SUPPRESS)
+    parser.add_argument("--spm", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--rust-count", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--languages", action="store_true",
+                        help="instead: the first scan per language x tokenizer family (the '## Token counting' section)")
+    parser.add_argument("--lang-lines", type=int, default=100_000, help="lines per file for --languages")
+    parser.add_argument("--with-rust", action="store_true", help="--languages: also each row with the Rust encode")
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if args.languages:
+        return languages(args)
 
     import shutil
 

@@ -42,6 +42,7 @@ class RunGuard(Callback):
         HydraConfig.instance().set_config(config)  # so `${hydra:...}` interpolations resolve while checking
         choose_run_dir(config)
         note_new_dirs(Path(str(config.hydra.run.dir)))
+        lock_run_dir(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from internvl_exp.redact import configure
@@ -76,8 +77,19 @@ def choose_run_dir(config: DictConfig) -> None:
         log.info("resume=false: %s already holds a run; this one goes to %s", run_dir, fresh)
         return
     try:
-        plan_resume(config.get("resume"), run_dir, warn=False)
+        plan_resume(config.get("resume"), run_dir, warn=False, checksums=False)
     except RunRefused as e:
+        raise SystemExit(str(e)) from None
+
+
+def lock_run_dir(config: DictConfig) -> None:
+    """Hold the run directory for this launch (launch/run_lock.py): a second launch with the same run_name
+    refuses in one line naming the holder, before anything is written."""
+    from internvl_exp.launch.run_lock import RunDirUnwritable, RunLocked, acquire
+
+    try:
+        acquire(Path(str(config.hydra.run.dir)))
+    except (RunLocked, RunDirUnwritable) as e:
         raise SystemExit(str(e)) from None
 
 

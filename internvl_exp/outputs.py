@@ -2,6 +2,8 @@
 
     <run_dir>/config.yaml  overrides.yaml  provenance/  train.log  metrics.json  checkpoints/  final/
     (+ deepspeed.json under DeepSpeed)
+    (+ .run.lock, the launch's lock: launch/run_lock.py; config.attempt-N.yaml / overrides.attempt-N.yaml, what
+       earlier attempts of a resumed run were launched with)
     (+ wandb/ or tensorboard/ with those loggers)
 """
 
@@ -62,9 +64,25 @@ def write_config(run_dir: RunDir, resolved: dict[str, Any], overrides: list[str]
     """Write config.yaml and overrides.yaml with secrets scrubbed; return the config as saved."""
     run_dir.root.mkdir(parents=True, exist_ok=True)
     text = scrub(yaml.safe_dump(resolved, sort_keys=False))
+    overrides_text = scrub(yaml.safe_dump(list(overrides)))
+    keep_earlier_attempt(run_dir, text, overrides_text)
     run_dir.config.write_text(text)
-    run_dir.overrides.write_text(scrub(yaml.safe_dump(list(overrides))))
+    run_dir.overrides.write_text(overrides_text)
     return yaml.safe_load(text)
+
+
+def keep_earlier_attempt(run_dir: RunDir, config_text: str, overrides_text: str) -> None:
+    """A re-run (resume) with other settings keeps the earlier attempt's config.yaml / overrides.yaml as
+    config.attempt-N.yaml / overrides.attempt-N.yaml (N = 1, 2, ... oldest first) instead of overwriting them."""
+    old = [(run_dir.config, config_text), (run_dir.overrides, overrides_text)]
+    if all(not p.is_file() or p.read_text() == new for p, new in old):
+        return
+    n = 1
+    while any((run_dir.root / f"{p.stem}.attempt-{n}.yaml").exists() for p, _ in old):
+        n += 1
+    for p, _ in old:
+        if p.is_file():
+            p.replace(run_dir.root / f"{p.stem}.attempt-{n}.yaml")
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

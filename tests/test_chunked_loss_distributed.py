@@ -23,7 +23,8 @@ def _common(tmp_path, demo_dir, checkpoint, name):
             "model.image_size=64", "model.patch_size=8", "model.max_dynamic_patch=4",
             "data=mix", "trainer.per_device_train_batch_size=1", "trainer.global_batch_size=2",
             "trainer.logging_steps=1", f"trainer.max_steps={STEPS}", "trainer.save_final=false",
-            "data.eval_fraction=0.05", "trainer.per_device_eval_batch_size=2", "trainer.save_strategy=no"]
+            "data.eval_fraction=0.05", "trainer.per_device_eval_batch_size=2", "trainer.save_strategy=no",
+            "trainer.bf16=false"]  # fp32 (model=local's recipe trains bf16): exact comparisons
 
 
 def _metrics(out, name):

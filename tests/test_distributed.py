@@ -29,7 +29,7 @@ def _common(tmp_path, demo_dir, checkpoint, name):
             "model=local", f"model.path={checkpoint}", "model.template=internvl2_5", "model.dtype=float32",
             "model.image_size=64", "model.patch_size=8", "model.max_dynamic_patch=4",
             "data=mix", "trainer.per_device_train_batch_size=1", "trainer.global_batch_size=2",
-            "trainer.activation_checkpointing=true", "trainer.logging_steps=1"]
+            "trainer.activation_checkpointing=true", "trainer.logging_steps=1", "trainer.bf16=false"]  # fp32: exact comparisons
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ META = "data.meta_path=/data/meta.json"
 def _plain(cfg, nproc: int):
     """A resolved copy of cfg planned for `nproc` processes."""
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    plain.distributed = {"name": "torchrun", "nproc_per_node": nproc}
+    plain.distributed = {**plain.distributed, "name": "torchrun", "nproc_per_node": nproc, "nnodes": 1}
     return plain
 
 

@@ -4,6 +4,7 @@ run's weights, bit for bit (deterministic CPU float32)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -161,13 +162,12 @@ def test_killed_during_a_save_resumes_to_the_same_weights(uninterrupted, tmp_pat
         proc.wait()
     found = checkpoints.list_checkpoints(run_dir / "checkpoints")
     assert found.complete == [run_dir / "checkpoints" / "checkpoint-2"]
-    assert found.incomplete == [run_dir / "checkpoints" / "checkpoint-4"]
-    assert (found.incomplete[0] / "model.safetensors").exists()  # everything but the marker
+    assert found.incomplete == []  # the save happens under checkpoints/.partial/
+    assert (run_dir / "checkpoints" / ".partial" / "checkpoint-4" / "model.safetensors").exists()  # all but the marker
 
     res = run_launch(args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
-    assert f"skipping checkpoint {run_dir / 'checkpoints' / 'checkpoint-4'}" in log
     assert f"resuming from {run_dir / 'checkpoints' / 'checkpoint-2'}" in log
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["steps"] == 6
@@ -175,6 +175,102 @@ def test_killed_during_a_save_resumes_to_the_same_weights(uninterrupted, tmp_pat
     assert _logged_steps(run_dir) == [1, 2, 3, 4, 5, 6]  # continued from step 2, not restarted
     assert checkpoints.is_complete(run_dir / "checkpoints" / "checkpoint-4")  # re-saved, now complete
     _assert_same_weights(_weights(run_dir), _weights(uninterrupted))
+    _assert_whole_run_summaries(metrics, uninterrupted)
+
+
+def _assert_whole_run_summaries(metrics: dict, uninterrupted: Path) -> None:
+    """A resumed run's summaries describe the whole run: equal to the uninterrupted run's (same losses)."""
+    ref = json.loads((uninterrupted / "metrics.json").read_text())
+    assert metrics["initial_loss"] == ref["initial_loss"]  # step 1's loss, trained by the first attempt
+    assert metrics["final_loss"] == ref["final_loss"]
+    assert metrics["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-6)
+    assert metrics["loss_history"] == ref["loss_history"]
+    tp, ref_tp = metrics["throughput"], ref["throughput"]
+    for key in ("tokens", "supervised_tokens", "padded_tokens", "samples"):
+        assert tp[key] == ref_tp[key], key
+    assert tp["seconds"] > 0 and 0 < tp["tokens_per_s"] < 1e9
+
+
+@contextlib.contextmanager
+def _held(args: list[str], env: dict, sentinel: Path):
+    """Run tests/hold_launch.py until it holds (writes `sentinel`); yield the process, then kill -9 it."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "hold_launch.py"), *args], cwd=ROOT,
+                            env={**os.environ, **env, "HOLD_SENTINEL": str(sentinel)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not sentinel.exists():
+            assert proc.poll() is None, "the run ended before reaching the hold"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.kill()  # SIGKILL: nothing runs after it
+        proc.wait()
+
+
+def _hold_and_kill(args: list[str], env: dict, sentinel: Path) -> None:
+    with _held(args, env, sentinel):
+        pass
+
+
+def test_a_second_launch_of_a_running_run_refuses_before_writing(tmp_path, demo_dir):
+    """Two launches with one run_name: the second refuses in one line naming the first (host, pid) and writes
+    nothing; the lock goes with the first process (kill -9), so a later launch is not blocked."""
+    import socket
+
+    args = _args(tmp_path, demo_dir, "twice")
+    run_dir = tmp_path / "default" / "twice"
+    with _held(args, {"HOLD_AT_STEP": "2"}, tmp_path / "held") as first:
+        before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*")}
+        res = run_launch(args, timeout=300)
+        assert res.returncode != 0
+        out = (res.stdout + res.stderr).strip()
+        assert f"run directory {run_dir} is in use by another launch" in out, out[-3000:]
+        assert f"host {socket.gethostname()}, pid {first.pid}" in out
+        assert "Traceback" not in out and len(res.stderr.strip().splitlines()) == 1, res.stderr[-3000:]
+        assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*")} == before
+    from internvl_exp.launch import run_lock
+
+    assert run_lock.acquire(run_dir)  # released by the kill
+    run_lock.release(run_dir)
+
+
+def test_killed_while_saving_final_resumes_and_finishes(uninterrupted, tmp_path, demo_dir):
+    """kill -9 while the final model is being written (weights on disk, processor not): the run directory does not
+    count as finished; the same command resumes from checkpoint-6 (saved at the last step), trains no further
+    step, saves final/ completely and ends with the uninterrupted run's weights and summaries."""
+    args = _args(tmp_path, demo_dir, "final_killed")
+    run_dir = tmp_path / "default" / "final_killed"
+    _hold_and_kill(args, {"HOLD_FINAL": "1"}, tmp_path / "held")
+    assert not checkpoints.is_complete(run_dir / "final")  # no complete final/ (the partial one is elsewhere)
+    assert not (run_dir / "metrics.json").exists()
+
+    res = run_launch(args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 6
+    assert metrics["resumed_from"] == str(run_dir / "checkpoints" / "checkpoint-6")
+    assert checkpoints.verify(run_dir / "final") is None and not (run_dir / "final.partial").exists()
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json", "processor_config.json"):
+        assert (run_dir / "final" / name).stat().st_size > 0, name
+    _assert_same_weights(_weights(run_dir), _weights(uninterrupted))
+    _assert_whole_run_summaries(metrics, uninterrupted)
+
+
+def test_resume_from_a_checkpoint_of_the_last_step_trains_no_more(uninterrupted, tmp_path, demo_dir):
+    """resume=<checkpoint-6> of a 6-step run: nothing is left to train; final/ is the checkpoint's model (not one
+    step further) and the summaries are the checkpoint's run's."""
+    from internvl_exp.launch.job import run_job
+
+    overrides = [*_args(tmp_path, demo_dir, "from_last"), f"resume={uninterrupted / 'checkpoints' / 'checkpoint-6'}"]
+    run_dir = tmp_path / "default" / "from_last"
+    run_job(compose(overrides), run_dir, overrides)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 6
+    assert [h["step"] for h in metrics["loss_history"]] == [1, 2, 3, 4, 5, 6]
+    _assert_same_weights(_weights(run_dir), _weights(uninterrupted))
+    _assert_whole_run_summaries(metrics, uninterrupted)
 
 
 def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(uninterrupted, tmp_path, demo_dir):
@@ -262,3 +358,138 @@ def test_resume_across_an_epoch_boundary_with_augmentation(tmp_path, demo_dir):
     metrics = json.loads((cut / "metrics.json").read_text())
     assert metrics["resumed_from"] == str(cut / "checkpoints" / "checkpoint-4") and metrics["steps"] == 6
     _assert_same_weights(_weights(cut), _weights(ref))
+
+
+def _copy_without_end(src: Path, dst: Path, drop_checkpoints: tuple[int, ...] = ()) -> None:
+    """A copy of a finished run without its metrics.json and final/ (what a kill after the last checkpoint
+    leaves), minus the given checkpoints."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / "final")
+    (dst / "metrics.json").unlink()
+    for step in drop_checkpoints:
+        shutil.rmtree(dst / "checkpoints" / f"checkpoint-{step}")
+
+
+def test_damaged_checkpoints_are_skipped_naming_the_file(uninterrupted, tmp_path, demo_dir, caplog):
+    """The newest checkpoint truncated, the next one without optimizer.pt: the re-run names both files, falls back
+    to checkpoint-2 and ends with the uninterrupted run's weights. A flipped byte is caught by the checksum."""
+    from internvl_exp.launch.job import run_job
+
+    run_dir = tmp_path / "default" / "damaged"
+    _copy_without_end(uninterrupted, run_dir)
+    ckpts = run_dir / "checkpoints"
+    weights6 = ckpts / "checkpoint-6" / "model.safetensors"
+    os.truncate(weights6, weights6.stat().st_size // 2)
+    (ckpts / "checkpoint-4" / "optimizer.pt").unlink()
+
+    overrides = _args(tmp_path, demo_dir, "damaged")
+    with caplog.at_level(logging.WARNING):
+        run_job(compose(overrides), run_dir, overrides)
+    assert f"skipping checkpoint {ckpts / 'checkpoint-6'}: {weights6} has" in caplog.text
+    assert f"{ckpts / 'checkpoint-4' / 'optimizer.pt'} is missing" in caplog.text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["resumed_from"] == str(ckpts / "checkpoint-2")
+    _assert_same_weights(_weights(run_dir), _weights(uninterrupted))
+    assert checkpoints.verify(ckpts / "checkpoint-6") is None  # saved again, whole
+
+    # A flipped byte (same size) in a copy of checkpoint-2: found by the checksum, named; resume=<it> refuses.
+    flipped = tmp_path / "elsewhere" / "checkpoints" / "checkpoint-2"
+    import shutil
+
+    shutil.copytree(ckpts / "checkpoint-2", flipped)
+    data = bytearray((flipped / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (flipped / "model.safetensors").write_bytes(bytes(data))
+    assert "does not match its checksum" in checkpoints.verify(flipped)
+    assert checkpoints.verify(flipped, checksums=False) is None  # the size alone cannot see it
+    with pytest.raises(RunRefused, match=r"damaged: .*checkpoint-2/model.safetensors does not match"):
+        plan_resume(str(flipped), tmp_path / "other")
+
+
+def test_changed_settings_on_resume_refuse_or_apply_and_keep_the_history(uninterrupted, tmp_path, demo_dir,
+                                                                          caplog):
+    """Before anything is written: a changed lr and freeze refuse (both named, config.yaml untouched); a changed
+    logging interval applies, is listed, and the earlier config.yaml is kept as config.attempt-1.yaml."""
+    from internvl_exp.launch.job import run_job
+
+    run_dir = tmp_path / "default" / "changed"
+    _copy_without_end(uninterrupted, run_dir)
+    config_before = (run_dir / "config.yaml").read_text()
+    base = _args(tmp_path, demo_dir, "changed")
+    refused = [*base, "optimizer.lr=3e-4", "freeze=llm"]
+    with pytest.raises(SystemExit) as e:
+        run_job(compose(refused), run_dir, refused)
+    message = str(e.value)
+    assert "cannot apply to a resumed run" in message and "optimizer.lr (" in message and "optimizer.lr (0.002 -> 0.0003)" in message
+    assert "freeze.parts.llm (full -> frozen)" in message and "freeze.name (vision -> llm)" in message
+    assert (run_dir / "config.yaml").read_text() == config_before
+    assert not (run_dir / "metrics.json").exists() and not list(run_dir.glob("config.attempt-*"))
+
+    applied = [*base, "trainer.logging_steps=2"]
+    with caplog.at_level(logging.WARNING):
+        run_job(compose(applied), run_dir, applied)
+    assert "changed settings apply from its step on: trainer.logging_steps (1 -> 2)" in caplog.text
+    assert (run_dir / "config.attempt-1.yaml").read_text() == config_before
+    assert "logging_steps: 2" in (run_dir / "config.yaml").read_text()
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_failed_write_during_a_checkpoint_save_is_one_line(uninterrupted, tmp_path, demo_dir):
+    """The kernel refuses a write midway through the first checkpoint (a file-size limit, RLIMIT_FSIZE: the same
+    failed write(2) as a full disk, on real files): the run ends with one line naming the checkpoint, what
+    happened and what to do, no traceback on the console, and the partial checkpoint is never trusted."""
+    import resource
+
+    ckpt = uninterrupted / "checkpoints" / "checkpoint-2"
+    run_files = [p for p in uninterrupted.rglob("*") if p.is_file() and "checkpoints" not in p.parts
+                 and "final" not in p.parts]
+    limit = 4 * max(p.stat().st_size for p in run_files)  # the log, config and metrics fit
+    assert limit < (ckpt / "optimizer.pt").stat().st_size, "the limit must stop the checkpoint"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    run_dir = tmp_path / "default" / "full"
+    res = subprocess.run([sys.executable, str(ROOT / "launch.py"), *_args(tmp_path, demo_dir, "full")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, preexec_fn=small_files)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    line = next(l for l in res.stderr.splitlines() if l.startswith("run failed: SaveFailed"))
+    assert f"could not save checkpoint checkpoint-2 to {run_dir / 'checkpoints' / 'checkpoint-2'}" in line, line
+    assert "a file hit the size limit" in line and "ulimit -f unlimited" in line and "re-run the same command" in line
+    found = checkpoints.list_checkpoints(run_dir / "checkpoints")
+    assert found.complete == [] and found.incomplete == []  # the partial save is under checkpoints/.partial/
+    assert json.loads((run_dir / "metrics.json").read_text())["error_type"] == "SaveFailed"
+
+
+def test_an_unwritable_output_folder_is_one_line(tmp_path, demo_dir):
+    """A run directory that cannot be made (here a file stands where a folder should: the tests run as root, for
+    whom permissions do not bite; a read-only folder takes the same path) ends in one line, before any work."""
+    (tmp_path / "taken").write_text("a file")
+    res = run_launch([f"paths.output_dir={tmp_path / 'taken' / 'out'}", f"paths.demo_data_dir={demo_dir}",
+                      "run_name=nowhere"], timeout=300)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == (f"cannot write the run directory {tmp_path / 'taken' / 'out' / 'default' / 'nowhere'}: "
+                                  "Not a directory; point paths.output_dir at a writable folder"), res.stderr[-2000:]
+
+
+def test_which_changed_settings_refuse_a_resume():
+    """The rules of train/checkpointing/resume_config.py on plain dicts: names, paths and the resume key are not compared; the
+    number of processes may change unless the checkpoint is sharded by DeepSpeed."""
+    from internvl_exp.train.checkpointing.resume_config import compare
+
+    old = {"run_name": "a", "paths": {"output_dir": "/x"}, "resume": "auto", "deepspeed": {"stage": None},
+           "distributed": {"nproc_per_node": 2}, "optimizer": {"lr": 1e-5, "max_grad_norm": 1.0},
+           "trainer": {"logging_steps": 10, "max_steps": 100}}
+    new = {**old, "run_name": "b", "paths": {"output_dir": "/y"}, "resume": "/x/a",
+           "distributed": {"nproc_per_node": 4}, "optimizer": {"lr": 1e-5, "max_grad_norm": 0.5},
+           "trainer": {"logging_steps": 5, "max_steps": 200}}
+    refused, applied = compare(new, old)
+    assert refused == ["trainer.max_steps (100 -> 200)"]
+    assert applied == ["distributed.nproc_per_node (2 -> 4)", "optimizer.max_grad_norm (1.0 -> 0.5)",
+                       "trainer.logging_steps (10 -> 5)"]
+    zero = {**new, "deepspeed": {"stage": 2}}
+    refused, _ = compare(zero, {**old, "deepspeed": {"stage": 2}})
+    assert "distributed.nproc_per_node (2 -> 4)" in refused

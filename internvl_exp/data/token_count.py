@@ -1,24 +1,43 @@
-"""Exact token counts at the speed the pre-flight scan needs: per-word memoisation for byte-level BPE.
+"""Exact token counts at the speed the pre-flight scan needs: the tokenizer's own pipeline in Python, memoised.
 
 The scan needs each text's token count, not its ids. The Rust tokenizer spends most of its time building
-the `Encoding` (tokens, offsets, byte alignments), ~0.6 us per token. But a byte-level BPE tokenizer
-encodes a text as: split off the added tokens (each one id), then split the rest into words with the
-pre-tokenizer's regex, then BPE each word on its own. So the count is the number of added tokens plus the
-sum of the words' counts, and a word's count can be remembered: text is mostly words seen before.
+the `Encoding` (tokens, offsets, byte alignments), and BPE over a long word (a sentencepiece tokenizer's
+whole sentence) is slow. But a BPE tokenizer encodes a text as: split off the added tokens (each one id),
+normalise each piece between them, cut it into words with the pre-tokenizer, then BPE each word on its own.
+So the count is the number of added tokens plus the words' counts, and a word's count can be remembered.
 
-`WordCounter` does exactly that pipeline in Python, for the texts where it provably gives the same words
-as the Rust pipeline, and for the tokenizers whose pipeline it knows:
-- texts made only of printable ASCII, tab, newline and carriage return. There, every Unicode-normaliser of
-  the allowed kinds is the identity, `\\p{L}` is `[A-Za-z]`, `\\p{N}` is `[0-9]`, and `\\s` is the same in
-  Oniguruma (the Rust side) and Python's `re` (with re.ASCII), so the regex gives the same words. Any other
-  text goes to the Rust tokenizer whole.
-- tokenizers: a BPE model without dropout; no normaliser or only NFC/NFD/NFKC/NFKD; a pre-tokenizer that is
-  ByteLevel(add_prefix_space=false), optionally after Split(regex, isolated) steps (GPT-2, Qwen2, Llama-3
-  style); added tokens without lstrip/rstrip/single_word; `encode_special_tokens` off; no truncation or
-  padding. Anything else (sentencepiece-style Metaspace, a lowercasing normaliser, ...) is counted by the
-  Rust tokenizer, as before.
-A word's count is the BPE model's own `tokenize` of its byte-level form, the very call the pipeline makes.
-tests/test_prescan_fast_count.py checks equality with `encode` on fuzzed text and on every template.
+`WordCounter` runs that pipeline in Python where it provably cuts the text exactly as the Rust pipeline does:
+- added tokens: split out longest-first at the leftmost match (the crate's leftmost-longest automaton), the
+  non-normalised ones on the raw text, then the normalised ones on each normalised piece, as the crate does;
+  none may have lstrip/rstrip/single_word.
+- normalisers: none; NFC/NFD/NFKC/NFKD (the identity on ASCII text, else the Rust normaliser's own
+  `normalize_str`); Replace(string) and Prepend (sentencepiece's "▁" escapes) in Python; anything else
+  through the Rust `normalize_str` (exact by construction).
+- pre-tokenizers: ByteLevel(add_prefix_space=false) after optional Split(regex, isolated) steps (GPT-2,
+  Qwen2, Llama-3); Metaspace (any prepend scheme, split or not); Split steps whose regex is a list of
+  literals (sentencepiece's user-defined pieces); none at all (the legacy Llama/Phi-3 and our InternLM2
+  conversion). The regexes run on the text with every character outside printable ASCII replaced by an
+  ASCII stand-in of its class (letter, number, whitespace, other) *as the Rust engine classifies it*:
+  each new character is classified once by the Rust regex engine itself (`_CharClasses`), so Python's
+  `re` sees the same sequence of classes and cuts at the same places. Characters a case-insensitive
+  literal could match (the long s of `(?i:'s)`) send the text to the Rust tokenizer whole.
+- model: BPE without dropout or subword prefixes/suffixes.
+A word is then cut further where no token can cross, provably:
+- before a run of "▁" that follows a character no vocabulary string has right before a "▁" (for a
+  sentencepiece vocabulary, every word boundary): every symbol BPE forms is a vocabulary string.
+- between two characters no merge (a, b) can join: BPE joins neighbours only by merging a symbol `a` that
+  ends right before the cut with a symbol `b` that starts right after it, so where no merge has `a` ending
+  as the text before does and `b` starting as the text after does (sentencepiece: a's last character and
+  b's first; byte-level: their bytes, as far as the two characters go), no token ever spans the cut. Only
+  between characters that are tokens of their own (no byte-fallback or unknown symbols).
+Short words are memoised (English, Cyrillic, code recur). Long CJK words (no spaces: a regex "word" is a
+clause) are counted as the sum of their characters alone plus a correction for each run of joinable ones
+(memoised per character and per run); when a sample shows the vocabulary joins most neighbours (a
+sentencepiece model trained on CJK), each such word goes to the BPE model whole.
+With `ignore_merges` (Llama-3), a word that is a vocabulary entry is one token; cut words are counted with
+the same merges without it. Any other tokenizer, or text, is counted by the Rust tokenizer (`encode_batch_fast`:
+the same ids, no offsets).
+tests/test_prescan_fast_count.py checks equality with `encode` on fuzzed mixed-script text for each family.
 """
 
 from __future__ import annotations
@@ -26,13 +45,28 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
+from itertools import accumulate, compress, count
 from typing import Any, Callable
 
 MEMO_MAX = 400_000  # words remembered per process (~100 bytes each); cleared when full
-_OUTSIDE = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character outside the domain where the regexes agree
+_SPACE = "\u2581"  # sentencepiece's "▁"
+_OUTSIDE = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character the regex rewrite does not cover as it is
+# Scripts written without spaces between words (CJK and on), and emoji: their regex "words" are clauses.
+_UNSPACED = re.compile("[\u2e80-\U0010ffff]")
 _IDENTITY_ON_ASCII = {"NFC", "NFD", "NFKC", "NFKD"}
 # The regex of ByteLevel(use_regex=true), as the tokenizers crate has it (GPT-2's).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@lru_cache(maxsize=1)
+def _byte_level_table() -> dict[int, str]:
+    """`_byte_level_map` for str.translate over a latin-1 decoded byte string."""
+    return {b: c for b, c in _byte_level_map().items()}
+
+
+def byte_level(word: str) -> str:
+    """The string the BPE model of a ByteLevel pipeline sees for `word` (each UTF-8 byte mapped)."""
+    return word.encode("utf-8").decode("latin-1").translate(_byte_level_table())
 
 
 @lru_cache(maxsize=1)
@@ -49,10 +83,12 @@ def _byte_level_map() -> dict[int, str]:
     return out
 
 
-def ascii_pattern(pattern: str) -> re.Pattern | None:
+def ascii_pattern(pattern: str, literals: set[str] | None = None) -> re.Pattern | None:
     """An Oniguruma pattern rewritten for ASCII-only input: `\\p{L}` -> A-Za-z, `\\p{N}` -> 0-9 (inside or
-    outside a class). None when the pattern uses anything this rewrite does not cover."""
+    outside a class). None when the pattern uses anything this rewrite does not cover. Every character the
+    pattern could match literally is added to `literals` (both cases: the pattern may be case-insensitive)."""
     out, i, in_class = [], 0, False
+    lits: set[str] = set()
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
@@ -65,8 +101,9 @@ def ascii_pattern(pattern: str) -> re.Pattern | None:
                 out.append(chars if in_class else f"[{chars}]")
                 i += 5
                 continue
-            if nxt and nxt not in "sSrntdDwW\\'\"()[]{}|.*+?^$-/!<>=:":
-                return None  # \h, \R, \X, \G, backreferences, ...: not rewritten
+            if nxt and nxt not in "sSrnt\\'\"()[]{}|.*+?^$-/!<>=:":
+                return None  # \d, \w, \h, \R, \X, \G, backreferences, ...: classes this rewrite does not map
+            lits.add({"r": "\r", "n": "\n", "t": "\t"}.get(nxt, nxt) if nxt not in "sS" else "")
             out.append(pattern[i : i + 2])
             i += 2
             continue
@@ -84,19 +121,106 @@ def ascii_pattern(pattern: str) -> re.Pattern | None:
                 i += 1
             if pattern[i : i + 1] == "]":  # a literal ] first in a class
                 out.append(r"\]")
+                lits.add("]")
                 i += 1
             continue
         elif pattern.startswith(("++", "*+", "?+", "(?>", "(?~"), i):
             return None  # possessive or atomic: valid in Python 3.11, but keep to the plain subset
         elif c in "^$":
             return None  # line anchors in Oniguruma's Ruby syntax, string anchors in Python
+        if ord(c) > 0x7E:
+            return None  # a non-ASCII literal: the class stand-ins below could not tell it apart
+        lits.add(c)  # conservative: syntax characters and quantifier digits count as literals too
         out.append(c)
         i += 1
     try:
         compiled = re.compile("".join(out), re.ASCII)
     except re.error:
         return None
-    return None if compiled.match("") is not None else compiled  # an empty match would loop differently
+    if compiled.match("") is not None:
+        return None  # an empty match would loop differently
+    if literals is not None:
+        literals |= {x for c in lits for x in (c.lower(), c.upper())}
+    return compiled
+
+
+def _literal_alternation(pattern: str) -> list[str] | None:
+    """The literals of a regex that is only `lit|lit|...` with punctuation escaped (re.escape's output, as
+    sentencepiece conversions write user-defined pieces); None for anything else."""
+    out, cur, i = [], [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1 : i + 2]
+            if not nxt or nxt.isalnum() or nxt == "_":
+                return None  # \s, \d, \p, \1, ...
+            cur.append(nxt)
+            i += 2
+            continue
+        if c == "|":
+            out.append("".join(cur))
+            cur = []
+        elif c in "()[]{}.*+?^$":
+            return None
+        else:
+            cur.append(c)
+        i += 1
+    out.append("".join(cur))
+    return None if any(not x for x in out) else out
+
+
+class _CharClasses:
+    """Maps every character outside printable ASCII to an ASCII stand-in of its class, as Oniguruma (the
+    Rust side's regex engine) classifies it: letter (\\p{L}), number (\\p{N}), whitespace (\\s), other; or to
+    None when a case-insensitive ASCII literal could match it. Each new character is asked to the Rust
+    engine once (three `Replace` normalisers over all new characters at a time)."""
+
+    def __init__(self, literals: set[str]):
+        from tokenizers import Regex, normalizers
+
+        def pick(candidates: str) -> str | None:
+            return next((c for c in candidates if c not in literals), None)
+
+        self.reps = {"L": pick("xqzjkwyfgbhXQZJKWYFGBH"), "N": pick("0123456789"), "S": pick("\t\x0b\x0c"),
+                     "O": pick("#%&@~`;,")}
+        self.ok = all(self.reps.values())
+        # What may remain after the mapping: printable ASCII, \t\n\r, and the stand-ins themselves.
+        self._left = re.compile("[^\t\n\r\x20-\x7e" + "".join(re.escape(c) for c in self.reps.values() if c) + "]")
+        self._probes = [(k, normalizers.Replace(Regex(rx), "\x01")) for k, rx in
+                        (("C", "(?i:" + "|".join("abcdefghijklmnopqrstuvwxyz") + ")"), ("L", r"\p{L}"), ("N", r"\p{N}"), ("S", r"\s"))]
+        self.table: dict[int, str] = {}  # ord -> stand-in, for str.translate
+        self.unsafe: set[str] = set()
+
+    def map(self, text: str) -> str | None:
+        """`text` with every classified character replaced by its stand-in; None if one cannot be."""
+        mapped = text.translate(self.table)
+        if self._left.search(mapped) is None:
+            return mapped
+        fresh = {c for c in set(text) if _OUTSIDE.match(c) and ord(c) not in self.table} - self.unsafe
+        if fresh:
+            self._learn(sorted(fresh))
+            mapped = text.translate(self.table)
+            if self._left.search(mapped) is None:
+                return mapped
+        return None
+
+    def _learn(self, chars: list[str]) -> None:
+        hits: dict[str, set[str]] = {}
+        try:
+            for k, probe in self._probes:
+                out = probe.normalize_str("".join(chars))
+                if len(out) != len(chars):  # a match over several characters: ask one character at a time
+                    out = [probe.normalize_str(c) for c in chars]
+                hits[k] = {c for c, m in zip(chars, out) if m == "\x01"}
+        except Exception:  # a lone surrogate, ...: leave such text to the Rust tokenizer
+            self.unsafe.update(chars)
+            return
+        for c in chars:
+            kinds = [k for k in "LNS" if c in hits[k]]
+            if c in hits["C"] or len(kinds) > 1:
+                self.unsafe.add(c)
+            else:
+                self.table[ord(c)] = self.reps[kinds[0] if kinds else "O"]
 
 
 class WordCounter:
@@ -105,11 +229,12 @@ class WordCounter:
     def __init__(self, backend: Any):
         self._backend = backend
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)  # tokens added later: a new counter
-        self._memo: dict[str, int] = {}  # word -> count
         self._texts: dict[str, int] = {}  # short text -> count
-        self._splitters: list[re.Pattern] | None = None
-        self._added: re.Pattern | None = None
-        self._find: Callable[[str], list[str]] | None = None
+        self._words: dict[str, int] = {}  # word (before the byte-level map) -> count
+        self._runs: dict[str, int] = {}  # piece of a word between safe cuts -> count with plain merges
+        self._sampled = [0, 0]  # characters of words counted once, and the joins among them
+        self._whole_words = False
+        self._encode_fast = getattr(backend, "encode_batch_fast", None)
         self.fast = self._setup(json.loads(backend.to_str()))
 
     # --- what the tokenizer is ---------------------------------------------------------------------
@@ -119,58 +244,142 @@ class WordCounter:
         model = spec.get("model") or {}
         if model.get("type") != "BPE" or model.get("dropout") not in (None, 0, 0.0):
             return False
+        if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+            return False
         if getattr(b, "encode_special_tokens", False) or b.truncation is not None or b.padding is not None:
-            return False
-        if not self._normaliser_ok(spec.get("normalizer")):
-            return False
-        splitters = self._pre_tokenizer(spec.get("pre_tokenizer"))
-        if splitters is None:
             return False
         added = spec.get("added_tokens") or []
         if any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in added):
             return False
-        contents = sorted({t["content"] for t in added if t["content"]}, key=len, reverse=True)
-        # Longest first: Python's alternation then takes, at the leftmost match, the longest token, like
-        # the tokenizers crate's leftmost-longest automaton. (Normalised and raw added tokens split the
-        # same text here: the normaliser is the identity on the ASCII domain.)
-        self._added = re.compile("(" + "|".join(map(re.escape, contents)) + ")") if contents else None
-        self._splitters = splitters
-        only = splitters[0] if len(splitters) == 1 else None
-        self._find = only.findall if only is not None and only.groups == 0 else None
-        self._to_bytes = _byte_level_map()
+        self._added_raw = self._alternation([t["content"] for t in added if not t.get("normalized")])
+        self._added_norm = self._alternation([t["content"] for t in added if t.get("normalized")])
+        if not self._normaliser(spec.get("normalizer")):
+            return False
+        literals: set[str] = set()
+        if not self._pre_tokenizer(spec.get("pre_tokenizer"), literals):
+            return False
+        self._classes = _CharClasses(literals) if self._regex_steps else None
+        if self._classes is not None and not self._classes.ok:
+            self._classes = None
+
+        # The model, and a copy with plain merges for cut words (see the module docstring).
+        self._ignore_merges = bool(model.get("ignore_merges"))
+        from tokenizers import Tokenizer
+
+        if self._ignore_merges:  # a copy without it: cut words must be BPE'd all the way
+            bare = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+                    "pre_tokenizer": None, "post_processor": None, "decoder": None,
+                    "model": dict(model, ignore_merges=False)}
+            self._model = Tokenizer.from_str(json.dumps(bare)).model
+        else:
+            self._model = b.model
+        vocab = model.get("vocab") or {}
+        self._vocab = vocab
+        self._coarse = None
+        # Before a "▁" run after a character no vocabulary string has right before a "▁".
+        if not self._byte_level and _SPACE in vocab:
+            before_space = {s[i - 1] for s in vocab for i in range(1, len(s)) if s[i] == _SPACE and s[i - 1] != _SPACE}
+            if not before_space:
+                self._coarse = re.compile(f"{_SPACE}*[^{_SPACE}]+|{_SPACE}+").findall
+        # Where BPE can join two neighbouring characters: only where some merge (a, b) has `a` ending like the
+        # text before and `b` starting like the text after (see _plain_total).
+        merges = [m.split(" ", 1) if isinstance(m, str) else m for m in model.get("merges") or []]
+        self._singles = {v for v in vocab if len(v) == 1}
+        self._pairs: Any = None
+        if self._byte_level:
+            if set(_byte_level_map().values()) <= self._singles:  # else a byte is no token of its own: no cuts
+                by_edge: dict[str, list[tuple[str, str]]] = {}
+                for a, b in merges:
+                    by_edge.setdefault(a[-1] + b[0], []).append((a, b))
+                self._pairs = _LazyTable(lambda ab: _may_join(by_edge, byte_level(ab[0]), byte_level(ab[1])), key=str)
+        else:
+            self._pairs = {a[-1] + b[0] for a, b in merges if a and b}
+        self._char_counts = _LazyTable(lambda c: len(self._model.tokenize(byte_level(c) if self._byte_level else c)), key=str)
         return True
 
     @staticmethod
-    def _normaliser_ok(n: dict | None) -> bool:
-        if n is None:
-            return True
-        if n.get("type") == "Sequence":
-            return all(WordCounter._normaliser_ok(x) for x in n.get("normalizers", []))
-        return n.get("type") in _IDENTITY_ON_ASCII
+    def _alternation(contents: list[str]) -> re.Pattern | None:
+        # Longest first: Python's alternation then takes, at the leftmost match, the longest token, like the
+        # tokenizers crate's leftmost-longest automaton.
+        contents = sorted({c for c in contents if c}, key=len, reverse=True)
+        return re.compile("(" + "|".join(map(re.escape, contents)) + ")") if contents else None
 
-    @staticmethod
-    def _pre_tokenizer(p: dict | None) -> list[re.Pattern] | None:
-        """The regexes that cut a text into words, in order; None for a pipeline this class does not know."""
-        steps = p.get("pretokenizers", []) if p and p.get("type") == "Sequence" else [p]
-        if not steps or not steps[-1] or steps[-1].get("type") != "ByteLevel" or steps[-1].get("add_prefix_space"):
-            return None
-        out = []
-        for s in steps[:-1]:
-            if s.get("type") != "Split" or s.get("behavior") != "Isolated" or s.get("invert"):
-                return None
-            pat = s.get("pattern", {})
-            if "Regex" in pat:
-                compiled = ascii_pattern(pat["Regex"])
-            elif "String" in pat and pat["String"]:
-                compiled = re.compile(re.escape(pat["String"]))
+    def _normaliser(self, n: dict | None) -> bool:
+        """Sets `self._norm` (str -> str) and `self._norm_ascii_identity`."""
+        steps = (n.get("normalizers", []) if n.get("type") == "Sequence" else [n]) if n else []
+        self._norm_ascii_identity = all(s.get("type") in _IDENTITY_ON_ASCII for s in steps)
+        if not steps:
+            self._norm = None
+            return True
+        simple = []
+        for s in steps:
+            pat = s.get("pattern") or {}
+            if s.get("type") == "Replace" and "String" in pat and pat["String"]:
+                simple.append((pat["String"], s.get("content", "")))
+            elif s.get("type") == "Prepend":
+                simple.append((None, s.get("prepend", "")))
             else:
-                compiled = None
-            if compiled is None:
-                return None
-            out.append(compiled)
-        if steps[-1].get("use_regex", True):
-            out.append(ascii_pattern(GPT2_PATTERN))
-        return out
+                simple = None
+                break
+        if simple is None:  # the crate's own normaliser, one call per piece: exact
+            rust = self._backend.normalizer.normalize_str
+            self._norm = rust
+            return True
+
+        def norm(text: str) -> str:
+            for old, new in simple:
+                if old is not None:
+                    text = text.replace(old, new)
+                elif text:  # the crate's Prepend leaves an empty string empty
+                    text = new + text
+            return text
+
+        self._norm = norm
+        return True
+
+    def _pre_tokenizer(self, p: dict | None, literals: set[str]) -> bool:
+        """Sets `self._steps` ([(kind, arg)]), `self._byte_level`, `self._regex_steps`."""
+        steps = (p.get("pretokenizers", []) if p.get("type") == "Sequence" else [p]) if p else []
+        self._steps: list[tuple[str, Any]] = []
+        self._byte_level = False
+        self._regex_steps = False
+        for k, s in enumerate(steps):
+            kind = s.get("type")
+            if kind == "ByteLevel":
+                if k != len(steps) - 1 or s.get("add_prefix_space"):
+                    return False
+                self._byte_level = True
+                if s.get("use_regex", True):
+                    self._steps.append(("regex", ascii_pattern(GPT2_PATTERN, literals)))
+                    self._regex_steps = True
+            elif kind == "Split":
+                if s.get("behavior") != "Isolated" or s.get("invert"):
+                    return False
+                pat = s.get("pattern", {})
+                lits = _literal_alternation(pat["Regex"]) if "Regex" in pat else ([pat["String"]] if pat.get("String") else None)
+                if lits is not None:  # literals match the same in both engines, on any text
+                    self._steps.append(("literal", re.compile("|".join(map(re.escape, lits)))))
+                    continue
+                if "Regex" not in pat:
+                    return False
+                compiled = ascii_pattern(pat["Regex"], literals)
+                if compiled is None:
+                    return False
+                self._steps.append(("regex", compiled))
+                self._regex_steps = True
+            elif kind == "Metaspace":
+                rep = s.get("replacement", _SPACE)
+                scheme = s.get("prepend_scheme", "always" if s.get("add_prefix_space", True) else "never")
+                if len(rep) != 1 or scheme not in ("always", "first", "never"):
+                    return False
+                split = re.compile(f"{re.escape(rep)}[^{re.escape(rep)}]*|[^{re.escape(rep)}]+").findall
+                self._steps.append(("metaspace", (rep, scheme, split if s.get("split", True) else None)))
+            else:
+                return False
+        # The common layouts get a single-regex fast lane (the English byte-level case runs it ~10 times a line).
+        only = self._steps[0][1] if len(self._steps) == 1 and self._steps[0][0] == "regex" else None
+        self._find = only.findall if only is not None and only.groups == 0 else None
+        return True
 
     # --- counting ----------------------------------------------------------------------------------
 
@@ -178,52 +387,238 @@ class WordCounter:
         n = self._texts.get(text)  # short texts recur whole: the system prompt, role headers, "\n"
         if n is not None:
             return n
-        if self.fast and _OUTSIDE.search(text) is None:
-            parts = self._added.split(text) if self._added is not None else [text]  # [text, token, text, ...]
-            n = len(parts) >> 1
-            find, getitem = self._find, self._memo.__getitem__
-            for part in parts[::2]:
-                if not part:
-                    continue
-                if find is not None:  # one regex (the usual case), inlined: this runs ~10 times a line
-                    words = find(part)
-                    if sum(map(len, words)) == len(part):  # no gaps between the matches
-                        try:
-                            n += sum(map(getitem, words))
-                            continue
-                        except KeyError:
-                            pass
-                n += self._count_words(part)
-        else:
-            n = len(self._backend.encode(text, add_special_tokens=False))
+        n = self._count(text) if self.fast else None
+        if n is None:
+            n = self._rust_count(text)
         if len(text) <= 512:
             if len(self._texts) > 20_000:
                 self._texts.clear()
             self._texts[text] = n
         return n
 
-    def _count_words(self, text: str) -> int:
-        words = self._words(text)
-        try:
-            return sum(map(self._memo.__getitem__, words))
-        except KeyError:
-            memo = self._memo
-            if len(memo) > MEMO_MAX:
-                memo.clear()
-            return sum(memo[w] if w in memo else self._learn(w) for w in words)
+    def _rust_count(self, text: str) -> int:
+        if self._encode_fast is not None:
+            return len(self._encode_fast([text], add_special_tokens=False)[0])
+        return len(self._backend.encode(text, add_special_tokens=False))
 
-    def _words(self, text: str) -> list[str]:
-        if len(self._splitters) == 1:
-            return _isolated(self._splitters[0], text)
-        pieces = [text]
-        for rx in self._splitters:
-            pieces = [w for piece in pieces for w in _isolated(rx, piece)]
-        return pieces
-
-    def _learn(self, word: str) -> int:
-        to = self._to_bytes
-        n = self._memo[word] = len(self._backend.model.tokenize("".join(to[b] for b in word.encode("ascii"))))
+    def _count(self, text: str) -> int | None:
+        """The count through the Python pipeline, or None when this text must go to the Rust tokenizer."""
+        ascii_text = _OUTSIDE.search(text) is None
+        parts = self._added_raw.split(text) if self._added_raw is not None else [text]  # [text, token, text, ...]
+        n = len(parts) >> 1
+        find, words_memo = self._find, self._words
+        lane = find is not None and self._added_norm is None  # one regex, no normalised added tokens
+        for k in range(0, len(parts), 2):
+            part = parts[k]
+            if not part:
+                continue
+            if lane and ascii_text and self._norm_ascii_identity:
+                words = find(part)  # the usual case, inlined: this runs ~10 times a line
+                if sum(map(len, words)) == len(part):  # no gaps between the matches
+                    try:
+                        n += sum(map(words_memo.__getitem__, words))
+                        continue
+                    except KeyError:
+                        n += self._count_words(words)
+                        continue
+            if self._norm is not None and not (ascii_text and self._norm_ascii_identity):
+                part = self._norm(part)
+            if lane and self._classes is not None:  # the same on the class stand-ins, sliced back
+                mapped = self._classes.map(part)
+                if mapped is None:
+                    return None
+                lengths = list(map(len, find(mapped)))
+                if sum(lengths) == len(part):
+                    ends = list(accumulate(lengths))
+                    n += self._count_words([part[a:b] for a, b in zip([0] + ends, ends)])
+                    continue
+            pieces = self._added_norm.split(part) if self._added_norm is not None else [part]
+            n += len(pieces) >> 1
+            for j in range(0, len(pieces), 2):
+                if not pieces[j]:
+                    continue
+                words = self._pre_tokenize(pieces[j], first=(k == 0 and j == 0))
+                if words is None:
+                    return None
+                n += self._count_words(words)
         return n
+
+    def _pre_tokenize(self, text: str, first: bool) -> list[str] | None:
+        pieces = [text]
+        mapped: list[str] | None = None  # the class stand-ins of `pieces`, once a regex step needs them
+        for kind, arg in self._steps:
+            if kind == "regex":
+                if mapped is None:
+                    if _OUTSIDE.search(text) is None and all(_OUTSIDE.search(p) is None for p in pieces):
+                        mapped = pieces
+                    elif self._classes is None:
+                        return None
+                    else:
+                        mapped = [self._classes.map(p) for p in pieces]
+                        if any(m is None for m in mapped):
+                            return None
+                new, new_mapped = [], []
+                for piece, m in zip(pieces, mapped):
+                    spans = _isolated_spans(arg, m)
+                    if m is piece:
+                        cut = [piece[a:b] for a, b in spans]
+                        new += cut
+                        new_mapped += cut
+                    else:
+                        new += [piece[a:b] for a, b in spans]
+                        new_mapped += [m[a:b] for a, b in spans]
+                pieces, mapped = new, new_mapped
+            elif kind == "literal":
+                pieces = [w for p in pieces for w in _isolated(arg, p)]
+                mapped = None
+            else:  # metaspace
+                rep, scheme, split = arg
+                pieces = [p.replace(" ", rep) for p in pieces]
+                if pieces and (scheme == "always" or (scheme == "first" and first)):
+                    if not pieces[0].startswith(rep):
+                        pieces[0] = rep + pieces[0]
+                    if scheme == "always":
+                        pieces = [pieces[0]] + [p if p.startswith(rep) else rep + p for p in pieces[1:]]
+                if split is not None:
+                    pieces = [w for p in pieces for w in split(p)]
+                mapped = None
+        return [p for p in pieces if p]
+
+    def _count_words(self, words: list[str]) -> int:
+        memo = self._words
+        if self._coarse is not None:  # sentencepiece: the words' chunks are what is remembered
+            if self._ignore_merges:
+                whole = sum(w in self._vocab for w in words)
+                if whole:
+                    return whole + self._count_words([w for w in words if w not in self._vocab])
+            coarse = self._coarse
+            words = coarse(words[0]) if len(words) == 1 else [c for w in words for c in coarse(w)]
+        try:
+            return sum(map(memo.__getitem__, words))
+        except KeyError:
+            pass
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        missing = [w for w in dict.fromkeys(words) if w not in memo]
+        if self._ignore_merges and self._coarse is None:  # a whole word in the vocabulary is one token
+            for w in missing:
+                if (byte_level(w) if self._byte_level else w) in self._vocab:
+                    memo[w] = 1
+            missing = [w for w in missing if w not in memo]
+        # Short words recur (English, Cyrillic, code): learnt one by one. The rest (a CJK clause, a sentencepiece
+        # sentence) rarely does: counted together, only their runs remembered.
+        for w in missing:
+            if len(w) <= 32 and _UNSPACED.search(w) is None:
+                memo[w] = self._plain_total([w])
+        once = [w for w in words if w not in memo]
+        return (self._count_once(once) if once else 0) + sum(memo[w] for w in words if w in memo)
+
+    def _count_once(self, words: list[str]) -> int:
+        """Words not worth remembering. Cut into runs where that pays: with a vocabulary that merges most
+        neighbouring characters of this text (a sentencepiece model trained on CJK: most of them) the runs are
+        the words again, so after a sample of the text each word goes to the BPE model whole."""
+        if self._whole_words:
+            tokenize = self._model.tokenize
+            return sum(len(tokenize(byte_level(w) if self._byte_level else w)) for w in words)
+        n = self._plain_total(words, sample=True)
+        if self._sampled[0] > 20_000:
+            self._whole_words = self._sampled[1] > 0.3 * self._sampled[0]
+        return n
+
+    def _plain_total(self, words: list[str], sample: bool = False) -> int:
+        """The BPE count of `words` (each before the byte-level map, each on its own) with plain merges.
+
+        BPE joins two neighbouring symbols only by a merge (a, b) of a symbol `a` ending right before the cut and
+        a symbol `b` starting right after it. Where no merge has `a` ending as the text before does and `b`
+        starting as the text after does (sentencepiece: a's last character and b's first; byte-level: their
+        bytes, as far as the two characters go), no token ever spans the cut, so the pieces count apart
+        exactly. (Only between characters that are tokens of their own: none of byte fallback's symbols.)
+        Counted as: every character alone (remembered per character), corrected for each run of characters that
+        may join (counted whole, remembered per run). In CJK text with a vocabulary of few CJK merges most
+        characters stand alone, and only the joins cost Python time."""
+        text = "".join(words) if len(words) > 1 else words[0]
+        pairs = self._pairs
+        if len(self._char_counts) > MEMO_MAX:
+            self._char_counts.clear()
+        if self._byte_level and pairs is not None and len(pairs) > MEMO_MAX:
+            pairs.clear()
+        if pairs is None:
+            return sum(self._run_count(w) for w in words)
+        if self._byte_level:  # every byte symbol is a token of its own (checked once)
+            joins = list(compress(count(1), map(pairs.__getitem__, map(str.__add__, text[:-1], text[1:]))))
+        elif self._singles.issuperset(text):
+            joins = list(compress(count(1), map(pairs.__contains__, map(str.__add__, text[:-1], text[1:]))))
+        else:  # a character that is no token of its own (byte fallback, unknown): never cut next to it
+            singles = self._singles
+            joins = [i for i, (a, b) in enumerate(zip(text, text[1:]), 1)
+                     if a + b in pairs or a not in singles or b not in singles]
+        n = sum(map(self._char_counts.__getitem__, text))
+        if sample:  # how often characters join, for _count_once
+            self._sampled[0] += len(text)
+            self._sampled[1] += len(joins)
+        if joins and len(words) > 1:  # the words' own ends are cuts
+            ends = set(accumulate(map(len, words[:-1])))
+            joins = [j for j in joins if j not in ends]
+        if not joins:
+            return n
+        chars = self._char_counts
+        start = prev = joins[0]
+        for j in joins[1:] + [-1]:
+            if j != prev + 1:  # the run [start - 1, prev + 1) ends
+                run = text[start - 1 : prev + 1]
+                n += self._run_count(run) - sum(map(chars.__getitem__, run))
+                start = j
+            prev = j
+        return n
+
+    def _run_count(self, run: str) -> int:
+        n = self._runs.get(run)
+        return self._learn_run(run) if n is None else n
+
+    def _learn_run(self, run: str) -> int:
+        n = len(self._model.tokenize(byte_level(run) if self._byte_level else run))
+        if len(run) <= 64:
+            if len(self._runs) > MEMO_MAX:
+                self._runs.clear()
+            self._runs[run] = n
+        return n
+
+
+def _may_join(by_edge: dict[str, list[tuple[str, str]]], left: str, right: str) -> bool:
+    """Whether a merge (a, b) could apply across the end of `left` and the start of `right` (byte-level strings
+    of two neighbouring characters): `a` ends as `left` does and `b` starts as `right` does, as far as both go."""
+    for a, b in by_edge.get(left[-1] + right[0], ()):
+        k, m = min(len(a), len(left)), min(len(b), len(right))
+        if a[-k:] == left[-k:] and b[:m] == right[:m]:
+            return True
+    return False
+
+
+class _LazyTable(dict):
+    """A table per character (str.translate's, keyed by code point, or keyed by the character) filled on first use."""
+
+    def __init__(self, make: Callable[[str], Any], key: type = int):
+        super().__init__()
+        self._make = make
+        self._by_char = key is str  # keyed by the character itself, not its code (for map(table.__getitem__, text))
+
+    def __missing__(self, key: Any) -> Any:
+        out = self[key] = self._make(key if self._by_char else chr(key))
+        return out
+
+
+def _isolated_spans(rx: re.Pattern, text: str) -> list[tuple[int, int]]:
+    """Split(behavior=isolated) as (start, end) spans: each match is a piece, and so is each stretch between."""
+    out, at = [], 0
+    for m in rx.finditer(text):
+        a, b = m.span()
+        if a > at:
+            out.append((at, a))
+        out.append((a, b))
+        at = b
+    if at < len(text):
+        out.append((at, len(text)))
+    return out
 
 
 def _isolated(rx: re.Pattern, text: str) -> list[str]:
@@ -240,4 +635,3 @@ def _isolated(rx: re.Pattern, text: str) -> list[str]:
     if at < len(text):
         out.append(text[at:])
     return out
-

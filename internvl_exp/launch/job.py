@@ -19,10 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from internvl_exp.config.resolve import resolve, resolve_device
 from internvl_exp.errors import ConfigError, UserError
+from internvl_exp.launch.run_lock import LOCK_FILE, RunDirUnwritable, RunLocked, acquire, release
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import configure, scrub, scrub_tree
 from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
+from internvl_exp.train.checkpointing.resume_config import check_resume_config
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +91,9 @@ def note_new_dirs(run_dir: Path) -> None:
 def _discard_run_dir(root: Path) -> None:
     """Remove a single run's directory that holds nothing but an empty-so-far log (Hydra made it before the
     job started), and the folders above it that this launch made, if they are then empty."""
-    if not root.is_dir() or any(p.name != "train.log" for p in root.iterdir()):
+    if not root.is_dir() or any(p.name not in ("train.log", LOCK_FILE) for p in root.iterdir()):
         return
+    release(root)
     for p in root.iterdir():
         p.unlink()
     root.rmdir()
@@ -119,6 +122,10 @@ def _failed_before_first_step(error: Exception, root: Path) -> None:
     raise SystemExit(scrub(f"run failed: {type(error).__name__}: {error}") if clear else 1) from None
 
 
+def _container(spec: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(spec, resolve=True)  # type: ignore[return-value]
+
+
 def resume_command(overrides: list[str], run_name: str) -> str:
     """The command that continues this run: the same overrides with this run's name (run_name defaults to a
     timestamp, so a re-run without it would start a new run)."""
@@ -129,6 +136,13 @@ def resume_command(overrides: list[str], run_name: str) -> str:
 
 
 def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None = None) -> float | None:
+    try:
+        return _run_job(cfg, run_dir, overrides, sweep_dir)
+    finally:
+        release(run_dir)  # the run is over (taken in _run_job, or by RunGuard before Hydra made the directory)
+
+
+def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None) -> float | None:
     started = time.time()
     configure(cfg.get("secrets"))  # the run's `secrets` patterns, before anything is written
     rd = RunDir(run_dir)
@@ -149,10 +163,15 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
         if problem is not None:
             _discard_run_dir(rd.root)
             raise SystemExit(f"run failed: {problem}")
-    # Before anything is written: a finished run is never overwritten (train/checkpointing/resume.py).
+    # Before anything is written: one launch per run directory (launch/run_lock.py), and a finished run is never
+    # overwritten (train/checkpointing/resume.py).
     try:
-        plan_resume(cfg.get("resume", "auto"), rd.root, warn=False)
-    except RunRefused as e:
+        acquire(rd.root)
+        plan = plan_resume(cfg.get("resume", "auto"), rd.root, warn=False, checksums=False)
+        # Settings changed since the checkpoint: refuse what cannot apply, before config.yaml is rewritten (a
+        # sweep job's spec is resolved below: checked there, its refusal recorded in its directory).
+        changed = check_resume_config(_container(spec), plan.checkpoint) if spec is not None else []
+    except (RunRefused, RunLocked, RunDirUnwritable) as e:
         if sweep:
             log.error("job %s not run: %s", rd.root.name, e)
             return None
@@ -169,10 +188,14 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
             except ConfigError:
                 write_config(rd, OmegaConf.to_container(cfg, resolve=True), overrides)  # what was asked
                 raise
-        resolve_device(spec)
+            changed = check_resume_config(_container(spec), plan.checkpoint)
+        if changed:
+            log.warning("resume from %s: changed settings apply from its step on: %s", plan.checkpoint,
+                        "; ".join(changed))
+        weights = resolve_weights(spec)  # the weights are on this machine (or random is asked for): fail in seconds
+        resolve_device(spec)  # imports torch: after the light checks
         cfg = spec  # from here on, only the resolved spec
         saved = write_config(rd, OmegaConf.to_container(spec, resolve=True), overrides)  # scrubbed
-        weights = resolve_weights(cfg)  # the weights are on this machine (or random is asked for): fail in seconds
 
         from internvl_exp.provenance import write_provenance
         from internvl_exp.train.reporting.console_header import print_launch_header

@@ -45,6 +45,37 @@ class MappedConfig:
     template: str | None
 
 
+
+# InternViT's config fields in both layouts: (native name, original name, default when a config lacks it). The
+# converter reads it one way and the export the other, so the two directions cannot drift apart. ls1/ls2 are
+# initialised to initializer_factor in the original; the values themselves come from the checkpoint.
+VISION_FIELDS = (
+    ("hidden_size", "hidden_size", None),
+    ("num_hidden_layers", "num_hidden_layers", None),
+    ("num_attention_heads", "num_attention_heads", None),
+    ("intermediate_size", "intermediate_size", None),
+    ("hidden_act", "hidden_act", "gelu"),
+    ("norm_type", "norm_type", "rms_norm"),
+    ("layer_norm_eps", "layer_norm_eps", 1e-6),
+    ("use_qk_norm", "qk_normalization", False),
+    ("attention_bias", "qkv_bias", False),
+    ("attention_dropout", "attention_dropout", 0.0),
+    ("projection_dropout", "dropout", 0.0),
+    ("initializer_range", "initializer_range", 0.02),
+    ("layer_scale_init_value", "initializer_factor", 0.1),
+    ("num_channels", "num_channels", 3),
+)
+
+
+def vision_fields(vis: dict[str, Any], to_native: bool) -> dict[str, Any]:
+    """The VISION_FIELDS of a vision config, renamed into the other layout (required ones must be there)."""
+    out = {}
+    for native, original, default in VISION_FIELDS:
+        src, dst = (original, native) if to_native else (native, original)
+        value = vis[src] if default is None else vis.get(src, default)
+        out[dst] = bool(value) if isinstance(default, bool) else value
+    return out
+
 def _where(src: SourceCheckpoint) -> str:
     return str(src.path / "config.json")
 
@@ -134,24 +165,10 @@ def map_config(src: SourceCheckpoint, image_token_id: int) -> MappedConfig:
     dtype = source_dtype(src)
     text["dtype"] = dtype
     vision = {
-        "hidden_size": vis["hidden_size"],
-        "num_hidden_layers": vis["num_hidden_layers"],
-        "num_attention_heads": vis["num_attention_heads"],
-        "intermediate_size": vis["intermediate_size"],
-        "hidden_act": vis.get("hidden_act", "gelu"),
-        "norm_type": vis.get("norm_type", "rms_norm"),
-        "layer_norm_eps": vis.get("layer_norm_eps", 1e-6),
-        "use_qk_norm": bool(vis.get("qk_normalization", False)),
-        "attention_bias": bool(vis.get("qkv_bias", False)),
-        "attention_dropout": vis.get("attention_dropout", 0.0),
-        "projection_dropout": vis.get("dropout", 0.0),
+        **vision_fields(vis, to_native=True),
         "hidden_dropout_prob": vis.get("dropout", 0.0),
-        "initializer_range": vis.get("initializer_range", 0.02),
-        # ls1/ls2 are initialised to initializer_factor in the original; the values come from the checkpoint.
-        "layer_scale_init_value": vis.get("initializer_factor", 0.1),
         "image_size": [image_size, image_size],
         "patch_size": [patch, patch],
-        "num_channels": vis.get("num_channels", 3),
         "dtype": dtype,
     }
     seq = tokens_per_tile(image_size, patch, ratio)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from internvl_exp.models.convert.config_map import vision_fields
 from internvl_exp.models.convert.llm_keys import Family
 
 ORIGINAL_AUTO_MAP = {
@@ -91,23 +92,10 @@ def vision_config_back(vis: dict[str, Any], dtype: str) -> dict[str, Any]:
     return {
         "architectures": ["InternVisionModel"],
         "model_type": "intern_vit_6b",
-        "hidden_size": vis["hidden_size"],
-        "num_hidden_layers": vis["num_hidden_layers"],
-        "num_attention_heads": vis["num_attention_heads"],
-        "intermediate_size": vis["intermediate_size"],
-        "hidden_act": vis.get("hidden_act", "gelu"),
-        "norm_type": vis.get("norm_type", "rms_norm"),
-        "layer_norm_eps": vis.get("layer_norm_eps", 1e-6),
-        "qk_normalization": bool(vis.get("use_qk_norm", False)),
-        "qkv_bias": bool(vis.get("attention_bias", False)),
-        "attention_dropout": vis.get("attention_dropout", 0.0),
-        "dropout": vis.get("projection_dropout", 0.0),
+        **vision_fields(vis, to_native=False),
         "drop_path_rate": 0.0,
-        "initializer_range": vis.get("initializer_range", 0.02),
-        "initializer_factor": vis.get("layer_scale_init_value", 0.1),
         "image_size": image,
         "patch_size": patch,
-        "num_channels": vis.get("num_channels", 3),
         "use_flash_attn": True,  # the remote code turns it off itself where flash-attn is not installed
         "torch_dtype": dtype,
     }

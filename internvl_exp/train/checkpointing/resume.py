@@ -1,8 +1,9 @@
 """What a (re-)run of a run directory does, decided from the `resume` key and what the directory holds.
 
     resume=auto    (default) continue from the run directory's newest complete checkpoint, if it has one;
-                   a run that already finished (metrics.json status completed/diverged, or a saved final/)
-                   refuses, so finished work is never overwritten
+                   a run that already finished (metrics.json status completed/diverged, or a complete final/:
+                   one with its checkpoint_complete.json, moved into place only once saved) refuses, so
+                   finished work is never overwritten. A partial final/ (no marker) does not count.
     resume=true    the same, but a run directory without a complete checkpoint is an error
     resume=false   (or never) start over; a run directory that already holds work is left untouched and the
                    run goes to a fresh one, `<run_name>-2` (-3, ...) next to it
@@ -16,13 +17,24 @@ run.py also broadcasts rank 0's plan. Light: standard library only (the Hydra ca
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from internvl_exp.dist import is_main_process, world_size
 from internvl_exp.errors import UserError
-from internvl_exp.train.checkpointing.checkpoints import checkpoint_step, is_complete, list_checkpoints, warn_incomplete
+from internvl_exp.train.checkpointing.checkpoints import (
+    MARKER,
+    checkpoint_step,
+    is_complete,
+    list_checkpoints,
+    newest_verified,
+    verify,
+    warn_incomplete,
+)
+
+log = logging.getLogger(__name__)
 
 FINISHED_STATUSES = ("completed", "diverged")
 # The exit status of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint (why 143: train/checkpointing/preemption.py).
@@ -67,9 +79,10 @@ def _status(run_dir: Path) -> str | None:
 
 
 def final_saved(run_dir: Path) -> bool:
-    """final/ holds a saved model (final/base alone, the random base a LoRA run saves first, does not count)."""
-    final = run_dir / "final"
-    return final.is_dir() and any(p.name != "base" for p in final.iterdir())
+    """final/ holds a complete saved model: train/final.py writes it elsewhere and moves it into place with its
+    marker. A final/ without the marker (a save killed before that existed, or final/base alone, the random
+    base a LoRA run saves first) does not count: the run resumes and saves final/ again."""
+    return is_complete(run_dir / "final")
 
 
 def finished(run_dir: Path) -> str | None:
@@ -109,7 +122,7 @@ class ResumePlan:
         return f"resuming from {self.checkpoint} (model, optimizer, scheduler, RNG and data position)"
 
 
-def _from_path(value: str, warn: bool) -> Path:
+def _from_path(value: str, warn: bool, checksums: bool) -> Path:
     path = Path(value).expanduser()
     if not path.exists():
         raise RunRefused(f"resume={value}: no such run directory or checkpoint; give a run directory "
@@ -118,20 +131,26 @@ def _from_path(value: str, warn: bool) -> Path:
         if not is_complete(path):
             raise RunRefused(f"resume={value}: this checkpoint is incomplete (no checkpoint_complete.json: its save "
                              "was interrupted); give another checkpoint or its run directory")
+        problem = verify(path, checksums)
+        if problem is not None:
+            raise RunRefused(f"resume={value}: this checkpoint is damaged: {problem}; give another checkpoint or "
+                             "its run directory (which falls back to its newest undamaged one)")
         return path
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found = list_checkpoints(folder)
     if warn:
         warn_incomplete(found)
-    newest = found.newest
+    newest = newest_verified(found, checksums, warn)
     if newest is None:
-        raise RunRefused(f"resume={value}: {folder} has no complete checkpoint to resume from")
+        raise RunRefused(f"resume={value}: {folder} has no complete, undamaged checkpoint to resume from")
     return newest
 
 
-def plan_resume(resume: Any, run_dir: Path, warn: bool = True) -> ResumePlan:
+def plan_resume(resume: Any, run_dir: Path, warn: bool = True, checksums: bool = True) -> ResumePlan:
     """The plan for training into `run_dir`; raises RunRefused when the run must not go ahead there.
-    `warn`: name the incomplete checkpoints that are skipped (once per run: the job checks with warn=False)."""
+    `warn`: name the incomplete and damaged checkpoints that are skipped (once per run: the job checks with
+    warn=False). `checksums`: read every file of the candidate checkpoint (else sizes only: the other ranks,
+    which take rank 0's choice)."""
     run_dir = Path(run_dir)
     mode = resume_mode(resume)
     if mode == "never":
@@ -144,15 +163,21 @@ def plan_resume(resume: Any, run_dir: Path, warn: bool = True) -> ResumePlan:
     if why is not None:
         raise RunRefused(f"run {run_dir.name!r} already finished ({why}); its results are never overwritten. "
                          f"To train again into a fresh directory pass resume=false, or choose another run_name")
+    if warn and (run_dir / "final").is_dir() and any(p.name != "base" for p in (run_dir / "final").iterdir()):
+        log.warning("ignoring %s: it has no %s (its save was interrupted); the run resumes and saves it again",
+                    run_dir / "final", MARKER)
     if mode == "path":
-        return ResumePlan(mode, _from_path(str(resume), warn))
+        return ResumePlan(mode, _from_path(str(resume), warn, checksums))
     found = list_checkpoints(run_dir / "checkpoints")
     if warn:
         warn_incomplete(found)
-    if mode == "must" and found.newest is None:
-        raise RunRefused(f"resume=true: {run_dir / 'checkpoints'} has no complete checkpoint to resume from; "
-                         "use resume=auto to start over when there is none")
-    return ResumePlan(mode, found.newest)
+    newest = newest_verified(found, checksums, warn)
+    if mode == "must" and newest is None:
+        raise RunRefused(f"resume=true: {run_dir / 'checkpoints'} has no complete, undamaged checkpoint to resume "
+                         "from; use resume=auto to start over when there is none")
+    if newest is None and found.complete:
+        log.warning("no undamaged checkpoint in %s: the run starts over at step 0", run_dir / "checkpoints")
+    return ResumePlan(mode, newest)
 
 
 def agreed_plan(resume: Any, run_dir: Path) -> ResumePlan:
@@ -162,12 +187,21 @@ def agreed_plan(resume: Any, run_dir: Path) -> ResumePlan:
     import torch.distributed as dist
 
     multi = world_size() > 1
-    plan = plan_resume(resume, run_dir, warn=is_main_process())
+    main = is_main_process()
+    try:
+        plan, refused = plan_resume(resume, run_dir, warn=main, checksums=main), None
+    except RunRefused as e:  # e.g. a damaged checkpoint that only rank 0 (the one reading checksums) sees
+        plan, refused = None, str(e)
     if not multi:
+        if refused is not None:
+            raise RunRefused(refused)
         return plan
-    chosen = [str(plan.checkpoint) if plan.checkpoint is not None else None]
+    # Rank 0's answer, refusal included, for every rank (a rank alone raising would leave the others waiting).
+    chosen = [refused, str(plan.checkpoint) if plan is not None and plan.checkpoint is not None else None]
     dist.broadcast_object_list(chosen, src=0)
-    return ResumePlan(plan.mode, Path(chosen[0]) if chosen[0] is not None else None)
+    if chosen[0] is not None:
+        raise RunRefused(chosen[0])
+    return ResumePlan(resume_mode(resume), Path(chosen[1]) if chosen[1] is not None else None)
 
 
 def resume_problems(value: Any) -> list[str]:

@@ -62,6 +62,9 @@ class ThroughputCallback(TrainerCallback):
         self._t_window: float | None = None
         self._t_end: float | None = None
         self._steps_in_window = 0
+        # Counts and training seconds of the run's earlier attempts (a resume: from the checkpoint).
+        self._carried: dict[str, float] = {}
+        self._carried_seconds = 0.0
 
     # -- fed by InternVLTrainer.training_step -------------------------------------------------------------
     def observe_batch(self, inputs: Mapping[str, Any]) -> None:
@@ -156,21 +159,47 @@ class ThroughputCallback(TrainerCallback):
             "peak_mem_gb": self._peak_mem_gb(),
         }
 
+    def _run_totals(self, peek_window: bool) -> tuple[dict[str, float], float]:
+        """Counts and training seconds of the whole run: earlier attempts + this one (+ the open window)."""
+        totals = dict(self._carried)
+        parts = [self._total]
+        if peek_window and self._steps_in_window:
+            w = self._window
+            sums = w.device_sums.tolist() if w.device_sums is not None else [0.0, 0.0, 0.0]
+            parts.append({"tokens": sums[0], "tokens_sq": sums[1], "supervised": sums[2], "padded": w.padded,
+                          "samples": w.samples, "tiles": w.tiles})
+        for part in parts:
+            for k, v in part.items():
+                totals[k] = totals.get(k, 0) + v
+        seconds = self._carried_seconds
+        if self._t_start is not None:
+            seconds += (self._t_end or time.perf_counter()) - self._t_start
+        return totals, seconds
+
+    def checkpoint_state(self, accelerator: Any = None) -> dict[str, Any]:
+        """The run's counts so far (this process's; rank 0's stand for all, as in `summary`)."""
+        totals, seconds = self._run_totals(peek_window=True)
+        return {"totals": totals, "seconds": seconds}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self._carried = {k: float(v) for k, v in state["totals"].items()}
+        self._carried_seconds = float(state["seconds"])
+
     def summary(self) -> dict[str, Any]:
-        """Whole-run numbers for metrics.json (from the first step to the end of training)."""
-        if self._t_start is None or not self._total:
+        """Whole-run numbers for metrics.json (from the first step to the end of training, over every attempt of
+        a resumed run; the time between attempts is not counted)."""
+        totals, seconds = self._run_totals(peek_window=False)
+        if not totals.get("padded") or seconds <= 0:
             return {"steps_measured": False}
-        end = self._t_end or time.perf_counter()
-        seconds = end - self._t_start
-        rates = self._rates(self._total, seconds)
+        rates = self._rates(totals, seconds)
         return {
             **rates,
             "seconds": seconds,
-            "tokens": int(self._total["tokens"]),
-            "supervised_tokens": int(self._total["supervised"]),
-            "padded_tokens": int(self._total["padded"]),
-            "samples": int(self._total["samples"]),
-            "tiles": int(self._total["tiles"]),
+            "tokens": int(totals["tokens"]),
+            "supervised_tokens": int(totals["supervised"]),
+            "padded_tokens": int(totals["padded"]),
+            "samples": int(totals["samples"]),
+            "tiles": int(totals["tiles"]),
             "world_size": self.world_size,
             "device": self.device_name,
             "peak_tflops": self.peak_tflops,

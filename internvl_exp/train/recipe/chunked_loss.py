@@ -74,6 +74,24 @@ def _softmax_minus_onehot_(exp: torch.Tensor, total: torch.Tensor, target: torch
     return exp.mul_(scale[:, None])
 
 
+def _grad_buffers(h: torch.Tensor, w: torch.Tensor, need_h: bool, need_w: bool, need_b: bool):
+    """The hidden-state, head-weight and (float32) bias gradients the chunks accumulate into; None if unneeded."""
+    return (torch.empty_like(h) if need_h else None, torch.zeros_like(w) if need_w else None,
+            torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if need_b else None)
+
+
+def _add_chunk_grads(g: torch.Tensor, s: slice, hc: torch.Tensor, w: torch.Tensor, dtype: torch.dtype,
+                     grad_h: torch.Tensor | None, grad_w: torch.Tensor | None, grad_b: torch.Tensor | None) -> None:
+    """One chunk's gradient w.r.t. its logits, g [chunk x vocab], into the bias, hidden-state and head gradients."""
+    if grad_b is not None:
+        grad_b += g.sum(0)
+    g = g.to(dtype)
+    if grad_h is not None:
+        grad_h[s] = g @ w
+    if grad_w is not None:
+        grad_w.addmm_(g.t(), hc)
+
+
 class _WeightedCE(torch.autograd.Function):
     """sum_t scale_t * CE(h_t @ W^T + b, target_t); gradients computed in the forward pass (module docstring)."""
 
@@ -84,9 +102,7 @@ class _WeightedCE(torch.autograd.Function):
         b = bias.to(dtype) if bias is not None else None
         need_h, need_w = ctx.needs_input_grad[0] and want_grad, ctx.needs_input_grad[1] and want_grad
         need_b = bias is not None and ctx.needs_input_grad[2] and want_grad
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros_like(w) if need_w else None
-        grad_b = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if need_b else None
+        grad_h, grad_w, grad_b = _grad_buffers(h, w, need_h, need_w, need_b)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in _chunks(h.shape[0], rows):
             hc = h[s].to(dtype)
@@ -95,13 +111,7 @@ class _WeightedCE(torch.autograd.Function):
             total += ((lse - picked) * scale[s]).sum()
             if need_h or need_w or need_b:
                 g = _softmax_minus_onehot_(logits, sums, target[s], scale[s])
-                if need_b:
-                    grad_b += g.sum(0)
-                g = g.to(dtype)
-                if need_h:
-                    grad_h[s] = g @ w
-                if need_w:
-                    grad_w.addmm_(g.t(), hc)
+                _add_chunk_grads(g, s, hc, w, dtype, grad_h, grad_w, grad_b)
             logits = g = None  # both name the chunk's tensor: drop it before the next chunk's is made
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.param_dtypes = (weight.dtype, bias.dtype if bias is not None else None)
@@ -150,21 +160,13 @@ class _TokenLogp(torch.autograd.Function):
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros_like(w) if need_w else None
-        grad_b = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if need_b else None
+        grad_h, grad_w, grad_b = _grad_buffers(h, w, need_h, need_w, need_b)
         for s in _chunks(h.shape[0], rows):
             hc = h[s].to(dtype)
             # d logp_t / d logits = onehot - softmax: minus the CE gradient, scaled by the incoming gradient.
             exp = _chunk_logits(hc, w, b).sub_(lses[s, None]).exp_()  # the softmax itself
             g = _softmax_minus_onehot_(exp, torch.ones_like(lses[s]), target[s], -grad_out[s].float())
-            if need_b:
-                grad_b += g.sum(0)
-            g = g.to(dtype)
-            if need_h:
-                grad_h[s] = g @ w
-            if need_w:
-                grad_w.addmm_(g.t(), hc)
+            _add_chunk_grads(g, s, hc, w, dtype, grad_h, grad_w, grad_b)
             exp = g = None  # one chunk's tensor at a time
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
                 grad_b.to(bias.dtype) if need_b else None, None, None, None)

@@ -1,11 +1,21 @@
-"""One training run, in order: tokenizer/processor -> model -> freeze -> data -> optimizer groups ->
-TrainingArguments -> Trainer -> train -> save -> metrics.json. Returns the metrics (and so the objective)."""
+"""One training run, read top to bottom: setup -> train -> save -> summarise. Returns the metrics (and so the
+objective).
+
+    setup       the weights on this machine, the tokenizer, the data plan (before the model: bad data fails in
+                seconds), TrainingArguments (before the model: ZeRO-3 must see its construction), the resume plan,
+                the model made trainable, the planner's verdict, the Trainer with its callbacks
+    train       Trainer.train from the resume plan's checkpoint; the final eval
+    save        final/, complete or not at all (train/checkpointing/final.py)
+    summarise   metrics.json (the whole run's, across resumes)
+
+`cfg` is the resolved run spec (config/resolve.py): nothing here writes into it."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +42,7 @@ from internvl_exp.train.recipe.deepspeed_env import (announce_op_build, init_bef
                                                      write_deepspeed_json)
 from internvl_exp.train.planning.flops import FlopsModel
 from internvl_exp.train.reporting.loss_summary import LossWindows
-from internvl_exp.train.tuning.lora import record_base_model
+from internvl_exp.train.checkpointing.final import save_final
 from internvl_exp.train.reporting.loggers import log_parameter_counts, logger_callbacks
 from internvl_exp.train.tuning.optim import parameter_groups
 from internvl_exp.config.precision import pure_half_precision
@@ -52,12 +62,37 @@ def _losses(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in log_history if "loss" in h and "train_runtime" not in h]
 
 
+@dataclass
+class Recipe:
+    """What setup() builds for one run and the later phases use."""
+
+    family: Any
+    checkpoint: Path | None  # the native-layout weights loaded (None: random init with the tiny tokenizer)
+    processor: Any
+    args: Any  # TrainingArguments
+    resume: Any  # the agreed resume plan (train/checkpointing/resume.py)
+    data_report: Any
+    eval_report: Any
+    has_eval: bool
+    params: dict[str, Any]  # the parameter report (params.json)
+    memory_plan: Any
+    rss_before_train: float
+    trainer: Any
+    throughput: Any
+    loss_windows: Any
+
+
 def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
     # Signals are caught from the start (a SIGTERM during the model load stops at step 1, with a checkpoint).
     preemption = PreemptionCallback()
     preemption.install()
     try:
-        return _run(cfg, run_dir, preemption)
+        started = time.time()
+        recipe = setup(cfg, run_dir, preemption)
+        result, preempted = train(recipe, preemption)
+        if cfg.trainer.save_final and not preempted:
+            save_final(recipe.trainer, recipe.processor, run_dir, recipe.checkpoint)
+        return summarise(cfg, run_dir, recipe, result, preemption.stopped_by if preempted else None, started)
     except Exception as e:
         e.steps_done = preemption.steps_done  # type: ignore[attr-defined]  # 0: failed before its first step
         raise
@@ -65,10 +100,13 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         preemption.restore()
 
 
-def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str, Any]:
+def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     from transformers import set_seed
 
-    started = time.time()
+    from internvl_exp.train.planning.memory_plan import plan_memory
+    from internvl_exp.train.recipe.callbacks import peak_host_rss_gb
+    from internvl_exp.train.reporting.console_header import training_header
+
     if world_size() != cfg.resolved.world_size:
         raise ConfigError(f"this run was resolved for {cfg.resolved.world_size} process(es) (distributed.nproc_per_node "
                           f"x nnodes) but {world_size()} started; launch it with the same distributed settings")
@@ -97,8 +135,8 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     prepare_environment(cfg, cpu)
     args = scrub_fields(training_arguments(cfg, run_dir))
     init_before_model(cfg, args, cpu)
-    plan = agreed_plan(cfg.get("resume", "auto"), run_dir.root)  # the same on every rank (rank 0's)
-    log.info("run %s: %s", run_dir.root.name, plan.describe())
+    resume = agreed_plan(cfg.resume, run_dir.root)  # the same on every rank (rank 0's)
+    log.info("run %s: %s", run_dir.root.name, resume.describe())
     if pure_half_precision(cfg):
         log.warning("training pure %s weights without fp32 master weights (trainer.pure_half_precision=true): "
                     "small updates round away", cfg.model.dtype)
@@ -115,26 +153,19 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     save_base = cfg.model.random_init and cfg.trainer.save_final and is_main_process()
     model = make_trainable(model, family, cfg.freeze, cfg.model, run_dir.final / "base" if save_base else None).model
     report = training_report(model, family, parameter_groups(model, family, cfg.optimizer))
-    params = report["parameters"]
     log.info("what trains:\n%s", format_report(report))
     if is_main_process():
         run_dir.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir.root / "params.json", report)
-    log_parameter_counts(params)
-    from internvl_exp.train.recipe.callbacks import peak_host_rss_gb
-    from internvl_exp.train.planning.memory_plan import plan_memory
-
+    log_parameter_counts(report["parameters"])
     memory_plan = plan_memory(cfg, setup=(model, family), world=args.world_size, running=True,
                               samples=data_report.samples)
     rss_before_train = peak_host_rss_gb()
-    from internvl_exp.train.reporting.console_header import training_header
-
     log.info("%s", training_header(data_report, memory_plan))  # data size, what trains, the planner's verdict
 
     keep_vision_in_graph(model)  # text-only batches still run the vision path (DDP/ZeRO-3 never hang)
     # Padded or packed batches, with the per-token loss weights of data.loss_reduction (data/packing.py).
     train_dataset, collator = training_data(cfg, dataset, args)
-
     trainer = InternVLTrainer(
         model=model,
         args=args,
@@ -164,28 +195,37 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
     trainer.add_callback(preemption)
     write_deepspeed_json(trainer.args, run_dir.deepspeed)  # the JSON as DeepSpeed was given it
     announce_op_build(cfg, cpu)  # DeepSpeed's first CPU run compiles an op now: say so (train/recipe/deepspeed_env.py)
-    result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+    trainer.restore_run_summary(resume.checkpoint)  # the summaries cover the whole run, not this attempt
+    return Recipe(family, checkpoint, processor, args, resume, data_report, eval_report, eval_dataset is not None,
+                  report, memory_plan, rss_before_train, trainer, throughput, loss_windows)
+
+
+def train(recipe: Recipe, preemption: PreemptionCallback) -> tuple[Any, bool]:
+    """Trainer.train from the resume plan's checkpoint, then the final model's eval; (result, preempted)."""
+    trainer = recipe.trainer
+    checkpoint = recipe.resume.checkpoint
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     preempted = preemption.stopped_by is not None and trainer.state.global_step < trainer.state.max_steps
-    if eval_dataset is not None and not preempted and trainer.evaluated_step != trainer.state.global_step:
+    if recipe.has_eval and not preempted and trainer.evaluated_step != trainer.state.global_step:
         trainer.evaluate()  # final_eval_loss is always the final model's (also under eval_strategy=no)
+    return result, preempted
 
-    if cfg.trainer.save_final and not preempted:
-        trainer.save_model(str(run_dir.final))
-        if is_main_process():
-            processor.save_pretrained(str(run_dir.final))
-            # A LoRA final/ names its base by local path: final/base (random init) or the resolved checkpoint.
-            base_dir = run_dir.final / "base"
-            record_base_model(run_dir.final, base_dir if (base_dir / "config.json").is_file() else checkpoint)
 
+def summarise(cfg: Any, run_dir: RunDir, recipe: Recipe, result: Any, preempted_by: str | None,
+              started: float) -> dict[str, Any]:
+    """metrics.json (main process), returned; a preempted run raises Preempted after writing it."""
+    from internvl_exp.train.recipe.callbacks import peak_host_rss_gb
+
+    trainer, args, throughput = recipe.trainer, recipe.args, recipe.throughput
     losses = _losses(trainer.state.log_history)
     world = args.world_size
     steps = trainer.state.global_step
     metrics = {
         "status": "completed",
         # initial/final: means over the first/last loss_window_steps steps (train/reporting/loss_summary.py);
-        # train_loss: the Trainer's mean over all steps; best_loss: the lowest logged window.
-        **loss_windows.summary(trainer.accelerator),
-        "train_loss": result.metrics.get("train_loss"),
+        # train_loss: the mean over all steps; best_loss: the lowest logged window. The whole run's, across
+        # resumes (the checkpoint carries them: run_summary.json).
+        **recipe.loss_windows.summary(trainer.accelerator),
         "best_loss": min(l for _, l in losses) if losses else None,
         "loss_history": [{"step": s, "loss": l} for s, l in losses],
         # eval_loss history [{step, value}], best_eval_loss, final_eval_loss (train/recipe/evaluation.py)
@@ -197,29 +237,29 @@ def _run(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> dict[str,
         "epochs": trainer.state.epoch,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "runtime_s": time.time() - started,
-        "trainable_parameters": params,
-        "optimizer_groups": report["optimizer_groups"],
+        "trainable_parameters": recipe.params["parameters"],
+        "optimizer_groups": recipe.params["optimizer_groups"],
         "throughput": throughput.summary(),
-        "memory_plan": memory_plan.as_dict(),
-        "data": data_report.as_dict(all_ranks=True),  # load failures summed over the ranks
-        "eval_data": eval_report.as_dict(all_ranks=True) if eval_report is not None else None,
+        "memory_plan": recipe.memory_plan.as_dict(),
+        "data": recipe.data_report.as_dict(all_ranks=True),  # load failures summed over the ranks
+        "eval_data": recipe.eval_report.as_dict(all_ranks=True) if recipe.eval_report is not None else None,
         "run_dir": str(run_dir.root),
     }
-    if plan.checkpoint is not None:
-        metrics["resumed_from"] = str(plan.checkpoint)
+    if recipe.resume.checkpoint is not None:
+        metrics["resumed_from"] = str(recipe.resume.checkpoint)
     tp = metrics["throughput"]
     # Measured beside predicted: torch's allocator peak on a GPU; on CPU the growth of the process's peak RSS
     # during training (model and data already loaded, so it holds what training added, plus allocator slack).
     metrics["memory_plan"]["measured_peak_gb"] = tp.get("peak_gpu_memory_gb")
     if tp.get("peak_gpu_memory_gb") is None:
-        metrics["memory_plan"]["measured_train_rss_growth_gb"] = peak_host_rss_gb() - rss_before_train
+        metrics["memory_plan"]["measured_train_rss_growth_gb"] = peak_host_rss_gb() - recipe.rss_before_train
     if metrics["final_loss"] is not None and not math.isfinite(metrics["final_loss"]):
         metrics["status"] = "diverged"
-    if preempted:
+    if preempted_by is not None:
         saved = run_dir.checkpoints / f"checkpoint-{steps}"
-        metrics.update({"status": "preempted", "signal": preemption.stopped_by, "checkpoint": str(saved)})
+        metrics.update({"status": "preempted", "signal": preempted_by, "checkpoint": str(saved)})
     if is_main_process():
         write_json_atomic(run_dir.metrics, metrics)
-    if preempted:
-        raise Preempted(preemption.stopped_by, str(saved), metrics)
+    if preempted_by is not None:
+        raise Preempted(preempted_by, str(saved), metrics)
     return metrics

@@ -3,7 +3,8 @@
 Both hooks are also reached under DeepSpeed: with no `optimizer` / `scheduler` block in the DS config, HF's
 `deepspeed_optim_sched` calls `create_optimizer`, and the scheduler is built by `create_scheduler`.
 
-Checkpoints are marked complete after every rank has saved (train/checkpointing/checkpoints.py); retention runs after that.
+Checkpoints are saved into checkpoints/.partial/, marked complete after every rank has saved and then renamed
+into place (train/checkpointing/checkpoints.py); retention runs after that.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class InternVLTrainer(Trainer):
     # Read by Trainer.training_step after compute_loss: True when our weighted loss (train/recipe/loss.py) already
     # normalised by the whole step; None (HF's own detection) for a batch without loss weights.
     _loss_scaled: bool | None = None
+    _staging_dir: str | None = None  # set while a checkpoint is being saved
 
     @property
     def loss_is_scaled_for_ga(self) -> bool | None:  # type: ignore[override]
@@ -149,23 +151,56 @@ class InternVLTrainer(Trainer):
         # being trained. The Trainer's own set_epoch does not reach the dataset when it resumes mid-epoch
         # (accelerate's skip_first_batches loader has no set_epoch), so a resumed epoch > 0 would redraw
         # epoch 0's augmentations.
+        if self.state.global_step >= self.state.max_steps:
+            # Resumed from a checkpoint saved at the last step: nothing is left to train. HF checks the step
+            # count only after a step, so it would train one more (13 of 12).
+            self.control.should_training_stop = True
+            return None
         set_epoch = getattr(self.train_dataset, "set_epoch", None)
         if set_epoch is not None:
             set_epoch(epoch)
         return super()._run_epoch(*args, epoch=epoch, **kwargs)
 
+    def restore_run_summary(self, checkpoint: Path | str | None) -> None:
+        """Give the callbacks that summarise the run what the checkpoint's earlier attempts measured."""
+        if checkpoint is None:
+            return
+        saved = checkpoints.read_extras(Path(checkpoint))
+        for cb in self.callback_handler.callbacks:
+            state = saved.get(type(cb).__name__)
+            if state is not None and hasattr(cb, "load_checkpoint_state"):
+                cb.load_checkpoint_state(state)
+
+    def _manifest(self, folder: Path) -> dict[str, Any]:
+        """Sizes and checksums of the checkpoint's files, each rank hashing its share (rank 0's listing), merged
+        on every rank: a large checkpoint is read in parallel by all processes."""
+        world, rank = self.args.world_size, self.args.process_index
+        if world <= 1 or not torch.distributed.is_initialized():
+            return checkpoints.manifest(folder)
+        names = [checkpoints.file_names(folder) if rank == 0 else None]
+        torch.distributed.broadcast_object_list(names, src=0)
+        parts: list[Any] = [None] * world
+        torch.distributed.all_gather_object(parts, checkpoints.manifest(folder, names[0][rank::world]))
+        return {name: entry for part in parts for name, entry in part.items()}
+
+    def _get_output_dir(self, trial: Any) -> str:
+        # While a checkpoint is saved, HF writes it under checkpoints/.partial/ (see _save_checkpoint).
+        return self._staging_dir if self._staging_dir is not None else super()._get_output_dir(trial)
+
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         step = self.state.global_step
         if step == self._marked_step:  # e.g. a preemption stop followed by the epoch-end save: already complete
             return
-        folder = Path(self._get_output_dir(trial=trial)) / f"{checkpoints.PREFIX}-{step}"
-        # A folder of this name is left over from an interrupted save (or a run resumed from an older step):
-        # remove it first, so no stale file (or marker) mixes with the new save.
-        if is_main_process() and folder.exists():
-            shutil.rmtree(folder)
+        final = Path(self._get_output_dir(trial=trial)) / f"{checkpoints.PREFIX}-{step}"
+        # Saved into checkpoints/.partial/checkpoint-N, marked complete there and renamed into place: a
+        # checkpoint-N folder only ever appears whole. What an interrupted save left there is removed first.
+        staging_root = final.parent / checkpoints.STAGING
+        folder = staging_root / final.name
+        if is_main_process() and staging_root.exists():
+            shutil.rmtree(staging_root)
         self.accelerator.wait_for_everyone()
-        # HF rotates inside _save_checkpoint, before our marker exists (it would count this half-saved folder
-        # as the newest and could delete the last complete one): rotation is ours, after the marker.
+        # HF rotates inside _save_checkpoint (it would count a half-saved folder as the newest and could delete
+        # the last complete one): rotation is ours, after the marker.
         limit, self.args.save_total_limit = self.args.save_total_limit, None
         # Checkpoint weights keep the model's own parameter names: transformers 5 saves InternVL in the original
         # (legacy) key layout by default, which the Trainer's resume (a plain load_state_dict, non-strict) does
@@ -174,16 +209,32 @@ class InternVLTrainer(Trainer):
         own_names = isinstance(target, PreTrainedModel)
         if own_names:
             target.save_pretrained = functools.partial(type(target).save_pretrained, target, save_original_format=False)
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-            if own_names:
-                del target.save_pretrained
-        self.accelerator.wait_for_everyone()  # every rank's shards and RNG state are on disk
+        with checkpoints.save_errors(final, f"checkpoint {final.name}"):
+            self._staging_dir = str(staging_root)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_dir = None
+                self.args.save_total_limit = limit
+                if own_names:
+                    del target.save_pretrained
+            # The whole run's summaries (loss windows, throughput totals), so a resume reports the whole run;
+            # every rank takes part (the losses are averaged across ranks).
+            summary = {type(cb).__name__: cb.checkpoint_state(self.accelerator)
+                       for cb in self.callback_handler.callbacks if hasattr(cb, "checkpoint_state")}
+            if is_main_process():
+                checkpoints.write_extras(folder, summary, final.parent.parent / "config.yaml")
+            self.accelerator.wait_for_everyone()  # every rank's shards and RNG state are on disk
+            files = self._manifest(folder)
+            if is_main_process():
+                checkpoints.write_marker(folder, {"global_step": step, "epoch": self.state.epoch,
+                                                  "world_size": self.args.world_size, "saved_at": time.time()},
+                                         files=files)
+                checkpoints.move_into_place(folder, final)
+        self.accelerator.wait_for_everyone()
+        if self.state.best_global_step == step:  # HF looked for it under its final name before the rename
+            self.state.best_model_checkpoint = str(final)
         if is_main_process():
-            checkpoints.write_marker(folder, {"global_step": step, "epoch": self.state.epoch,
-                                              "world_size": self.args.world_size, "saved_at": time.time()})
-            checkpoints.retain(folder.parent, limit, protect=[self.state.best_model_checkpoint])
+            checkpoints.retain(final.parent, limit, protect=[self.state.best_model_checkpoint])
         self.accelerator.wait_for_everyone()
         self._marked_step = step
