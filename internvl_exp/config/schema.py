@@ -351,6 +351,9 @@ class DistributedConfig:
     rdzv_id: Optional[str] = None
     # null: a free port is picked on this machine (one node only); under slurm: derived from the job id.
     master_port: Optional[int] = None
+    # A collective (all-reduce, barrier) that waits longer than this fails, naming the ranks that stopped
+    # answering, instead of hanging the job (TrainingArguments.ddp_timeout; launch/worker.py). Seconds.
+    timeout_s: int = 1800
     # distributed=slurm (conf/distributed/slurm.yaml; internvl_exp/launch/slurm.py): one SLURM job, one task per
     # node running torchrun; nproc_per_node/nnodes follow gpus_per_node/nodes.
     nodes: Optional[int] = None  # sbatch --nodes (slurm)

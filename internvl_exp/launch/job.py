@@ -1,7 +1,8 @@
 """What one Hydra job does: name the run, snapshot config and provenance, validate, run, record the outcome.
 
 A failed job always leaves `metrics.json` with `status: failed` and the error (the traceback is in train.log),
-except a single run whose config fails validation: that one exits with the message and leaves no directory.
+except a single run that fails validation or fails before its first optimizer step in a directory that held
+no earlier work: that one exits with the message alone (a bug's traceback above it) and leaves no directory.
 In a sweep the job then returns None, so the sweeper records a failed trial and the sweep goes on; a single
 run exits non-zero with one clear line. Nothing written here carries a secret (redact.py).
 """
@@ -65,8 +66,8 @@ def objective(metrics: dict[str, Any], key: str, sweep: bool) -> float | None:
 
 def _traceback_to_log_files(error: BaseException) -> None:
     """Write the traceback of `error` to the file handlers only (train.log), through their scrub filters."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "traceback of the failure above", None,
-                            (type(error), error, error.__traceback__))
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "run failed: %s: %s",
+                            (type(error).__name__, error), (type(error), error, error.__traceback__))
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
@@ -96,11 +97,29 @@ def _discard_run_dir(root: Path) -> None:
     for p in root.iterdir():
         p.unlink()
     root.rmdir()
+    _discard_made_parents(root)
+
+
+def _discard_made_parents(root: Path) -> None:
+    """The folders above a removed run directory that this launch made, if they are now empty."""
     top = _made_from[0] if _made_from else root.parent
     for parent in root.parents:
         if not parent.is_dir() or any(parent.iterdir()) or top not in (parent, *parent.parents):
             break
         parent.rmdir()
+
+
+def _failed_before_first_step(error: Exception, root: Path) -> None:
+    """A single run that failed before its first step (bad data, missing weights, a crash while building) has
+    nothing to keep or resume: its directory goes, and the error is said once (a bug's traceback with it)."""
+    import shutil
+
+    clear = isinstance(error, UserError)
+    if not clear:
+        log.error("run failed before its first step: %s: %s", type(error).__name__, error, exc_info=True)
+    shutil.rmtree(root, ignore_errors=True)
+    _discard_made_parents(root)
+    raise SystemExit(scrub(f"run failed: {type(error).__name__}: {error}") if clear else 1) from None
 
 
 def _container(spec: DictConfig) -> dict[str, Any]:
@@ -138,6 +157,12 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
         except ConfigError as e:
             _discard_run_dir(rd.root)
             raise SystemExit(str(e)) from None
+        from internvl_exp.launch.precheck import data_file_error
+
+        problem = data_file_error(spec)  # a missing meta/annotation file: in a second, before torch is imported
+        if problem is not None:
+            _discard_run_dir(rd.root)
+            raise SystemExit(f"run failed: {problem}")
     # Before anything is written: one launch per run directory (launch/run_lock.py), and a finished run is never
     # overwritten (train/checkpointing/resume.py).
     try:
@@ -151,7 +176,11 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
             log.error("job %s not run: %s", rd.root.name, e)
             return None
         raise SystemExit(str(e)) from None
+    from internvl_exp.train.checkpointing.resume import has_work
+
+    fresh = not has_work(rd.root)  # nothing of an earlier attempt here (a failure may then remove the directory)
     rd.root.mkdir(parents=True, exist_ok=True)
+    training = False  # set once the training processes start (before: nothing of the run exists but its config)
     try:
         if spec is None:  # a sweep job: its failure to resolve is recorded in its directory, and the sweep goes on
             try:
@@ -174,6 +203,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
         print_launch_header(cfg, saved, weights, rd.root)  # the config tree too under print_config=true
         write_provenance(rd.provenance, Path(cfg.paths.root_dir))
 
+        training = True
         if cfg.distributed.name in ("torchrun", "slurm"):  # the workers log to the tracker, write metrics.json
             if cfg.distributed.name == "slurm":
                 from internvl_exp.launch.slurm import run_slurm
@@ -211,19 +241,24 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
         print(f"\nto resume: {resume_command(overrides, cfg.run_name)}")
         raise
     except Exception as e:
+        # run.py tells how many steps it finished (0: failed while building); the workers' failures do not.
+        before_first_step = not training or getattr(e, "steps_done", None) == 0
+        if not sweep and fresh and before_first_step and not has_work(rd.root):
+            _failed_before_first_step(e, rd.root)
         record_failure(rd, e, started)
         # A user mistake (config key, data file:line) shows just its message on the console; a bug shows the
-        # traceback too. train.log always keeps the traceback.
-        clear = isinstance(e, UserError)
-        log.error("run failed: %s: %s", type(e).__name__, e, exc_info=not clear)
+        # traceback too. train.log always keeps the traceback. The message is said once, by the exit below; a bug's traceback goes to the console too.
+        clear = isinstance(e, UserError) or getattr(e, "one_line", False)
         if clear:
             _traceback_to_log_files(e)
+        else:
+            log.error("run failed: %s: %s", type(e).__name__, e, exc_info=True)
         scrub_tree(rd.root)
         if sweep:
             log.error("job %s failed (recorded in its metrics.json); the sweep goes on", rd.root.name)
             return None
         where = "metrics.json has the status, train.log the traceback"
-        raise SystemExit(scrub(f"run failed: {type(e).__name__}: {e}\nRun directory: {rd.root} ({where})\n"
+        raise SystemExit(scrub(f"{chr(10) if clear else ''}run failed: {type(e).__name__}: {e}\nRun directory: {rd.root} ({where})\n"
                                f"to resume (from its newest complete checkpoint, if any): "
                                f"{resume_command(overrides, cfg.run_name)}"))
 
@@ -233,7 +268,10 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
     value = objective(metrics, metric, sweep)
     metrics.update({"optimized_metric": metric, "objective": value})
     write_json_atomic(rd.metrics, metrics)
-    log.info("%s. Run directory: %s", summary_line(metrics), rd.root)
+    log.info("%s", summary_line(metrics))  # the run directory is printed once, below
     scrub_tree(rd.root)
     print(f"\nRun directory: {rd.root}")
+    if not sweep and (rd.final / "config.json").is_file():  # what to do next with a trained model
+        print(f"chat with it: python -m internvl_exp.tools.chat {rd.root} \"your question\" (--image PATH adds "
+              f"an image; without a question it is interactive)")
     return value

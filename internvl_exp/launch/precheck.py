@@ -29,13 +29,63 @@ def resolved_or_exit(cfg: Any, overrides: list[str] = ()) -> Any:
         raise SystemExit(str(e)) from None
 
 
+def data_file_error(cfg: Any) -> str | None:
+    """The first missing or unreadable data file the config names (meta JSON, annotation files, for training
+    and data.eval), found in a fraction of a second before torch is imported; None when they are there or the
+    run generates them (data.generate_demo). The lines themselves are scanned later (data/prescan.py)."""
+    from omegaconf import OmegaConf
+
+    from internvl_exp.data.sources import load_entries
+    from internvl_exp.errors import UserError
+
+    data = cfg.data
+    if data.generate_demo:
+        return None
+
+    def inline(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True) if node else None
+
+    try:
+        if data.meta_path or data.datasets:
+            load_entries(data.meta_path, inline(data.datasets))
+        if data.eval.meta_path or data.eval.datasets:
+            load_entries(data.eval.meta_path, inline(data.eval.datasets), key="data.eval")
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def check_override_keys(argv: list[str], config_dir: Path) -> None:
+    """launch.py: exit with one line per mistyped override key ("did you mean ...", launch/overrides.py) before
+    Hydra composes and prints its own advice. Left to Hydra with another config (--config-dir/-path/-name)."""
+    from hydra._internal.utils import get_args_parser
+
+    from internvl_exp.launch.overrides import override_problems
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.config_dir or args.config_path or (args.config_name or "config") != "config" or args.shell_completion:
+        return
+    problems = override_problems(list(args.overrides), config_dir)
+    if problems:
+        raise SystemExit("\n".join(problems))
+
+
 def compose_config(overrides: list[str], config_dir: Path = ROOT / "conf", config_name: str = "config",
                    check: bool = False) -> Any:
     """The resolved run spec Hydra's job would get for `launch.py OVERRIDES` (run mode; same schema registration
     and resolvers). The one composer of the tools (validate, data_check, plan, predict, chat) and of `--cfg`.
-    check=True validates (ConfigError); otherwise the caller validates the result once."""
+    check=True validates (ConfigError); otherwise the caller validates the result once.
+    A mistyped key raises Hydra's ConfigCompositionException with the one-line suggestion (launch/overrides.py)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+
+    from internvl_exp.launch.overrides import override_problems
+
+    if config_name == "config" and Path(config_dir).resolve() == (ROOT / "conf").resolve():
+        problems = override_problems(list(overrides), config_dir)
+        if problems:
+            raise ConfigCompositionException("\n".join(problems))
 
     from internvl_exp.config.resolve import resolve
     from internvl_exp.config.schema import register_configs

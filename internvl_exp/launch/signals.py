@@ -6,10 +6,12 @@ task on each node for distributed=slurm, and torchrun itself) must neither die o
 every process of a job step, and an ended parent ends the step) nor deliver them a second time (a second signal
 ends a worker at once). So:
 
-- torchrun starts with SIGTERM, SIGUSR1 and SIGUSR2 ignored (`shield`, inherited across exec; it is told to
-  handle only SIGINT/SIGHUP/SIGQUIT itself); the workers restore the default dispositions first thing;
-- the launching process catches them while the workers run (`hold_signals`) and forwards SIGUSR1 to the
-  workers, unless SLURM already signalled every process of this job step;
+- torchrun starts with SIGTERM, SIGUSR1, SIGUSR2 and SIGINT ignored (`shield`, inherited across exec; it is
+  told to handle only SIGHUP/SIGQUIT itself); the workers restore the default dispositions first thing;
+- the launching process catches them and Ctrl-C while the workers run (`hold_signals`) and forwards SIGUSR1
+  (SIGINT for Ctrl-C: torch starts the workers in sessions of their own, out of the terminal's reach) to the
+  workers, unless SLURM already signalled every process of this job step; the same signal again, or a second
+  Ctrl-C, kills the workers and torchrun at once and ends the launcher by that signal;
 - a Python handler installed before ours (submitit's checkpoint-and-requeue in the jobs it runs) is never
   dropped: it is called once the checkpoint is complete (`pass_on`), not when the signal arrives, when it
   would requeue and exit before anything was saved; the exit status it asks for is honoured (submitit's
@@ -34,8 +36,10 @@ log = logging.getLogger(__name__)
 # `--signal=USR1@<s>` before the time limit).
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Ignored by torchrun: its default action for USR1/USR2 would end it, and it would forward SIGTERM a second time.
-SHIELDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-TORCHRUN_HANDLES = "SIGINT,SIGHUP,SIGQUIT"  # torchrun --signals_to_handle: Ctrl-C still stops it and its workers
+# SIGINT too: Ctrl-C reaches every process of the terminal's group; the workers save on the first and stop at
+# once on the second (train/preemption.py), while torchrun would stop them at once on the first.
+SHIELDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+TORCHRUN_HANDLES = "SIGHUP,SIGQUIT"  # torchrun --signals_to_handle: these still stop it and its workers
 
 
 def is_submitit_handler(handler: Any) -> bool:
@@ -67,14 +71,14 @@ def in_slurm_step() -> bool:
 
 def shield() -> None:
     """preexec_fn for torchrun: ignore the preemption signals (the workers handle them; see the module doc).
-    Should the launching process die, torchrun gets SIGINT (Linux parent-death signal) and stops its workers,
+    Should the launching process die, torchrun gets SIGHUP (Linux parent-death signal) and stops its workers,
     instead of living on unattended with SIGTERM ignored."""
     for sig in SHIELDED:
         signal.signal(sig, signal.SIG_IGN)
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGHUP))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: no parent-death signal
         pass
 
@@ -84,6 +88,8 @@ def unshield() -> None:
     for sig in PREEMPTION_SIGNALS:
         if signal.getsignal(sig) is signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # Python's own: KeyboardInterrupt, then ours in run()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass
@@ -91,6 +97,24 @@ class Held:
     received: str | None = None  # the first signal this process caught while holding
     workers_of: int | None = None  # the pid whose descendants (the workers) a forwarded SIGUSR1 goes to
     forwarded: bool = False
+
+
+def _stop_now(held: Held, signum: int) -> None:
+    """A second preemption signal or Ctrl-C while the workers save: kill them (and torchrun) at once, then end
+    this process by the same signal, as a single process does (train/preemption.py)."""
+    import psutil
+
+    name = signal.Signals(signum).name
+    os.write(2, f"\n{name} again: stopping the workers now, without a checkpoint (the last complete one, if any, "
+                f"is what a re-run resumes from)\n".encode())
+    if held.workers_of is not None:
+        with contextlib.suppress(psutil.Error):
+            parent = psutil.Process(held.workers_of)
+            for proc in [*parent.children(recursive=True), parent]:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _forward(held: Held) -> None:
@@ -103,9 +127,12 @@ def _forward(held: Held) -> None:
         children = psutil.Process(held.workers_of).children(recursive=True)
     except psutil.Error:
         return
+    # Ctrl-C as itself (torch starts the workers in sessions of their own: the terminal's SIGINT never reaches
+    # them), anything else as SIGUSR1 (a second SIGTERM would end them at once).
+    sig = signal.SIGINT if held.received == "SIGINT" else signal.SIGUSR1
     for child in children:
         with contextlib.suppress(psutil.Error):
-            child.send_signal(signal.SIGUSR1)
+            child.send_signal(sig)
 
 
 @contextlib.contextmanager
@@ -120,6 +147,8 @@ def hold_signals() -> Iterator[Held]:
 
     def handle(signum: int, frame: Any) -> None:
         sig = signal.Signals(signum)
+        if held.received is not None and (sig == signal.SIGINT or sig.name == held.received):
+            _stop_now(held, signum)
         held.received = held.received or sig.name
         if not (in_slurm_step() and sig in PREEMPTION_SIGNALS):
             _forward(held)
@@ -127,6 +156,8 @@ def hold_signals() -> Iterator[Held]:
     if threading.current_thread() is threading.main_thread():
         for sig in caught_signals():
             previous[sig] = signal.signal(sig, handle)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Ctrl-C: save like SIGTERM
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, handle)
     try:
         yield held
     finally:
@@ -150,7 +181,7 @@ def pass_on(signal_name: str | None) -> int | None:
     if not isinstance(sig, signal.Signals):
         return None
     handler = signal.getsignal(sig)
-    if not callable(handler):
+    if not callable(handler) or handler is signal.default_int_handler:  # Ctrl-C's KeyboardInterrupt: nothing to pass
         return None
     log.info("preemption: the checkpoint is saved; passing %s on to the handler installed before ours (%s)",
              signal_name, getattr(handler, "__qualname__", handler))

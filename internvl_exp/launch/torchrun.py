@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class WorkerFailure(RuntimeError):
-    """The workers exited non-zero; the message is the error rank 0 recorded, when it recorded one."""
+    """The workers exited non-zero; the message names the failed rank and what ended it (failure_headline)."""
+
+    one_line = True  # job.py prints the message alone: the launcher's own traceback says nothing
 
 
 def free_port() -> int:
@@ -36,7 +38,8 @@ def free_port() -> int:
 def torchrun_argv(d: Any, run_dir: Path) -> list[str]:
     """The torchrun command line for the `distributed` config `d` (one node: a private localhost rendezvous)."""
     # torchrun leaves SIGTERM to the workers (launch/signals.py): they save a checkpoint, it would kill them.
-    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={d.nproc_per_node}",
+    # launch/agent.py: torchrun itself, which records how each failed worker ended for workers_outcome.
+    argv = [sys.executable, "-m", "internvl_exp.launch.agent", f"--nproc_per_node={d.nproc_per_node}",
             f"--nnodes={d.nnodes}", f"--node_rank={d.node_rank}", f"--signals_to_handle={TORCHRUN_HANDLES}"]
     if d.rdzv_endpoint:
         argv += [f"--rdzv_backend={d.rdzv_backend}", f"--rdzv_endpoint={d.rdzv_endpoint}"]
@@ -67,12 +70,57 @@ def launch_torchrun(argv: list[str], root: str) -> tuple[int, Held]:
             raise
 
 
+# What a signal that ended a worker usually means, and what to do.
+SIGNAL_CAUSES = {
+    "SIGKILL": "often the kernel's out-of-memory killer (see `dmesg` or the job's memory report) or a `kill -9`",
+    "SIGSEGV": "a crash in native code (a CUDA/NCCL or extension bug; the rank's console lines above show where)",
+    "SIGBUS": "a crash reading memory (often /dev/shm too small for the data loader or NCCL)",
+    "SIGABRT": "an abort in native code (CUDA, NCCL or a C++ assertion; the rank's console lines above say which)",
+    "SIGTERM": "a SIGTERM sent to that process alone (the run saves on SIGTERM only when the launcher or every "
+               "rank gets it)",
+}
+FIRST_OBSERVED_S = 5  # failures later than this after the first are the agent stopping the others
+
+
+def failure_headline(run_dir: RunDir) -> str | None:
+    """The worker failure to report first, from the agents' records (launch/agent.py): a rank killed by a signal,
+    else the first rank's own message; None when no agent recorded one."""
+    records = []
+    for path in sorted((run_dir.root / "worker_failures").glob("node*.json")):
+        try:
+            records += json.loads(path.read_text())["failures"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not records:
+        return None
+    t0 = min(r["timestamp"] for r in records)
+    # A rank killed by a signal (other than SIGTERM: the agent's own, when it stops the others) is the cause;
+    # else a rank's own message (launch/worker.py: the ranks that stopped answering); else an exit status.
+    first = sorted((r for r in records if r["timestamp"] <= t0 + FIRST_OBSERVED_S),
+                   key=lambda r: (0 if r["signal"] not in (None, "SIGTERM") else 1 if r["message"] else 2,
+                                  r["timestamp"], r["rank"]))
+    r = first[0]
+    where = f"rank {r['rank']} (node {r['node_rank']}, local rank {r['local_rank']}, pid {r['pid']})"
+    if r["signal"]:
+        cause = SIGNAL_CAUSES.get(r["signal"], "a signal from outside the run")
+        return f"{where} was killed by {r['signal']}: {cause}; the other ranks were stopped"
+    if r["message"]:
+        own = r["message"].removeprefix("PeerLost: ")  # launch/worker.py's line already names the ranks
+        return own if own.startswith(f"rank {r['rank']}:") else f"{where} failed: {r['message']}"
+    return f"{where} exited with status {r['exitcode']}"
+
+
 def workers_outcome(code: int, run_dir: RunDir, what: str = "torchrun", held: Held | None = None) -> dict[str, Any]:
     """Rank 0's metrics.json after the workers exited with `code`; WorkerFailure unless they completed or were
     preempted (then metrics.json says so and the checkpoint is complete). `launcher_signal`: the signal this
-    process caught meanwhile (its previous handler runs after the save: launch/signals.py pass_on)."""
+    process caught meanwhile (its previous handler runs after the save: launch/signals.py pass_on). The failure
+    names the rank at fault as the agents recorded it (a rank killed by a signal, or the ranks that stopped
+    answering), not the survivors' "Connection reset by peer"."""
     metrics = json.loads(run_dir.metrics.read_text()) if run_dir.metrics.is_file() else None
     if code != 0 and not (metrics and metrics.get("status") == "preempted"):
+        headline = failure_headline(run_dir)
+        if headline:
+            raise WorkerFailure(headline)
         if metrics and metrics.get("error"):
             raise WorkerFailure(f"a worker failed: {metrics['error']}")
         raise WorkerFailure(f"{what} exited with status {code}; the failing rank's error is on the console "

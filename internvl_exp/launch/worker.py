@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -70,6 +71,7 @@ def main(argv: list[str]) -> int:
     from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted
     from internvl_exp.train.recipe.run import run
 
+    _init_cpu_process_group(cfg)
     try:
         with experiment_logger(cfg, rd, OmegaConf.to_container(cfg), is_main=is_main_process()):
             run(cfg, rd)
@@ -79,11 +81,64 @@ def main(argv: list[str]) -> int:
         _barrier()
         return PREEMPTED_EXIT_CODE
     except Exception as e:
-        log.error("rank %d failed: %s: %s", rank(), type(e).__name__, e, exc_info=True)
+        from internvl_exp.launch.collective import is_peer_loss, peer_loss_message
+
+        if is_peer_loss(e):  # another rank stopped answering or died: one line naming it, no traceback here
+            message = peer_loss_message(e, int(cfg.distributed.get("timeout_s", 1800)))
+            log.error("%s", message.split(" [", 1)[0])  # the launcher prints it whole, with what to do
+            _traceback_to_file(e)
+            error: BaseException = PeerLost(message)
+        else:
+            log.error("rank %d failed: %s: %s", rank(), type(e).__name__, e, exc_info=True)
+            error = e
+        _record_for_the_agent(error)
         if is_main_process():
-            record_failure(rd, e, started)
+            record_failure(rd, error, started)
         return 1
     return 0
+
+
+def _init_cpu_process_group(cfg: Any) -> None:
+    """On CPU, the gloo process group with distributed.timeout_s: TrainingArguments passes its ddp_timeout to the
+    process group only off-CPU, and gloo's own default lets a stalled rank hang the job for 30 minutes."""
+    from internvl_exp.train.recipe.args import use_cpu
+
+    if not use_cpu(cfg.trainer):
+        return
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=int(cfg.distributed.get("timeout_s", 1800))))
+
+
+class PeerLost(RuntimeError):
+    """A collective failed because of another rank (launch/collective.py); the message names it."""
+
+
+def _traceback_to_file(error: BaseException) -> None:
+    """The traceback of `error` to train.log only (rank 0's file handler); the console had the one line."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "traceback of the failure above", None,
+                            (type(error), error, error.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _record_for_the_agent(error: BaseException) -> None:
+    """The error into torchrun's per-worker error file, so the agent (launch/agent.py) reports this rank's
+    message rather than only its exit status."""
+    import os
+
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        return
+    try:
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+        ErrorHandler().record_exception(error)
+    except Exception:  # reporting must never hide the failure itself
+        pass
 
 
 if __name__ == "__main__":

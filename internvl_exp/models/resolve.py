@@ -162,6 +162,14 @@ def preset_mismatches(model_cfg: Any, weights: Weights) -> list[str]:
         for key in ("hidden_size", "num_hidden_layers"):
             if arch[key] is not None and key in ckpt and ckpt[key] != arch[key]:
                 out.append(f"{part} {key} {ckpt[key]} (the preset has {arch[key]}: model.arch.{part}.{key})")
+    for key, ours, theirs in _geometry_mismatches(model_cfg, weights):
+        out.append(f"{key.split('.', 1)[1]} {theirs} (the config has {key}={ours})")
+    return out
+
+
+def _geometry_mismatches(model_cfg: Any, weights: Weights) -> list[tuple[str, Any, Any]]:
+    """(key, the config's value, the checkpoint's) for each tile-geometry / image-token setting that differs."""
+    vision, _ = _parts(weights.config)
     size = _square(vision.get("image_size", weights.config.get("force_image_size")))
     checks = (
         ("model.image_size", model_cfg.image_size, size),
@@ -169,10 +177,7 @@ def preset_mismatches(model_cfg: Any, weights: Weights) -> list[str]:
         ("model.downsample_ratio", model_cfg.downsample_ratio, weights.config.get("downsample_ratio")),
         ("model.image_token_id", model_cfg.image_token_id, weights.config.get("image_token_id")),
     )
-    for key, ours, theirs in checks:
-        if ours is not None and theirs is not None and ours != theirs:
-            out.append(f"{key.split('.', 1)[1]} {theirs} (the config has {key}={ours})")
-    return out
+    return [(k, ours, theirs) for k, ours, theirs in checks if ours is not None and theirs is not None and ours != theirs]
 
 
 def check_weights(model_cfg: Any, weights: Weights) -> None:
@@ -181,9 +186,14 @@ def check_weights(model_cfg: Any, weights: Weights) -> None:
     bad = preset_mismatches(model_cfg, weights)
     where = "model.path" if weights.origin == "model.path" else f"model={model_cfg.name} ({weights.origin})"
     if bad:
+        # The tile geometry is set on the command line; a preset's sourced dims name another model.
+        fixes = " ".join(f"{key}={theirs}" for key, _, theirs in _geometry_mismatches(model_cfg, weights))
+        advice = (f"set {fixes} to match it" if model_cfg.name == "local" and fixes else
+                  "use the preset of that checkpoint, or model=local model.path=DIR for any InternVL checkpoint"
+                  + (f" (with {fixes})" if fixes else ""))
         raise CheckpointError(
-            f"{where}: {weights.config_file} does not match model={model_cfg.name}: it has {'; '.join(bad)}. "
-            "Use the preset of that checkpoint, or model=local model.path=DIR for any InternVL checkpoint"
+            f"{where}: {weights.config_file} does not match model={model_cfg.name}: it has {'; '.join(bad)}; "
+            f"{advice}"
         )
     if not model_cfg.random_init and not any(next(weights.path.glob(p), None) for p in WEIGHT_PATTERNS):
         raise CheckpointError(

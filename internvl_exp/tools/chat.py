@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 EPILOG = """\
-TARGET is one of:
+RUN_DIR_OR_MODEL is one of:
   a run directory        outputs/<experiment>/<run_name> (loads its final/: full fine-tune or LoRA adapter)
   a model directory      a run's final/, a merged LoRA (tools.merge_lora), a native or original-layout checkpoint
   a preset name          internvl2_5_8b, ... (its weights found on this machine as a run finds them)
@@ -25,8 +25,8 @@ interactive commands:
   /reset        forget the conversation
   /quit         leave (also Ctrl-D)
 
-examples:
-  python -m internvl_exp.tools.chat outputs/default/demo --image demo_data/images/shapes_000.png "What colour is the shape?"
+examples (after `python launch.py run_name=demo`, whose demo images are under .cache/internvl_exp/demo_data):
+  python -m internvl_exp.tools.chat outputs/default/demo --image .cache/internvl_exp/demo_data/eval/images/shapes_000.png "What colour is the shape?"
   python -m internvl_exp.tools.chat outputs/default/demo --temperature 0.7 --top-p 0.9
 """
 

@@ -8,6 +8,10 @@ checkpoint (marker included), run.py writes metrics.json with `status: preempted
 with PREEMPTED_EXIT_CODE. A second signal while waiting for the step to end is not caught again: it acts as
 it would without us (the previous handler; the default one terminates the process).
 
+Ctrl-C (SIGINT) does the same where Python would raise KeyboardInterrupt (a 100-line traceback and nothing
+saved): the first saves at the next step and prints the resume command; a second one (or Ctrl-C after any other
+signal) ends the process at once, by SIGINT, with one line and no traceback.
+
 Inside a job that submitit runs (`-m hydra/launcher=submitit_slurm`), submitit has installed its own handlers
 first: SIGTERM (logged) and its timeout/preemption signal (SIGUSR2 by default), which checkpoints and requeues
 the job and exits. That signal is caught here too, and the handler that was there before is not dropped but
@@ -36,6 +40,15 @@ from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempt
 log = logging.getLogger(__name__)
 
 
+def _stop_now(signum: int) -> None:
+    """End this process at once by `signum` (its default action), saying so first. Signal-safe: os.write only."""
+    name = signal.Signals(signum).name
+    os.write(2, f"\n{name} again: stopping now, without a checkpoint (the last complete one, if any, "
+                f"is what a re-run resumes from)\n".encode())
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 class PreemptionCallback(TrainerCallback):
     """Installs the signal handlers (main thread only) and turns a caught signal into save + stop."""
 
@@ -43,6 +56,7 @@ class PreemptionCallback(TrainerCallback):
         self.accelerator = accelerator
         self.received: str | None = None  # the signal this process caught
         self.stopped_by: str | None = None  # set on every rank once they agree to stop
+        self.steps_done = 0  # optimizer steps this process finished (job.py: did the run fail before its first?)
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
 
@@ -55,6 +69,10 @@ class PreemptionCallback(TrainerCallback):
         self._pid = os.getpid()
         for sig in caught_signals():  # SIGTERM, SIGUSR1, and submitit's signal inside a submitit job
             self._previous[sig] = signal.signal(sig, self._handle)
+        # Ctrl-C too, where it would raise KeyboardInterrupt (not where SIGINT is ignored or left to the default):
+        # the first saves at the next step like SIGTERM, a second stops at once.
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
         return True
 
     def restore(self) -> None:
@@ -71,7 +89,12 @@ class PreemptionCallback(TrainerCallback):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            if self.received is not None:  # Ctrl-C while waiting for the step to end: the user means now
+                _stop_now(signum)
+            self.received = self.received or "SIGINT"
+            return
+        self.received = self.received or signal.Signals(signum).name  # the first one is what stopped the run
         previous = self._previous.get(signum, signal.SIG_DFL)
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
 
@@ -79,8 +102,9 @@ class PreemptionCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self._previous:
             log.info("preemption: SIGTERM or SIGUSR1 saves a checkpoint at the next step and exits with status %d "
-                     "(re-run the same command to resume)", PREEMPTED_EXIT_CODE)
-            extra = [signal.Signals(s).name for s in self._previous if s not in SIGNALS]
+                     "(re-run the same command to resume)%s", PREEMPTED_EXIT_CODE,
+                     "; so does Ctrl-C (press it again to stop at once)" if signal.SIGINT in self._previous else "")
+            extra = [signal.Signals(s).name for s in self._previous if s not in SIGNALS and s != signal.SIGINT]
             if extra:
                 log.info("preemption: %s too (submitit's; its own handler runs once the checkpoint is saved)",
                          ", ".join(extra))
@@ -97,6 +121,7 @@ class PreemptionCallback(TrainerCallback):
         return bool(acc.reduce(flag, reduction="sum").item() > 0)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.steps_done += 1
         if self.stopped_by is None and self._agreed():
             self.stopped_by = self.received or "a signal on another rank"
             log.warning("preemption: %s received; saving a checkpoint at step %d and stopping",

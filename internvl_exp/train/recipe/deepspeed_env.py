@@ -28,11 +28,11 @@ def extensions_dir(cache_dir: str | Path) -> Path:
 
 def prepare_environment(cfg: Any, cpu: bool) -> None:
     """Before TrainingArguments (and before deepspeed is imported): env rendezvous, accelerator, op cache."""
+    if cpu:  # also without DeepSpeed: transformers imports it, and it warns "Setting accelerator to CPU" unless told
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if cfg.deepspeed.stage is None:
         return
     os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir(cfg.paths.cache_dir))
-    if cpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not os.environ.get("WORLD_SIZE"):  # one process, no launcher
         from internvl_exp.launch.torchrun import free_port
 
@@ -40,6 +40,35 @@ def prepare_environment(cfg: Any, cpu: bool) -> None:
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         log.info("DeepSpeed in one process: env rendezvous on %s:%s", os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+
+
+SHM_OP = "deepspeed_shm_comm"  # the C++ op DeepSpeed's CPU accelerator compiles at its first comm init
+
+
+def op_build_dir(name: str = SHM_OP) -> Path:
+    """Where torch's JIT build puts (and later finds) `name` under TORCH_EXTENSIONS_DIR (per Python/CUDA version)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False))
+
+
+_announced = False
+
+
+def announce_op_build(cfg: Any, cpu: bool) -> None:
+    """Just before DeepSpeed's comm init (ZeRO-3: before the model; else when training starts): say that it
+    compiles its CPU op, which is otherwise ~1-3 minutes of silence on the first DeepSpeed run of a machine."""
+    global _announced
+    if cfg.deepspeed.stage is None or not cpu or not is_main_process() or _announced:
+        return
+    _announced = True
+    try:
+        build = op_build_dir()
+    except Exception:  # torch moved its private helper: say nothing rather than something wrong
+        return
+    if not (build / f"{SHM_OP}.so").is_file():
+        log.info("DeepSpeed on CPU: compiling its C++ op %s now, once per machine (~1-3 min; cached in %s, later "
+                 "runs start at once)", SHM_OP, build.parent)
 
 
 def init_before_model(cfg: Any, args: Any, cpu: bool) -> None:
@@ -50,8 +79,12 @@ def init_before_model(cfg: Any, args: Any, cpu: bool) -> None:
     if cfg.deepspeed.stage == 3:
         import deepspeed
 
+        announce_op_build(cfg, cpu)
         _ = args.device  # sets up accelerate's state first
-        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+        from datetime import timedelta
+
+        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl",
+                                   timeout=timedelta(seconds=int(cfg.distributed.timeout_s)))
 
 
 def write_deepspeed_json(args: Any, path: Path) -> None:

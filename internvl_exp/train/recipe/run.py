@@ -38,7 +38,8 @@ from internvl_exp.redact import scrub_fields
 from internvl_exp.train.recipe.args import training_arguments, use_cpu
 from internvl_exp.train.recipe.callbacks import ThroughputCallback, install_first
 from internvl_exp.train.recipe.evaluation import eval_history
-from internvl_exp.train.recipe.deepspeed_env import init_before_model, prepare_environment, write_deepspeed_json
+from internvl_exp.train.recipe.deepspeed_env import (announce_op_build, init_before_model, prepare_environment,
+                                                     write_deepspeed_json)
 from internvl_exp.train.planning.flops import FlopsModel
 from internvl_exp.train.reporting.loss_summary import LossWindows
 from internvl_exp.train.checkpointing.final import save_final
@@ -48,6 +49,7 @@ from internvl_exp.config.precision import pure_half_precision
 from internvl_exp.train.reporting.param_report import format_report, training_report
 from internvl_exp.train.checkpointing.preemption import Preempted, PreemptionCallback
 from internvl_exp.train.checkpointing.resume import agreed_plan
+from internvl_exp.train.reporting.progress import install_console
 from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
 from internvl_exp.train.tuning.trainable import make_trainable
 from internvl_exp.train.recipe.trainer import InternVLTrainer
@@ -91,6 +93,9 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         if cfg.trainer.save_final and not preempted:
             save_final(recipe.trainer, recipe.processor, run_dir, recipe.checkpoint)
         return summarise(cfg, run_dir, recipe, result, preemption.stopped_by if preempted else None, started)
+    except Exception as e:
+        e.steps_done = preemption.steps_done  # type: ignore[attr-defined]  # 0: failed before its first step
+        raise
     finally:
         preemption.restore()
 
@@ -181,6 +186,7 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
         FlopsModel.from_model(model, family, num_tokens_per_tile), cfg.trainer.peak_tflops, args.world_size
     )
     install_first(trainer, throughput)
+    install_console(trainer)  # one readable line per log step; the last step always logged (train/reporting/progress.py)
     loss_windows = LossWindows()
     trainer.add_callback(loss_windows)
     for callback in logger_callbacks(cfg):
@@ -188,6 +194,7 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     preemption.accelerator = trainer.accelerator
     trainer.add_callback(preemption)
     write_deepspeed_json(trainer.args, run_dir.deepspeed)  # the JSON as DeepSpeed was given it
+    announce_op_build(cfg, cpu)  # DeepSpeed's first CPU run compiles an op now: say so (train/recipe/deepspeed_env.py)
     trainer.restore_run_summary(resume.checkpoint)  # the summaries cover the whole run, not this attempt
     return Recipe(family, checkpoint, processor, args, resume, data_report, eval_report, eval_dataset is not None,
                   report, memory_plan, rss_before_train, trainer, throughput, loss_windows)
