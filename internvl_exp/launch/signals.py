@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Ignored by torchrun: its default action for USR1/USR2 would end it, and it would forward SIGTERM a second time.
 # SIGINT too: Ctrl-C reaches every process of the terminal's group; the workers save on the first and stop at
-# once on the second (train/preemption.py), while torchrun would stop them at once on the first.
+# once on the second (train/checkpointing/preemption.py), while torchrun would stop them at once on the first.
 SHIELDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 TORCHRUN_HANDLES = "SIGHUP,SIGQUIT"  # torchrun --signals_to_handle: these still stop it and its workers
 
@@ -101,7 +101,7 @@ class Held:
 
 def _stop_now(held: Held, signum: int) -> None:
     """A second preemption signal or Ctrl-C while the workers save: kill them (and torchrun) at once, then end
-    this process by the same signal, as a single process does (train/preemption.py)."""
+    this process by the same signal, as a single process does (train/checkpointing/preemption.py)."""
     import psutil
 
     name = signal.Signals(signum).name

@@ -75,7 +75,7 @@ def training_arguments(cfg: Any, run_dir: RunDir):
         report_to=report_to(cfg.logger),
         # A stalled rank fails the collective after this long instead of hanging the job (launch/worker.py).
         ddp_timeout=int(cfg.distributed.timeout_s),
-        # Every rank runs the same graph (train/same_graph.py), so DDP need not search for unused parameters
+        # Every rank runs the same graph (train/recipe/same_graph.py), so DDP need not search for unused parameters
         # (the search costs a graph traversal per step and warns when it finds none); MoE experts may be unused.
         ddp_find_unused_parameters=bool(cfg.model.arch.text.num_experts),
         remove_unused_columns=False,  # our collator needs every key the dataset returns
