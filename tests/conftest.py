@@ -75,6 +75,27 @@ def tokenizer():
     return load_tiny_tokenizer()
 
 
+# Runs launch.py as its __main__ and prints which heavy modules were imported when it exited (the launch itself
+# runs unchanged): "EXIT=<code>" and "HEAVY=<modules>" on stderr.
+_HEAVY_PROBE = """
+import runpy, sys
+sys.argv = ["launch.py", *sys.argv[1:]]
+try:
+    runpy.run_path({launch!r}, run_name="__main__")
+except SystemExit as e:
+    print(e.code if isinstance(e.code, str) else "", file=sys.stderr)
+    print("EXIT=" + str(e.code if isinstance(e.code, int) else 1), file=sys.stderr)
+print("HEAVY=" + ",".join(m for m in ("torch", "transformers") if m in sys.modules), file=sys.stderr)
+"""
+
+
+def launch_importing(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python launch.py ARGS` that also reports, on stderr, its exit code and whether torch/transformers were
+    imported by then (for checks that a failure comes before the heavy imports)."""
+    return subprocess.run([sys.executable, "-c", _HEAVY_PROBE.format(launch=str(ROOT / "launch.py")), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or {**os.environ})
+
+
 def run_launch(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python launch.py ARGS` in a subprocess (the real entry point)."""
     full_env = {**os.environ, **(env or {})}

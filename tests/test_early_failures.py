@@ -4,29 +4,10 @@ no resume hint; a missing data file is found before torch is imported. Real laun
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-from conftest import ROOT
-
-# Prints which heavy modules were imported when launch.py exited (the launch itself runs unchanged).
-PROBE = """
-import runpy, sys
-sys.argv = ["launch.py", *sys.argv[1:]]
-try:
-    runpy.run_path({launch!r}, run_name="__main__")
-except SystemExit as e:
-    print(e.code if isinstance(e.code, str) else "", file=sys.stderr)
-    print("EXIT=" + str(e.code if isinstance(e.code, int) else 1), file=sys.stderr)
-print("HEAVY=" + ",".join(m for m in ("torch", "transformers") if m in sys.modules), file=sys.stderr)
-"""
-
-
-def _probe(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", PROBE.format(launch=str(ROOT / "launch.py")), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env={**os.environ})
-
+from conftest import ROOT, launch_importing
 
 def _meta(tmp_path, annotation: str) -> str:
     meta = tmp_path / "meta.json"
@@ -38,7 +19,7 @@ def test_missing_data_files_fail_before_torch_and_before_any_directory(tmp_path)
     out = tmp_path / "outputs"
     for path, named in ((str(tmp_path / "nope.json"), "data.meta_path"),
                         (_meta(tmp_path, str(tmp_path / "absent.jsonl")), "annotation file")):
-        res = _probe(["data=meta", f"data.meta_path={path}", f"paths.output_dir={out}"])
+        res = launch_importing(["data=meta", f"data.meta_path={path}", f"paths.output_dir={out}"])
         err = res.stderr
         assert "EXIT=1" in err and err.rstrip().endswith("HEAVY="), err  # before torch was imported
         lines = [line for line in err.splitlines() if line and not line.startswith(("EXIT=", "HEAVY="))]

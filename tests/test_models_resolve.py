@@ -4,13 +4,11 @@ each way it can go wrong; and a native checkpoint found in a (fake) HF cache tra
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose
+from conftest import compose, launch_importing
 
 NATIVE = "Test/Tiny-InternVL-hf"  # a Hub id only this test uses
 
@@ -104,16 +102,6 @@ def test_refs_main_picks_the_snapshot(tmp_path):
 
 
 # -- what goes wrong --------------------------------------------------------------------------------------------
-_PROBE = """
-import runpy, sys
-sys.argv = ["launch.py", *sys.argv[1:]]
-try:
-    runpy.run_path({launch!r}, run_name="__main__")
-except SystemExit as e:
-    print(e.code if isinstance(e.code, str) else "", file=sys.stderr)
-    print("EXIT=" + str(e.code if isinstance(e.code, int) else 1), file=sys.stderr)
-print("HEAVY=" + ",".join(m for m in ("torch", "transformers") if m in sys.modules), file=sys.stderr)
-"""
 
 
 def test_missing_weights_stop_the_launch_with_one_message(tmp_path):
@@ -126,8 +114,7 @@ def test_missing_weights_stop_the_launch_with_one_message(tmp_path):
     env.pop("HF_HUB_CACHE", None)
     args = ["model=internvl2_8b", "data=mix", "freeze=vision", f"paths.output_dir={tmp_path / 'out'}",
             f"paths.models_dir={models}", "run_name=r"]
-    res = subprocess.run([sys.executable, "-c", _PROBE.format(launch=str(ROOT / "launch.py")), *args],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    res = launch_importing(args, env=env, timeout=300)
     err = res.stderr
     assert "EXIT=1" in err, err
     assert "Traceback" not in err
