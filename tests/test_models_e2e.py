@@ -60,3 +60,16 @@ def test_a_converted_original_trains_and_its_final_answers_an_image_prompt(conve
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]  # it answered
+
+
+def test_the_launch_records_the_weights_it_found_for_every_process(converted_run):
+    """config.yaml carries the checked checkpoint (resolved.weights_*): the run's processes load it, not look again;
+    and the run spec is whole (recipe values, no auto left but the resume policy)."""
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.load(converted_run / "config.yaml")
+    assert (spec.resolved.weights_path, spec.resolved.weights_origin) == (str(GOLDEN), "model.path")
+    assert spec.trainer.device == "cpu" and spec.model.dtype == "float32"
+    assert spec.optimizer.lr == 4e-5 and spec.resolved.origins["optimizer.lr"] == "recipe internvl2_2nd_stage"
+    text = (converted_run / "config.yaml").read_text()
+    assert [line for line in text.splitlines() if line.endswith(": auto")] == ["resume: auto"]

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from internvl_exp.config.resolve import resolve, resolve_device
 from internvl_exp.errors import ConfigError, UserError
 from internvl_exp.launch.run_lock import LOCK_FILE, RunDirUnwritable, RunLocked, acquire, release
-from internvl_exp.models.resolve import resolve_weights
+from internvl_exp.models.resolve import record_weights, resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import configure, scrub, scrub_tree
 from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
@@ -193,6 +193,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
             log.warning("resume from %s: changed settings apply from its step on: %s", plan.checkpoint,
                         "; ".join(changed))
         weights = resolve_weights(spec)  # the weights are on this machine (or random is asked for): fail in seconds
+        record_weights(spec, weights)  # the workers load these, not look again
         resolve_device(spec)  # imports torch: after the light checks
         cfg = spec  # from here on, only the resolved spec
         saved = write_config(rd, OmegaConf.to_container(spec, resolve=True), overrides)  # scrubbed

@@ -202,6 +202,27 @@ def check_weights(model_cfg: Any, weights: Weights) -> None:
         )
 
 
+RANDOM_INIT = "random init"  # resolved.weights_origin of a run with no checkpoint
+
+
+def record_weights(spec: Any, weights: Weights | None) -> None:
+    """Write the launch's answer into the run spec (resolved.weights_*), so no process looks again."""
+    spec.resolved.weights_path = str(weights.path) if weights is not None else None
+    spec.resolved.weights_origin = weights.origin if weights is not None else RANDOM_INIT
+
+
+def weights_of(cfg: Any) -> Weights | None:
+    """The run's checkpoint as the launch found and checked it (resolved.weights_*), else looked up now
+    (resolve_weights: a spec the launch did not record, e.g. a tool's)."""
+    resolved = cfg.get("resolved")
+    if resolved is None or resolved.weights_origin is None:
+        return resolve_weights(cfg)
+    if resolved.weights_origin == RANDOM_INIT:
+        return None
+    path = Path(resolved.weights_path)
+    return Weights(path, json.loads((path / "config.json").read_text()), resolved.weights_origin)
+
+
 def resolve_weights(cfg: Any, env: dict[str, str] | None = None) -> Weights | None:
     """The checked checkpoint of the run's model, or None for a random model (model=tiny, model.random_init=true
     without a local copy). Raises WeightsNotFoundError / CheckpointError (user errors, one line each)."""

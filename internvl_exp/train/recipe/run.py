@@ -31,7 +31,7 @@ from internvl_exp.models.loading import (
     load_tokenizer,
     native_checkpoint,
 )
-from internvl_exp.models.resolve import resolve_weights
+from internvl_exp.models.resolve import weights_of
 from internvl_exp.models.registry import get_family
 from internvl_exp.outputs import RunDir, write_json_atomic
 from internvl_exp.redact import scrub_fields
@@ -114,7 +114,7 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     family = get_family(cfg.model.family)
 
     # The weights on this machine (checked against the preset), converted once if in the original layout.
-    weights = resolve_weights(cfg)
+    weights = weights_of(cfg)
     checkpoint = native_checkpoint(weights, Path(cfg.paths.cache_dir), cfg.model.random_init)
     if cfg.model.random_init:
         log.info("model %s: random init from model.arch; tokenizer: %s", cfg.model.name, checkpoint or "tiny")
