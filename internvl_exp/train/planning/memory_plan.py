@@ -47,7 +47,8 @@ the backward starts with every activation alive and no gradient, and ends the ot
 step then holds the gradients plus its temporaries (`optimizer_step_temp`: none for torch's fused AdamW, one
 weight-sized copy for foreach AdamW, DeepSpeed's fp32 gradient partition).
 The verdict compares peak + CUDA_OVERHEAD_GB (CUDA context, NCCL, allocator fragmentation: not in torch's
-allocator statistics) with the device memory.
+allocator statistics) with the device memory; on CPU the overhead is CPU_OVERHEAD_GB, what a training process
+grows by beyond its tensors.
 
 Time: the model FLOPs of `train/planning/flops.py` for that batch (+ one extra forward under checkpointing, which the
 hardware does but MFU does not count), at `trainer.planner_mfu` of the device's peak (an assumption, stated in
@@ -66,6 +67,10 @@ from internvl_exp.models.registry import PARTS
 GIB = 2**30
 # What a CUDA process holds outside torch's allocator stats: context (~0.5 GiB), NCCL buffers, fragmentation.
 CUDA_OVERHEAD_GB = 2.0
+# What a CPU training process grows by beyond its live tensors (the Trainer's and the libraries' own memory,
+# allocator slack): measured on the tiny model at its own vocabulary, 0.16 GiB of RSS growth in training against
+# 0.06 GiB of planned tensors (docs/benchmarks.md, "Chunked loss in a training run").
+CPU_OVERHEAD_GB = 0.1
 # Device memory (GiB) of the accelerators whose dense peak train/planning/flops.py knows, most specific names first.
 DEVICE_MEMORY_GB: tuple[tuple[str, float], ...] = (
     ("B200", 180.0), ("H200 NVL", 141.0), ("H200", 141.0), ("H100 NVL", 94.0), ("H100", 80.0), ("H800", 80.0),
@@ -154,7 +159,7 @@ class Plan:
     device: dict[str, Any]
     fits: bool | None
     max_batch: int | None  # largest per-device batch that fits (None: unknown device memory)
-    overhead_gb: float  # added to the peak in the verdict (CUDA_OVERHEAD_GB on a GPU, 0 on CPU)
+    overhead_gb: float  # added to the peak in the verdict (CUDA_OVERHEAD_GB on a GPU, CPU_OVERHEAD_GB on CPU)
     step_flops: float
     mfu: float
     step_time_s: float | None
@@ -537,7 +542,7 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
 
     peak, acts = peak_for(b)
     dev = detect_device(cfg, gpu, running)
-    overhead = 0.0 if dev.name == "cpu" else CUDA_OVERHEAD_GB
+    overhead = CPU_OVERHEAD_GB if dev.name == "cpu" else CUDA_OVERHEAD_GB
     fits = max_batch = None
     if dev.memory_gb:
         budget = (dev.memory_gb - overhead) * GIB
@@ -570,7 +575,8 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     assumptions = [
         f"every row padded to {seq} tokens, {n_tiles} tiles per sample (worst case)",
         f"MFU {mfu:.0%} (trainer.planner_mfu) of {dev.peak_tflops or '?'} dense TFLOPS ({dev.name})",
-        f"+{overhead:.0f} GiB CUDA context/NCCL/fragmentation in the verdict",
+        (f"+{overhead:g} GiB process memory beyond the tensors in the verdict" if dev.name == "cpu" else
+         f"+{overhead:.0f} GiB CUDA context/NCCL/fragmentation in the verdict"),
         f"device: {dev.name} ({dev.source})",
     ]
     return Plan(
