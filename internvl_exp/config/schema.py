@@ -391,9 +391,8 @@ class ResolvedConfig:
     # Micro-batches per optimiser step: trainer.global_batch_size / (per-device batch x world_size) when the global
     # batch is set, else trainer.gradient_accumulation_steps.
     gradient_accumulation_steps: int = 1
-    # The checked checkpoint directory the launch found (models/resolve.py), and where: "model.path", "HF cache",
-    # "paths.models_dir" or "random init" (no path). Null origin: not looked up (`--cfg job` and the tools).
-    weights_path: Optional[str] = None
+    weights_path: Optional[str] = None  # the checked checkpoint the launch found (models/resolve.py); null: none
+    # Where it was found: model.path | HF cache | paths.models_dir | random init; null: not looked up (--cfg job, tools)
     weights_origin: Optional[str] = None
     tokens_per_tile: int = 0  # image tokens per tile: (image_size / patch_size)^2 x downsample_ratio^2
     # Where a value came from when it is not the config groups' own: "recipe <name>" or "override".
