@@ -22,22 +22,14 @@ def process_group() -> Any:
     return None
 
 
-def world_size(distributed_cfg: Any = None) -> int:
-    """The number of training processes.
-
-    In the workers: the process group, else WORLD_SIZE, else 1. Before any worker starts (validating in the
-    Hydra job) pass the `distributed` config: with neither of those set, the answer is what it will start,
-    nproc_per_node x nnodes (1 node when it has no `nnodes`)."""
+def world_size() -> int:
+    """The number of training processes running now: the process group, else WORLD_SIZE, else 1. (How many a
+    launch will start is the run spec's `resolved.world_size`: config/resolve.py planned_world_size.)"""
     dist = process_group()
     if dist is not None:
         return int(dist.get_world_size())
     env = os.environ.get("WORLD_SIZE")
-    if env:
-        return int(env)
-    if distributed_cfg is None:
-        return 1
-    get = distributed_cfg.get if hasattr(distributed_cfg, "get") else lambda k, d=None: getattr(distributed_cfg, k, d)
-    return int(get("nproc_per_node", 1)) * int(get("nnodes", 1) or 1)
+    return int(env) if env else 1
 
 
 def rank() -> int:

@@ -52,15 +52,16 @@ def test_global_batch_and_accumulation_together_are_refused():
 
 
 def test_world_size_from_the_distributed_plan_then_the_environment(monkeypatch):
+    from internvl_exp.config.resolve import planned_world_size
     from internvl_exp.dist import world_size
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert world_size() == 1
-    assert world_size(OmegaConf.create({"name": "single", "nproc_per_node": 1})) == 1
-    assert world_size(OmegaConf.create({"name": "torchrun", "nproc_per_node": 8})) == 8
-    assert world_size(OmegaConf.create({"name": "torchrun", "nproc_per_node": 8, "nnodes": 2})) == 16
+    assert planned_world_size(OmegaConf.create({"name": "single", "nproc_per_node": 1, "nnodes": 1})) == 1
+    assert planned_world_size(OmegaConf.create({"name": "torchrun", "nproc_per_node": 8, "nnodes": 1})) == 8
+    assert planned_world_size(OmegaConf.create({"name": "torchrun", "nproc_per_node": 8, "nnodes": 2})) == 16
     monkeypatch.setenv("WORLD_SIZE", "4")  # inside a worker the real process count wins over the plan
-    assert world_size(OmegaConf.create({"name": "torchrun", "nproc_per_node": 8, "nnodes": 2})) == 4
+    assert planned_world_size(OmegaConf.create({"name": "torchrun", "nproc_per_node": 8, "nnodes": 2})) == 4
     assert world_size() == 4
 
 

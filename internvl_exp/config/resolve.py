@@ -46,7 +46,7 @@ def planned_world_size(distributed: Any, env: dict[str, str] | None = None) -> i
 
 def _world_problems(distributed: Any, env: dict[str, str]) -> list[str]:
     launched = env.get("WORLD_SIZE")
-    planned = int(distributed.nproc_per_node) * int(distributed.nnodes)
+    planned = planned_world_size(distributed, env={})  # what `distributed` alone starts
     if launched and distributed.name != "single" and int(launched) != planned:
         return [f"distributed: this process runs in a group of WORLD_SIZE={launched} processes, but "
                 f"distributed.nproc_per_node x nnodes = {planned}; launch with distributed=single inside an "
