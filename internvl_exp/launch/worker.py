@@ -53,6 +53,16 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _leave_process_group() -> None:
+    """Every rank done, then the process group torn down before the interpreter exits: left to process exit,
+    gloo's worker threads are destroyed still joinable and a rank can abort ("terminate called without an active
+    exception", SIGABRT) after a run that succeeded."""
+    dist = process_group()
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str]) -> int:
     started = time.time()
     if len(argv) != 1:
@@ -75,6 +85,7 @@ def main(argv: list[str]) -> int:
     try:
         with experiment_logger(cfg, rd, OmegaConf.to_container(cfg), is_main=is_main_process()):
             run(cfg, rd)
+        _leave_process_group()
     except Preempted:  # the checkpoint is saved and rank 0 wrote metrics.json (status: preempted)
         # Leave together: torchrun stops the other ranks as soon as one exits non-zero, and rank 0 may still be
         # writing metrics.json.
