@@ -6,7 +6,10 @@
 
 Takes the same Hydra overrides as launch.py (composed from conf/ with the same schema), runs the same
 pre-flight scan as training, and reports per dataset: samples, skipped lines by reason, truncated samples,
-token-length percentiles, tiles per sample, and tokens per epoch. Exit status: 0 when training would
+token-length percentiles, tiles per sample, and tokens per epoch. Preference pairs (InternVL's MPO lines:
+question / chosen / rejected; found from the lines, objective.kind, or --pairs) get their own report
+(tools/data_check_pairs.py): every bad pair as file:line: reason, both answers' lengths, --show renders the prompt,
+the chosen and the rejected answer. Exit status: 0 when training would
 start, 1 when it would stop on bad data (data.on_error=strict) or find no usable sample, 2 on a config error.
 """
 
@@ -31,6 +34,7 @@ examples:
   python -m internvl_exp.tools.data_check data=mix --show 2
   python -m internvl_exp.tools.data_check data.meta_path=meta.json data.generate_demo=false --json report.json
   python -m internvl_exp.tools.data_check data=demo --decode        # also decode every image/video fully
+  python -m internvl_exp.tools.data_check data.meta_path=mpo_meta.json data.generate_demo=false --show 2   # pairs
 
 exit status: 0 ok, 1 bad data under data.on_error=strict (every problem is listed as file:line: reason)
 or no usable sample, 2 invalid config.
@@ -54,6 +58,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--decode", action="store_true", help="also load every sample's pixels (finds files that only fail on a full decode)")
     p.add_argument("--max-problems", type=int, default=50, metavar="N", help="problems to print (all go to --json); default 50")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the full report (every problem included) as JSON")
+    p.add_argument("--pairs", action="store_true",
+                   help="check the data as preference pairs (question/chosen/rejected); found from the lines or "
+                        "objective.kind otherwise")
     p.add_argument("--config-dir", type=Path, default=ROOT / "conf", help="config tree to compose from (default: the repo's conf/)")
     return p.parse_intermixed_args(argv)  # overrides may come before or after the options
 
@@ -108,17 +115,13 @@ def dataset_stats(entries, dataset, report) -> list[dict[str, Any]]:
     return rows
 
 
-def render_sample(console, sample, item, tokenizer, index: int) -> None:
-    """The sample's tokens as text: supervised tokens in bold green, image spans collapsed."""
-    from rich.panel import Panel
+def token_text(ids: Sequence[int], labels: Sequence[int], tokenizer, marks: bool):
+    """Tokens as rich Text: supervised stretches bold green (or [[bracketed]] when `marks`), image spans collapsed."""
     from rich.text import Text
 
     from internvl_exp.data.templates import IGNORE_INDEX, IMG_CONTEXT
 
     ctx = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
-    marks = not console.is_terminal  # no colours when piped: bracket the supervised stretches instead
-    ids = item["input_ids"].tolist()
-    labels = item["labels"].tolist()
     text = Text()
     i = 0
     while i < len(ids):
@@ -136,6 +139,16 @@ def render_sample(console, sample, item, tokenizer, index: int) -> None:
         piece = tokenizer.decode(ids[i:j])
         text.append(f"[[{piece}]]" if sup and marks else piece, style="bold green" if sup else "dim")
         i = j
+    return text
+
+
+def render_sample(console, sample, item, tokenizer, index: int) -> None:
+    """The sample's tokens as text: supervised tokens in bold green, image spans collapsed."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    marks = not console.is_terminal  # no colours when piped: bracket the supervised stretches instead
+    text = token_text(item["input_ids"].tolist(), item["labels"].tolist(), tokenizer, marks)
     media = f"{len(sample.images)} image(s)" if sample.images else (f"video, {sample.num_frames} frame(s)" if sample.video else "text only")
     pixels = item.get("pixel_tiles")
     title = (
@@ -188,6 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataConfigError as e:
         console.print(f"data config error: {e}", markup=False, style="red")
         return 2
+    from internvl_exp.data.preference_from_config import is_preference_data
+    from internvl_exp.tools.data_check_pairs import check_pairs, objective_kind
+
+    if args.pairs or objective_kind(cfg) in ("dpo", "mpo") or is_preference_data(entries):
+        return check_pairs(console, args, cfg, entries, tokenizer, n_tok)
     opts = scan_options(cfg)
     dataset, report = scan(entries, tokenizer, cfg.model.template, settings, d.max_seq_length, d.length_policy,
                            d.system_message, d.seed, opts["scan_workers"], opts["cache_dir"])
