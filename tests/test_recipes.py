@@ -81,7 +81,8 @@ def _plain(cfg, nproc: int):
 
 
 def test_every_recipe_file_has_an_oracle_row_and_back():
-    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == sorted(BY_NAME)
+    # The MPO recipes (*_mpo.yaml) have their own oracle: tests/test_mpo_recipes.py.
+    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.endswith("_mpo")) == sorted(BY_NAME)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
