@@ -42,6 +42,17 @@ rebuilt during its backward. Tokens: per-device batch x data.max_seq_length (eve
 longest: the worst case); vision tokens: batch x tiles x (patches + class token), tiles = max_dynamic_patch
 (+1 thumbnail): the worst case.
 
+Preference objectives (objective=dpo|mpo, `reference_mode`): the policy's forward runs over 2 sequences per pair
+(chosen and rejected: the LLM and logits terms count 2 x batch rows; the images are encoded once per pair, so the
+vision terms keep the batch), and the reference model adds (`reference_memory`):
+  copy         a frozen copy of the weights in the training dtype (no gradients, no optimizer state); / world
+               under ZeRO-3, 0 on the GPU with ZeRO-3 parameter offload, like the policy's weights
+  lora         nothing: the reference is the policy with its adapters disabled
+  precomputed  nothing: its log-probs are read from disk (tools.score_pairs' pass)
+and, for copy and lora, the reference's no-grad forward after the policy's, while the policy's activations are
+alive: the widest no-grad moment of an LLM layer (its MLP: 2h + 3i per token) plus the logits of the 2 x batch rows
+(full logits with their fp32 upcast and log-softmax; one chunk under the chunked loss).
+
 Peak = weights + optimizer + buffers + max(activations + lm_head gradient, gradients + step temporaries):
 the backward starts with every activation alive and no gradient, and ends the other way round; the optimizer
 step then holds the gradients plus its temporaries (`optimizer_step_temp`: none for torch's fused AdamW, one
@@ -169,6 +180,11 @@ class Plan:
     # Preset values no public source gives, assumed to build the model (models.assumed_arch): the sizes above
     # rest on them.
     assumed_arch: list[str] = field(default_factory=list)
+    # Preference objectives: the reference mode (REFERENCE_MODES; "none" for sft), its weights and the transient
+    # of its no-grad forward (bytes per device).
+    reference: str = "none"
+    reference_bytes: float = 0.0
+    reference_forward_bytes: float = 0.0
 
     @property
     def peak_gb(self) -> float:
@@ -273,6 +289,57 @@ def activation_bytes(model_config: Any, flows: dict[str, bool], batch: int, seq:
         upcast = 4 if act_bytes < 4 else 0  # `.float()` of fp32 logits is the same tensor
         out["logits"] = n_llm * tc.vocab_size * (act_bytes + upcast + 4 + 4)
     return out
+
+
+# How a preference run gets its reference log-probs (the objective group's `reference`, train/recipe/reference.py).
+REFERENCE_MODES = ("none", "copy", "lora", "precomputed")
+PRECOMPUTED = "precomputed"  # the objective.reference value that reads them from disk (objectives/reference_logps.py)
+
+
+def reference_mode(cfg: Any) -> str:
+    """none (objective sft, or no objective group), precomputed (objective.reference=precomputed), lora (the
+    starting weights under LoRA: the adapters disabled), else copy (the starting weights or another checkpoint)."""
+    objective = cfg.get("objective") if hasattr(cfg, "get") else None
+    if objective is None or str(objective.get("kind", "sft")) == "sft":
+        return "none"
+    ref = objective.get("reference")
+    if ref is not None and str(ref) == PRECOMPUTED:
+        return "precomputed"
+    if ref is None and "lora" in dict(cfg.freeze.parts).values():
+        return "lora"
+    return "copy"
+
+
+def reference_memory(mode: str, params: int, weight_bytes: int, world: int, stage: int, off_par: bool) -> float:
+    """Bytes per device the reference's weights add in `mode` (REFERENCE_MODES): a copy of all `params` in the
+    training dtype, sharded under ZeRO-3 and offloaded with the policy's parameters; no gradients, no optimizer
+    state. Nothing for lora (the policy is the reference), precomputed (on disk) and none."""
+    if mode not in REFERENCE_MODES:
+        raise ValueError(f"reference mode {mode!r} is not one of {list(REFERENCE_MODES)}")
+    if mode != "copy" or off_par:
+        return 0.0
+    return params * weight_bytes / (world if stage == 3 else 1)
+
+
+def reference_forward_bytes(model_config: Any, rows: int, seq: int, act_bytes: int, chunked: bool) -> float:
+    """The transient of the reference's no-grad forward over `rows` sequences: an LLM layer's widest moment (the
+    MLP) and the logits the log-probs need (full: 16-bit, the fp32 upcast and log-softmax; chunked: the hidden
+    states and one chunk of fp32 rows)."""
+    tc = model_config.get_text_config()
+    tokens = rows * seq
+    experts = getattr(tc, "num_experts_per_tok", None)
+    width = (getattr(tc, "moe_intermediate_size", None) or tc.intermediate_size) * experts if experts else tc.intermediate_size
+    # Without autograd nothing is kept for a backward: the widest moment is the MLP's, with the residual and its
+    # normed input (2h) and the gate, the up projection and their product (3 x width) alive at once.
+    layer = (2 * tc.hidden_size + 3 * width) * tokens * act_bytes
+    if chunked:
+        from internvl_exp.config.chunked_loss import chunk_rows_for
+
+        chunk = min(chunk_rows_for(tc.vocab_size), tokens)
+        logits = tokens * tc.hidden_size * act_bytes + chunk * tc.vocab_size * (4 + (act_bytes if act_bytes < 4 else 0))
+    else:
+        logits = tokens * tc.vocab_size * (act_bytes + (4 if act_bytes < 4 else 0) + 4)
+    return layer + logits
 
 
 def _zero(cfg: Any) -> tuple[int, bool, bool, dict[str, Any]]:
@@ -491,13 +558,15 @@ def count_parameters(model: Any, family: Any) -> tuple[int, int, dict[str, int]]
 
 def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None, tiles: int | None = None,
                 samples: int | None = None, batch: int | None = None, setup: Any = None,
-                world: int | None = None, running: bool = False, build: Any = None) -> Plan:
+                world: int | None = None, running: bool = False, build: Any = None,
+                reference: str | None = None) -> Plan:
     """The plan of a composed config (see the module docstring). `seq_len`/`tiles` replace the worst case
     (data.max_seq_length, max_dynamic_patch + thumbnail); `samples`: the epoch size for the run time (else
     trainer.max_steps decides, or no run time); `batch` replaces the per-device batch; `setup`: a
     (model, family) already made trainable (a run passes its own model: no second build); `world`: the
     process count (else what the launch group will start); `running`: planning the current run's own device;
-    `build`: see model_summary."""
+    `build`: see model_summary; `reference`: the preference reference mode (REFERENCE_MODES; default
+    `reference_mode(cfg)`)."""
     from internvl_exp.config.batch import accumulation_steps
     from internvl_exp.train.planning.flops import FlopsModel, PartWeights
     from internvl_exp.train.tuning.freeze import freeze_plan, trainable_vision_layers
@@ -518,6 +587,9 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     act_dtype = "bfloat16" if t.bf16 else loaded
     wb, ab = _BYTES[weight_dtype], _BYTES[act_dtype]
     weights, grads, opt = state_bytes(total, trainable, wb, world, stage, off_opt, off_par)
+    ref_mode = reference if reference is not None else reference_mode(cfg)
+    ref_weights = reference_memory(ref_mode, total, wb, world, stage, off_par)
+    pair_rows = 1 if ref_mode == "none" else 2  # sequences per sample: chosen and rejected
     buffers = _buffers(stage, zc, trainable * wb, world, wb)
 
     flops = summary.flops
@@ -531,16 +603,25 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
 
     chunked = use_chunked_loss(t.get("chunked_loss", "auto"), m.name)
 
-    def peak_for(bsz: int) -> tuple[float, dict[str, float]]:
-        acts = activation_bytes(config, flows, bsz, seq, n_tiles, bool(t.activation_checkpointing), ab, eager, vit_layers,
+    def acts_for(rows: int) -> dict[str, float]:
+        return activation_bytes(config, flows, rows, seq, n_tiles, bool(t.activation_checkpointing), ab, eager, vit_layers,
                                 dict(plan.modes), int(cfg.freeze.lora.r) if plan.uses_lora else 0,
                                 float(cfg.freeze.lora.dropout) if plan.uses_lora else 0.0,
                                 chunked, per_part["lm_head"] > 0, wb)
+
+    def peak_for(bsz: int) -> tuple[float, dict[str, float], float]:
+        acts = acts_for(bsz)
+        if pair_rows > 1:  # the LLM and the logits see 2 rows per pair; the images are encoded once per pair
+            doubled = acts_for(pair_rows * bsz)
+            acts = {**acts, "llm": doubled["llm"], "logits": doubled["logits"]}
+        ref_fwd = (reference_forward_bytes(config, pair_rows * bsz, seq, ab, chunked)
+                   if ref_mode in ("copy", "lora") else 0.0)
         head_grad = per_part["lm_head"] * wb / (world if stage >= 2 else 1)
         adam_tmp = 0.0 if off_opt else optimizer_step_temp(trainable, wb, world, stage, cfg.optimizer.get("fused"))
-        return weights + opt + buffers + max(sum(acts.values()) + head_grad, grads + adam_tmp), acts
+        held = weights + ref_weights + opt + buffers
+        return held + max(sum(acts.values()) + max(head_grad, ref_fwd), grads + adam_tmp), acts, ref_fwd
 
-    peak, acts = peak_for(b)
+    peak, acts, ref_fwd = peak_for(b)
     dev = detect_device(cfg, gpu, running)
     overhead = CPU_OVERHEAD_GB if dev.name == "cpu" else CUDA_OVERHEAD_GB
     fits = max_batch = None
@@ -556,13 +637,17 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
             lo, hi = (mid, hi) if peak_for(mid)[0] <= budget else (lo, mid)
         max_batch = lo
 
-    tokens = b * seq
-    step = flops.step_flops(tokens, b * seq**2, b * n_tiles)
+    tokens = pair_rows * b * seq
+    step = flops.step_flops(tokens, pair_rows * b * seq**2, b * n_tiles)
     forward = FlopsModel(weights={p: PartWeights(w.total, 0) for p, w in flops.weights.items()},
                          vision_tokens_per_tile=flops.vision_tokens_per_tile, image_tokens_per_tile=flops.image_tokens_per_tile,
                          llm_layers=flops.llm_layers, llm_attn_width=flops.llm_attn_width,
                          vision_layers=flops.vision_layers, vision_attn_width=flops.vision_attn_width)
-    hardware = step + (forward.step_flops(tokens, b * seq**2, b * n_tiles) if t.activation_checkpointing else 0.0)
+    once = forward.step_flops(tokens, pair_rows * b * seq**2, b * n_tiles)
+    hardware = step + (once if t.activation_checkpointing else 0.0)
+    if ref_mode in ("copy", "lora"):  # the reference's forward over the same rows
+        step += once
+        hardware += once
     mfu = float(t.get("planner_mfu") or 0.35)
     accum = accumulation_steps(t, world)  # for `world` (the planner tool may plan another size than resolved)
     step_time = hardware * accum / (dev.peak_tflops * 1e12 * mfu) if dev.peak_tflops else None
@@ -579,6 +664,9 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
          f"+{overhead:.0f} GiB CUDA context/NCCL/fragmentation in the verdict"),
         f"device: {dev.name} ({dev.source})",
     ]
+    if ref_mode != "none":
+        assumptions.append(f"pairs: {pair_rows} sequences of {seq} tokens per pair, images encoded once per pair; "
+                           f"reference {ref_mode}")
     return Plan(
         model=m.name, world_size=world, zero_stage=stage, offload_optimizer=off_opt, offload_params=off_par,
         per_device_batch=b, seq_len=seq, tiles_per_sample=n_tiles,
@@ -589,6 +677,7 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
         device=asdict(dev), fits=fits, max_batch=max_batch, overhead_gb=overhead, step_flops=step * accum, mfu=mfu,
         step_time_s=step_time, steps=steps, run_time_s=step_time * steps if step_time and steps else None,
         assumptions=assumptions, assumed_arch=list(summary.assumed),
+        reference=ref_mode, reference_bytes=ref_weights, reference_forward_bytes=ref_fwd,
     )
 
 
@@ -603,8 +692,10 @@ def format_plan(plan: Plan) -> str:
     zero = f"ZeRO-{plan.zero_stage}" if plan.zero_stage else "no DeepSpeed"
     offload = "+".join(k for k, v in (("optimizer", plan.offload_optimizer), ("params", plan.offload_params)) if v)
     title = (f"{plan.model} on {plan.world_size} GPU(s), {zero}{' offload ' + offload if offload else ''}, "
-             f"batch {plan.per_device_batch}/GPU x {plan.seq_len} tokens x {plan.tiles_per_sample} tiles, "
-             f"checkpointing {'on' if plan.activation_checkpointing else 'off'}")
+             + (f"batch {plan.per_device_batch} pairs/GPU (2 sequences each) x {plan.seq_len} tokens x "
+                f"{plan.tiles_per_sample} tiles, " if plan.reference != "none" else
+                f"batch {plan.per_device_batch}/GPU x {plan.seq_len} tokens x {plan.tiles_per_sample} tiles, ")
+             + f"checkpointing {'on' if plan.activation_checkpointing else 'off'}")
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("per GPU", justify="left")
     table.add_column("GiB", justify="right")
@@ -616,6 +707,15 @@ def format_plan(plan: Plan) -> str:
         ("optimizer state", plan.optimizer_bytes, "AdamW" + (" fp32 master + 2 fp32 moments" if plan.zero_stage and plan.weight_dtype != "float32" else " 2 moments")),
         ("buffers", plan.buffers_bytes, "DeepSpeed buckets" if plan.zero_stage else "DDP gradient buckets"),
     ]
+    if plan.reference != "none":
+        what = {"copy": f"frozen copy in {plan.weight_dtype}, no gradients or optimizer state"
+                        + (f", sharded over {plan.world_size} (ZeRO-3)" if plan.zero_stage == 3 else ""),
+                "lora": "the policy with its LoRA adapters disabled: no copy",
+                "precomputed": "log-probs precomputed on disk (objective.reference=precomputed): nothing"}[plan.reference]
+        rows.append(("reference model", plan.reference_bytes, what))
+        if plan.reference_forward_bytes:
+            rows.append(("reference forward", plan.reference_forward_bytes,
+                         "no-grad forward over chosen+rejected after the policy's (transient)"))
     for part in ("vision", "projector", "llm", "logits"):
         what = plan.activation_dtype
         if part == "logits":
@@ -624,7 +724,10 @@ def format_plan(plan: Plan) -> str:
         rows.append((f"activations: {part}", plan.activation_detail[part], what))
     for name, value, what in rows:
         table.add_row(name, f"{value / GIB:.2f}", what)
-    table.add_row("peak (allocated)", f"{plan.peak_gb:.2f}", "weights + optimizer + buffers + max(activations, gradients + step temporaries)", end_section=True)
+    peak_what = ("weights + reference + optimizer + buffers + max(activations + reference forward, gradients + step "
+                 "temporaries)" if plan.reference != "none" else
+                 "weights + optimizer + buffers + max(activations, gradients + step temporaries)")
+    table.add_row("peak (allocated)", f"{plan.peak_gb:.2f}", peak_what, end_section=True)
     buf = io.StringIO()
     console = Console(file=buf, width=120, force_terminal=False, color_system=None)
     console.print(table)
