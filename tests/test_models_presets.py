@@ -123,7 +123,7 @@ def _within(actual: float, card: float) -> bool:
 
 
 def test_sourced_presets_are_exactly_those_random_init_accepts(tmp_path):
-    from internvl_exp.models.arch import random_init_refusal
+    from internvl_exp.config.arch_rules import random_init_refusal
 
     accepted = {n for n in PRESETS if random_init_refusal(_model(f"model={n}")) is None}
     assert accepted == SOURCED
@@ -168,7 +168,7 @@ def test_meta_build_matches_the_model_card(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(set(PRESETS) - SOURCED))
 def test_unsourced_presets_refuse_random_init(name, tmp_path):
     from internvl_exp.config.validate import ConfigError, validate
-    from internvl_exp.models.arch import missing_arch_fields
+    from internvl_exp.config.arch_rules import missing_arch_fields
     from internvl_exp.models.loading import build_model_on_meta
 
     m = _model(f"model={name}", "model.random_init=true")

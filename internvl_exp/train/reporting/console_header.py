@@ -68,10 +68,10 @@ def trains_line(cfg: Any) -> str:
 
 def processes_line(cfg: Any) -> str:
     """`torchrun: 8 process(es) x 1 node(s); DeepSpeed ZeRO-2 (optimizer offload)` or `single process; no DeepSpeed`."""
-    from internvl_exp.train.planning.memory_plan import _zero, planned_world_size
+    from internvl_exp.train.planning.memory_plan import _zero
 
     d = cfg.distributed
-    world = planned_world_size(cfg)
+    world = int(cfg.resolved.world_size)
     if world == 1 and d.name == "single":
         start = "single process"
     else:
