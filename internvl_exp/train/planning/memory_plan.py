@@ -426,9 +426,7 @@ def model_summary(cfg: Any, setup: Any = None, cache: bool = True, build: Any = 
     """The ModelSummary of `setup` (a (model, family) already made trainable: a run's own model) or of the
     preset built on the meta device, from the cache when the same model/freeze/code was planned before.
     `build(cfg) -> ModelSummary` builds it elsewhere on a cache miss (tools.plan: a MetaWorker)."""
-    from internvl_exp.config.geometry import tokens_per_tile
-
-    tpt = tokens_per_tile(cfg.model.image_size, cfg.model.patch_size, cfg.model.downsample_ratio)
+    tpt = int(cfg.resolved.tokens_per_tile)
     if setup is not None:
         return _summarise(*setup, tpt, keep_config=True)
     path = None
