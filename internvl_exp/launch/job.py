@@ -144,7 +144,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
 
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None) -> float | None:
     started = time.time()
-    configure(cfg.get("secrets"))  # the run's `secrets` patterns, before anything is written
+    configure(cfg.secrets)  # the run's `secrets` patterns, before anything is written
     rd = RunDir(run_dir)
     sweep = sweep_dir is not None
     name_run(cfg, rd.root, sweep_dir)
@@ -167,7 +167,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
     # overwritten (train/checkpointing/resume.py).
     try:
         acquire(rd.root)
-        plan = launch_plan(cfg.get("resume", "auto"), rd.root)  # made by the Hydra callback for a single run
+        plan = launch_plan(cfg.resume, rd.root)  # made by the Hydra callback for a single run
         # Settings changed since the checkpoint: refuse what cannot apply, before config.yaml is rewritten (a
         # sweep job's spec is resolved below: checked there, its refusal recorded in its directory).
         changed = check_resume_config(_container(spec), plan.checkpoint) if spec is not None else []

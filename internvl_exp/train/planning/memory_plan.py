@@ -530,7 +530,7 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
                                 float(cfg.freeze.lora.dropout) if plan.uses_lora else 0.0,
                                 chunked, per_part["lm_head"] > 0, wb)
         head_grad = per_part["lm_head"] * wb / (world if stage >= 2 else 1)
-        adam_tmp = 0.0 if off_opt else optimizer_step_temp(trainable, wb, world, stage, cfg.optimizer.get("fused"))
+        adam_tmp = 0.0 if off_opt else optimizer_step_temp(trainable, wb, world, stage, cfg.optimizer.fused)
         return weights + opt + buffers + max(sum(acts.values()) + head_grad, grads + adam_tmp), acts
 
     peak, acts = peak_for(b)

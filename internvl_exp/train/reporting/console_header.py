@@ -112,7 +112,7 @@ def data_line(cfg: Any) -> str:
 
 def launch_header(cfg: Any, weights: Any, run_dir: Path) -> str:
     """The part of the header the Hydra job knows before training starts."""
-    sweep = f" (sweep {cfg.sweep_name})" if cfg.get("sweep_name") else ""
+    sweep = f" (sweep {cfg.sweep_name})" if cfg.sweep_name else ""
     return "\n".join([
         f"run {cfg.run_name}{sweep}",
         _row("model", model_line(cfg, weights)),
@@ -127,7 +127,7 @@ def launch_header(cfg: Any, weights: Any, run_dir: Path) -> str:
 def print_launch_header(cfg: Any, resolved: dict[str, Any], weights: Any, run_dir: Path) -> None:
     """The launch header, logged (console and train.log); the whole config tree on the console too under
     print_config=true."""
-    if cfg.get("print_config"):
+    if cfg.print_config:
         from internvl_exp.launch.console import print_config_tree
 
         print_config_tree(resolved)
