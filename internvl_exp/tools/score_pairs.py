@@ -117,7 +117,7 @@ def load_target(target: str, cfg: Any, device: str | None, dtype: str | None) ->
 def check_geometry(cfg: Any, model: Any, name: str) -> None:
     """The config tiles images for the model: its tile size and image tokens per tile are the model's."""
     from internvl_exp.errors import UserError
-    from internvl_exp.models.geometry import tokens_per_tile
+    from internvl_exp.config.geometry import tokens_per_tile
 
     config = model.config
     vision = config.vision_config
