@@ -118,3 +118,30 @@ def test_rank_shares_cover_every_row_once_in_order(n: int, world: int) -> None:
     shares = [rl.rank_share(n, r, world) for r in range(world)]
     assert np.array_equal(np.concatenate(shares), np.arange(n))
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+@pytest.mark.slow  # 2 processes (torchrun, gloo) each loading the model
+def test_two_processes_compute_one_store_and_every_rank_gets_it(setup) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tmp, weights, data, tokenizer, model = setup
+    here = Path(__file__).parent
+    out, cache = tmp / "two", tmp / "cache_two"
+    out.mkdir()
+    data2 = tmp / "data_two"  # the other tests edit `data`
+    shutil.copytree(GOLDEN / "data", data2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(here.parent)}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                          str(here / "reference_logps_worker.py"), str(weights), str(data2), str(cache), str(out)],
+                         cwd=here.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2 and ranks[0] == ranks[1]  # the same store on both ranks, read back the same
+    assert ranks[0]["lines"] == list(range(1, 8)) and ranks[0]["again_chosen"] == ranks[0]["chosen"]
+    golden = torch.load(GOLDEN / "mpo" / "results.pt", weights_only=False)["step1"]
+    assert max(abs(a - b) for a, b in zip(ranks[0]["chosen"], golden["reference_chosen_logps"].tolist())) < 1e-4
+    assert max(abs(a - b) for a, b in zip(ranks[0]["rejected"], golden["reference_rejected_logps"].tolist())) < 1e-4
+    stores = list((cache / rl.STORE_DIR).iterdir())
+    assert [p.name for p in stores] == [Path(ranks[0]["path"]).name]  # one directory, no partial left
