@@ -88,3 +88,23 @@ def test_the_kind_of_data_is_read_from_its_lines(tmp_path, first: str, kind) -> 
 
     (tmp_path / "a.jsonl").write_text(first + "\n")
     assert first_line_kind(DatasetEntry("a", tmp_path / "a.jsonl", tmp_path)) == kind
+
+
+def test_decode_finds_an_image_that_only_fails_a_full_decode(tmp_path, capsys) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, "PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[:60])  # the header (its size) reads, the pixels do not
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "cut.png", "question": "Colour?", "chosen": "Red.",
+                                                  "rejected": "Blue."}) + "\n")
+    (tmp_path / "meta.json").write_text(json.dumps({"p": {"root": ".", "annotation": "p.jsonl", "repeat_time": 1}}))
+    args = [f"data.meta_path={tmp_path / 'meta.json'}", "data.generate_demo=false"]
+    assert main(args) == 0  # the scan reads headers only
+    capsys.readouterr()
+    assert main(args + ["--decode"]) == 1
+    text = capsys.readouterr().out
+    assert "decode: 0 of 1 pairs load" in text and "p.jsonl:1: corrupt_media: " in text
+    assert main(args + ["--decode", "data.on_error=skip"]) == 0
