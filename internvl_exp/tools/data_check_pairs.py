@@ -116,15 +116,19 @@ def check_pairs(console: Any, args: Any, cfg: Any, entries: list, tokenizer: Any
     if kind == "sft":
         console.print("note: these are preference pairs but objective.kind is sft; train them with objective=mpo "
                       "or objective=dpo", markup=False)
-    table = Table(title="pairs per dataset", title_justify="left")
-    for col in ("dataset", "pairs", "skipped", "images", "text only", "chosen p50/max", "rejected p50/max",
-                "longer p95", "tiles max"):
-        table.add_column(col, justify="left" if col == "dataset" else "right")
+    counts = Table(title="pairs per dataset", title_justify="left")
+    lengths = Table(title="tokens per pair (chosen, rejected, the longer of the two) and tiles", title_justify="left")
+    for col in ("dataset", "pairs", "skipped", "images", "text only"):
+        counts.add_column(col, justify="left" if col == "dataset" else "right", overflow="fold")
+    for col in ("dataset", "chosen p50", "chosen max", "rejected p50", "rejected max", "longer p95", "tiles max"):
+        lengths.add_column(col, justify="left" if col == "dataset" else "right", overflow="fold")
     for r in rows:
-        table.add_row(r["dataset"], str(r["pairs"]), str(sum(r["skipped"].values())), str(r["images"]),
-                      str(r["text_only"]), f"{r['chosen_p50']}/{r['chosen_max']}",
-                      f"{r['rejected_p50']}/{r['rejected_max']}", str(r["longer_p95"]), str(r["tiles_max"]))
-    console.print(table)
+        counts.add_row(r["dataset"], str(r["pairs"]), str(sum(r["skipped"].values())), str(r["images"]),
+                       str(r["text_only"]))
+        lengths.add_row(r["dataset"], str(r["chosen_p50"]), str(r["chosen_max"]), str(r["rejected_p50"]),
+                        str(r["rejected_max"]), str(r["longer_p95"]), str(r["tiles_max"]))
+    console.print(counts)
+    console.print(lengths)
     problems = scanned["problems"]
     by_reason = Counter(p["reason"] for p in problems)
     pairs = sum(r["pairs"] for r in rows)
