@@ -10,11 +10,14 @@ or `--pairs`).
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from internvl_exp.tools.data_check import percentile, token_text
+import numpy as np
+
+from internvl_exp.tools.data_check import token_text
 
 PAIR_REASONS_FATAL_UNDER_STRICT = frozenset({"invalid_json", "bad_pair", "bad_media_field", "image_count_mismatch",
                                              "missing_media", "corrupt_media"})  # too_long is always a skip
@@ -28,49 +31,71 @@ def objective_kind(cfg: Any) -> str | None:
 
 
 def scan_pairs(entries: list, encoder: Any) -> dict[str, Any]:
-    """Plan every line of every data set as training's PreferenceDataset does, keeping what the report needs:
-    per data set the usable pairs' lengths and tiles, and every problem with its file:line."""
+    """Plan every line of every data set as training's PreferenceDataset does. Per usable pair only integers are
+    kept, in packed arrays (millions of lines), with where to re-read it (`--show`, `--decode`); every problem
+    is kept with its file:line."""
+    from array import array
+
     from internvl_exp.data.preference import PairSkip, _lines
 
-    datasets, problems, usable = [], [], []
+    fields = ("dataset", "line_no", "offset", "nbytes", "chosen", "rejected", "tiles", "images", "sup_chosen",
+              "sup_rejected")
+    cols = {k: array("q") for k in fields}
+    skipped: list[Counter] = [Counter() for _ in entries]
+    problems: list[dict[str, Any]] = []
     for d, entry in enumerate(entries):
-        stats: dict[str, Any] = {"dataset": entry.name, "pairs": 0, "skipped": Counter(), "images": 0,
-                                 "text_only": 0, "chosen_lengths": [], "rejected_lengths": [], "tiles": [],
-                                 "supervised_chosen": 0, "supervised_rejected": 0}
-        for line_no, _, raw in _lines(entry.annotation):
+        for line_no, offset, raw in _lines(entry.annotation):
             where = f"{entry.annotation}:{line_no}"
             try:
                 pair = encoder.plan(entry, raw.decode("utf-8"))
             except UnicodeDecodeError:
-                stats["skipped"]["invalid_json"] += 1
+                skipped[d]["invalid_json"] += 1
                 problems.append({"where": where, "reason": "invalid_json", "detail": "not UTF-8 text", "dataset": d})
                 continue
             except PairSkip as e:
-                stats["skipped"][e.reason] += 1
+                skipped[d][e.reason] += 1
                 problems.append({"where": where, "reason": e.reason, "detail": e.detail, "dataset": d})
                 continue
-            stats["pairs"] += 1
-            stats["images"] += len(pair.images)
-            stats["text_only"] += not pair.images
-            stats["chosen_lengths"].append(pair.lengths[0])
-            stats["rejected_lengths"].append(pair.lengths[1])
-            stats["tiles"].append(sum(pair.tiles))
-            stats["supervised_chosen"] += pair.supervised[0]
-            stats["supervised_rejected"] += pair.supervised[1]
-            usable.append((d, line_no, raw, pair))
-        datasets.append(stats)
-    return {"datasets": datasets, "problems": problems, "usable": usable}
+            for key, value in (("dataset", d), ("line_no", line_no), ("offset", offset), ("nbytes", len(raw)),
+                               ("chosen", pair.lengths[0]), ("rejected", pair.lengths[1]), ("tiles", sum(pair.tiles)),
+                               ("images", len(pair.images)), ("sup_chosen", pair.supervised[0]),
+                               ("sup_rejected", pair.supervised[1])):
+                cols[key].append(value)
+    rows = {k: np.frombuffer(v, dtype=np.int64) if len(v) else np.zeros(0, np.int64) for k, v in cols.items()}
+    return {"rows": rows, "skipped": skipped, "problems": problems}
 
 
-def _row(stats: dict[str, Any]) -> dict[str, Any]:
-    c, r, t = stats["chosen_lengths"], stats["rejected_lengths"], stats["tiles"]
-    return {"dataset": stats["dataset"], "pairs": stats["pairs"], "skipped": dict(stats["skipped"]),
-            "images": stats["images"], "text_only": stats["text_only"],
-            "chosen_p50": percentile(c, 50), "chosen_max": max(c, default=0),
-            "rejected_p50": percentile(r, 50), "rejected_max": max(r, default=0),
-            "longer_p95": percentile([max(a, b) for a, b in zip(c, r)], 95),
-            "tiles_max": max(t, default=0), "supervised_chosen": stats["supervised_chosen"],
-            "supervised_rejected": stats["supervised_rejected"]}
+def _nearest_rank(values: np.ndarray, q: float) -> int:
+    """data_check's percentile (nearest rank), on an array."""
+    if not len(values):
+        return 0
+    ordered = np.sort(values)
+    return int(ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1])
+
+
+def dataset_rows(entries: list, scanned: dict[str, Any]) -> list[dict[str, Any]]:
+    r = scanned["rows"]
+    out = []
+    for d, entry in enumerate(entries):
+        m = r["dataset"] == d
+        c, rej, t, img = r["chosen"][m], r["rejected"][m], r["tiles"][m], r["images"][m]
+        out.append({"dataset": entry.name, "pairs": int(m.sum()), "skipped": dict(scanned["skipped"][d]),
+                    "images": int(img.sum()), "text_only": int((img == 0).sum()),
+                    "chosen_p50": _nearest_rank(c, 50), "chosen_max": int(c.max()) if len(c) else 0,
+                    "rejected_p50": _nearest_rank(rej, 50), "rejected_max": int(rej.max()) if len(rej) else 0,
+                    "longer_p95": _nearest_rank(np.maximum(c, rej), 95), "tiles_max": int(t.max()) if len(t) else 0,
+                    "supervised_chosen": int(r["sup_chosen"][m].sum()),
+                    "supervised_rejected": int(r["sup_rejected"][m].sum())})
+    return out
+
+
+def _reread(entries: list, rows: dict[str, np.ndarray], i: int) -> tuple[Any, str, str]:
+    """(entry, file:line, text) of usable pair i, read again from its file."""
+    entry = entries[int(rows["dataset"][i])]
+    with open(entry.annotation, "rb") as f:
+        f.seek(int(rows["offset"][i]))
+        raw = f.read(int(rows["nbytes"][i]))
+    return entry, f"{entry.annotation}:{int(rows['line_no'][i])}", raw.decode("utf-8")
 
 
 def render_pair(console: Any, item: dict[str, Any], tokenizer: Any, title: str) -> None:
@@ -107,7 +132,7 @@ def check_pairs(console: Any, args: Any, cfg: Any, entries: list, tokenizer: Any
     d = cfg.data
     encoder = preference_encoder(cfg, tokenizer, n_tok)
     scanned = scan_pairs(entries, encoder)
-    rows = [_row(s) for s in scanned["datasets"]]
+    rows = dataset_rows(entries, scanned)
     kind = objective_kind(cfg)
     console.print(f"preference pairs (question / chosen / rejected): template={cfg.model.template} "
                   f"tile={encoder.settings.tile_size}px tokens/tile={n_tok} max_dynamic_patch="
@@ -146,16 +171,12 @@ def check_pairs(console: Any, args: Any, cfg: Any, entries: list, tokenizer: Any
 
         from internvl_exp.data.preference import PairSkip
 
-        todo = range(len(scanned["usable"])) if args.decode else range(args.show_from, args.show_from + args.show)
-        shown = 0
+        n_usable = len(scanned["rows"]["dataset"])
+        todo = range(n_usable) if args.decode else range(args.show_from, min(n_usable, args.show_from + args.show))
         for i in todo:
-            if i >= len(scanned["usable"]):
-                break
-            dataset_index, line_no, raw, pair = scanned["usable"][i]
-            entry = entries[dataset_index]
-            where = f"{entry.annotation}:{line_no}"
+            entry, where, text = _reread(entries, scanned["rows"], i)
             try:
-                item = encoder.load(entry, pair)
+                item = encoder.load(entry, encoder.plan(entry, text))
             except (PairSkip, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                 reason = getattr(e, "reason", "corrupt_media")
                 load_failures[reason] += 1
@@ -163,9 +184,8 @@ def check_pairs(console: Any, args: Any, cfg: Any, entries: list, tokenizer: Any
                 continue
             if args.show_from <= i < args.show_from + args.show:
                 render_pair(console, item, tokenizer, f"pair {i} · {where}")
-                shown += 1
         if args.decode:
-            console.print(f"decode: {len(scanned['usable']) - len(failed)} of {len(scanned['usable'])} pairs load; "
+            console.print(f"decode: {n_usable - len(failed)} of {n_usable} pairs load; "
                           f"failures {dict(load_failures) or 'none'}")
             for f in failed[: args.max_problems]:
                 console.print(f"  {f}", markup=False, soft_wrap=True)
