@@ -145,3 +145,27 @@ def test_two_processes_compute_one_store_and_every_rank_gets_it(setup) -> None:
     assert max(abs(a - b) for a, b in zip(ranks[0]["rejected"], golden["reference_rejected_logps"].tolist())) < 1e-4
     stores = list((cache / rl.STORE_DIR).iterdir())
     assert [p.name for p in stores] == [Path(ranks[0]["path"]).name]  # one directory, no partial left
+
+
+def test_every_rank_runs_the_same_number_of_forwards(setup) -> None:
+    """A sharded reference (ZeRO-3) gathers its weights in every forward: a rank with fewer pairs (or none) runs
+    filler forwards until it has run as many as the others, and their results are dropped."""
+    tmp, weights, data, tokenizer, model = setup
+    dataset = dataset_at(tmp / "data_forwards" if (tmp / "data_forwards").exists() else
+                         shutil.copytree(GOLDEN / "data", tmp / "data_forwards"), tokenizer)
+    calls: list[int] = []
+    handle = model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        plain = rl.score(model, dataset, batch_size=2, rows=[4, 0, 2])
+        assert len(calls) == 2
+        calls.clear()
+        padded = rl.score(model, dataset, batch_size=2, rows=[4, 0, 2], forwards=4)
+        assert len(calls) == 4
+        calls.clear()
+        empty = rl.score(model, dataset, batch_size=2, rows=[], forwards=3)  # a rank without pairs
+        assert len(calls) == 3 and len(empty["chosen_logp"]) == 0
+    finally:
+        handle.remove()
+    for key in ("line", "chosen_logp", "rejected_logp", "chosen_tokens"):
+        assert np.array_equal(plain[key], padded[key]), key
+    assert plain["line"].tolist() == [5, 1, 3]  # in the order asked, whatever the batching

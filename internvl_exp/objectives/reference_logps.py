@@ -64,7 +64,7 @@ def _to_device(batch: dict[str, Any], model: Any) -> dict[str, Any]:
 
 def score(model: Any, dataset: Any, batch_size: int = 4, reference: Any | None = None,
           rows: Sequence[int] | np.ndarray | None = None, progress: Callable[[int], None] | None = None,
-          encode_images_once: bool = True) -> dict[str, np.ndarray]:
+          encode_images_once: bool = True, forwards: int | None = None) -> dict[str, np.ndarray]:
     """Log-probs of scan rows `rows` (default: all) of `dataset` (a PreferenceDataset), in the order given.
 
     Returns arrays: row, dataset, line, chosen_logp, rejected_logp (float32), chosen_tokens, rejected_tokens, and
@@ -72,6 +72,10 @@ def score(model: Any, dataset: Any, batch_size: int = 4, reference: Any | None =
     padding does not change a pair's log-probs) and the results put back in `rows` order. A pair whose line or
     images changed since the scan raises under data.on_error=strict and gets NaN log-probs under skip.
     `progress(n)` is called after each batch with the pairs done.
+
+    `forwards`: run exactly this many forwards (at least the batches needed), so every rank of a sharded model
+    (ZeRO-3, whose forward gathers weights collectively) runs as many as the others: a rank with fewer pairs, or a
+    batch whose pairs all failed to load, runs a filler batch (the dataset's first pair) whose result is dropped.
     """
     import torch
 
@@ -95,8 +99,12 @@ def score(model: Any, dataset: Any, batch_size: int = 4, reference: Any | None =
     order = np.argsort(-longest, kind="stable")  # longest first: the first batch shows the peak memory
     pad = dataset.encoder.tokenizer.pad_token_id
     models = [(p, m) for p, m in zip(names, [model, reference])]
+    batches = -(-n // batch_size)
+    total = max(batches, forwards or 0)
+    filler: list[dict[str, Any]] = []
     with torch.no_grad():
-        for start in range(0, n, batch_size):
+        for k in range(total):
+            start = k * batch_size
             positions, items = [], []
             for pos in order[start:start + batch_size]:
                 row = int(rows[pos])
@@ -109,16 +117,21 @@ def score(model: Any, dataset: Any, batch_size: int = 4, reference: Any | None =
                         raise PreferenceDataError(f"{where}: {e} (changed since the pre-flight scan; "
                                                   "data.on_error=skip skips such pairs)") from e
                     dataset.load_failures[getattr(e, "reason", "corrupt_media")] += 1
-            if items:
-                batch = collate_pairs(items, pad)
-                idx = np.asarray(positions)
-                for prefix, m in models:
-                    result = pair_logps(m, _to_device(batch, m), encode_images_once=encode_images_once)
-                    for side in ("chosen", "rejected"):
-                        out[f"{prefix}{side}_logp"][idx] = result[f"{side}_logps"].float().cpu().numpy()
-                        if not prefix:
-                            out[f"{side}_tokens"][idx] = result[f"{side}_counts"].cpu().numpy()
-            if progress is not None:
+            if not items and forwards is None:
+                continue  # nothing loaded, and no other rank waits for this forward
+            if not items and not filler:
+                filler.append(_item(dataset, 0))
+            batch = collate_pairs(items or filler, pad)
+            idx = np.asarray(positions, dtype=np.int64)
+            for prefix, m in models:
+                result = pair_logps(m, _to_device(batch, m), encode_images_once=encode_images_once)
+                if not items:
+                    continue  # a filler forward: kept in step with the other ranks, its result dropped
+                for side in ("chosen", "rejected"):
+                    out[f"{prefix}{side}_logp"][idx] = result[f"{side}_logps"].float().cpu().numpy()
+                    if not prefix:
+                        out[f"{side}_tokens"][idx] = result[f"{side}_counts"].cpu().numpy()
+            if progress is not None and start < n:
                 progress(len(order[start:start + batch_size]))
     return out
 
@@ -139,7 +152,9 @@ def score_distributed(model: Any, dataset: Any, batch_size: int = 4, reference: 
     group = ranks.process_group()
     world, rank = (group.get_world_size(), group.get_rank()) if group is not None else (1, 0)
     n = len(dataset.rows["dataset"])
-    local = score(model, dataset, batch_size, reference, rank_share(n, rank, world), progress)
+    # Every rank runs as many forwards as the largest share needs (a sharded model's forward is a collective).
+    forwards = -(-(-(-n // world)) // batch_size) if group is not None else None
+    local = score(model, dataset, batch_size, reference, rank_share(n, rank, world), progress, forwards=forwards)
     if group is None:
         return local
     gathered: list[Any] | None = [None] * world if rank == 0 else None

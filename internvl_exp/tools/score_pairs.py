@@ -189,10 +189,11 @@ def _score(args: argparse.Namespace) -> int:
                 written += 1
         os.replace(tmp, args.out)
         skipped = dict(dataset.skipped)
-        failed = dict(dataset.load_failures)
+        failed = len(scores["row"]) - written  # on any rank (data.on_error=skip): their log-probs are NaN
         print(f"{written} pairs scored -> {args.out}"
               + (f"; skipped by the scan: {skipped}" if skipped else "")
-              + (f"; failed to load: {failed}" if failed else ""), file=sys.stderr)
+              + (f"; {failed} failed to load (changed since the scan; data.on_error=skip)" if failed else ""),
+              file=sys.stderr)
     group = ranks.process_group()
     if group is not None:
         group.barrier()
