@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import zipfile
@@ -153,7 +154,8 @@ def score_distributed(model: Any, dataset: Any, batch_size: int = 4, reference: 
     world, rank = (group.get_world_size(), group.get_rank()) if group is not None else (1, 0)
     n = len(dataset.rows["dataset"])
     # Every rank runs as many forwards as the largest share needs (a sharded model's forward is a collective).
-    forwards = -(-(-(-n // world)) // batch_size) if group is not None else None
+    largest_share = math.ceil(n / world)
+    forwards = math.ceil(largest_share / batch_size) if group is not None else None
     local = score(model, dataset, batch_size, reference, rank_share(n, rank, world), progress, forwards=forwards)
     if group is None:
         return local
