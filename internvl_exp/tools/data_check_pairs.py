@@ -128,12 +128,14 @@ def check_pairs(console: Any, args: Any, cfg: Any, entries: list, tokenizer: Any
     from rich.table import Table
 
     from internvl_exp.data.preference_from_config import preference_encoder
+    from internvl_exp.train.reporting.console_header import data_line
 
     d = cfg.data
     encoder = preference_encoder(cfg, tokenizer, n_tok)
     scanned = scan_pairs(entries, encoder)
     rows = dataset_rows(entries, scanned)
     kind = objective_kind(cfg)
+    console.print(data_line(cfg), markup=False, soft_wrap=True)  # where the data (and the eval data) come from
     console.print(f"preference pairs (question / chosen / rejected): template={cfg.model.template} "
                   f"tile={encoder.settings.tile_size}px tokens/tile={n_tok} max_dynamic_patch="
                   f"{encoder.settings.max_dynamic_patch} max_seq_length={d.max_seq_length} on_error={d.on_error}"
