@@ -19,6 +19,7 @@ from internvl_exp.config.batch import batch_problems
 from internvl_exp.config.eval_settings import eval_problems
 from internvl_exp.config.resume_rules import resume_problems
 from internvl_exp.config.chunked_loss import CHUNK_SETTINGS
+from internvl_exp.config.objective_rules import objective_problems
 
 TEMPLATE_NAMES = tuple(TEMPLATES)
 # Official conversation templates a preset names that internvl_exp.data.templates does not implement yet.
@@ -90,6 +91,7 @@ def config_problems(cfg: Any) -> list[str]:
                         "(offline writes <run_dir>/wandb/ to upload later with `wandb sync`)")
     problems += _distributed_problems(cfg.distributed)
     problems += range_problems(cfg)
+    problems += objective_problems(cfg)  # config/objective_rules.py
     return problems
 
 
