@@ -1,0 +1,59 @@
+"""Preference training through launch.py against InternVL's own MPO/DPO trainer (the golden in
+tests/fixtures/golden_mpo): one step on the golden policy, reference and 7 pairs logs each term of the golden.
+
+The command is the one docs/preference.md documents ("Check one step against given models"): the golden's
+settings (tile 56, max_dynamic_patch 6, max_seq_length 512, float32, no drop-path), the 7 pairs as one
+micro-batch, the reference another checkpoint (objective.reference). The logged values are those of the step's
+forward, before its update. One multirun (mpo, dpo) x (chunked loss on, off) shares the process start."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_launch
+from golden_mpo import GOLDEN, REFERENCE, policy_original
+
+
+def golden_command(policy, reference, out, cache) -> list[str]:
+    return ["model=local", f"model.path={policy}", "model.template=internvl2_5", "model.image_size=56",
+            "model.dtype=float32", f"objective.reference={reference}", "data=meta", "data.meta_path=data/meta.json",
+            "data.max_seq_length=512", "trainer.per_device_train_batch_size=7", "trainer.max_steps=1",
+            "trainer.logging_steps=1", "trainer.bf16=false", "trainer.save_final=false", "trainer.device=cpu",
+            f"paths.output_dir={out}", f"paths.cache_dir={cache}"]
+
+
+@pytest.mark.slow
+def test_one_step_logs_the_golden_terms(tmp_path) -> None:
+    policy = policy_original(tmp_path / "policy")
+    args = ["-m", "objective=mpo,dpo", "trainer.chunked_loss=true,false", "sweep_name=golden",
+            *golden_command(policy, REFERENCE, tmp_path / "out", tmp_path / "cache")]
+    res = run_launch(args, cwd=GOLDEN)  # the meta's relative paths resolve against the working directory
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    jobs = sorted((tmp_path / "out" / "default" / "multirun" / "golden").glob("*_*/metrics.json"))
+    assert len(jobs) == 4
+    for path in jobs:
+        metrics = json.loads(path.read_text())
+        assert metrics["status"] == "completed", metrics.get("error")
+        config = (path.parent / "config.yaml").read_text()
+        kind = "mpo" if "kind: mpo" in config else "dpo"
+        golden = torch.load(GOLDEN / kind / "results.pt", weights_only=False)["step1"]
+        logged = metrics["preference"]["history"][0]
+        assert metrics["loss_history"][0]["loss"] == pytest.approx(golden["loss"], rel=1e-5)
+        sigmoid = next(t for t in golden["terms"] if t["loss_type"] == "sigmoid")
+        assert logged["loss/sigmoid"] == pytest.approx(sigmoid["mean_unweighted"], rel=1e-5)
+        for key in ("rewards/accuracies", "logps/chosen", "logps/rejected"):
+            assert logged[key] == pytest.approx(golden["metrics"][key], rel=1e-5), key
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+            # β·(a difference of log-probs around -300 that agree within 3e-5): absolute, not relative
+            assert logged[key] == pytest.approx(golden["metrics"][key], abs=2e-6), key
+        if kind == "mpo":
+            bco = next(t for t in golden["terms"] if t["loss_type"] == "bco_pair")
+            assert logged["loss/bco_pair"] == pytest.approx(bco["mean_unweighted"], rel=1e-5)
+            assert logged["nll"] == pytest.approx(golden["nll_loss"], rel=1e-5)
+            # δ is a mean of rewards ~0.005 built from those same differences: 3e-6 absolute is 6e-4 relative.
+            assert logged["delta"] == pytest.approx(bco["delta_used"], abs=3e-6)
+        else:
+            assert "loss/bco_pair" not in logged and "nll" not in logged and "delta" not in logged
