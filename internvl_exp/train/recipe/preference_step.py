@@ -116,6 +116,7 @@ class PreferenceStep:
         self.reference = reference  # train/recipe/reference.py Reference
         self.chunked = chunked
         self.running = RunningMean()
+        self.parameters_held = 0  # policy + reference, distinct tensors (set by the run; metrics.json)
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
         self._last: dict[str, float] = {}
@@ -214,9 +215,21 @@ class PreferenceStep:
         return metrics
 
     # -- checkpoints ------------------------------------------------------------------------------------------
-    def save(self, folder: Path) -> None:
-        """δ's state into a checkpoint folder (main process only; before the folder's manifest)."""
-        (Path(folder) / STATE_FILE).write_text(json.dumps({"running_mean": self.running.state_dict()}, indent=1))
+    def gather_delta(self, accelerator: Any, world: int) -> list[float]:
+        """Every rank's δ (a collective when world > 1). They must agree: δ is updated from all ranks' rewards."""
+        if world <= 1:
+            return [self.running.mean]
+        mine = torch.tensor([self.running.mean], dtype=torch.float64, device=accelerator.device)
+        return [float(v) for v in accelerator.gather(mine).tolist()]
+
+    def save(self, folder: Path, per_rank: list[float]) -> None:
+        """δ's state into a checkpoint folder (main process only; before the folder's manifest), with every rank's
+        δ as gathered at the save (`per_rank`); refuses to save ranks that disagree."""
+        if max(per_rank) != min(per_rank):
+            raise RuntimeError(f"BCO-pair's δ differs between ranks at this save: {per_rank}; it must be updated "
+                               "from every rank's rewards at the same micro-batch")
+        (Path(folder) / STATE_FILE).write_text(json.dumps({"running_mean": self.running.state_dict(),
+                                                           "per_rank_delta": per_rank}, indent=1))
 
     def restore(self, checkpoint: Path | str | None) -> None:
         """δ as the checkpoint saved it (every rank reads the same file), so a resumed run continues it."""

@@ -99,11 +99,6 @@ class Reference:
         with torch.no_grad(), self._as_reference():
             return batch_logps(self.call, self.module, batch, chunked)
 
-    def parameter_count(self) -> int:
-        """Parameters the reference holds beyond the policy's (0 when it is the policy with adapters off)."""
-        if self.kind == "adapters_disabled":
-            return 0
-        return sum(getattr(p, "ds_numel", p.numel()) for p in self.module.parameters())
 
 
 def _stray_trainable(policy: torch.nn.Module) -> list[str]:
@@ -155,3 +150,13 @@ def build_reference(cfg: Any, args: Any, policy: torch.nn.Module, loaded: torch.
         ref = ref.to(torch.bfloat16 if args.bf16 else torch.float16)
     ref = ref.to(args.device)
     return Reference(ref, ref, "copy")
+
+
+def held_parameters(*modules: torch.nn.Module) -> int:
+    """Elements of the distinct parameter tensors of `modules` (a tensor shared by two counts once; ZeRO-3's
+    partitioned ones by their full size): with LoRA's disabled adapters as the reference, the base once."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for p in module.parameters():
+            seen[id(p)] = int(getattr(p, "ds_numel", p.numel()))
+    return sum(seen.values())

@@ -182,14 +182,15 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     if preference:
         from internvl_exp.data.preference import collate_pairs
         from internvl_exp.train.recipe.preference_step import PreferenceStep, objective_of
-        from internvl_exp.train.recipe.reference import build_reference
+        from internvl_exp.train.recipe.reference import build_reference, held_parameters
 
         train_dataset, collator = dataset, functools.partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
         reference = build_reference(cfg, args, model, reference_loaded)
         del reference_loaded
         step = PreferenceStep(objective_of(cfg), reference, use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name))
-        log.info("objective %s: %s; reference %s (%s parameters beyond the policy's)", cfg.objective.kind,
-                 step.objective, reference.kind, f"{reference.parameter_count():,}")
+        step.parameters_held = held_parameters(model, reference.module)
+        log.info("objective %s: %s; reference: %s; parameters held by policy and reference: %s",
+                 cfg.objective.kind, step.objective, reference.kind, f"{step.parameters_held:,}")
     else:
         train_dataset, collator = training_data(cfg, dataset, args)
         step = None
@@ -279,7 +280,9 @@ def summarise(cfg: Any, run_dir: RunDir, recipe: Recipe, result: Any, preempted_
     if trainer.preference is not None:  # per-step rewards, accuracies, loss terms, δ; train and eval
         from internvl_exp.train.recipe.preference_step import preference_history
 
-        metrics["preference"] = preference_history(trainer.state.log_history)
+        metrics["preference"] = {**preference_history(trainer.state.log_history),
+                                 "reference": trainer.preference.reference.kind,
+                                 "parameters_held": trainer.preference.parameters_held}
     if recipe.resume.checkpoint is not None:
         metrics["resumed_from"] = str(recipe.resume.checkpoint)
     tp = metrics["throughput"]

@@ -238,10 +238,12 @@ class InternVLTrainer(Trainer):
             # every rank takes part (the losses are averaged across ranks).
             summary = {type(cb).__name__: cb.checkpoint_state(self.accelerator)
                        for cb in self.callback_handler.callbacks if hasattr(cb, "checkpoint_state")}
+            deltas = (self.preference.gather_delta(self.accelerator, self.args.world_size)
+                      if self.preference is not None else None)
             if is_main_process():
                 checkpoints.write_extras(folder, summary, final.parent.parent / "config.yaml")
-                if self.preference is not None:  # δ, so that a resume continues it
-                    self.preference.save(folder)
+                if deltas is not None:  # δ, so that a resume continues it
+                    self.preference.save(folder, deltas)
             self.accelerator.wait_for_everyone()  # every rank's shards and RNG state are on disk
             files = self._manifest(folder)
             if is_main_process():
