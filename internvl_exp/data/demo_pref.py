@@ -7,7 +7,7 @@ Three datasets, in the SFT demo's words (so the tiny tokenizer has merges for th
 
 The chosen answer is learnable from the pixels (or the text), so a DPO/MPO run's eval reward accuracy rises above
 chance. A held-out eval split (eval/, fresh draws) is written beside it. Generated once, atomically (a temporary
-sibling renamed into place), like the SFT demo.
+sibling renamed into place), under a file lock: every rank of a run asks for it.
 """
 
 from __future__ import annotations
@@ -83,24 +83,27 @@ def is_complete(directory: str | os.PathLike) -> bool:
 
 
 def generate_pair_demo(directory: str | os.PathLike, seed: int = 0) -> Path:
-    """Create the pair demo (meta.json, eval/meta.json) in `directory` unless a complete copy is there."""
+    """Create the pair demo (meta.json, eval/meta.json) in `directory` unless a complete copy is there. Every rank
+    of a run calls this: one writes under a file lock while the others wait, then find it complete."""
+    import fcntl
+
     target = Path(directory)
     if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-pref-tmp-", dir=target.parent))
-    try:
-        _write_split(tmp, seed, "", TRAIN_PAIRS)
-        _write_split(tmp / EVAL_SUBDIR, seed, "eval-", EVAL_PAIRS)
-        (tmp / ".complete").write_text(str(PAIR_DEMO_VERSION))
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_complete(target):  # written by another process while this one waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-pref-tmp-", dir=target.parent))
         try:
-            if target.exists():
+            _write_split(tmp, seed, "", TRAIN_PAIRS)
+            _write_split(tmp / EVAL_SUBDIR, seed, "eval-", EVAL_PAIRS)
+            (tmp / ".complete").write_text(str(PAIR_DEMO_VERSION))
+            if target.exists():  # stale or incomplete copy (no one reads it: it was never complete)
                 shutil.rmtree(target)
             os.rename(tmp, target)
-        except OSError:
-            if not is_complete(target):  # lost a race against a concurrent job: fine if theirs is complete
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return target
