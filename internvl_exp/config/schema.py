@@ -324,8 +324,8 @@ class PreferenceWeights:
     """Weights of the preference loss terms (objectives/preference_loss.py): sigmoid = DPO, bco_pair = BCO with
     the running-mean shift δ. 0 leaves a term out."""
 
-    sigmoid: float = 0.0
-    bco_pair: float = 0.0
+    sigmoid: float = 0.0  # DPO's -log σ(β·margin) (InternVL's sigmoid_loss_weight; 0.8 in MPO)
+    bco_pair: float = 0.0  # BCO-pair with the running-mean shift δ (InternVL's bco_pair_loss_weight; 0.2 in MPO)
 
 
 @dataclass
@@ -440,8 +440,7 @@ class Config:
     logger: LoggerConfig = MISSING
     distributed: DistributedConfig = MISSING
     paths: PathsConfig = MISSING
-    # Defaulted (not MISSING): a run's config.yaml written before this group existed still loads (as sft).
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # not MISSING: older config.yaml = sft
     experiment_name: str = "default"
     run_name: str = MISSING
     # The sweep's directory name under outputs/<experiment_name>/multirun/ (null for single runs).
