@@ -42,6 +42,7 @@ def test_mpo_and_dpo_carry_internvl_settings(tmp_path) -> None:
     ("data.loss_reduction=square", "data.loss_reduction: 'square' weighs SFT tokens"),
     ("data.length_policy=truncate", "data.length_policy: 'truncate'; objective=mpo keeps or drops a pair whole"),
     ("objective.reference=precomputed", "objective.reference=precomputed"),
+    ("objective.reference=/no/such/ckpt", "objective.reference: /no/such/ckpt is not a directory"),
 ])
 def test_each_bad_key_is_one_line(override, line, tmp_path) -> None:
     problems = _problems(["objective=mpo", "data=demo_pref", override], tmp_path)

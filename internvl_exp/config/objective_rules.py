@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 OBJECTIVES = ("sft", "dpo", "mpo")
@@ -62,6 +63,9 @@ def objective_problems(cfg: Any) -> list[str]:
         problems.append("objective.reference=precomputed: reference log-probs precomputed on disk are not wired "
                         "into training yet; leave objective.reference=null (the starting weights) or give a "
                         "checkpoint path")
+    elif o.reference is not None and not os.path.isdir(os.path.expanduser(str(o.reference))):
+        problems.append(f"objective.reference: {o.reference} is not a directory; give a checkpoint directory (either "
+                        "layout) or a run directory (its final/ is used), or null for the starting weights")
     d = cfg.data
     if d.packing.enabled:
         problems.append(f"data.packing.enabled: objective={kind} trains on pairs, which are not packed; set "
