@@ -113,3 +113,18 @@ def test_long_pairs_are_dropped_whole_and_too_many_stop_the_run(tmp_path, tokeni
     with pytest.raises(DataError, match=r"pairs: 1 of 20 pairs \(5%\) have a side longer than data.max_seq_length=128"):
         build_pairs(cfg, tokenizer, cfg.resolved.tokens_per_tile)
     assert np.all(pairs.rows["rejected_length"] <= 128)
+
+
+def test_the_objective_cannot_change_on_resume() -> None:
+    from dataclasses import asdict
+
+    from internvl_exp.config.schema import ObjectiveConfig
+    from internvl_exp.train.checkpointing.resume_config import compare
+
+    sft = asdict(ObjectiveConfig())
+    mpo = {**sft, "name": "mpo", "kind": "mpo", "weights": {"sigmoid": 0.8, "bco_pair": 0.2}, "rpo_alpha": 1.0}
+    refused, _ = compare({"objective": mpo}, {"objective": sft})
+    assert "objective.kind (sft -> mpo)" in refused and "objective.rpo_alpha (null -> 1.0)" in refused
+    # A run saved before the group existed trained sft: resuming it as sft is fine, as mpo is refused.
+    assert compare({"objective": sft}, {}) == ([], [])
+    assert "objective.kind (sft -> mpo)" in compare({"objective": mpo}, {})[0]
