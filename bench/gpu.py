@@ -69,7 +69,7 @@ def packed_batch(ids, labels, pixels, flash: bool) -> dict:
 def run_one(v: dict, args) -> dict:
     import torch
 
-    from internvl_exp.models.geometry import tokens_per_tile
+    from internvl_exp.config.geometry import tokens_per_tile
     from internvl_exp.models.loading import load_model
     from internvl_exp.models.registry import get_family
     from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer

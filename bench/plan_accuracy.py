@@ -96,7 +96,7 @@ def tracker_class():
 def measure(overrides: list[str], batch: int, checkpointing: bool, seq: int, tiles: int, steps: int = 2) -> dict:
     import torch
 
-    from internvl_exp.models.geometry import tokens_per_tile
+    from internvl_exp.config.geometry import tokens_per_tile
     from internvl_exp.models.loading import load_model
     from internvl_exp.models.registry import get_family
     from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer

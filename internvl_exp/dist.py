@@ -24,7 +24,7 @@ def process_group() -> Any:
 
 def world_size() -> int:
     """The number of training processes running now: the process group, else WORLD_SIZE, else 1. (How many a
-    launch will start is the run spec's `resolved.world_size`: config/resolve.py planned_world_size.)"""
+    launch will start is the run spec's `resolved.world_size`: config/world.py planned_world_size.)"""
     dist = process_group()
     if dist is not None:
         return int(dist.get_world_size())

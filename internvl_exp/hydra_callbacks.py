@@ -67,7 +67,7 @@ def choose_run_dir(config: DictConfig) -> None:
     from omegaconf import open_dict, read_write
 
     from internvl_exp.config.resume_rules import resume_mode
-    from internvl_exp.train.checkpointing.resume import RunRefused, fresh_run_dir, has_work, plan_resume
+    from internvl_exp.train.checkpointing.resume import RunRefused, fresh_run_dir, has_work, launch_plan
 
     run_dir = Path(str(config.hydra.run.dir))
     if resume_mode(config.get("resume")) == "never" and has_work(run_dir):
@@ -78,7 +78,7 @@ def choose_run_dir(config: DictConfig) -> None:
         log.info("resume=false: %s already holds a run; this one goes to %s", run_dir, fresh)
         return
     try:
-        plan_resume(config.get("resume"), run_dir, warn=False, checksums=False)
+        launch_plan(config.get("resume"), run_dir, keep=True)  # the job takes it
     except RunRefused as e:
         raise SystemExit(str(e)) from None
 

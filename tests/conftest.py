@@ -115,12 +115,11 @@ def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
     weights start from the same ones whatever builds them (ZeRO-3's partitioned init draws other random weights)."""
     import torch
 
-    from internvl_exp.data.from_config import tokens_per_tile
     from internvl_exp.models.loading import load_model, load_processor
 
     cfg = compose()
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_checkpoint")
     load_model(cfg.model, tokenizer).save_pretrained(out)
-    load_processor(cfg.model, tokenizer, tokens_per_tile(cfg.model)).save_pretrained(out)
+    load_processor(cfg.model, tokenizer, cfg.resolved.tokens_per_tile).save_pretrained(out)
     return out

@@ -234,11 +234,10 @@ def _trained(chunked: bool, cfg, tokenizer, train, ev, tmp_path):
 
 def test_trainer_steps_and_eval_loss_equal_the_plain_path(tmp_path, demo_dir, tokenizer):
     from internvl_exp.data.eval_data import train_and_eval_data
-    from internvl_exp.data.from_config import tokens_per_tile
     from training_helpers import quick_cfg
 
     cfg = quick_cfg(["data.loss_reduction=square", "freeze=full"], tmp_path, demo_dir)
-    train, _, ev, _ = train_and_eval_data(cfg, tokenizer, tokens_per_tile(cfg.model))
+    train, _, ev, _ = train_and_eval_data(cfg, tokenizer, cfg.resolved.tokens_per_tile)
     plain, plain_eval = _trained(False, cfg, tokenizer, train, ev, tmp_path)
     chunked, chunked_eval = _trained(True, cfg, tokenizer, train, ev, tmp_path)
     losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (plain, chunked)]

@@ -202,13 +202,12 @@ def test_mixed_batch_runs_through_the_tiny_model(tmp_path, tokenizer, demo_dir):
     (its placeholder-count check would fail on any mismatch between tokens and tiles)."""
     from conftest import compose
     from internvl_exp.data.collator import Collator
-    from internvl_exp.data.from_config import tokens_per_tile
     from internvl_exp.models.loading import config_tokens_per_tile, load_model
 
     cfg = compose([], tmp_path, demo_dir)
     model = load_model(cfg.model, tokenizer)
     n_tok = config_tokens_per_tile(model.config)
-    assert tokens_per_tile(cfg.model) == n_tok  # the config-only count the scan (and data_check) can use
+    assert cfg.resolved.tokens_per_tile == n_tok  # the config-only count the scan (and data_check) can use
     write_video(tmp_path / "v.mp4", frames=12)
     write_image(tmp_path / "a.png", (150, 60))
     write_image(tmp_path / "b.png", (40, 90), (0, 0, 255))
@@ -233,7 +232,6 @@ def test_checkpoint_tile_size_must_match_the_model_config(tmp_path, tokenizer, d
     """A checkpoint whose tiles differ from model.image_size stops before the scan (at weight resolution), naming
     the key and the checkpoint's value; tokens per tile then come from the model config alone."""
     from conftest import compose
-    from internvl_exp.data.from_config import tokens_per_tile
     from internvl_exp.models.loading import config_tokens_per_tile, random_config
     from internvl_exp.models.resolve import CheckpointError, resolve_weights
 
@@ -244,7 +242,7 @@ def test_checkpoint_tile_size_must_match_the_model_config(tmp_path, tokenizer, d
     cfg = compose([*local, "model.image_size=64"], tmp_path, demo_dir)
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"")  # resolution looks for weight files only
     assert resolve_weights(cfg) is not None
-    assert tokens_per_tile(cfg.model) == config_tokens_per_tile(config) == 16
+    assert cfg.resolved.tokens_per_tile == config_tokens_per_tile(config) == 16
     cfg = compose([*local, "model.image_size=32"], tmp_path, demo_dir)
     with pytest.raises(CheckpointError, match=r"model.path: .*config.json does not match model=local: it has image_size 64 \(the config has model.image_size=32\)"):
         resolve_weights(cfg)

@@ -62,10 +62,9 @@ def _oracle_eval_loss(model_dir, meta, tokenizer, demo_dir, tmp_path, checkpoint
     from conftest import compose
     from internvl_exp.data.collator import Collator
     from internvl_exp.data.eval_data import build_eval_datasets
-    from internvl_exp.data.from_config import tokens_per_tile
 
     cfg = compose(_common(tmp_path, demo_dir, checkpoint, "oracle") + [f"data.eval.meta_path={meta}"])
-    dataset, _ = build_eval_datasets(cfg, tokenizer, tokens_per_tile(cfg.model))
+    dataset, _ = build_eval_datasets(cfg, tokenizer, cfg.resolved.tokens_per_tile)
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
     collate = Collator(tokenizer.pad_token_id)
     total = count = 0.0

@@ -15,9 +15,8 @@ from training_helpers import build, quick_cfg
 
 def _scan(cfg, tokenizer):
     from internvl_exp.data.eval_data import train_and_eval_data
-    from internvl_exp.data.from_config import tokens_per_tile
 
-    return train_and_eval_data(cfg, tokenizer, tokens_per_tile(cfg.model))
+    return train_and_eval_data(cfg, tokenizer, cfg.resolved.tokens_per_tile)
 
 
 def _lines(dataset, rows) -> set[tuple[str, int]]:
@@ -108,10 +107,9 @@ def test_eval_loss_is_the_whole_set_reduction_not_a_mean_of_batch_means(reductio
 
 
 def _processor(cfg, tokenizer):
-    from internvl_exp.data.from_config import tokens_per_tile
     from internvl_exp.models.loading import load_processor
 
-    return load_processor(cfg.model, tokenizer, tokens_per_tile(cfg.model))
+    return load_processor(cfg.model, tokenizer, cfg.resolved.tokens_per_tile)
 
 
 def test_eval_history_summary_from_the_log():

@@ -41,12 +41,12 @@ def run(tmp_path_factory):
 def _training_pixels(tmp, run_dir):
     """pixel_values as training fed them: the run's config, its dataset and collator."""
     from internvl_exp.data.collator import Collator
-    from internvl_exp.data.from_config import build_from_config, tokens_per_tile
+    from internvl_exp.data.from_config import build_from_config
     from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
 
     cfg = OmegaConf.create(yaml.safe_load((run_dir / "config.yaml").read_text()))
     tokenizer = load_tiny_tokenizer()
-    dataset, _ = build_from_config(cfg, tokenizer, tokens_per_tile(cfg.model))
+    dataset, _ = build_from_config(cfg, tokenizer, cfg.resolved.tokens_per_tile)
     return Collator(tokenizer.pad_token_id)([dataset[0]])["pixel_values"].float().numpy()
 
 

@@ -52,7 +52,7 @@ def test_global_batch_and_accumulation_together_are_refused():
 
 
 def test_world_size_from_the_distributed_plan_then_the_environment(monkeypatch):
-    from internvl_exp.config.resolve import planned_world_size
+    from internvl_exp.config.world import planned_world_size
     from internvl_exp.dist import world_size
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)

@@ -55,7 +55,7 @@ def test_the_zoo_is_complete():
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_composes_with_the_zoo_facts(name, tmp_path):
-    from internvl_exp.data.from_config import tokens_per_tile
+    from internvl_exp.config.geometry import tokens_per_tile
     from internvl_exp.models.resolve import hub_ids
 
     m = _model(f"model={name}")
@@ -65,13 +65,15 @@ def test_preset_composes_with_the_zoo_facts(name, tmp_path):
     assert hub_ids(m) == [i for i in (native, original) if i]  # native first: no conversion needed
     assert (m.template, m.image_token_id, m.image_context_token) == (template, token, "<IMG_CONTEXT>")
     assert (m.image_size, m.patch_size, m.downsample_ratio) == (448, 14, 0.5)
-    assert tokens_per_tile(m) == 256  # 448² tile, patch 14, pixel shuffle 0.5 (transformers' image_seq_length)
+    # 448² tile, patch 14, pixel shuffle 0.5 (transformers' image_seq_length)
+    assert tokens_per_tile(m.image_size, m.patch_size, m.downsample_ratio) == 256
     assert m.random_init is False and m.path is None
     assert m.max_dynamic_patch == (6 if name.startswith("internvl2") else 12)  # the 2nd_finetune scripts (S2-S5)
 
 
 def test_mpo_variants_pick_their_own_repos(tmp_path):
     from internvl_exp.config.validate import ConfigError, validate
+    from internvl_exp.config.geometry import tokens_per_tile
     from internvl_exp.models.resolve import hub_ids
 
     cfg = compose(["model=internvl2_8b", "model.variant=mpo"], tmp_path)
@@ -123,7 +125,7 @@ def _within(actual: float, card: float) -> bool:
 
 
 def test_sourced_presets_are_exactly_those_random_init_accepts(tmp_path):
-    from internvl_exp.models.arch import random_init_refusal
+    from internvl_exp.config.arch_rules import random_init_refusal
 
     accepted = {n for n in PRESETS if random_init_refusal(_model(f"model={n}")) is None}
     assert accepted == SOURCED
@@ -168,7 +170,7 @@ def test_meta_build_matches_the_model_card(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(set(PRESETS) - SOURCED))
 def test_unsourced_presets_refuse_random_init(name, tmp_path):
     from internvl_exp.config.validate import ConfigError, validate
-    from internvl_exp.models.arch import missing_arch_fields
+    from internvl_exp.config.arch_rules import missing_arch_fields
     from internvl_exp.models.loading import build_model_on_meta
 
     m = _model(f"model={name}", "model.random_init=true")
@@ -207,7 +209,7 @@ SHRINK_TEXT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads":
 def test_random_init_of_each_architecture_trains(name, tmp_path, tokenizer, demo_dir):
     """A sourced preset's architecture, shrunk (its kinds kept: model_type, norms, tie, MoE), builds through
     random init and trains two real steps on the tiny tokenizer: the LLM's weights move, the loss is finite."""
-    from internvl_exp.data.from_config import build_from_config, tokens_per_tile
+    from internvl_exp.data.from_config import build_from_config
     from training_helpers import build, changed, quick_cfg, snapshot, train
 
     m = _model(f"model={name}")
@@ -220,7 +222,7 @@ def test_random_init_of_each_architecture_trains(name, tmp_path, tokenizer, demo
     model = setup.model
     assert model.config.text_config.model_type == m.arch.text.model_type
     assert model.config.vision_config.norm_type == m.arch.vision.norm_type
-    dataset, _ = build_from_config(cfg, tokenizer, tokens_per_tile(cfg.model))
+    dataset, _ = build_from_config(cfg, tokenizer, cfg.resolved.tokens_per_tile)
     before = snapshot(model)
     trainer = train(cfg, model, family, dataset, tokenizer, tmp_path)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

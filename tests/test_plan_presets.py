@@ -12,7 +12,7 @@ import pytest
 
 from conftest import CONF, ROOT, compose
 
-from internvl_exp.models.arch import missing_arch_fields, random_init_refusal
+from internvl_exp.config.arch_rules import missing_arch_fields, random_init_refusal
 from internvl_exp.train.planning.memory_plan import format_plan, plan_memory
 
 PRESETS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in ("tiny", "local"))

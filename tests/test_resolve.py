@@ -37,7 +37,7 @@ def test_a_key_left_null_without_a_recipe_value_is_refused_by_name(tmp_path):
 def test_every_consumer_sees_the_resolved_world_and_accumulation(tmp_path, nproc, nnodes, global_batch):
     from internvl_exp.config.validate import config_problems
     from internvl_exp.train.reporting.console_header import processes_line
-    from internvl_exp.train.planning.memory_plan import planned_world_size
+    from internvl_exp.train.planning.memory_plan import plan_memory
 
     dist = "single" if nproc * nnodes == 1 else "torchrun"
     overrides = [f"distributed={dist}", f"distributed.nproc_per_node={nproc}", f"distributed.nnodes={nnodes}",
@@ -46,7 +46,7 @@ def test_every_consumer_sees_the_resolved_world_and_accumulation(tmp_path, nproc
         overrides.append("distributed.rdzv_endpoint=node0:29500")
     spec = _spec(overrides, tmp_path)
     world = nproc * nnodes
-    assert spec.resolved.world_size == world == planned_world_size(spec)
+    assert spec.resolved.world_size == world == plan_memory(spec).world_size
     assert spec.resolved.gradient_accumulation_steps == global_batch // (4 * world)
     assert config_problems(spec) == []  # validation checked the split for the same world
     assert f"{nproc} process(es) per node x {nnodes} node(s)" in processes_line(spec) or world == 1

@@ -493,3 +493,19 @@ def test_which_changed_settings_refuse_a_resume():
     zero = {**new, "deepspeed": {"stage": 2}}
     refused, _ = compare(zero, {**old, "deepspeed": {"stage": 2}})
     assert "distributed.nproc_per_node (2 -> 4)" in refused
+
+
+def test_the_launch_decides_the_resume_plan_once(tmp_path):
+    # The Hydra callback decides before the directory is opened and keeps the plan; the job takes that same plan
+    # (no second look at the files); the next launch decides afresh and sees what happened since.
+    import json
+
+    from internvl_exp.train.checkpointing.resume import RunRefused, launch_plan
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    first = launch_plan("auto", run_dir, keep=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "completed"}))  # the run finishes meanwhile
+    assert launch_plan("auto", run_dir) is first  # the job's plan is the callback's
+    with pytest.raises(RunRefused, match="already finished"):
+        launch_plan("auto", run_dir)  # a later launch looks again

@@ -11,13 +11,13 @@ from conftest import compose
 
 def test_text_only_batch_keeps_vision_in_the_graph_with_zero_contribution(tmp_path, tokenizer, demo_dir):
     from internvl_exp.data.collator import Collator
-    from internvl_exp.data.from_config import build_from_config, tokens_per_tile
+    from internvl_exp.data.from_config import build_from_config
     from internvl_exp.models.loading import load_model
     from internvl_exp.models.registry import get_family
     from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
 
     cfg = compose(["data=mix"], tmp_path, demo_dir)
-    dataset, _ = build_from_config(cfg, tokenizer, tokens_per_tile(cfg.model))
+    dataset, _ = build_from_config(cfg, tokenizer, cfg.resolved.tokens_per_tile)
     text_only = [i for i, s in enumerate(dataset.samples) if not sum(s.num_tiles)][:2]
     assert len(text_only) == 2
     batch = Collator(tokenizer.pad_token_id)([dataset[i] for i in text_only])

@@ -16,8 +16,7 @@ SFT_DEMOS = ("demo", "demo_eval", "demo_large")
 
 def is_preference(cfg: Any) -> bool:
     """True when the run trains on pairs (objective dpo or mpo)."""
-    objective = cfg.get("objective") if hasattr(cfg, "get") else getattr(cfg, "objective", None)
-    return objective is not None and str(objective.kind) in PREFERENCE
+    return str(cfg.objective.kind) in PREFERENCE
 
 
 def objective_problems(cfg: Any) -> list[str]:

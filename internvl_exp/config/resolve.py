@@ -21,56 +21,17 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from internvl_exp.config.batch import accumulation_steps
+from internvl_exp.config.chunked_loss import use_chunked_loss
+from internvl_exp.config.eval_settings import eval_strategy, optimized_metric
+from internvl_exp.config.geometry import tokens_per_tile
+from internvl_exp.config.precision import weights_dtype
+from internvl_exp.config.recipe import RECIPE_KEYS, apply_recipe
+from internvl_exp.config.schema import Config, ResolvedConfig
+from internvl_exp.config.validate import config_problems
+from internvl_exp.config.world import planned_world_size, world_problems
 from internvl_exp.errors import ConfigError
-
-# Keys a model recipe supplies when the run leaves them at null: config key -> model.recipe field.
-RECIPE_KEYS = {
-    "optimizer.lr": "lr",
-    "optimizer.weight_decay": "weight_decay",
-    "optimizer.warmup_ratio": "warmup_ratio",
-    "optimizer.scheduler": "scheduler",
-    "data.max_seq_length": "max_seq_length",
-    "trainer.bf16": "bf16",
-    "trainer.activation_checkpointing": "activation_checkpointing",
-}
-
-
-def planned_world_size(distributed: Any, env: dict[str, str] | None = None) -> int:
-    """Training processes the launch starts: nproc_per_node x nnodes (SLURM: gpus_per_node x nodes, which those
-    follow). Inside an already started group (WORLD_SIZE set, e.g. a tool under torchrun), that group's size."""
-    env = os.environ if env is None else env
-    if env.get("WORLD_SIZE"):
-        return int(env["WORLD_SIZE"])
-    return int(distributed.nproc_per_node) * int(distributed.nnodes)
-
-
-def _world_problems(distributed: Any, env: dict[str, str]) -> list[str]:
-    launched = env.get("WORLD_SIZE")
-    planned = planned_world_size(distributed, env={})  # what `distributed` alone starts
-    if launched and distributed.name != "single" and int(launched) != planned:
-        return [f"distributed: this process runs in a group of WORLD_SIZE={launched} processes, but "
-                f"distributed.nproc_per_node x nnodes = {planned}; launch with distributed=single inside an "
-                "existing group, or unset WORLD_SIZE and let distributed start the processes"]
-    return []
-
-
-def _apply_recipe(cfg: DictConfig) -> dict[str, str]:
-    """Fill the null keys of RECIPE_KEYS from model.recipe; returns {key: "recipe <name>"} for those filled."""
-    recipe = cfg.model.recipe
-    origins: dict[str, str] = {}
-    for key, field in RECIPE_KEYS.items():
-        value = recipe[field]
-        if OmegaConf.select(cfg, key) is None and value is not None:
-            OmegaConf.update(cfg, key, value, merge=False)
-            origins[key] = f"recipe {recipe.name or cfg.model.name}"
-    return origins
-
-
-def recipe_gaps(cfg: DictConfig) -> list[str]:
-    """The recipe keys still null after resolution (the preset has no sourced value and the run set none)."""
-    return [f"{key}: not set, and model={cfg.model.name} has no sourced recipe value for it (model.recipe."
-            f"{field}); set {key}=VALUE" for key, field in RECIPE_KEYS.items() if OmegaConf.select(cfg, key) is None]
-
+from internvl_exp.redact import scrub
 
 def override_keys(overrides: Iterable[str]) -> list[str]:
     """The config keys a list of Hydra overrides sets (`a.b=1`, `+a.b=1`, `++a.b=1`; not `~a.b`, not groups)."""
@@ -88,14 +49,6 @@ def resolve(cfg: DictConfig, overrides: Iterable[str] = (), check: bool = True,
 
     `overrides`: the command line's, to mark those values' origin. `check=False` (tests and tools that
     inspect an invalid config) fills and derives what it can and raises nothing."""
-    from internvl_exp.config.schema import ResolvedConfig
-    from internvl_exp.config.validate import config_problems
-    from internvl_exp.models.geometry import tokens_per_tile
-    from internvl_exp.config.batch import accumulation_steps
-    from internvl_exp.config.chunked_loss import use_chunked_loss
-    from internvl_exp.config.eval_settings import eval_strategy, optimized_metric
-    from internvl_exp.config.precision import weights_dtype
-
     env = os.environ if env is None else env
     problems: list[str] = []
     if check and any(k.split(".")[0] == "resolved" for k in override_keys(overrides)):
@@ -103,17 +56,15 @@ def resolve(cfg: DictConfig, overrides: Iterable[str] = (), check: bool = True,
                         "from the overrides")
     spec = _copy(cfg)
     # Resolving a spec again (a tool given a run's config) keeps what the first resolution recorded.
-    origins = {**(dict(cfg.resolved.origins) if cfg.get("resolved") is not None else {}), **_apply_recipe(spec)}
+    origins = {**(dict(cfg.resolved.origins) if cfg.get("resolved") is not None else {}), **apply_recipe(spec)}
     for key in override_keys(overrides):
         if key in RECIPE_KEYS or not OmegaConf.is_config(OmegaConf.select(spec, key, default=None)):
             origins[key] = "override"
     world = planned_world_size(spec.distributed, env)
     spec.resolved = ResolvedConfig(world_size=world, origins=origins)
     if check:
-        problems += _world_problems(spec.distributed, env) + config_problems(spec)
+        problems += world_problems(spec.distributed, env) + config_problems(spec)
         if problems:
-            from internvl_exp.redact import scrub
-
             raise ConfigError(scrub("invalid configuration:\n  - " + "\n  - ".join(problems)))
     m, t = spec.model, spec.trainer
     try:
@@ -160,7 +111,6 @@ def _copy(cfg: DictConfig) -> DictConfig:
 
 def load_run_config(path: str | Path) -> DictConfig:
     """A run's config.yaml (the resolved spec) as the same typed object the Hydra job had."""
-    from internvl_exp.config.schema import Config
 
     spec = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
     OmegaConf.set_struct(spec, True)

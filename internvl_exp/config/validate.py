@@ -7,23 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from internvl_exp.config.resolve import planned_world_size, recipe_gaps
+from internvl_exp.config.arch_rules import random_init_refusal
+from internvl_exp.config.batch import batch_problems
+from internvl_exp.config.choices import PART_MODES, PARTS, PLANNED_TEMPLATES, TEMPLATE_NAMES
+from internvl_exp.config.chunked_loss import CHUNK_SETTINGS
+from internvl_exp.config.eval_settings import eval_problems
+from internvl_exp.config.objective_rules import objective_problems
+from internvl_exp.config.precision import precision_problems
+from internvl_exp.config.recipe import recipe_gaps
+from internvl_exp.config.resume_rules import resume_problems
 from internvl_exp.config.slurm_rules import slurm_problems
 from internvl_exp.config.strict import secret_problems, unknown_key_problems
-from internvl_exp.data.templates import TEMPLATES
+from internvl_exp.config.world import planned_world_size
 from internvl_exp.errors import ConfigError
-from internvl_exp.models.arch import random_init_refusal
-from internvl_exp.models.registry import PART_MODES, PARTS
-from internvl_exp.config.precision import precision_problems
-from internvl_exp.config.batch import batch_problems
-from internvl_exp.config.eval_settings import eval_problems
-from internvl_exp.config.resume_rules import resume_problems
-from internvl_exp.config.chunked_loss import CHUNK_SETTINGS
-from internvl_exp.config.objective_rules import objective_problems
+from internvl_exp.redact import scrub
 
-TEMPLATE_NAMES = tuple(TEMPLATES)
-# Official conversation templates a preset names that internvl_exp.data.templates does not implement yet.
-PLANNED_TEMPLATES = ("internvl3_5_gpt_oss",)
 LOCAL_MODEL = "local"  # the preset that reads everything from model.path's config.json
 WANDB_MODES = ("offline", "online", "disabled")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay", "cosine_with_min_lr")
@@ -335,8 +333,6 @@ def _deepspeed_problems(cfg: Any) -> list[str]:
 def validate(cfg: Any) -> None:
     problems = config_problems(cfg)
     if problems:
-        from internvl_exp.redact import scrub
-
         raise ConfigError(scrub("invalid configuration:\n  - " + "\n  - ".join(problems)))
 
 

@@ -13,14 +13,6 @@ from internvl_exp.data.planner import ImageSettings
 from internvl_exp.data.sources import DatasetEntry, load_entries
 
 
-def tokens_per_tile(model_cfg: Any) -> int:
-    """Image tokens per tile from the model config alone, so the data can be scanned before the model is built.
-    A checkpoint's config.json has been checked to agree with these numbers (models.resolve.check_weights)."""
-    from internvl_exp.models.geometry import tokens_per_tile as formula
-
-    return formula(model_cfg.image_size, model_cfg.patch_size, model_cfg.downsample_ratio)
-
-
 def image_settings(cfg: Any, num_tokens_per_tile: int) -> ImageSettings:
     return ImageSettings(
         tile_size=cfg.model.image_size,

@@ -23,7 +23,7 @@ from internvl_exp.launch.run_lock import LOCK_FILE, RunDirUnwritable, RunLocked,
 from internvl_exp.models.resolve import record_weights, resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
 from internvl_exp.redact import configure, scrub, scrub_tree
-from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, plan_resume
+from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, launch_plan
 from internvl_exp.train.checkpointing.resume_config import check_resume_config
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pat
 
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Path | None) -> float | None:
     started = time.time()
-    configure(cfg.get("secrets"))  # the run's `secrets` patterns, before anything is written
+    configure(cfg.secrets)  # the run's `secrets` patterns, before anything is written
     rd = RunDir(run_dir)
     sweep = sweep_dir is not None
     name_run(cfg, rd.root, sweep_dir)
@@ -167,7 +167,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
     # overwritten (train/checkpointing/resume.py).
     try:
         acquire(rd.root)
-        plan = plan_resume(cfg.get("resume", "auto"), rd.root, warn=False, checksums=False)
+        plan = launch_plan(cfg.resume, rd.root)  # made by the Hydra callback for a single run
         # Settings changed since the checkpoint: refuse what cannot apply, before config.yaml is rewritten (a
         # sweep job's spec is resolved below: checked there, its refusal recorded in its directory).
         changed = check_resume_config(_container(spec), plan.checkpoint) if spec is not None else []

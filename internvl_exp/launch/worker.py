@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     rd = RunDir(Path(argv[0]))
     cfg = load_run_config(rd.config)  # the Hydra job's resolved spec, typed by the same schema
-    configure(cfg.get("secrets"))
+    configure(cfg.secrets)
     setup_logging(rd)
     from internvl_exp.launch.job import record_failure
     from internvl_exp.train.reporting.loggers import experiment_logger
@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
         from internvl_exp.launch.collective import is_peer_loss, peer_loss_message
 
         if is_peer_loss(e):  # another rank stopped answering or died: one line naming it, no traceback here
-            message = peer_loss_message(e, int(cfg.distributed.get("timeout_s", 1800)))
+            message = peer_loss_message(e, int(cfg.distributed.timeout_s))
             log.error("%s", message.split(" [", 1)[0])  # the launcher prints it whole, with what to do
             _traceback_to_file(e)
             error: BaseException = PeerLost(message)
@@ -121,7 +121,7 @@ def _init_cpu_process_group(cfg: Any) -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=timedelta(seconds=int(cfg.distributed.get("timeout_s", 1800))))
+        dist.init_process_group("gloo", timeout=timedelta(seconds=int(cfg.distributed.timeout_s)))
 
 
 class PeerLost(RuntimeError):

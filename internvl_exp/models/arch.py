@@ -1,69 +1,27 @@
-"""A preset's `arch` block: which dims random init needs, and the InternVLConfig they make.
-
-A preset carries only the dims that are sourced (conf/model/*.yaml, each with its provenance tag); an unsourced
-dim is null, and random init on such a preset is refused with the list of missing keys rather than guessed.
+"""A preset's architecture for the planner and for random init: the InternVLConfig its `arch` block makes, and
+the planner's copy with recorded assumptions filled in (which dims are required: config/arch_rules.py).
 Light: no torch, no transformers (the config dict is turned into an `InternVLConfig` in models.loading).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from internvl_exp.config.arch_rules import TEXT_FIELDS, VISION_FIELDS, missing_arch_fields, random_init_refusal
+from internvl_exp.config.geometry import tokens_per_tile
 from internvl_exp.errors import ConfigError
+from internvl_exp.models.assumed_arch import assumed_text_values
 
-VISION_FIELDS = (
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-    "norm_type", "use_qk_norm", "attention_bias",
-)
-_DENSE = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-          "vocab_size", "tie_word_embeddings")
-# Per text model_type: the fields that shape its parameters. head_dim is explicit (not hidden/heads) in
-# Qwen3 and GPT-OSS; `intermediate_size` is the expert width in GPT-OSS, the dense-MLP width in Qwen3-MoE.
-TEXT_FIELDS: dict[str, tuple[str, ...]] = {
-    "llama": _DENSE,
-    "qwen2": _DENSE,
-    "phi3": _DENSE,
-    "qwen3": (*_DENSE, "head_dim"),
-    "qwen3_moe": (*_DENSE, "head_dim", "num_experts", "num_experts_per_tok", "moe_intermediate_size"),
-    "gpt_oss": (*_DENSE, "head_dim", "num_experts", "num_experts_per_tok"),
-}
 # transformers' names where they differ from the arch block's.
 _HF_NAMES = {"gpt_oss": {"num_experts": "num_local_experts"}}
 
-
-def missing_arch_fields(model_cfg: Any) -> list[str]:
-    """The `model.arch.*` keys random init needs but the preset leaves null (unsourced)."""
-    vision, text = model_cfg.arch.vision, model_cfg.arch.text
-    missing = [f"model.arch.vision.{f}" for f in VISION_FIELDS if vision[f] is None]
-    if text.model_type is None:
-        return missing + ["model.arch.text.model_type"] + [f"model.arch.text.{f}" for f in _DENSE if text[f] is None]
-    if text.model_type not in TEXT_FIELDS:
-        raise ConfigError(
-            f"model.arch.text.model_type: {text.model_type!r} is not one of {sorted(TEXT_FIELDS)}"
-        )
-    return missing + [f"model.arch.text.{f}" for f in TEXT_FIELDS[text.model_type] if text[f] is None]
-
-
-def random_init_refusal(model_cfg: Any) -> str | None:
-    """Why random init cannot build this preset (None when it can)."""
-    missing = missing_arch_fields(model_cfg)
-    if not missing:
-        return None
-    return (
-        f"model.random_init: preset {model_cfg.name!r} has no sourced value for {', '.join(missing)}; random init "
-        "would have to guess them. Set them (from the checkpoint's config.json, e.g. "
-        f"{missing[0]}=...) or pick a preset whose dims are sourced (docs/models.md)"
-    )
 
 
 def planning_arch(model_cfg: Any) -> tuple[Any, list[str]]:
     """The preset for planning: a copy with each unsourced `model.arch.text` value that random init would refuse
     filled from models.assumed_arch, and one line per reason naming what was assumed (empty: nothing assumed,
     `model_cfg` itself is returned). A missing value with no recorded assumption stays a ConfigError."""
-    import copy
-
-    from internvl_exp.models.assumed_arch import assumed_text_values
-
     if not missing_arch_fields(model_cfg):
         return model_cfg, []
     table = assumed_text_values(model_cfg.name)
@@ -90,8 +48,6 @@ def planning_arch(model_cfg: Any) -> tuple[Any, list[str]]:
 def internvl_config_dict(model_cfg: Any, image_token_id: int, pad_token_id: int | None,
                          eos_token_id: int | None) -> dict[str, Any]:
     """Keyword arguments of transformers' `InternVLConfig` for the preset's architecture."""
-    from internvl_exp.models.geometry import tokens_per_tile
-
     refusal = random_init_refusal(model_cfg)
     if refusal:
         raise ConfigError(refusal)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from internvl_exp.errors import ConfigError, UserError
-from internvl_exp.models.geometry import tokens_per_tile
+from internvl_exp.config.geometry import tokens_per_tile
 
 if TYPE_CHECKING:
     from internvl_exp.models.resolve import Weights

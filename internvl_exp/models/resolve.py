@@ -113,7 +113,7 @@ def not_found_message(model_cfg: Any, models_dir: Path | None, env: dict[str, st
     ids = hub_ids(model_cfg)
     looked = [str(d) for repo_id in ids for _, d in candidate_dirs(repo_id, models_dir, env)]
     variant = f" model.variant={model_cfg.variant}" if model_cfg.variant else ""
-    from internvl_exp.models.arch import random_init_refusal
+    from internvl_exp.config.arch_rules import random_init_refusal
 
     random = "" if random_init_refusal(model_cfg) else ", or model.random_init=true for random weights of this size"
     return (

@@ -143,7 +143,7 @@ def source_dtype(src: SourceCheckpoint) -> str:
 
 def map_config(src: SourceCheckpoint, image_token_id: int) -> MappedConfig:
     """The native config for `src`; `image_token_id` is the tokenizer's <IMG_CONTEXT> id."""
-    from internvl_exp.models.geometry import tokens_per_tile
+    from internvl_exp.config.geometry import tokens_per_tile
 
     cfg, where = src.config, _where(src)
     _check_supported(src)

@@ -168,6 +168,23 @@ def plan_resume(resume: Any, run_dir: Path, warn: bool = True, checksums: bool =
     return ResumePlan(mode, newest)
 
 
+# The launch's plan, made once before Hydra opens the run directory (hydra_callbacks.choose_run_dir) and taken by
+# the job (launch/job.py): {(run_dir, resume): plan}. The run makes its own, with checksums, when it starts
+# (agreed_plan): a SLURM requeue or a queued job starts long after the launch decided.
+_LAUNCH_PLANS: dict[tuple[str, str], ResumePlan] = {}
+
+
+def launch_plan(resume: Any, run_dir: Path, keep: bool = False) -> ResumePlan:
+    """The launch's resume plan for `run_dir` (sizes only, no warnings): the one already made in this process
+    for the same directory and setting, else a new one. `keep`: leave it for the job to take (the Hydra callback
+    that decides before the directory is opened); the job takes it, so a later launch decides afresh."""
+    key = (str(Path(run_dir).resolve()), str(resume))
+    plan = _LAUNCH_PLANS.pop(key, None) or plan_resume(resume, run_dir, warn=False, checksums=False)
+    if keep:
+        _LAUNCH_PLANS[key] = plan
+    return plan
+
+
 def agreed_plan(resume: Any, run_dir: Path) -> ResumePlan:
     """plan_resume on every rank, then rank 0's plan for all (a rank that sees the files differently, e.g. a
     lagging network filesystem, still resumes from the same checkpoint). Needs the process group (if any) to

@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from internvl_exp.models.registry import PARTS, Family
+from internvl_exp.config.choices import PARTS
+from internvl_exp.models.registry import Family
 
 # Peak dense (no 2:4 sparsity) BF16/FP16 tensor-core TFLOPS per device. NVIDIA's datasheets print the
 # sparse figure (footnoted "with sparsity"); the dense peak is half of it. Most specific names first.

@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from internvl_exp.models.registry import PARTS
+from internvl_exp.config.choices import PARTS
 
 GIB = 2**30
 # What a CUDA process holds outside torch's allocator stats: context (~0.5 GiB), NCCL buffers, fragmentation.
@@ -79,11 +79,6 @@ DEVICE_MEMORY_GB: tuple[tuple[str, float], ...] = (
 # The device assumed when none is detected and neither trainer.device_memory_gb nor --gpu says otherwise.
 DEFAULT_DEVICE = "H100"
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def planned_world_size(cfg: Any) -> int:
-    """Processes the launch starts, as the run spec resolved it (config/resolve.py)."""
-    return int(cfg.resolved.world_size)
 
 
 def device_memory_for(device_name: str | None) -> float | None:
@@ -431,9 +426,7 @@ def model_summary(cfg: Any, setup: Any = None, cache: bool = True, build: Any = 
     """The ModelSummary of `setup` (a (model, family) already made trainable: a run's own model) or of the
     preset built on the meta device, from the cache when the same model/freeze/code was planned before.
     `build(cfg) -> ModelSummary` builds it elsewhere on a cache miss (tools.plan: a MetaWorker)."""
-    from internvl_exp.models.geometry import tokens_per_tile
-
-    tpt = tokens_per_tile(cfg.model.image_size, cfg.model.patch_size, cfg.model.downsample_ratio)
+    tpt = int(cfg.resolved.tokens_per_tile)
     if setup is not None:
         return _summarise(*setup, tpt, keep_config=True)
     path = None
@@ -504,7 +497,7 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
 
     summary = model_summary(cfg, setup, build=build)
     t, m = cfg.trainer, cfg.model
-    world = int(world or planned_world_size(cfg))
+    world = int(world or cfg.resolved.world_size)
     b = int(batch or t.per_device_train_batch_size)
     seq = int(seq_len or cfg.data.max_seq_length)
     n_tiles = int(tiles if tiles is not None else m.max_dynamic_patch + (1 if m.use_thumbnail and m.max_dynamic_patch > 1 else 0))
@@ -537,7 +530,7 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
                                 float(cfg.freeze.lora.dropout) if plan.uses_lora else 0.0,
                                 chunked, per_part["lm_head"] > 0, wb)
         head_grad = per_part["lm_head"] * wb / (world if stage >= 2 else 1)
-        adam_tmp = 0.0 if off_opt else optimizer_step_temp(trainable, wb, world, stage, cfg.optimizer.get("fused"))
+        adam_tmp = 0.0 if off_opt else optimizer_step_temp(trainable, wb, world, stage, cfg.optimizer.fused)
         return weights + opt + buffers + max(sum(acts.values()) + head_grad, grads + adam_tmp), acts
 
     peak, acts = peak_for(b)

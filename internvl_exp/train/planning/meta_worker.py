@@ -60,7 +60,7 @@ class MetaWorker:
         from internvl_exp import errors
         from internvl_exp.train.planning.memory_plan import ModelSummary
 
-        request = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "freeze")}
+        request = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "freeze", "resolved")}
         try:
             self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.flush()

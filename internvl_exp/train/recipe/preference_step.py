@@ -16,6 +16,7 @@ evaluates).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -284,3 +285,19 @@ def preference_history(log_history: list[dict[str, Any]]) -> dict[str, Any]:
         out["final_eval"] = {k: v for k, v in evals[-1].items() if k != "step"}
     return out
 
+
+
+def preference_training(cfg: Any, args: Any, model: torch.nn.Module, dataset: Any, tokenizer: Any,
+                        reference_loaded: torch.nn.Module | None) -> tuple[Any, Any, PreferenceStep]:
+    """(train dataset, collator, step) of a dpo|mpo run: the pairs as they are, `collate_pairs`, and the step with
+    its reference (train/recipe/reference.py; `reference_loaded` from load_reference before the policy changed)."""
+    from internvl_exp.config.chunked_loss import use_chunked_loss
+    from internvl_exp.data.preference import collate_pairs
+    from internvl_exp.train.recipe.reference import build_reference, held_parameters
+
+    reference = build_reference(cfg, args, model, reference_loaded)
+    step = PreferenceStep(objective_of(cfg), reference, use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name))
+    step.parameters_held = held_parameters(model, reference.module)
+    log.info("objective %s: %s; reference: %s; parameters held by policy and reference: %s", cfg.objective.kind,
+             step.objective, reference.kind, f"{step.parameters_held:,}")
+    return dataset, functools.partial(collate_pairs, pad_token_id=tokenizer.pad_token_id), step

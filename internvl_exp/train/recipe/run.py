@@ -12,7 +12,6 @@ objective).
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -179,18 +178,11 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
 
     keep_vision_in_graph(model)  # text-only batches still run the vision path (DDP/ZeRO-3 never hang)
     # Padded or packed batches, with the per-token loss weights of data.loss_reduction (data/packing.py).
-    if preference:
-        from internvl_exp.data.preference import collate_pairs
-        from internvl_exp.train.recipe.preference_step import PreferenceStep, objective_of
-        from internvl_exp.train.recipe.reference import build_reference, held_parameters
+    if preference:  # pairs, collate_pairs, and the step with its frozen reference (train/recipe/preference_step.py)
+        from internvl_exp.train.recipe.preference_step import preference_training
 
-        train_dataset, collator = dataset, functools.partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
-        reference = build_reference(cfg, args, model, reference_loaded)
+        train_dataset, collator, step = preference_training(cfg, args, model, dataset, tokenizer, reference_loaded)
         del reference_loaded
-        step = PreferenceStep(objective_of(cfg), reference, use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name))
-        step.parameters_held = held_parameters(model, reference.module)
-        log.info("objective %s: %s; reference: %s; parameters held by policy and reference: %s",
-                 cfg.objective.kind, step.objective, reference.kind, f"{step.parameters_held:,}")
     else:
         train_dataset, collator = training_data(cfg, dataset, args)
         step = None

@@ -68,10 +68,10 @@ def trains_line(cfg: Any) -> str:
 
 def processes_line(cfg: Any) -> str:
     """`torchrun: 8 process(es) x 1 node(s); DeepSpeed ZeRO-2 (optimizer offload)` or `single process; no DeepSpeed`."""
-    from internvl_exp.train.planning.memory_plan import _zero, planned_world_size
+    from internvl_exp.train.planning.memory_plan import _zero
 
     d = cfg.distributed
-    world = planned_world_size(cfg)
+    world = int(cfg.resolved.world_size)
     if world == 1 and d.name == "single":
         start = "single process"
     else:
@@ -112,7 +112,7 @@ def data_line(cfg: Any) -> str:
 
 def launch_header(cfg: Any, weights: Any, run_dir: Path) -> str:
     """The part of the header the Hydra job knows before training starts."""
-    sweep = f" (sweep {cfg.sweep_name})" if cfg.get("sweep_name") else ""
+    sweep = f" (sweep {cfg.sweep_name})" if cfg.sweep_name else ""
     return "\n".join([
         f"run {cfg.run_name}{sweep}",
         _row("model", model_line(cfg, weights)),
@@ -127,7 +127,7 @@ def launch_header(cfg: Any, weights: Any, run_dir: Path) -> str:
 def print_launch_header(cfg: Any, resolved: dict[str, Any], weights: Any, run_dir: Path) -> None:
     """The launch header, logged (console and train.log); the whole config tree on the console too under
     print_config=true."""
-    if cfg.get("print_config"):
+    if cfg.print_config:
         from internvl_exp.launch.console import print_config_tree
 
         print_config_tree(resolved)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from internvl_exp.models.registry import PARTS, Family
+from internvl_exp.config.choices import PARTS
+from internvl_exp.models.registry import Family
 
 EMBEDDINGS_ROW = "llm.embeddings"  # a subset of the llm row, not added to the total
 

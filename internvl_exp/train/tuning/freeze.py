@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from internvl_exp.errors import ConfigError
-from internvl_exp.models.registry import PART_MODES, PARTS, Family
+from internvl_exp.config.choices import PARTS, PART_MODES
+from internvl_exp.models.registry import Family
 
 if TYPE_CHECKING:  # torch and transformers only where a model is touched: the planner's cached path needs neither
     from torch import nn

@@ -17,7 +17,8 @@ from typing import Any
 from torch import nn
 
 from internvl_exp.errors import ConfigError
-from internvl_exp.models.registry import PARTS, Family
+from internvl_exp.config.choices import PARTS
+from internvl_exp.models.registry import Family
 from internvl_exp.train.tuning.freeze import FreezePlan, num_vision_layers, ties_lm_head, trainable_vision_layers
 
 log = logging.getLogger(__name__)
