@@ -221,14 +221,15 @@ class PreferenceStep:
         if world <= 1:
             return [self.running.mean]
         mine = torch.tensor([self.running.mean], dtype=torch.float64, device=accelerator.device)
-        return [float(v) for v in accelerator.gather(mine).tolist()]
+        per_rank = [float(v) for v in accelerator.gather(mine).tolist()]
+        if max(per_rank) != min(per_rank):  # every rank raises (none is left waiting at the next barrier)
+            raise RuntimeError(f"BCO-pair's δ differs between ranks at this save: {per_rank}; it must be updated "
+                               "from every rank's rewards at the same micro-batch")
+        return per_rank
 
     def save(self, folder: Path, per_rank: list[float]) -> None:
         """δ's state into a checkpoint folder (main process only; before the folder's manifest), with every rank's
-        δ as gathered at the save (`per_rank`); refuses to save ranks that disagree."""
-        if max(per_rank) != min(per_rank):
-            raise RuntimeError(f"BCO-pair's δ differs between ranks at this save: {per_rank}; it must be updated "
-                               "from every rank's rewards at the same micro-batch")
+        δ as gathered at the save (`per_rank`, checked equal by gather_delta)."""
         (Path(folder) / STATE_FILE).write_text(json.dumps({"running_mean": self.running.state_dict(),
                                                            "per_rank_delta": per_rank}, indent=1))
 
