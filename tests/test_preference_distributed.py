@@ -66,8 +66,10 @@ def test_two_processes(deepspeed, tmp_path, demo_dir, tiny_checkpoint):
 
 
 def test_lora_holds_the_base_once(tmp_path, demo_dir, tiny_checkpoint):
+    """LoRA MPO on 2 processes under ZeRO-3: the reference is the sharded policy with its adapters disabled."""
     res = run_launch(_common(tmp_path, demo_dir, tiny_checkpoint, "lora") + [
-        "freeze=lora_llm", "trainer.max_steps=2", "trainer.eval_strategy=no", "optimizer.warmup_ratio=0"])
+        "freeze=lora_llm", "trainer.max_steps=2", "trainer.eval_strategy=no", "optimizer.warmup_ratio=0",
+        "distributed=torchrun", "distributed.nproc_per_node=2", "deepspeed=zero3", "trainer.global_batch_size=2"])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run_dir = tmp_path / "default" / "lora"
     metrics = json.loads((run_dir / "metrics.json").read_text())
