@@ -48,7 +48,10 @@ def test_two_processes(deepspeed, tmp_path, demo_dir, tiny_checkpoint):
     run_dir = tmp_path / "default" / "dist"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["steps"] == steps, metrics.get("error")
-    state = _state(run_dir / "checkpoints" / f"checkpoint-{steps}")
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{steps}"
+    state = _state(checkpoint)
+    marker = json.loads((checkpoint / "checkpoint_complete.json").read_text())
+    assert "preference_state.json" in marker["files"]  # part of what makes the checkpoint complete
     deltas = state["per_rank_delta"]
     assert len(deltas) == 2 and deltas[0] == deltas[1]  # every rank holds the same δ
     # One update per micro-batch, each merging one batch mean per rank: steps x 2 means so far.
