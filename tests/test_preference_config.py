@@ -128,3 +128,38 @@ def test_the_objective_cannot_change_on_resume() -> None:
     # A run saved before the group existed trained sft: resuming it as sft is fine, as mpo is refused.
     assert compare({"objective": sft}, {}) == ([], [])
     assert "objective.kind (sft -> mpo)" in compare({"objective": mpo}, {})[0]
+
+
+def test_drop_path_draws_one_mask_for_both_answers(tmp_path, tokenizer) -> None:
+    """The training forward encodes a pair's images once: with stochastic depth on, a pair whose two answers are
+    equal gets equal log-probs, where encoding the tiles twice (InternVL's way) draws two masks and differs."""
+    import torch
+
+    from internvl_exp.data.demo_pref import generate_pair_demo
+    from internvl_exp.data.from_config import image_settings
+    from internvl_exp.data.preference import PreferenceEncoder, collate_pairs
+    from internvl_exp.data.sources import load_entries
+    from internvl_exp.models.loading import load_model
+    from internvl_exp.models.registry import get_family
+    from internvl_exp.objectives.sequence_logps import pair_logps
+    from internvl_exp.train.recipe.preference_step import batch_logps
+    from internvl_exp.train.tuning.trainable import make_trainable
+
+    cfg = compose(["objective=mpo", "data=demo_pref", "freeze=full", "model.drop_path_rate=0.5"], tmp_path)
+    demo = generate_pair_demo(tmp_path / "pairs")
+    entry = load_entries(str(demo / "meta.json"), None)[0]  # colour: one image per pair
+    line = json.loads(entry.annotation.read_text().splitlines()[0])
+    line["rejected"] = line["chosen"]
+    encoder = PreferenceEncoder(tokenizer, cfg.model.template, image_settings(cfg, cfg.resolved.tokens_per_tile),
+                                cfg.data.max_seq_length)
+    batch = collate_pairs([encoder.load(entry, encoder.plan(entry, json.dumps(line)))], tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = make_trainable(load_model(cfg.model, tokenizer), get_family(cfg.model.family), cfg.freeze, cfg.model).model
+    model.train()
+    with torch.no_grad():
+        for _ in range(5):
+            once = batch_logps(model, model, batch, chunked=False)
+            assert torch.equal(once["chosen_logps"], once["rejected_logps"])
+        # The oracle that the masks are live: tiles encoded twice differ (in at least one of 5 draws).
+        twice = [pair_logps(model, batch, encode_images_once=False) for _ in range(5)]
+    assert any(not torch.equal(t["chosen_logps"], t["rejected_logps"]) for t in twice)
