@@ -42,7 +42,7 @@ def test_two_processes(deepspeed, tmp_path, demo_dir, tiny_checkpoint):
     res = run_launch(_common(tmp_path, demo_dir, tiny_checkpoint, "dist") + [
         "distributed=torchrun", "distributed.nproc_per_node=2", f"deepspeed={deepspeed}",
         "trainer.global_batch_size=2", f"trainer.max_steps={steps}", "trainer.save_strategy=steps",
-        "trainer.save_steps=2"])
+        "trainer.save_steps=2", *(["logger=wandb"] if deepspeed == "none" else [])])
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-4000:])
     assert sorted(p.name for p in (tmp_path / "default").iterdir()) == ["dist"]  # one run directory
     run_dir = tmp_path / "default" / "dist"
@@ -63,6 +63,13 @@ def test_two_processes(deepspeed, tmp_path, demo_dir, tiny_checkpoint):
     # The final eval over both ranks: every held-out pair once (48; the short rank's padding counts nothing).
     assert metrics["final_eval_loss"] == pytest.approx(pref["final_eval"]["loss"])
     assert metrics["eval_samples"] == 48 and 0.0 <= pref["final_eval"]["rewards/accuracies"] <= 1.0
+    if deepspeed == "none":  # every preference metric reaches the tracker, training and eval
+        from wandb_records import read_run
+
+        history = read_run(next(next(run_dir.glob("wandb/offline-run-*")).glob("run-*.wandb")))["history"]
+        logged = {k for h in history for k in h}
+        assert {"rewards/accuracies", "rewards/margins", "loss/sigmoid", "loss/bco_pair", "train/nll", "train/delta",
+                "logps/chosen", "eval/rewards/accuracies", "eval/loss", "eval/nll"} <= logged, sorted(logged)
     base = _base_parameters(tiny_checkpoint)
     assert pref["reference"] == ("zero3" if deepspeed == "zero3" else "copy")
     assert pref["parameters_held"] == 2 * base  # the policy and one frozen copy
