@@ -11,7 +11,7 @@ NLL_NORMALISATIONS = ("token", "sequence")
 # The value the preference runs' special reference takes: log-probs precomputed on disk (tools.score_pairs).
 PRECOMPUTED = "precomputed"
 PAIR_DEMO = "demo_pref"
-SFT_DEMOS = ("demo", "demo_eval", "demo_large")
+SFT_DEMOS = ("demo", "demo_eval", "demo_large", "mix")  # conversations (data=mix: the demo datasets inline)
 
 
 def is_preference(cfg: Any) -> bool:
