@@ -166,7 +166,8 @@ class PreferenceStep:
         args = trainer.args
         shard = PairShard(dataset, args.process_index, args.world_size)
         pad = dataset.encoder.tokenizer.pad_token_id
-        loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, collate_fn=lambda f: _collate_real(f, pad),
+        loader = torch.utils.data.DataLoader(shard, batch_size=batch_size,
+                                             collate_fn=functools.partial(_collate_real, pad_token_id=pad),
                                              num_workers=args.dataloader_num_workers)
         model = trainer.model
         unwrapped = trainer.accelerator.unwrap_model(model)
