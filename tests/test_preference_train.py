@@ -71,3 +71,38 @@ def test_the_pair_demo_learns_to_prefer_the_right_answer(tmp_path) -> None:
     assert len(evals) >= 3 and metrics["eval_samples"] == 48
     assert evals[0]["rewards/accuracies"] < 0.7 <= evals[-1]["rewards/accuracies"], evals
     assert evals[-1]["rewards/margins"] > 10 * abs(evals[0]["rewards/margins"])
+
+
+def test_two_steps_of_the_preference_step_follow_the_golden_delta(tmp_path) -> None:
+    """The training step's own pieces (train/recipe/preference_step.py: one policy forward, the frozen reference,
+    δ carried between micro-batches) on the golden's two batches: all 7 pairs, then lines 0, 2, 4."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from golden_mpo import converted
+    from internvl_exp.data.planner import ImageSettings
+    from internvl_exp.data.preference import PreferenceEncoder, collate_pairs
+    from internvl_exp.data.sources import load_entries
+    from internvl_exp.objectives.preference_loss import PreferenceObjective
+    from internvl_exp.train.recipe.preference_step import PreferenceStep
+    from internvl_exp.train.recipe.reference import Reference
+
+    dirs = {which: converted(which, tmp_path) for which in ("policy", "reference")}
+    tokenizer = AutoTokenizer.from_pretrained(str(dirs["reference"]))
+    policy, ref = (AutoModelForImageTextToText.from_pretrained(str(dirs[w]), dtype=torch.float32).eval()
+                   for w in ("policy", "reference"))
+    ref.requires_grad_(False)
+    meta = json.loads((GOLDEN / "data" / "meta.json").read_text())
+    entry = load_entries(None, {n: {**s, "root": str(GOLDEN / s["root"]), "annotation": str(GOLDEN / s["annotation"])}
+                                for n, s in meta.items()})[0]
+    encoder = PreferenceEncoder(tokenizer, "internvl2_5", ImageSettings(tile_size=56, tokens_per_tile=4), 512)
+    items = [encoder.load(entry, encoder.plan(entry, text)) for text in entry.annotation.read_text().splitlines()]
+    golden = torch.load(GOLDEN / "mpo" / "results.pt", weights_only=False)
+    step = PreferenceStep(PreferenceObjective(), Reference(ref, ref, "copy"), chunked=False)
+    for name, lines in (("step1", range(7)), ("step2", golden["step2"]["batch_lines"])):
+        loss = step.loss(policy, policy, collate_pairs([items[i] for i in lines], tokenizer.pad_token_id))
+        g = golden[name]
+        bco = next(t for t in g["terms"] if t["loss_type"] == "bco_pair")
+        assert loss.item() == pytest.approx(g["loss"], rel=1e-5), name
+        assert step.running.mean == pytest.approx(bco["running_moments_after"]["mean"], abs=3e-6), name
+        assert step.running.count == pytest.approx(bco["running_moments_after"]["count"]), name
+    assert step.pop_metrics(None, 1)["delta"] == step.running.mean
