@@ -11,6 +11,11 @@ A copy is put in eval mode with requires_grad False and gets no optimizer state.
 whole replica on each device, in the dtype the policy trains in (DeepSpeed's bf16/fp16 weights, else the loaded
 dtype under autocast). Under ZeRO-3 it is sharded like the policy: loaded partitioned (zero.Init is active) and
 wrapped by `deepspeed.initialize` with a ZeRO-3 config that has no optimizer.
+
+Not wired yet: `objective.reference=precomputed` (refused by config/objective_rules.py). Its seam is `Reference`:
+a kind whose `logps(batch, chunked)` looks the batch's `pair_ids` (collate_pairs: dataset index, 1-based line) up
+in a store of reference log-probs computed once before training (objectives/reference_logps.py, tools.score_pairs),
+with a second store for the eval pairs (PreferenceStep.evaluate calls the same `logps`).
 """
 
 from __future__ import annotations
