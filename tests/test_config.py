@@ -29,6 +29,10 @@ USER_DATA = ["data.meta_path=/data/meta.json"]
 NEEDS_MORE = {
     ("model", "local"): ["model.path: model=local loads", "model.template: not set"],
     ("model", "internvl3_5_gpt_oss_20b_a4b"): ["model.template: 'internvl3_5_gpt_oss' is not one of"],
+    # Pairs and conversations do not mix: the default objective (sft) and data (demo) each need the other's match.
+    ("data", "demo_pref"): ["data=demo_pref: holds preference pairs"],
+    ("objective", "dpo"): ["data=demo: the SFT demo"],
+    ("objective", "mpo"): ["data=demo: the SFT demo"],
 }
 
 

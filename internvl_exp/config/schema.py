@@ -320,6 +320,36 @@ class TrainerConfig:
 
 
 @dataclass
+class PreferenceWeights:
+    """Weights of the preference loss terms (objectives/preference_loss.py): sigmoid = DPO, bco_pair = BCO with
+    the running-mean shift δ. 0 leaves a term out."""
+
+    sigmoid: float = 0.0  # DPO's -log σ(β·margin) (InternVL's sigmoid_loss_weight; 0.8 in MPO)
+    bco_pair: float = 0.0  # BCO-pair with the running-mean shift δ (InternVL's bco_pair_loss_weight; 0.2 in MPO)
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the run optimises (docs/preference.md): sft (next-token loss on supervised data), dpo or mpo (pairs
+    of a chosen and a rejected answer; data in InternVL's MPO format). The defaults are sft's: the preference
+    keys below must stay at them under sft (validated)."""
+
+    name: str = "sft"
+    kind: str = "sft"  # sft | dpo | mpo
+    beta: float = 0.1  # β: the scale of the implicit reward β·(log π − log π_ref)
+    weights: PreferenceWeights = field(default_factory=PreferenceWeights)
+    # Weight of the NLL of the chosen answers (MPO's generation loss); null: no NLL term.
+    rpo_alpha: Optional[float] = None
+    label_smoothing: float = 0.0  # conservative DPO: the preference label is wrong with this probability
+    # The NLL's mean: token (InternVL's code: over every supervised chosen token of the micro-batch) or sequence
+    # (the paper: mean over pairs of NLL / answer length). They agree at one pair per device.
+    nll_normalisation: str = "token"
+    # The reference model. null: the starting weights (a frozen copy; with LoRA the base with the adapters
+    # disabled, no copy). A path: another checkpoint (either layout) or a run directory (its final/).
+    reference: Optional[str] = None
+
+
+@dataclass
 class WandbConfig:
     project: str = "internvl-exp"  # W&B project
     entity: Optional[str] = None  # W&B team or user (null: your default)
@@ -410,6 +440,7 @@ class Config:
     logger: LoggerConfig = MISSING
     distributed: DistributedConfig = MISSING
     paths: PathsConfig = MISSING
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # not MISSING: older config.yaml = sft
     experiment_name: str = "default"
     run_name: str = MISSING
     # The sweep's directory name under outputs/<experiment_name>/multirun/ (null for single runs).

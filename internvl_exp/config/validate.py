@@ -12,6 +12,7 @@ from internvl_exp.config.batch import batch_problems
 from internvl_exp.config.choices import PART_MODES, PARTS, PLANNED_TEMPLATES, TEMPLATE_NAMES
 from internvl_exp.config.chunked_loss import CHUNK_SETTINGS
 from internvl_exp.config.eval_settings import eval_problems
+from internvl_exp.config.objective_rules import objective_problems
 from internvl_exp.config.precision import precision_problems
 from internvl_exp.config.recipe import recipe_gaps
 from internvl_exp.config.resume_rules import resume_problems
@@ -88,6 +89,7 @@ def config_problems(cfg: Any) -> list[str]:
                         "(offline writes <run_dir>/wandb/ to upload later with `wandb sync`)")
     problems += _distributed_problems(cfg.distributed)
     problems += range_problems(cfg)
+    problems += objective_problems(cfg)  # config/objective_rules.py
     return problems
 
 

@@ -217,6 +217,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
             raise ValueError(f"data.on_error must be 'strict' or 'skip', got {on_error!r}")
         self.entries, self.encoder, self.on_error = list(entries), encoder, on_error
         self.skipped: Counter[str] = Counter()  # lines dropped by the scan, by reason
+        self.too_long: Counter[str] = Counter()  # dataset name -> pairs dropped as too long (data.max_drop_share)
         self.load_failures: Counter[str] = Counter()  # pairs replaced at load time (on_error=skip), by reason
         problems: list[str] = []
         # Packed int64 arrays while scanning, not Python lists: a few bytes per line at millions of lines.
@@ -234,6 +235,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
                     if not (on_error == "skip" or e.reason == "too_long"):
                         problems.append(f"{entry.annotation}:{line_no}: {e}")
                     self.skipped[e.reason] += 1
+                    if e.reason == "too_long":
+                        self.too_long[entry.name] += 1
                     continue
                 for key, value in (("dataset", d), ("line_no", line_no), ("offset", offset), ("nbytes", len(raw)),
                                    ("chosen_length", pair.lengths[0]), ("rejected_length", pair.lengths[1])):
@@ -242,7 +245,11 @@ class PreferenceDataset(torch.utils.data.Dataset):
             shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
             raise PreferenceDataError(f"{len(problems)} problem(s) in the preference data (data.on_error=strict; fix "
                                       f"them, or set data.on_error=skip to skip and count them):\n  {shown}")
-        self.rows = {k: np.frombuffer(v, dtype=np.int64) if len(v) else np.empty(0, np.int64) for k, v in rows.items()}
+        self._index({k: np.frombuffer(v, dtype=np.int64) if len(v) else np.empty(0, np.int64) for k, v in rows.items()})
+
+    def _index(self, rows: dict[str, np.ndarray]) -> None:
+        """Index the scan's rows (every usable pair, by dataset) and draw epoch 0."""
+        self.rows = rows
         self.reader = LineReader(self.entries)
         if not len(self.rows["dataset"]):
             raise PreferenceDataError(f"no usable preference pairs (skipped by reason: {dict(self.skipped)})")
@@ -253,6 +260,16 @@ class PreferenceDataset(torch.utils.data.Dataset):
                                  {e.name: e.weight for e in self.entries})
         self.epoch = -1
         self.set_epoch(0)
+
+    def subset(self, keep: np.ndarray, entries: Sequence[DatasetEntry] | None = None) -> "PreferenceDataset":
+        """The pairs of the scan rows where `keep` (e.g. a held-out split), without scanning again; `entries`
+        replaces the datasets' settings (same datasets, same order: an eval set's repeat_time 1)."""
+        out = object.__new__(PreferenceDataset)
+        out.entries = list(entries) if entries is not None else self.entries
+        out.encoder, out.on_error = self.encoder, self.on_error
+        out.skipped, out.too_long, out.load_failures = Counter(), Counter(), Counter()
+        out._index({k: v[keep] for k, v in self.rows.items()})
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         if int(epoch) == self.epoch:
@@ -284,6 +301,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
         entry = self.entries[int(self.rows["dataset"][row])]
         item = self.encoder.load(entry, self.encoder.plan(entry, line.text), augment_key)
         item["where"] = line.where
+        # (dataset index, 1-based jsonl line): the key of a pair in score_pairs' output and precomputed log-probs.
+        item["pair_id"] = (int(self.rows["dataset"][row]), int(self.rows["line_no"][row]))
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -311,7 +330,8 @@ def collate_pairs(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict
 
     The attention mask comes from the true lengths (a real token with id 0 stays attended). `pixel_values` holds
     every pair's tiles once, in pair order: `sequence_logps` encodes them once and gives the features to both
-    halves. `chosen_token_counts` is the number of supervised chosen tokens per pair (the NLL term's weights)."""
+    halves. `pair_ids` (long [B, 2]: dataset index, 1-based jsonl line) names each pair when its items carry a
+    `pair_id` (PreferenceDataset's do)."""
     from internvl_exp.data.collator import pixel_values
 
     seqs = [f[f"{side}_input_ids"] for side in SIDES for f in features]
@@ -327,6 +347,8 @@ def collate_pairs(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict
         mask[r, : len(ids)] = 1
     batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "labels": label_t,
                              "num_pairs": len(features)}
+    if all("pair_id" in f for f in features):
+        batch["pair_ids"] = torch.tensor([list(f["pair_id"]) for f in features], dtype=torch.long).reshape(-1, 2)
     pv = pixel_values(features)
     if pv is not None:
         batch["pixel_values"] = pv

@@ -28,7 +28,7 @@ from internvl_exp.train.checkpointing.checkpoints import RUN_CONFIG
 # Prefixes of dotted keys (a key matches itself and everything under it).
 IGNORED = ("run_name", "sweep_name", "experiment_name", "resume", "paths", "secrets", "print_config",
            "optimized_metric", "hydra", "model.recipe", "resolved")
-REFUSED = ("model", "freeze", "optimizer", "deepspeed", "seed", "data", "trainer.max_steps",
+REFUSED = ("model", "freeze", "optimizer", "deepspeed", "seed", "data", "objective", "trainer.max_steps",
            "trainer.num_train_epochs", "trainer.per_device_train_batch_size", "trainer.global_batch_size",
            "trainer.gradient_accumulation_steps", "trainer.bf16", "trainer.pure_half_precision")
 # Exceptions inside REFUSED: they change how the run computes, not what the checkpoint holds.
@@ -66,6 +66,12 @@ def _show(value: Any) -> str:
 
 def compare(new: dict[str, Any], old: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(refused, applied): 'key (old -> new)' for each differing key."""
+    if "objective" in new and "objective" not in old:  # a run from before the objective group trained sft
+        from dataclasses import asdict
+
+        from internvl_exp.config.schema import ObjectiveConfig
+
+        old = {**old, "objective": asdict(ObjectiveConfig())}
     before, after = dict(_flatten(old)), dict(_flatten(new))
     sharded = bool((before.get("deepspeed.stage") or 0) or (after.get("deepspeed.stage") or 0))
     refused, applied = [], []

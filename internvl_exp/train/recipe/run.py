@@ -54,6 +54,7 @@ from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
 from internvl_exp.train.tuning.trainable import make_trainable
 from internvl_exp.train.recipe.trainer import InternVLTrainer
 from internvl_exp.config.chunked_loss import use_chunked_loss
+from internvl_exp.config.objective_rules import is_preference
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,13 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     tokenizer = load_tokenizer(cfg.model, checkpoint)
     # The pre-flight data scan runs before the model loads: bad data fails in seconds, not after a 70B load.
     num_tokens_per_tile = cfg.resolved.tokens_per_tile
-    dataset, data_report, eval_dataset, eval_report = train_and_eval_data(cfg, tokenizer, num_tokens_per_tile)
+    preference = is_preference(cfg)  # objective dpo|mpo: pairs, a reference model, the pair loss
+    if preference:
+        from internvl_exp.data.preference_data import preference_train_and_eval
+
+        dataset, data_report, eval_dataset, eval_report = preference_train_and_eval(cfg, tokenizer, num_tokens_per_tile)
+    else:
+        dataset, data_report, eval_dataset, eval_report = train_and_eval_data(cfg, tokenizer, num_tokens_per_tile)
     log.info("data: %d samples %s", data_report.samples, data_report.per_dataset)
     if eval_dataset is not None:
         log.info("eval data: %d samples %s (trainer.eval_strategy=%s)", eval_report.samples, eval_report.per_dataset,
@@ -146,6 +153,12 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
             f"model {cfg.model.name!r} has {config_tokens_per_tile(model.config)} image tokens per tile but its config "
             f"gives {num_tokens_per_tile}; check model.image_size / model.downsample_ratio"
         )
+    # The reference (objective dpo|mpo) from the starting weights, before anything changes the policy.
+    reference_loaded = None
+    if preference:
+        from internvl_exp.train.recipe.reference import load_reference
+
+        reference_loaded = load_reference(cfg, tokenizer, checkpoint, model)
     processor = load_processor(cfg.model, tokenizer, num_tokens_per_tile, checkpoint, cfg.data.system_message,
                                cfg.data.resize_backend)  # final/'s processor computes the training pixels
 
@@ -165,7 +178,14 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
 
     keep_vision_in_graph(model)  # text-only batches still run the vision path (DDP/ZeRO-3 never hang)
     # Padded or packed batches, with the per-token loss weights of data.loss_reduction (data/packing.py).
-    train_dataset, collator = training_data(cfg, dataset, args)
+    if preference:  # pairs, collate_pairs, and the step with its frozen reference (train/recipe/preference_step.py)
+        from internvl_exp.train.recipe.preference_step import preference_training
+
+        train_dataset, collator, step = preference_training(cfg, args, model, dataset, tokenizer, reference_loaded)
+        del reference_loaded
+    else:
+        train_dataset, collator = training_data(cfg, dataset, args)
+        step = None
     trainer = InternVLTrainer(
         model=model,
         args=args,
@@ -176,10 +196,12 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
         optimizer_config=cfg.optimizer,
         group_by_length=cfg.data.group_by_length,
         eval_dataset=eval_dataset,
-        eval_collator=Collator(tokenizer.pad_token_id, cfg.data.loss_reduction) if eval_dataset is not None else None,
+        eval_collator=(Collator(tokenizer.pad_token_id, cfg.data.loss_reduction)
+                       if eval_dataset is not None and not preference else None),
         eval_generate_samples=cfg.trainer.eval_generate_samples,
         template=cfg.model.template,
         chunked_loss=use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name),
+        preference=step,
     )
     # Throughput/MFU first, so the loggers and the console printer see the numbers it adds to each log.
     throughput = ThroughputCallback(
@@ -196,6 +218,8 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     write_deepspeed_json(trainer.args, run_dir.deepspeed)  # the JSON as DeepSpeed was given it
     announce_op_build(cfg, cpu)  # DeepSpeed's first CPU run compiles an op now: say so (train/recipe/deepspeed_env.py)
     trainer.restore_run_summary(resume.checkpoint)  # the summaries cover the whole run, not this attempt
+    if step is not None:
+        step.restore(resume.checkpoint)  # δ continues where the checkpoint left it
     return Recipe(family, checkpoint, processor, args, resume, data_report, eval_report, eval_dataset is not None,
                   report, memory_plan, rss_before_train, trainer, throughput, loss_windows)
 
@@ -245,6 +269,12 @@ def summarise(cfg: Any, run_dir: RunDir, recipe: Recipe, result: Any, preempted_
         "eval_data": recipe.eval_report.as_dict(all_ranks=True) if recipe.eval_report is not None else None,
         "run_dir": str(run_dir.root),
     }
+    if trainer.preference is not None:  # per-step rewards, accuracies, loss terms, δ; train and eval
+        from internvl_exp.train.recipe.preference_step import preference_history
+
+        metrics["preference"] = {**preference_history(trainer.state.log_history),
+                                 "reference": trainer.preference.reference.kind,
+                                 "parameters_held": trainer.preference.parameters_held}
     if recipe.resume.checkpoint is not None:
         metrics["resumed_from"] = str(recipe.resume.checkpoint)
     tp = metrics["throughput"]

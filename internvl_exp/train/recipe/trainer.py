@@ -38,7 +38,7 @@ class InternVLTrainer(Trainer):
 
     def __init__(self, *args: Any, family: Family, optimizer_config: Any, group_by_length: bool = False,
                  eval_collator: Any = None, eval_generate_samples: int = 0, template: str | None = None,
-                 chunked_loss: bool = False, **kwargs: Any):
+                 chunked_loss: bool = False, preference: Any = None, **kwargs: Any):
         self.family = family
         # The loss from the hidden states and the head, chunk by chunk, never the full logits (train/recipe/chunked_loss.py).
         self.chunked_loss = chunked_loss
@@ -47,6 +47,8 @@ class InternVLTrainer(Trainer):
         self.eval_collator = eval_collator  # padded batches with loss weights (train/recipe/evaluation.py)
         self.eval_generate_samples = eval_generate_samples
         self.template = template
+        # objective dpo|mpo: the pair loss, its metrics and δ (train/recipe/preference_step.py); None for sft.
+        self.preference = preference
         super().__init__(*args, **kwargs)
         self._marked_step: int | None = None
         self.evaluated_step: int | None = None
@@ -58,10 +60,13 @@ class InternVLTrainer(Trainer):
 
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         started = time.perf_counter()
-        total, weight, samples = eval_loss_sums(self, dataset, self.eval_collator,
-                                                self.args.per_device_eval_batch_size).tolist()
-        metrics: dict[str, float] = {f"{metric_key_prefix}_loss": total / weight if weight else float("nan"),
-                                     f"{metric_key_prefix}_samples": int(samples)}
+        if self.preference is not None:  # held-out pairs: rewards, accuracies, each loss term
+            metrics = self.preference.evaluate(self, dataset, self.args.per_device_eval_batch_size, metric_key_prefix)
+        else:
+            total, weight, samples = eval_loss_sums(self, dataset, self.eval_collator,
+                                                    self.args.per_device_eval_batch_size).tolist()
+            metrics = {f"{metric_key_prefix}_loss": total / weight if weight else float("nan"),
+                       f"{metric_key_prefix}_samples": int(samples)}
         if self.eval_generate_samples:
             scores = generation_scores(self, dataset, self.eval_generate_samples, self.template)
             metrics.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
@@ -93,6 +98,10 @@ class InternVLTrainer(Trainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None):
         self._loss_scaled = None
+        if self.preference is not None:  # a mean over the micro-batch's pairs: the Trainer divides by accumulation
+            self._loss_scaled = False
+            loss = self.preference.loss(model, self.accelerator.unwrap_model(model), inputs)
+            return (loss, None) if return_outputs else loss
         if "loss_weight" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
@@ -118,6 +127,13 @@ class InternVLTrainer(Trainer):
             return model_loss_sum(model, self.accelerator.unwrap_model(model), inputs, labels, weight)
         outputs = model(**inputs, use_cache=False)  # a live cache would silently skip the packed mask
         return weighted_token_loss(outputs.logits, labels, weight), outputs
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # A training log (every rank logs at the same step): the preference metrics since the last one, averaged
+        # over micro-batches and ranks.
+        if self.preference is not None and "loss" in logs:
+            logs = {**logs, **self.preference.pop_metrics(self.accelerator, self.args.world_size)}
+        super().log(logs, start_time)
 
     def create_optimizer(self, model: Any = None):
         if self.optimizer is None:
@@ -222,8 +238,12 @@ class InternVLTrainer(Trainer):
             # every rank takes part (the losses are averaged across ranks).
             summary = {type(cb).__name__: cb.checkpoint_state(self.accelerator)
                        for cb in self.callback_handler.callbacks if hasattr(cb, "checkpoint_state")}
+            deltas = (self.preference.gather_delta(self.accelerator, self.args.world_size)
+                      if self.preference is not None else None)
             if is_main_process():
                 checkpoints.write_extras(folder, summary, final.parent.parent / "config.yaml")
+                if deltas is not None:  # δ, so that a resume continues it
+                    self.preference.save(folder, deltas)
             self.accelerator.wait_for_everyone()  # every rank's shards and RNG state are on disk
             files = self._manifest(folder)
             if is_main_process():

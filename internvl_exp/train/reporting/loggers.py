@@ -150,9 +150,10 @@ class WandbLogCallback(TrainerCallback):
 
         if not is_main_process() or wandb.run is None or not logs:
             return
-        # eval_loss -> eval/loss (as HF's own trackers name it), the rest under train/
-        row = {(k if "/" in k else f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in logs.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        # eval_loss -> eval/loss (as HF's own trackers name it; eval_rewards/chosen -> eval/rewards/chosen), keys
+        # with their own section (rewards/chosen) as they are, the rest under train/
+        row = {(f"eval/{k[5:]}" if k.startswith("eval_") else k if "/" in k else f"train/{k}"): v
+               for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         row["train/global_step"] = state.global_step
         wandb.run.log(row, step=state.global_step)
 

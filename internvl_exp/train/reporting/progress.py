@@ -45,6 +45,11 @@ def format_log(logs: dict[str, Any], step: int, max_steps: int) -> str | None:
         text = _g(logs.get(key), spec)
         if text is not None:
             parts.append(f"{label} {text}")
+    # objective dpo|mpo (train/recipe/preference_step.py): the reward accuracy and margin, and δ.
+    for key, label, spec in (("rewards/accuracies", "reward acc", ".2f"), ("rewards/margins", "margin", ".3g"),
+                             ("delta", "δ", ".3g")):
+        if (text := _g(logs.get(key), spec)) is not None:
+            parts.append(f"{label} {text}")
     if (tps := _g(logs.get("tokens_per_s"), ",.0f")) is not None:
         parts.append(f"{tps} tok/s")
     if (mfu := logs.get("mfu")) is not None and _g(mfu, ".1%") is not None:

@@ -1,0 +1,167 @@
+"""The reference model of a preference run (`objective.reference`), built once, frozen, never optimised.
+
+- null (the default) means the starting weights:
+  - with LoRA (freeze=lora_*): no second copy; the policy itself with its adapters disabled (PEFT's
+    `disable_adapter`, modules_to_save included) and in eval mode for the reference's forward;
+  - otherwise a second copy of the starting checkpoint (or, for a random init, of the freshly built model before
+    anything changes it).
+- a path: another checkpoint (either layout; an original one is converted once) or a run directory (its final/).
+
+A copy is put in eval mode with requires_grad False and gets no optimizer state. Under DDP and ZeRO-1/2 it is a
+whole replica on each device, in the dtype the policy trains in (DeepSpeed's bf16/fp16 weights, else the loaded
+dtype under autocast). Under ZeRO-3 it is sharded like the policy: loaded partitioned (zero.Init is active) and
+wrapped by `deepspeed.initialize` with a ZeRO-3 config that has no optimizer.
+
+Not wired yet: `objective.reference=precomputed` (refused by config/objective_rules.py). Its seam is `Reference`:
+a kind whose `logps(batch, chunked)` looks the batch's `pair_ids` (collate_pairs: dataset index, 1-based line) up
+in a store of reference log-probs computed once before training (objectives/reference_logps.py, tools.score_pairs),
+with a second store for the eval pairs (PreferenceStep.evaluate calls the same `logps`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from internvl_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def uses_lora(cfg: Any) -> bool:
+    return "lora" in dict(cfg.freeze.parts).values()
+
+
+def adapters_are_reference(cfg: Any) -> bool:
+    """True when the reference is the LoRA policy with its adapters disabled (no copy is loaded)."""
+    return cfg.objective.reference is None and uses_lora(cfg)
+
+
+def reference_checkpoint(cfg: Any) -> Path:
+    """The native-layout directory of `objective.reference` (a run directory's final/, a checkpoint)."""
+    from internvl_exp.models.loading import native_checkpoint
+    from internvl_exp.models.resolve import read_checkpoint
+
+    path = Path(str(cfg.objective.reference)).expanduser()
+    if (path / "final").is_dir() and not (path / "config.json").is_file():
+        path = path / "final"
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise ConfigError(f"objective.reference: {path} is a LoRA adapter, not a whole model; merge it first "
+                          "(python -m internvl_exp.tools.merge_lora) and point objective.reference at the merged model")
+    weights = read_checkpoint(path, "objective.reference")
+    return native_checkpoint(weights, Path(cfg.paths.cache_dir))
+
+
+def load_reference(cfg: Any, tokenizer: Any, start_checkpoint: Path | None, fresh_policy: torch.nn.Module):
+    """The reference module (not yet frozen or placed), or None when the LoRA adapters serve as the reference.
+    Called right after the policy is loaded and before anything changes it (`fresh_policy`)."""
+    from internvl_exp.models.loading import load_model
+
+    if adapters_are_reference(cfg):
+        return None
+    if cfg.objective.reference is not None:
+        where = reference_checkpoint(cfg)
+        log.info("preference: reference model from %s (objective.reference)", where)
+        return load_model(cfg.model, tokenizer, where)
+    if start_checkpoint is not None and not cfg.model.random_init:
+        log.info("preference: reference model = the starting weights, a second copy from %s", start_checkpoint)
+        return load_model(cfg.model, tokenizer, start_checkpoint)
+    if cfg.deepspeed.stage == 3:
+        raise ConfigError("objective.reference=null with model.random_init=true under ZeRO-3: the random start "
+                          "cannot be copied once partitioned; save it first (or use a checkpoint: model.path=DIR) "
+                          "or set objective.reference=DIR")
+    log.info("preference: reference model = a copy of the random initial weights")
+    return copy.deepcopy(fresh_policy)
+
+
+class Reference:
+    """Log-probs of the reference model for a pair batch, without gradient."""
+
+    def __init__(self, call: Any, module: torch.nn.Module, kind: str):
+        self.call, self.module, self.kind = call, module, kind  # call: what is called (a DS engine or the module)
+
+    @contextlib.contextmanager
+    def _as_reference(self) -> Iterator[None]:
+        if self.kind != "adapters_disabled":
+            yield
+            return
+        was = self.module.training
+        self.module.eval()  # no dropout, no drop-path: the reference is deterministic
+        try:
+            with self.module.disable_adapter():
+                yield
+        finally:
+            self.module.train(was)
+
+    def logps(self, batch: dict[str, Any], chunked: bool) -> dict[str, torch.Tensor]:
+        from internvl_exp.train.recipe.preference_step import batch_logps
+
+        with torch.no_grad(), self._as_reference():
+            return batch_logps(self.call, self.module, batch, chunked)
+
+
+
+def _stray_trainable(policy: torch.nn.Module) -> list[str]:
+    """Trainable base parameters of a LoRA policy (not an adapter, not a modules_to_save copy): disabling the
+    adapters would not give their starting values back."""
+    return [n for n, p in policy.named_parameters()
+            if p.requires_grad and "lora_" not in n and "modules_to_save" not in n]
+
+
+def _zero3_config(args: Any) -> dict[str, Any]:
+    """A ZeRO-3 inference config for the reference: the training config's stage-3 settings, no optimizer, no
+    scheduler, no optimizer offload; the training precision."""
+    train = copy.deepcopy(getattr(args, "hf_deepspeed_config").config)
+    zero = {k: v for k, v in train.get("zero_optimization", {}).items()
+            if k not in ("offload_optimizer",) and v != "auto"}
+    zero["stage"] = 3
+    return {"train_micro_batch_size_per_gpu": args.per_device_train_batch_size, "gradient_accumulation_steps": 1,
+            "zero_optimization": zero, "bf16": {"enabled": bool(args.bf16)},
+            "fp16": {"enabled": bool(args.fp16)}, "steps_per_print": 10**9}
+
+
+def build_reference(cfg: Any, args: Any, policy: torch.nn.Module, loaded: torch.nn.Module | None) -> Reference:
+    """The Reference of a run: `policy` is the trainable model (PEFT-wrapped under LoRA), `loaded` what
+    load_reference returned."""
+    if loaded is None:
+        stray = _stray_trainable(policy)
+        if stray:
+            raise ConfigError(f"objective.reference=null under LoRA means the base with the adapters disabled, but "
+                              f"{len(stray)} base parameter(s) train too (e.g. {stray[0]}), so it would not be the "
+                              "starting model; set objective.reference to the starting checkpoint to load a copy")
+        if not hasattr(policy, "disable_adapter"):
+            raise ConfigError("objective.reference=null under LoRA needs a PEFT model (disable_adapter)")
+        log.info("preference: reference = the policy with its LoRA adapters disabled (no second copy)")
+        return Reference(policy, policy, "adapters_disabled")
+    ref = loaded
+    ref.eval()
+    ref.requires_grad_(False)
+    stage = cfg.deepspeed.stage
+    if stage == 3:
+        import deepspeed
+
+        from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
+
+        keep_vision_in_graph(ref)  # text-only batches still gather the vision weights on every rank
+        engine, *_ = deepspeed.initialize(model=ref, config=_zero3_config(args))
+        engine.eval()
+        return Reference(engine, engine.module, "zero3")
+    if stage is not None and (args.bf16 or args.fp16):  # DeepSpeed trains 16-bit weights: the same for the reference
+        ref = ref.to(torch.bfloat16 if args.bf16 else torch.float16)
+    ref = ref.to(args.device)
+    return Reference(ref, ref, "copy")
+
+
+def held_parameters(*modules: torch.nn.Module) -> int:
+    """Elements of the distinct parameter tensors of `modules` (a tensor shared by two counts once; ZeRO-3's
+    partitioned ones by their full size): with LoRA's disabled adapters as the reference, the base once."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for p in module.parameters():
+            seen[id(p)] = int(getattr(p, "ds_numel", p.numel()))
+    return sum(seen.values())

@@ -1,0 +1,108 @@
+"""Preference training through launch.py against InternVL's own MPO/DPO trainer (the golden in
+tests/fixtures/golden_mpo): one step on the golden policy, reference and 7 pairs logs each term of the golden.
+
+The command is the one docs/preference.md documents ("Check one step against given models"): the golden's
+settings (tile 56, max_dynamic_patch 6, max_seq_length 512, float32, no drop-path), the 7 pairs as one
+micro-batch, the reference another checkpoint (objective.reference). The logged values are those of the step's
+forward, before its update. One multirun (mpo, dpo) x (chunked loss on, off) shares the process start."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_launch
+from golden_mpo import GOLDEN, REFERENCE, policy_original
+
+
+def golden_command(policy, reference, out, cache) -> list[str]:
+    return ["model=local", f"model.path={policy}", "model.template=internvl2_5", "model.image_size=56",
+            "model.dtype=float32", f"objective.reference={reference}", "data=meta", "data.meta_path=data/meta.json",
+            "data.max_seq_length=512", "trainer.per_device_train_batch_size=7", "trainer.max_steps=1",
+            "trainer.logging_steps=1", "trainer.bf16=false", "trainer.save_final=false", "trainer.device=cpu",
+            f"paths.output_dir={out}", f"paths.cache_dir={cache}"]
+
+
+@pytest.mark.slow
+def test_one_step_logs_the_golden_terms(tmp_path) -> None:
+    policy = policy_original(tmp_path / "policy")
+    args = ["-m", "objective=mpo,dpo", "trainer.chunked_loss=true,false", "sweep_name=golden",
+            *golden_command(policy, REFERENCE, tmp_path / "out", tmp_path / "cache")]
+    res = run_launch(args, cwd=GOLDEN)  # the meta's relative paths resolve against the working directory
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    jobs = sorted((tmp_path / "out" / "default" / "multirun" / "golden").glob("*_*/metrics.json"))
+    assert len(jobs) == 4
+    for path in jobs:
+        metrics = json.loads(path.read_text())
+        assert metrics["status"] == "completed", metrics.get("error")
+        config = (path.parent / "config.yaml").read_text()
+        kind = "mpo" if "kind: mpo" in config else "dpo"
+        golden = torch.load(GOLDEN / kind / "results.pt", weights_only=False)["step1"]
+        logged = metrics["preference"]["history"][0]
+        assert metrics["loss_history"][0]["loss"] == pytest.approx(golden["loss"], rel=1e-5)
+        sigmoid = next(t for t in golden["terms"] if t["loss_type"] == "sigmoid")
+        assert logged["loss/sigmoid"] == pytest.approx(sigmoid["mean_unweighted"], rel=1e-5)
+        for key in ("rewards/accuracies", "logps/chosen", "logps/rejected"):
+            assert logged[key] == pytest.approx(golden["metrics"][key], rel=1e-5), key
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+            # β·(a difference of log-probs around -300 that agree within 3e-5): absolute, not relative
+            assert logged[key] == pytest.approx(golden["metrics"][key], abs=2e-6), key
+        if kind == "mpo":
+            bco = next(t for t in golden["terms"] if t["loss_type"] == "bco_pair")
+            assert logged["loss/bco_pair"] == pytest.approx(bco["mean_unweighted"], rel=1e-5)
+            assert logged["nll"] == pytest.approx(golden["nll_loss"], rel=1e-5)
+            # δ is a mean of rewards ~0.005 built from those same differences: 3e-6 absolute is 6e-4 relative.
+            assert logged["delta"] == pytest.approx(bco["delta_used"], abs=3e-6)
+        else:
+            assert "loss/bco_pair" not in logged and "nll" not in logged and "delta" not in logged
+
+
+@pytest.mark.slow
+def test_the_pair_demo_learns_to_prefer_the_right_answer(tmp_path) -> None:
+    """`python launch.py objective=mpo data=demo_pref` as documented: the held-out pairs' reward accuracy rises
+    well above chance (the chosen answers are right, read from the pixels or the text)."""
+    res = run_launch(["objective=mpo", "data=demo_pref", f"paths.output_dir={tmp_path / 'out'}",
+                      f"paths.demo_data_dir={tmp_path / 'demo'}", "run_name=demo"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "default" / "demo" / "metrics.json").read_text())
+    evals = metrics["preference"]["eval_history"]
+    assert len(evals) >= 3 and metrics["eval_samples"] == 48
+    assert evals[0]["rewards/accuracies"] < 0.7 <= evals[-1]["rewards/accuracies"], evals
+    assert evals[-1]["rewards/margins"] > 10 * abs(evals[0]["rewards/margins"])
+
+
+def test_two_steps_of_the_preference_step_follow_the_golden_delta(tmp_path) -> None:
+    """The training step's own pieces (train/recipe/preference_step.py: one policy forward, the frozen reference,
+    δ carried between micro-batches) on the golden's two batches: all 7 pairs, then lines 0, 2, 4."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from golden_mpo import converted
+    from internvl_exp.data.planner import ImageSettings
+    from internvl_exp.data.preference import PreferenceEncoder, collate_pairs
+    from internvl_exp.data.sources import load_entries
+    from internvl_exp.objectives.preference_loss import PreferenceObjective
+    from internvl_exp.train.recipe.preference_step import PreferenceStep
+    from internvl_exp.train.recipe.reference import Reference
+
+    dirs = {which: converted(which, tmp_path) for which in ("policy", "reference")}
+    tokenizer = AutoTokenizer.from_pretrained(str(dirs["reference"]))
+    policy, ref = (AutoModelForImageTextToText.from_pretrained(str(dirs[w]), dtype=torch.float32).eval()
+                   for w in ("policy", "reference"))
+    ref.requires_grad_(False)
+    meta = json.loads((GOLDEN / "data" / "meta.json").read_text())
+    entry = load_entries(None, {n: {**s, "root": str(GOLDEN / s["root"]), "annotation": str(GOLDEN / s["annotation"])}
+                                for n, s in meta.items()})[0]
+    encoder = PreferenceEncoder(tokenizer, "internvl2_5", ImageSettings(tile_size=56, tokens_per_tile=4), 512)
+    items = [encoder.load(entry, encoder.plan(entry, text)) for text in entry.annotation.read_text().splitlines()]
+    golden = torch.load(GOLDEN / "mpo" / "results.pt", weights_only=False)
+    step = PreferenceStep(PreferenceObjective(), Reference(ref, ref, "copy"), chunked=False)
+    for name, lines in (("step1", range(7)), ("step2", golden["step2"]["batch_lines"])):
+        loss = step.loss(policy, policy, collate_pairs([items[i] for i in lines], tokenizer.pad_token_id))
+        g = golden[name]
+        bco = next(t for t in g["terms"] if t["loss_type"] == "bco_pair")
+        assert loss.item() == pytest.approx(g["loss"], rel=1e-5), name
+        assert step.running.mean == pytest.approx(bco["running_moments_after"]["mean"], abs=3e-6), name
+        assert step.running.count == pytest.approx(bco["running_moments_after"]["count"]), name
+    assert step.pop_metrics(None, 1)["delta"] == step.running.mean
