@@ -15,12 +15,7 @@ GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydr
 
 
 def _options(group: str) -> list[str]:
-    options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    if group == "experiment" and not (CONF / "objective").is_dir():
-        # The MPO recipes override the objective group, which arrives with its own branch (issue 21); once both
-        # are merged this filter keeps nothing out (tests/test_mpo_recipes.py composes them too).
-        options = [o for o in options if not o.endswith("_mpo")]
-    return options
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
 # Options that train on the user's own data need its path: data=meta and every recipe in experiment/.

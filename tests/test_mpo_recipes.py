@@ -91,9 +91,8 @@ def test_recipe_file_carries_its_scripts_numbers_and_sources(m: M) -> None:
     assert defaults == {"override /model": m.preset, "override /data": "meta", "override /freeze": "full",
                         "override /deepspeed": option, "override /optimizer": "adamw_internvl",
                         "override /objective": "mpo", "override /logger": "tensorboard"}
-    for group, option_name in defaults.items():  # every option exists in conf/ (objective: after the merge)
-        if group != "override /objective":
-            assert (CONF / group.split("/")[1] / f"{option_name}.yaml").is_file(), (group, option_name)
+    for group, option_name in defaults.items():  # every option exists in conf/
+        assert (CONF / group.split("/")[1] / f"{option_name}.yaml").is_file(), (group, option_name)
     assert f"Source: OpenGVLab/InternVL@2410d1d {m.script}\n" in text
     assert doc["objective"] == {"beta": 0.1, "weights": {"sigmoid": 0.8, "bco_pair": 0.2}, "rpo_alpha": 1.0,
                                 "label_smoothing": 0.0, "nll_normalisation": "token"}
@@ -121,9 +120,6 @@ def test_recipe_file_carries_its_scripts_numbers_and_sources(m: M) -> None:
                                             "deepspeed", "loss_type", "rpo_alpha", "save_strategy"}
 
 
-@pytest.mark.skipif(not (CONF / "objective" / "mpo.yaml").is_file(),
-                    reason="conf/objective (the objective group) is on the objective helper's branch; this composes "
-                           "once both are merged")
 @pytest.mark.parametrize("m", ORACLE, ids=[m.name for m in ORACLE])
 def test_recipe_composes(m: M, tmp_path) -> None:
     cfg = compose([f"experiment={m.name}", "data.meta_path=/data/meta.json"], tmp_path)
