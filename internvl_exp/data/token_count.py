@@ -300,6 +300,8 @@ class WordCounter:
         # Non-ASCII text's words counted together by their runs (not with ignore_merges: there a word that is
         # a vocabulary entry is one token, which only the per-word path knows).
         self._text_runs = bool(self._pairs) and self._byte_level and not self._ignore_merges
+        self._text_lane = (self._text_runs and self._find is not None and self._added_norm is None
+                           and self._classes is not None)
         self._char_counts = _LazyTable(lambda c: len(self._model.tokenize(byte_level(c) if self._byte_level else c)), key=str)
         # Byte-level: per run of characters that may join (or a single character whose bytes may merge), its BPE
         # count less its UTF-8 length; kept for short runs.
@@ -415,6 +417,10 @@ class WordCounter:
     def _count(self, text: str) -> int | None:
         """The count through the Python pipeline, or None when this text must go to the Rust tokenizer."""
         ascii_text = _OUTSIDE.search(text) is None
+        if not ascii_text and self._text_lane:
+            n = self._count_text_runs(text)
+            if n is not None:
+                return n
         parts = self._added_raw.split(text) if self._added_raw is not None else [text]  # [text, token, text, ...]
         n = len(parts) >> 1
         find, words_memo = self._find, self._words
@@ -456,6 +462,27 @@ class WordCounter:
                     return None
                 n += self._count_words(words)
         return n
+
+    def _count_text_runs(self, text: str) -> int | None:
+        """`_count` for text outside ASCII in the byte-level single-regex lane: the words of every piece between
+        added tokens (cut on the class stand-ins, sliced back) counted together by `_byte_level_total`. None
+        when the stand-ins do not cover the text or the regex leaves gaps (then the general path decides)."""
+        parts = self._added_raw.split(text) if self._added_raw is not None else [text]
+        words: list[str] = []
+        find, norm, classes = self._find, self._norm, self._classes
+        for part in parts[::2]:
+            if not part:
+                continue
+            if norm is not None:
+                part = norm(part)
+            mapped = classes.map(part)
+            if mapped is None:
+                return None
+            ends = list(accumulate(map(len, find(mapped))))
+            if not ends or ends[-1] != len(part):  # gaps between the matches
+                return None
+            words += [part[a:b] for a, b in zip([0, *ends], ends)]
+        return (len(parts) >> 1) + (self._byte_level_total(words) if words else 0)
 
     def _pre_tokenize(self, text: str, first: bool) -> list[str] | None:
         pieces = [text]
@@ -643,10 +670,15 @@ def _byte_level_runs(merges: list) -> tuple[Callable[[str], list[str]] | None, s
     if separator is None:
         return None, ""
     order = sorted(lefts, key=lambda g: (not isinstance(g, int), str(g)))  # the CJK lead bytes first
-    steps = [f"[{_last_byte_class(lefts[g])}](?=[{_first_byte_class(rights[g])}])" for g in order]
-    alternatives = ["(?:" + "|".join(steps) + ")+."] if steps else []
-    alternatives.append(f"[{_merging_chars_class(byte_pairs)}]")
-    return re.compile("|".join(alternatives), re.DOTALL).findall, separator
+    # The next character continues the chain if it is in some group's right class (a range per lead byte)
+    # and this one in that group's left class (a look back). The match starts with a character of the
+    # union of the left classes or one whose bytes may merge: the regex engine skips the others in C, and
+    # a match is either a chain or that single character.
+    union = _last_byte_class(set().union(*lefts.values())) if lefts else ""
+    merging = _merging_chars_class(byte_pairs)
+    nexts = "|".join(f"[{_first_byte_class(rights[g])}](?<=[{_last_byte_class(lefts[g])}].)" for g in order)
+    chain = f"(?={nexts})(?:[{union}](?={nexts}))*.|" if nexts else ""
+    return re.compile(f"[{union}{merging}](?:{chain}(?<=[{merging}]))", re.DOTALL).findall, separator
 
 
 def _merging_chars_class(byte_pairs: set[tuple[int, int]]) -> str:
@@ -702,7 +734,7 @@ def _first_byte_class(firsts: set[int]) -> str:
             pairs.append(((y & 0x1F) << 6, ((y & 0x1F) << 6) + 0x3F))
         elif 0xE0 <= y < 0xF0:
             lo, hi = max((y & 0x0F) << 12, 0x800), ((y & 0x0F) << 12) + 0xFFF
-            pairs += [(lo, 0xD7FF), (0xE000, hi)] if y == 0xED else [(lo, hi)]  # not the surrogates
+            pairs.append((lo, 0xD7FF if y == 0xED else hi))  # ED's upper half would be the surrogates
         elif 0xF0 <= y <= 0xF4:
             pairs.append((max((y & 0x07) << 18, 0x10000), min(((y & 0x07) << 18) + 0x3FFFF, 0x10FFFF)))
     return _ranges(pairs)
