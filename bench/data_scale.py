@@ -305,8 +305,8 @@ def languages(args: argparse.Namespace) -> None:
     cmd += f' --note "{args.note}"' if args.note else ""
     rust_note = ("" if not args.with_rust else "\nThe last column is the same scan with every text counted by the "
                  "Rust `encode`, as every row but the first was before\nthe per-word counting covered it.")
-    rounds = (f"Each row is its best of {args.repeats} rounds (every row once per round, in the order of the "
-              "table), by seconds and, apart, by CPU-seconds. " if args.repeats > 1 else "")
+    rounds = (f"\nEach row is its best of {args.repeats} rounds (every row once per round, in the order of the table), "
+              "by seconds and, apart,\nby CPU-seconds." if args.repeats > 1 else "")
     section = f"""## Token counting by language and tokenizer
 
 The first scan (all {cores} workers, no cache) of {n:,} generated lines per language (`bench/data_scale.py
@@ -320,8 +320,8 @@ template; **Llama/Phi-3 sentencepiece** is the same vocabulary laid out as trans
 (Metaspace(prepend_scheme=first, split=false)). Every row counts tokens exactly (docs/data.md, "Fast and
 exact"; byte-level text outside ASCII: one token per UTF-8 byte plus a remembered correction for each run of
 characters a merge may join); the ratio columns compare each row with the first (English, byte-level: the fast
-path) in the same run, by lines/s and by lines per CPU-second. {rounds}On a machine shared with other jobs only
-the second is meaningful: lines/s then depends on what else ran during that row.{rust_note}
+path) in the same run, by lines/s and by lines per CPU-second. On a machine shared with other jobs only the
+second is meaningful: lines/s then depends on what else ran during that row.{rounds}{rust_note}
 
 {head}
 {sep}
