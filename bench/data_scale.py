@@ -422,8 +422,8 @@ images from a pool of 32 real-size JPEGs (640x480 to 1920x1080), 448-px tiles at
 - **first scan, {cores} workers**: the whole file, `data.scan_workers` = every core, writing the cache. Each
   line is parsed, its conversation checked, its image sizes read (from the header; a per-worker cache keyed
   by path, size and mtime serves images seen before) and its tokens counted exactly (the length policy needs
-  exact lengths): per word, memoised, for a byte-level BPE tokenizer on ASCII text, else by the tokenizer
-  (docs/data.md). A cProfile of 20k lines before this counting: 65-77% of the time in the Rust `encode`
+  exact lengths) in Python, memoised per word or per run of characters that may join (byte-level BPE and
+  sentencepiece tokenizers, any script; token_count.py), else by the tokenizer (docs/data.md). A cProfile of 20k lines before this counting: 65-77% of the time in the Rust `encode`
   (~0.6 us per token building offsets and alignments the scan never uses); after it, the word split
   (`re.findall`) is ~15%, JSON parsing ~5%, the rest the Python of the checks and of the counting.
 - **lines per CPU-second**: the all-workers scan's lines over the CPU time it used (the process and its

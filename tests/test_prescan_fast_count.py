@@ -294,13 +294,15 @@ SETTINGS = ImageSettings(tile_size=32, tokens_per_tile=4, max_dynamic_patch=6, m
 
 
 def _sample_lines(root):
-    """The benchmark's realistic lines (single/multi-image, text-only, 1-4 turn pairs) over a pool of small real
-    JPEGs of several aspect ratios, plus video, non-ASCII, over-long and bad lines."""
+    """The benchmark's realistic lines (single/multi-image, text-only, 1-4 turn pairs; English and Chinese) over a
+    pool of small real JPEGs of several aspect ratios, plus video, non-ASCII, over-long and bad lines."""
     sizes = [(120, 40), (30, 90), (64, 64), (200, 50), (33, 33), (90, 60), (41, 150), (64, 20)]
     for i in range(len(data_scale.POOL_SIZES) * 4):  # the generator's pool names: it then keeps our images
         write_image(root / "images" / f"pool_{i:02d}.jpg", sizes[i % len(sizes)])
     write_video(root / "v.mp4", frames=10, fps=10)
     rows = [json.loads(line) for line in data_scale.generate(root, 240, seed=3).read_text().splitlines()]
+    # Chinese lines too (byte-level text outside ASCII is counted by its runs): some long enough to be cut or dropped.
+    rows += [json.loads(line) for line in data_scale.generate(root, 80, seed=5, lang="zh").read_text().splitlines()]
     long_answer = " ".join(data_scale.WORDS) * 3
     return rows + [
         {"video": "v.mp4", "conversations": conv("<video>\nWhat happens?", "A ball rolls.")},
