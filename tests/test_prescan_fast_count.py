@@ -23,6 +23,7 @@ from internvl_exp.data.sources import load_entries
 from internvl_exp.data.templates import IGNORE_INDEX, TEMPLATES, count_turns, refresh_token_counts, tokenize_turns
 from internvl_exp.data.tiling import choose_grid
 from internvl_exp.data.token_count import WordCounter
+from internvl_exp.data.token_count import _byte_level_map as bytes_to_unicode
 
 sys.path.insert(0, str(ROOT / "bench"))
 import data_scale  # noqa: E402  (the benchmark's realistic line generator)
@@ -167,6 +168,59 @@ def test_cjk_words_counted_in_runs_or_whole(sentencepiece_tokenizers, whole_word
         assert counter._whole_words == whole_words or counter._sampled[0] > 20_000
 
 
+# Text in every UTF-8 length: Cyrillic and Greek (2 bytes), CJK, Hangul, Devanagari with combining signs (3),
+# emoji and a CJK extension B character (4), with mixed whitespace and punctuation.
+SCRIPTS = ["Привет мир, ёжик", "Ελληνικά γράμματα", "人工智能实验室的图片", "，。？！", "한국어 문장입니다", "हिन्दी पाठ",
+           "🙂🦄✨👍🏽", "𠀋𠀍", "e\u0301a\u0300", "\u3000\u00a0\t\n  ", "ok 42 'll", "中文mixed文本123"]
+
+
+def _mixed_script_text(rng: random.Random) -> str:
+    return "".join(rng.choice(SCRIPTS + MIXED[:-1]) + rng.choice(["", " ", "\n", "，"]) for _ in range(rng.randint(1, 12)))
+
+
+@pytest.fixture(scope="module")
+def trained_byte_level():
+    """A byte-level BPE trained here on mixed-script text: its merges join bytes across characters of every
+    UTF-8 length (the cuts the byte-level runs rely on are then tested where they matter), as a real
+    multilingual vocabulary's do."""
+    from tokenizers import models, trainers
+
+    rng = random.Random(7)
+    corpus = [_mixed_script_text(rng) for _ in range(3000)] + [data_scale.chinese_text(rng) for _ in range(500)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=1500, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|im_end|>"], show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    merges = [m.split(" ", 1) if isinstance(m, str) else m for m in json.loads(tok.to_str())["model"]["merges"]]
+    byte = {ch: b for b, ch in bytes_to_unicode().items()}
+    # Merges that join a character's last byte to the next character's lead byte, for 2-, 3- and 4-byte leads.
+    across = {byte[b[0]] >> 4 for a, b in merges if 0x80 <= byte[a[-1]] < 0xC0 and byte[b[0]] >= 0xC0}
+    assert {0xC, 0xD} & across and 0xE in across and 0xF in across, across
+    return tok
+
+
+@pytest.mark.parametrize("layout", ["gpt2 regex", "qwen2 split + NFC", "llama3 split, ignore_merges"])
+def test_byte_level_runs_equal_the_rust_encode(trained_byte_level, layout):
+    """Text outside ASCII with a byte-level vocabulary is counted a whole text at a time: one token per byte
+    plus a correction per run of characters a merge may join. Against encode on mixed-script text, for the
+    layouts of GPT-2, Qwen2 and Llama-3."""
+    tok = Tokenizer.from_str(trained_byte_level.to_str())
+    if layout != "gpt2 regex":
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2 if layout.startswith("qwen2") else LLAMA3), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        if "ignore_merges" in layout:
+            tok = _with_model(tok, ignore_merges=True)
+    rng = random.Random(11)
+    texts = [_mixed_script_text(rng) for _ in range(1500)] + _fuzz(600, seed=3, mixed=True)
+    counter = _check_counts(tok, texts)
+    assert counter._byte_runs is not None  # the run regex was built (a free separator, merges)
+    assert counter._text_lane == (layout != "llama3 split, ignore_merges")
+    assert len(counter._run_corrections) > 100  # runs were found and remembered
+
+
 def test_cuts_inside_words_are_exact_where_tokens_span_them():
     """A vocabulary whose tokens do cross "▁" and CJK characters: the cuts must then not be made there."""
     from tokenizers import models
@@ -240,13 +294,15 @@ SETTINGS = ImageSettings(tile_size=32, tokens_per_tile=4, max_dynamic_patch=6, m
 
 
 def _sample_lines(root):
-    """The benchmark's realistic lines (single/multi-image, text-only, 1-4 turn pairs) over a pool of small real
-    JPEGs of several aspect ratios, plus video, non-ASCII, over-long and bad lines."""
+    """The benchmark's realistic lines (single/multi-image, text-only, 1-4 turn pairs; English and Chinese) over a
+    pool of small real JPEGs of several aspect ratios, plus video, non-ASCII, over-long and bad lines."""
     sizes = [(120, 40), (30, 90), (64, 64), (200, 50), (33, 33), (90, 60), (41, 150), (64, 20)]
     for i in range(len(data_scale.POOL_SIZES) * 4):  # the generator's pool names: it then keeps our images
         write_image(root / "images" / f"pool_{i:02d}.jpg", sizes[i % len(sizes)])
     write_video(root / "v.mp4", frames=10, fps=10)
     rows = [json.loads(line) for line in data_scale.generate(root, 240, seed=3).read_text().splitlines()]
+    # Chinese lines too (byte-level text outside ASCII is counted by its runs): some long enough to be cut or dropped.
+    rows += [json.loads(line) for line in data_scale.generate(root, 80, seed=5, lang="zh").read_text().splitlines()]
     long_answer = " ".join(data_scale.WORDS) * 3
     return rows + [
         {"video": "v.mp4", "conversations": conv("<video>\nWhat happens?", "A ball rolls.")},

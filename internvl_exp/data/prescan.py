@@ -48,7 +48,7 @@ from internvl_exp.data.plan import ROW_FIELDS, Plan
 from internvl_exp.data.planner import ImageSettings, Planner
 from internvl_exp.data.report import Problem
 from internvl_exp.data.sources import DatasetEntry, RawLine
-from internvl_exp.data.templates import refresh_token_counts
+from internvl_exp.data.templates import count_turns, refresh_token_counts
 from internvl_exp.errors import UserError
 from internvl_exp.redact import scrub
 
@@ -221,6 +221,10 @@ def _run(tasks: list, planner: Planner, entries: list[DatasetEntry], workers: in
         if workers <= 1:
             yield from map(_scan_chunk, tasks)
             return
+        # The token counter built here, once, before the fork: every worker inherits it (its setup compiles
+        # regexes of large character classes, ~0.2 s, token_count._byte_level_runs) and the counts of the
+        # template's own texts (system message, role headers).
+        count_turns([], planner.tokenizer, planner.template, roles_checked=True)
         yield from _run_pool(tasks, workers)
     finally:
         _STATE.clear()

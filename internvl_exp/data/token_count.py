@@ -28,12 +28,16 @@ A word is then cut further where no token can cross, provably:
 - between two characters no merge (a, b) can join: BPE joins neighbours only by merging a symbol `a` that
   ends right before the cut with a symbol `b` that starts right after it, so where no merge has `a` ending
   as the text before does and `b` starting as the text after does (sentencepiece: a's last character and
-  b's first; byte-level: their bytes, as far as the two characters go), no token ever spans the cut. Only
-  between characters that are tokens of their own (no byte-fallback or unknown symbols).
+  b's first; byte-level: a's last byte is the left character's last UTF-8 byte and b's first byte the right
+  one's first), no token ever spans the cut. Only between characters that are tokens of their own (no
+  byte-fallback or unknown symbols; byte-level: every byte is a token).
 Short words are memoised (English, Cyrillic, code recur). Long CJK words (no spaces: a regex "word" is a
 clause) are counted as the sum of their characters alone plus a correction for each run of joinable ones
-(memoised per character and per run); when a sample shows the vocabulary joins most neighbours (a
-sentencepiece model trained on CJK), each such word goes to the BPE model whole.
+(memoised per run); when a sample shows the vocabulary joins most neighbours (a sentencepiece model trained
+on CJK), each such word goes to the BPE model whole. Byte-level text with characters outside ASCII is
+counted a whole text at a time, in C but for each new run's BPE: its words joined by a character no merge
+touches, one token per UTF-8 byte, plus a remembered correction for each maximal run of characters that may
+join and each character whose own bytes may merge, all found by one regex (`_byte_level_runs`).
 With `ignore_merges` (Llama-3), a word that is a vocabulary entry is one token; cut words are counted with
 the same merges without it. Any other tokenizer, or text, is counted by the Rust tokenizer (`encode_batch_fast`:
 the same ids, no offsets).
@@ -49,6 +53,9 @@ from itertools import accumulate, compress, count
 from typing import Any, Callable
 
 MEMO_MAX = 400_000  # words remembered per process (~100 bytes each); cleared when full
+# Byte-level runs remembered (up to 64 characters each): with a vocabulary of many CJK merges most clauses are
+# one run, seen once, so fewer are kept than words.
+RUN_MEMO_MAX = 100_000
 _SPACE = "\u2581"  # sentencepiece's "▁"
 _OUTSIDE = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character the regex rewrite does not cover as it is
 # Scripts written without spaces between words (CJK and on), and emoji: their regex "words" are clauses.
@@ -286,15 +293,24 @@ class WordCounter:
         merges = [m.split(" ", 1) if isinstance(m, str) else m for m in model.get("merges") or []]
         self._singles = {v for v in vocab if len(v) == 1}
         self._pairs: Any = None
+        self._byte_runs: Callable[[str], list[str]] | None = None
         if self._byte_level:
             if set(_byte_level_map().values()) <= self._singles:  # else a byte is no token of its own: no cuts
-                by_edge: dict[str, list[tuple[str, str]]] = {}
-                for a, b in merges:
-                    by_edge.setdefault(a[-1] + b[0], []).append((a, b))
-                self._pairs = _LazyTable(lambda ab: _may_join(by_edge, byte_level(ab[0]), byte_level(ab[1])), key=str)
+                self._byte_runs, self._separator = _byte_level_runs(merges)
+                self._pairs = self._byte_runs is not None
         else:
             self._pairs = {a[-1] + b[0] for a, b in merges if a and b}
+        # Non-ASCII text's words counted together by their runs (not with ignore_merges: there a word that is
+        # a vocabulary entry is one token, which only the per-word path knows).
+        self._text_runs = bool(self._pairs) and self._byte_level and not self._ignore_merges
+        self._text_lane = (self._text_runs and self._find is not None and self._added_norm is None
+                           and self._classes is not None)
         self._char_counts = _LazyTable(lambda c: len(self._model.tokenize(byte_level(c) if self._byte_level else c)), key=str)
+        # Byte-level: per run of characters that may join (or a single character whose bytes may merge), its BPE
+        # count less its UTF-8 length; kept for short runs.
+        self._run_corrections = _LazyTable(
+            lambda run: len(self._model.tokenize(byte_level(run))) - len(run.encode("utf-8")),
+            key=str, keep=lambda run: len(run) <= 64)
         return True
 
     @staticmethod
@@ -404,6 +420,10 @@ class WordCounter:
     def _count(self, text: str) -> int | None:
         """The count through the Python pipeline, or None when this text must go to the Rust tokenizer."""
         ascii_text = _OUTSIDE.search(text) is None
+        if not ascii_text and self._text_lane:
+            n = self._count_text_runs(text)
+            if n is not None:
+                return n
         parts = self._added_raw.split(text) if self._added_raw is not None else [text]  # [text, token, text, ...]
         n = len(parts) >> 1
         find, words_memo = self._find, self._words
@@ -430,7 +450,10 @@ class WordCounter:
                 lengths = list(map(len, find(mapped)))
                 if sum(lengths) == len(part):
                     ends = list(accumulate(lengths))
-                    n += self._count_words([part[a:b] for a, b in zip([0] + ends, ends)])
+                    words = [part[a:b] for a, b in zip([0] + ends, ends)]
+                    # Byte-level: the whole text's words in one pass (its runs remembered, not its words: a
+                    # CJK word is a clause, rarely seen twice).
+                    n += self._byte_level_total(words) if self._text_runs else self._count_words(words)
                     continue
             pieces = self._added_norm.split(part) if self._added_norm is not None else [part]
             n += len(pieces) >> 1
@@ -442,6 +465,27 @@ class WordCounter:
                     return None
                 n += self._count_words(words)
         return n
+
+    def _count_text_runs(self, text: str) -> int | None:
+        """`_count` for text outside ASCII in the byte-level single-regex lane: the words of every piece between
+        added tokens (cut on the class stand-ins, sliced back) counted together by `_byte_level_total`. None
+        when the stand-ins do not cover the text or the regex leaves gaps (then the general path decides)."""
+        parts = self._added_raw.split(text) if self._added_raw is not None else [text]
+        words: list[str] = []
+        find, norm, classes = self._find, self._norm, self._classes
+        for part in parts[::2]:
+            if not part:
+                continue
+            if norm is not None:
+                part = norm(part)
+            mapped = classes.map(part)
+            if mapped is None:
+                return None
+            ends = list(accumulate(map(len, find(mapped))))
+            if not ends or ends[-1] != len(part):  # gaps between the matches
+                return None
+            words += [part[a:b] for a, b in zip([0, *ends], ends)]
+        return (len(parts) >> 1) + (self._byte_level_total(words) if words else 0)
 
     def _pre_tokenize(self, text: str, first: bool) -> list[str] | None:
         pieces = [text]
@@ -536,17 +580,15 @@ class WordCounter:
         Counted as: every character alone (remembered per character), corrected for each run of characters that
         may join (counted whole, remembered per run). In CJK text with a vocabulary of few CJK merges most
         characters stand alone, and only the joins cost Python time."""
-        text = "".join(words) if len(words) > 1 else words[0]
         pairs = self._pairs
         if len(self._char_counts) > MEMO_MAX:
             self._char_counts.clear()
-        if self._byte_level and pairs is not None and len(pairs) > MEMO_MAX:
-            pairs.clear()
-        if pairs is None:
+        if not pairs:
             return sum(self._run_count(w) for w in words)
         if self._byte_level:  # every byte symbol is a token of its own (checked once)
-            joins = list(compress(count(1), map(pairs.__getitem__, map(str.__add__, text[:-1], text[1:]))))
-        elif self._singles.issuperset(text):
+            return self._byte_level_total(words)
+        text = "".join(words) if len(words) > 1 else words[0]
+        if self._singles.issuperset(text):
             joins = list(compress(count(1), map(pairs.__contains__, map(str.__add__, text[:-1], text[1:]))))
         else:  # a character that is no token of its own (byte fallback, unknown): never cut next to it
             singles = self._singles
@@ -571,6 +613,20 @@ class WordCounter:
             prev = j
         return n
 
+    def _byte_level_total(self, words: list[str]) -> int:
+        """`_plain_total` for a byte-level vocabulary (every byte a token of its own), in C but for the first count
+        of each run: the words joined by a character no merge touches; every byte one token; corrected, for each
+        maximal run of characters that may join and each single character whose bytes may merge
+        (`_byte_level_runs`), by its remembered BPE count less its bytes. Not sampled for _count_once: where
+        nearly all characters may join (a vocabulary of many CJK merges) a word is one run, BPE'd whole as
+        `_whole_words` would."""
+        text = self._separator.join(words) if len(words) > 1 else words[0]
+        corrections = self._run_corrections
+        if len(corrections) > RUN_MEMO_MAX:
+            corrections.clear()
+        return (len(text.encode("utf-8")) - len(words) + 1  # less the separators
+                + sum(map(corrections.__getitem__, self._byte_runs(text))))
+
     def _run_count(self, run: str) -> int:
         n = self._runs.get(run)
         return self._learn_run(run) if n is None else n
@@ -584,26 +640,130 @@ class WordCounter:
         return n
 
 
-def _may_join(by_edge: dict[str, list[tuple[str, str]]], left: str, right: str) -> bool:
-    """Whether a merge (a, b) could apply across the end of `left` and the start of `right` (byte-level strings
-    of two neighbouring characters): `a` ends as `left` does and `b` starts as `right` does, as far as both go."""
-    for a, b in by_edge.get(left[-1] + right[0], ()):
-        k, m = min(len(a), len(left)), min(len(b), len(right))
-        if a[-k:] == left[-k:] and b[:m] == right[:m]:
-            return True
-    return False
+def _byte_level_runs(merges: list) -> tuple[Callable[[str], list[str]] | None, str]:
+    """For a byte-level BPE model (every byte a token): a function giving, in a text, the maximal runs of
+    neighbouring characters that BPE may join and the single characters whose own bytes may merge (elsewhere
+    every byte stays one token), and a separator character that never joins anything.
+
+    BPE joins two characters only by a merge (a, b) whose `a` ends with the left one's last UTF-8 byte and whose
+    `b` starts with the right one's first byte (a byte that starts a character): an edge (last, first). Where
+    no merge has that edge no token ever spans the cut. One regex finds the maximal chains of pairs that may
+    join: a character continues a chain when, for some first byte y, its last byte precedes y in an edge and
+    the next character starts with y. One alternative per three-byte lead byte (the CJK scripts), one for all
+    ASCII, one for all two-byte and one for all four-byte leads: coarser there, which is still exact, as a run
+    holding a cut no merge crosses is still counted whole by BPE; left classes take every character beyond the
+    Basic Multilingual Plane (a superset again). Inside one character, BPE's first merge joins two single
+    bytes: a character none of whose neighbouring bytes are such a merge stays one token per byte.
+    (None, "") without merges or a free ASCII separator."""
+    inverse = {ch: byte for byte, ch in _byte_level_map().items()}
+    lefts: dict[Any, set[int]] = {}  # group of first bytes -> the last bytes that may precede them
+    rights: dict[Any, set[int]] = {}  # group -> its first bytes
+    byte_pairs: set[tuple[int, int]] = set()  # merges of two single bytes
+    for a, b in merges:
+        if len(a) == 1 and len(b) == 1 and a in inverse and b in inverse:
+            byte_pairs.add((inverse[a], inverse[b]))
+        last, first = (inverse.get(a[-1]) if a else None), (inverse.get(b[0]) if b else None)
+        if last is None or first is None or 0x80 <= first < 0xC0:  # b must start a character
+            continue
+        group = first if 0xE0 <= first < 0xF0 else "ascii" if first < 0x80 else "2" if first < 0xE0 else "4"
+        lefts.setdefault(group, set()).add(last)
+        rights.setdefault(group, set()).add(first)
+    used = set().union(*lefts.values(), *rights.values()) if lefts else set()
+    separator = next((chr(c) for c in range(0x80) if c not in used), None)
+    if separator is None:
+        return None, ""
+    order = sorted(lefts, key=lambda g: (not isinstance(g, int), str(g)))  # the CJK lead bytes first
+    # The next character continues the chain if it is in some group's right class (a range per lead byte)
+    # and this one in that group's left class (a look back). The match starts with a character of the
+    # union of the left classes or one whose bytes may merge: the regex engine skips the others in C, and
+    # a match is either a chain or that single character.
+    union = _last_byte_class(set().union(*lefts.values())) if lefts else ""
+    merging = _merging_chars_class(byte_pairs)
+    nexts = "|".join(f"[{_first_byte_class(rights[g])}](?<=[{_last_byte_class(lefts[g])}].)" for g in order)
+    chain = f"(?={nexts})(?:[{union}](?={nexts}))*.|" if nexts else ""
+    return re.compile(f"[{union}{merging}](?:{chain}(?<=[{merging}]))", re.DOTALL).findall, separator
+
+
+def _merging_chars_class(byte_pairs: set[tuple[int, int]]) -> str:
+    """The characters two of whose neighbouring UTF-8 bytes are a merge in `byte_pairs` (a lead byte and the
+    next, or the second and third of a three-byte character), and every character beyond the BMP."""
+    pairs = []
+    for x, y in sorted(byte_pairs):
+        if not 0x80 <= y < 0xC0:
+            continue  # y starts a character: not inside one
+        if 0xC2 <= x < 0xE0:
+            pairs.append(((x & 0x1F) << 6 | (y & 0x3F),) * 2)
+        elif 0xE0 <= x < 0xF0:
+            lo = (x & 0x0F) << 12 | (y & 0x3F) << 6
+            if lo >= 0x800 and not 0xD800 <= lo < 0xE000:
+                pairs.append((lo, lo + 0x3F))
+        elif 0x80 <= x < 0xC0:
+            for lead in range(16):
+                cp = lead << 12 | (x & 0x3F) << 6 | (y & 0x3F)
+                if cp >= 0x800 and not 0xD800 <= cp < 0xE000:
+                    pairs.append((cp, cp))
+    return _ranges(sorted(pairs)) + "\\U00010000-\\U0010ffff"
+
+
+def _ranges(pairs: list[tuple[int, int]]) -> str:
+    """Regex class body for inclusive code point ranges (sorted), touching ones merged: the class compiles in
+    time about linear in its ranges, ~0.1 s for the thousands of a last-byte class."""
+    merged: list[list[int]] = []
+    for a, b in pairs:
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in merged)
+
+
+def _last_byte_class(lasts: set[int]) -> str:
+    """The characters whose last UTF-8 byte is in `lasts`: ASCII ones themselves; in the rest of the BMP, the
+    last byte is 0x80 | (code point & 0x3F), so every aligned block of 64 code points holds the same offsets;
+    every character beyond the BMP (a superset)."""
+    offsets = sorted(x & 0x3F for x in lasts if 0x80 <= x < 0xC0)
+    segments: list[tuple[int, int]] = []  # contiguous offsets
+    for o in offsets:
+        if segments and segments[-1][1] == o - 1:
+            segments[-1] = (segments[-1][0], o)
+        else:
+            segments.append((o, o))
+    pairs = [(x, x) for x in sorted(lasts) if x < 0x80]
+    pairs += [(base + a, base + b) for base in range(0x80, 0x10000, 0x40) if not 0xD800 <= base < 0xE000
+              for a, b in segments]
+    return _ranges(pairs) + "\\U00010000-\\U0010ffff"
+
+
+def _first_byte_class(firsts: set[int]) -> str:
+    """The characters whose first UTF-8 byte is in `firsts` (exact: a lead byte fixes a range of code points)."""
+    pairs = []
+    for y in sorted(firsts):
+        if y < 0x80:
+            pairs.append((y, y))
+        elif 0xC2 <= y < 0xE0:
+            pairs.append(((y & 0x1F) << 6, ((y & 0x1F) << 6) + 0x3F))
+        elif 0xE0 <= y < 0xF0:
+            lo, hi = max((y & 0x0F) << 12, 0x800), ((y & 0x0F) << 12) + 0xFFF
+            pairs.append((lo, 0xD7FF if y == 0xED else hi))  # ED's upper half would be the surrogates
+        elif 0xF0 <= y <= 0xF4:
+            pairs.append((max((y & 0x07) << 18, 0x10000), min(((y & 0x07) << 18) + 0x3FFFF, 0x10FFFF)))
+    return _ranges(pairs)
 
 
 class _LazyTable(dict):
-    """A table per character (str.translate's, keyed by code point, or keyed by the character) filled on first use."""
+    """A table per character (str.translate's, keyed by code point, or keyed by the character) or per run of
+    characters, filled on first use."""
 
-    def __init__(self, make: Callable[[str], Any], key: type = int):
+    def __init__(self, make: Callable[[str], Any], key: type = int, keep: Callable[[Any], bool] | None = None):
         super().__init__()
         self._make = make
         self._by_char = key is str  # keyed by the character itself, not its code (for map(table.__getitem__, text))
+        self._keep = keep  # which keys to remember (default: all)
 
     def __missing__(self, key: Any) -> Any:
-        out = self[key] = self._make(key if self._by_char else chr(key))
+        out = self._make(key if self._by_char else chr(key))
+        if self._keep is None or self._keep(key):
+            self[key] = out
         return out
 
 
