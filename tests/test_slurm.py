@@ -95,6 +95,13 @@ def test_validation_errors():
     assert "distributed.signal_delay_s=60" in problems
     assert not [p for p in config_problems(compose(["distributed=slurm", "distributed.gpus_per_node=1"]))
                 if p.startswith("distributed")]
+    # A CPU cluster: no GPUs, the processes per node set apart (and needed).
+    cpu = "\n".join(config_problems(compose(["distributed=slurm", "distributed.gpus_per_node=0"])))
+    assert "distributed.nproc_per_node=0: with distributed.gpus_per_node=0 (a CPU cluster)" in cpu
+    assert not [p for p in config_problems(compose(["distributed=slurm", "distributed.gpus_per_node=0",
+                                                    "distributed.nproc_per_node=2"])) if p.startswith("distributed")]
+    assert any(p.startswith("distributed.gpus_per_node=-1: give the GPUs per node")
+               for p in config_problems(compose(["distributed=slurm", "distributed.gpus_per_node=-1"])))
     local = config_problems(compose(["distributed=slurm", "distributed.executor=local", "distributed.nodes=2"]))
     assert any("executor=local runs on this machine" in p for p in local)
 
@@ -128,7 +135,9 @@ def test_login_node_submits_one_job_with_the_sbatch_parameters(tmp_path, monkeyp
                  "--requeue", "--mail-type=END", "--job-name=default/big"):
         assert f"#SBATCH {flag}" in lines, (flag, sorted(lines))
     assert not any(line.startswith("#SBATCH --signal=USR2") for line in lines)  # ours replaced submitit's
-    assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in lines)
+    # The task's first instruction catches the preemption signals (launch/node_task.py), then runs submitit's.
+    assert any(line.startswith("srun ") and "-m internvl_exp.launch.node_task -u -m submitit.core._submit" in line
+               for line in lines)
     saved = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
     assert saved["distributed"]["nproc_per_node"] == 8 and saved["distributed"]["nnodes"] == 2  # resolved
     pickles = list((run_dir / "submitit").rglob("*_submitted.pkl"))

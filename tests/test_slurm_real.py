@@ -44,6 +44,20 @@ def slurm():
         subprocess.run([str(SCRIPT), "down"], capture_output=True, text=True, timeout=120)
 
 
+def _queued() -> set[str]:
+    return set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
+
+
+@pytest.fixture(autouse=True)
+def _cancel_leftovers(slurm):
+    """A test that fails midway leaves no job of its own queued or running for the next one."""
+    before = _queued()
+    yield
+    left = sorted(_queued() - before)
+    if left:
+        subprocess.run(["scancel", *left], capture_output=True)
+
+
 def _args(tmp_path: Path, demo_dir: Path, name: str, *extra: str) -> list[str]:
     return [f"paths.output_dir={tmp_path}", f"paths.demo_data_dir={demo_dir}", f"run_name={name}",
             "distributed=slurm", "distributed.gpus_per_node=0", "distributed.nproc_per_node=2", "distributed.time=10",

@@ -25,8 +25,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,7 +290,10 @@ class NodeLauncher:
 def make_executor(d: Any, run_dir: RunDir, job_name: str) -> Any:
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(run_dir.root / "submitit" / "%j"), cluster=d.executor)
+    extra = {}
+    if d.executor == "slurm":  # the task's first instruction catches the preemption signals (launch/node_task.py)
+        extra["slurm_python"] = f"{shlex.quote(sys.executable)} -u -m internvl_exp.launch.node_task"
+    executor = submitit.AutoExecutor(folder=str(run_dir.root / "submitit" / "%j"), cluster=d.executor, **extra)
     executor.update_parameters(**executor_parameters(d, job_name))
     return executor
 
@@ -322,14 +327,20 @@ def run_slurm(cfg: Any, run_dir: RunDir) -> dict[str, Any] | None:
         return NodeLauncher(run_dir.root).run()
     executor = make_executor(d, run_dir, f"{cfg.experiment_name}/{run_dir.root.name}")
     quiet_sacct()
+    import contextlib
+    import io
+
+    said = io.StringIO()  # submitit prints sbatch's stderr itself when it fails: the error below says it once
     try:
-        job = executor.submit(NodeLauncher(run_dir.root))
+        with contextlib.redirect_stderr(said):
+            job = executor.submit(NodeLauncher(run_dir.root))
     except FileNotFoundError as e:  # no sbatch here
         raise SlurmSubmitError(f"distributed=slurm: {e.filename or 'sbatch'} is not on PATH; submit from a SLURM "
                                "login node, or run on this machine with distributed.executor=local") from None
     except Exception as e:  # submitit's FailedJobError carries sbatch's stderr
         raise SlurmSubmitError(f"sbatch refused the job: {sbatch_refusal(e)} (check distributed.partition, "
                                f"account, qos, constraint and sbatch; `sinfo -s` lists the partitions)") from None
+    sys.stderr.write(said.getvalue())  # whatever sbatch said about a job it accepted
     if d.executor == "slurm":
         record_job(run_dir.root, str(job.job_id))  # the run lock refuses a second launch while it lives
     gpus = f"{d.gpus_per_node} GPU(s)" if d.gpus_per_node else "no GPU"
