@@ -139,15 +139,16 @@ def test_cpu_cluster_two_processes_per_node(slurm, tmp_path, demo_dir):
     assert "Bypassing sacct error" not in out
 
 
-def test_signal_during_worker_start_up_requeues_and_resumes(slurm, tmp_path, demo_dir):
-    """`scancel --signal=USR1` 2 s after the job starts (the node task and the workers are still importing):
-    the job is requeued, not failed, and the requeued job finishes the run from the checkpoint saved at the
-    first step (or, had nothing been saved, from the start)."""
+@pytest.mark.parametrize("delay_s", [2.0, 0.3])
+def test_signal_during_worker_start_up_requeues_and_resumes(slurm, tmp_path, demo_dir, delay_s):
+    """`scancel --signal=USR1` 2 s after the job starts (the workers are still importing), or 0.3 s (the node
+    task is): the job is requeued, not failed, and the requeued job finishes the run from the checkpoint saved at
+    the first step (or, had nothing been saved, from the start)."""
     run_dir = tmp_path / "default" / "early"
     proc = _launch(_args(tmp_path, demo_dir, "early", "trainer.max_steps=4", "trainer.save_steps=100"))
     job_id = _job_id(run_dir, proc)
     _wait("the job to run", lambda: _state(job_id) == "RUNNING", proc)
-    time.sleep(2)
+    time.sleep(delay_s)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
     out = _finish_requeued(proc, job_id)
     logs = _node_logs(run_dir)

@@ -193,7 +193,7 @@ def requeue(node: SlurmNode) -> bool:
     if code != 0:  # e.g. SLURM is requeueing it already (PreemptMode=REQUEUE)
         log.warning("scontrol requeue %s exited with %d", node.job_id, code)
     else:
-        log.info("requeued SLURM job %s: it resumes from the checkpoint just saved", node.job_id)
+        log.info("requeued SLURM job %s: it resumes from the newest complete checkpoint", node.job_id)
     return code == 0
 
 
@@ -330,6 +330,7 @@ def run_slurm(cfg: Any, run_dir: RunDir) -> dict[str, Any] | None:
     import contextlib
     import io
 
+    submitted = time.time()
     said = io.StringIO()  # submitit prints sbatch's stderr itself when it fails: the error below says it once
     try:
         with contextlib.redirect_stderr(said):
@@ -350,20 +351,21 @@ def run_slurm(cfg: Any, run_dir: RunDir) -> dict[str, Any] | None:
     if not d.wait:
         return None
     if d.executor != "slurm":  # submitit's local executor: its own wait
-        return _outcome(job, run_dir, job.result)
-    return wait_for(job, run_dir)
+        return _outcome(job, run_dir, job.result, since=submitted)
+    return wait_for(job, run_dir, since=submitted)
 
 
 POLL_MIN_S, POLL_MAX_S = 2.0, 30.0
 
 
-def wait_for(job: Any, run_dir: RunDir) -> dict[str, Any]:
+def wait_for(job: Any, run_dir: RunDir, since: float = 0.0) -> dict[str, Any]:
     """Wait for the job (requeues included) and return rank 0's metrics.json; a failure with the job's error.
 
     The job's result file says it finished; squeue (no accounting needed) says while it lives what it is doing,
     printed when that changes, and that it ended without a result (cancelled, failed, timed out). A job pending
     for a reason that cannot resolve is cancelled with an error. Ctrl-C leaves the job running and says so;
-    a second Ctrl-C within 5 s cancels it."""
+    a second Ctrl-C within 5 s cancels it. `since`: when it was submitted (an older metrics.json is an earlier
+    attempt's)."""
     try:
         ended = _watch(job)
     except KeyboardInterrupt:
@@ -374,10 +376,10 @@ def wait_for(job: Any, run_dir: RunDir) -> dict[str, Any]:
             if job.paths.result_pickle.exists():
                 break
     if job.paths.result_pickle.exists():
-        return _outcome(job, run_dir, job.result)
+        return _outcome(job, run_dir, job.result, since=since)
     state = f"{ended.state} ({ended.reason})" if ended and ended.reason not in ("", "None") else \
         ended.state if ended else "gone from squeue"
-    return _outcome(job, run_dir, None, state)
+    return _outcome(job, run_dir, None, state, since=since)
 
 
 def _watch(job: Any) -> Any:
@@ -426,9 +428,9 @@ def _interrupted(job: Any, run_dir: RunDir) -> None:
     raise SystemExit(130)
 
 
-def _outcome(job: Any, run_dir: RunDir, result: Any, state: str | None = None) -> dict[str, Any]:
+def _outcome(job: Any, run_dir: RunDir, result: Any, state: str | None = None, since: float = 0.0) -> dict[str, Any]:
     """Rank 0's metrics once the job ended: `result` (submitit's) raises the job's failure; without one the job
-    ended without a result (`state` says how)."""
+    ended without a result (`state` says how). A metrics.json older than `since` is an earlier attempt's."""
     import json
 
     from submitit.core.utils import FailedJobError, UncompletedJobError
@@ -441,7 +443,8 @@ def _outcome(job: Any, run_dir: RunDir, result: Any, state: str | None = None) -
             result()
     except (FailedJobError, UncompletedJobError) as e:
         error = str(e).strip().splitlines()[-1:] or [""]
-    metrics = json.loads(run_dir.metrics.read_text()) if run_dir.metrics.is_file() else None
+    fresh = run_dir.metrics.is_file() and run_dir.metrics.stat().st_mtime >= since - 1
+    metrics = json.loads(run_dir.metrics.read_text()) if fresh else None
     if error is None and result is not None:
         if metrics is None:
             raise WorkerFailure(f"SLURM job {job.job_id} ended but rank 0 wrote no {run_dir.metrics}")
