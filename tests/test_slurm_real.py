@@ -167,7 +167,7 @@ def test_usr1_mid_training_requeues_and_resumes(slurm, tmp_path, demo_dir):
     """The signal of `--signal=USR1@<s>` before the time limit, mid-training: a checkpoint, a requeue, and the
     requeued job resumes from it to the end; the submitting command just keeps waiting."""
     run_dir = tmp_path / "default" / "mid"
-    proc = _launch(_args(tmp_path, demo_dir, "mid", "trainer.max_steps=200", "trainer.save_steps=1000"))
+    proc = _launch(_args(tmp_path, demo_dir, "mid", "trainer.max_steps=100", "trainer.save_steps=1000"))
     job_id = _job_id(run_dir, proc)
     log = run_dir / "train.log"
     _wait("training", lambda: log.is_file() and "saves a checkpoint at the next step" in log.read_text(), proc)
@@ -179,7 +179,7 @@ def test_usr1_mid_training_requeues_and_resumes(slurm, tmp_path, demo_dir):
     saved = re.search(r"preemption: SIGUSR1 received; saving a checkpoint at step (\d+)", logs)
     assert saved and f"requeued SLURM job {job_id}" in logs, logs[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["steps"] == 200
+    assert metrics["status"] == "completed" and metrics["steps"] == 100
     assert metrics["resumed_from"].endswith(f"checkpoint-{saved[1]}")
 
 
@@ -213,6 +213,24 @@ def test_ctrl_c_leaves_the_job_scancel_stops_it(slurm, tmp_path, demo_dir):
     assert metrics["status"] == "preempted" and metrics["signal"] == "SIGTERM", metrics
     assert Path(metrics["checkpoint"]).is_dir()
     assert "requeued SLURM job" not in _node_logs(run_dir)
+
+
+def test_scancel_while_waiting_stops_the_run_with_a_checkpoint(slurm, tmp_path, demo_dir):
+    """`scancel` while the launch waits: the job saves, ends CANCELLED (no requeue), and the launch, which cannot
+    ask sacct on a cluster without accounting, sees it end through squeue and exits 143 with the resume command."""
+    run_dir = tmp_path / "default" / "sc"
+    proc = _launch(_args(tmp_path, demo_dir, "sc", "trainer.max_steps=5000", "trainer.save_steps=100000"))
+    job_id = _job_id(run_dir, proc)
+    log = run_dir / "train.log"
+    _wait("training", lambda: log.is_file() and "saves a checkpoint at the next step" in log.read_text(), proc)
+    subprocess.run(["scancel", job_id], check=True)
+    out = _finish(proc, timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    assert f"SLURM job {job_id}: CANCELLED" in out and "run preempted by SIGTERM" in out
+    assert "to resume: python launch.py" in out  # the job has ended: now resuming is right
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "preempted" and Path(metrics["checkpoint"]).is_dir()
+    assert _state(job_id) == "CANCELLED"
 
 
 def test_job_that_can_never_start_is_reported_and_cancelled(slurm, tmp_path, demo_dir):

@@ -379,6 +379,7 @@ def wait_for(job: Any, run_dir: RunDir, since: float = 0.0) -> dict[str, Any]:
         return _outcome(job, run_dir, job.result, since=since)
     state = f"{ended.state} ({ended.reason})" if ended and ended.reason not in ("", "None") else \
         ended.state if ended else "gone from squeue"
+    print(f"SLURM job {job.job_id}: {state}, without a result", flush=True)
     return _outcome(job, run_dir, None, state, since=since)
 
 
