@@ -77,7 +77,7 @@ start_munge() {
         chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
     fi
     mkdir -p /run/munge && chown munge:munge /run/munge
-    runuser -u munge -- /usr/sbin/munged
+    runuser -u munge -- /usr/sbin/munged || cannot "munged did not start"
     touch "$STATE/munged.ours"  # ours to stop on `down`
     for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return; sleep 0.1; done
     cannot "munged did not start"
@@ -94,8 +94,9 @@ up() {
     write_conf
     start_munge
     # -c: a cold start (no jobs from an earlier run of the script).
-    pgrep -F "$STATE/slurmctld.pid" >/dev/null 2>&1 || slurmctld -c
-    pgrep -F "$STATE/slurmd.pid" >/dev/null 2>&1 || slurmd
+    pgrep -F "$STATE/slurmctld.pid" >/dev/null 2>&1 || slurmctld -c \
+        || cannot "slurmctld did not start (log: $STATE/slurmctld.log)"
+    pgrep -F "$STATE/slurmd.pid" >/dev/null 2>&1 || slurmd || cannot "slurmd did not start (log: $STATE/slurmd.log)"
     for _ in $(seq 100); do
         if answers && sinfo -h -N -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then echo "started"; return; fi
         sleep 0.2
