@@ -15,7 +15,14 @@ Preemption and requeue: sbatch gets `--signal=USR1@<signal_delay_s>` and `--requ
 process of the step, the workers save a complete checkpoint at the next step and exit 143 (launch/signals.py
 keeps torchrun and this task alive meanwhile), then node 0's task requeues the job (`scontrol requeue`) unless
 submitit's own handler did, and every task exits 143. The requeued job runs the same tasks on the same run
-directory, which resume from that checkpoint (train/checkpointing/resume.py).
+directory, which resume from that checkpoint (train/checkpointing/resume.py). SIGTERM (`scancel`, a preemption)
+saves and stops without a requeue. The signals are caught from the task's first instruction (launch/node_task.py
+is submitit's python command) and the workers' (launch/worker.py), so one during start-up requeues too.
+
+Waiting on the login node: the job's result file, and squeue for its state (printed when it changes; no sacct,
+which needs accounting: launch/slurm_queue.py). A job that can never start is cancelled with its pending reason;
+Ctrl-C leaves the job running and says how to follow or cancel it. The job id is recorded in the run directory,
+and the run lock refuses a launch into it while the job lives (launch/run_lock.py).
 
 Light at import (validation imports `slurm_problems`): submitit is imported only to submit.
 """
