@@ -215,21 +215,28 @@ def test_ctrl_c_leaves_the_job_scancel_stops_it(slurm, tmp_path, demo_dir):
     assert "requeued SLURM job" not in _node_logs(run_dir)
 
 
-def test_scancel_while_waiting_stops_the_run_with_a_checkpoint(slurm, tmp_path, demo_dir):
-    """`scancel` while the launch waits: the job saves, ends CANCELLED (no requeue), and the launch, which cannot
-    ask sacct on a cluster without accounting, sees it end through squeue and exits 143 with the resume command."""
-    run_dir = tmp_path / "default" / "sc"
-    proc = _launch(_args(tmp_path, demo_dir, "sc", "trainer.max_steps=5000", "trainer.save_steps=100000"))
+def test_scancel_during_start_up_stops_at_once_without_requeue(slurm, tmp_path, demo_dir):
+    """`scancel` (SIGTERM) while the job starts: the node task stops before starting its workers, or the workers
+    stop at their first step with a checkpoint; either way the job is not requeued, and the launch, which cannot
+    ask sacct on a cluster without accounting, sees it end through squeue and exits 143 with the resume command
+    (the job has ended) instead of waiting out SLURM's KillWait or forever."""
+    run_dir = tmp_path / "default" / "sc0"
+    proc = _launch(_args(tmp_path, demo_dir, "sc0", "trainer.max_steps=5000"))
     job_id = _job_id(run_dir, proc)
-    log = run_dir / "train.log"
-    _wait("training", lambda: log.is_file() and "saves a checkpoint at the next step" in log.read_text(), proc)
+    _wait("the job to run", lambda: _state(job_id) == "RUNNING", proc)
+    time.sleep(0.3)
     subprocess.run(["scancel", job_id], check=True)
     out = _finish(proc, timeout=120)
-    assert proc.returncode == 143, out[-3000:]
+    logs = _node_logs(run_dir)
+    assert proc.returncode == 143, out[-3000:] + logs[-3000:]
+    assert ("SIGTERM arrived before the workers started" in logs
+            or "SIGTERM received; saving a checkpoint at step 1 " in logs), logs[-3000:]
+    assert "requeued SLURM job" not in logs
     assert f"SLURM job {job_id}: CANCELLED" in out and "run preempted by SIGTERM" in out
-    assert "to resume: python launch.py" in out  # the job has ended: now resuming is right
+    assert "to resume: python launch.py" in out
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "preempted" and Path(metrics["checkpoint"]).is_dir()
+    assert metrics["status"] == "preempted" and metrics["signal"] == "SIGTERM"
+    time.sleep(3)  # a requeue would show as PENDING now
     assert _state(job_id) == "CANCELLED"
 
 

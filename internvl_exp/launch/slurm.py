@@ -227,8 +227,8 @@ class NodeLauncher:
         self.run_dir = str(run_dir)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # The first of our code to run in the SLURM task (submitit unpickles this object): catch the preemption
-        # signals submitit left to their default action (SIGUSR1), which would end the task during its start-up.
+        # Where launch/node_task.py did not start the task (submitit's local executor), this is the first of our
+        # code to run (submitit unpickles this object): catch SIGUSR1, which would end the task during start-up.
         from internvl_exp.launch.signals import PREEMPTION_SIGNALS, catch_early
 
         catch_early(PREEMPTION_SIGNALS, only_default=True)
@@ -279,7 +279,15 @@ class NodeLauncher:
         return metrics
 
     def __call__(self) -> dict[str, Any]:
-        from internvl_exp.launch.signals import pass_on
+        import signal
+
+        from internvl_exp.launch.signals import catch_early, is_submitit_handler, pass_on
+
+        # submitit has just set its SIGTERM handler, which only logs the signal: a `scancel` from now until the
+        # workers start would be lost (the job then runs until SLURM kills it). Caught instead (its log line is
+        # all that is lost of submitit's handler).
+        if is_submitit_handler(signal.getsignal(signal.SIGTERM)):
+            catch_early((signal.SIGTERM,))
         from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE
 
         _log_to_stdout()  # this task's log: submitit's <job>_<task>_log.out
@@ -377,11 +385,8 @@ def wait_for(job: Any, run_dir: RunDir, since: float = 0.0) -> dict[str, Any]:
         ended = _watch(job)
     except KeyboardInterrupt:
         _interrupted(job, run_dir)
-    if ended is not None and not job.paths.result_pickle.exists():  # the job is gone: any result is on disk
-        for _ in range(10):  # a shared filesystem may show it a moment later
-            time.sleep(0.5)
-            if job.paths.result_pickle.exists():
-                break
+    # (_watch looked for the result file a further SETTLE_S after the job ended: a shared filesystem may show
+    # it a moment late.)
     if job.paths.result_pickle.exists():
         return _outcome(job, run_dir, job.result, since=since)
     state = f"{ended.state} ({ended.reason})" if ended and ended.reason not in ("", "None") else \
@@ -399,6 +404,8 @@ def _watch(job: Any) -> Any:
         now = time.monotonic()
         if now >= next_poll:
             state = job_state(str(job.job_id))
+            if state is None or not state.alive:
+                state = _settled(job, state)
             if state is None or not state.alive:
                 return state or seen or JobState("UNKNOWN", "None")
             seen = state
@@ -418,6 +425,24 @@ def _watch(job: Any) -> Any:
             next_poll = now + min(POLL_MAX_S, max(POLL_MIN_S, (now - started) / 20))
         time.sleep(0.5)
     return None
+
+
+SETTLE_S = 10.0
+
+
+def _settled(job: Any, state: Any) -> Any:
+    """A job seen ended without a result, looked at again for SETTLE_S: while a requeue takes effect squeue can
+    show the ending attempt (FAILED, NonZeroExitCode) for a moment before the job is PENDING again."""
+    from internvl_exp.launch.slurm_queue import job_state
+
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline and not job.paths.result_pickle.exists():
+        time.sleep(1.0)
+        again = job_state(str(job.job_id))
+        if again is not None and again.alive:
+            return again
+        state = again or state
+    return state
 
 
 def _interrupted(job: Any, run_dir: RunDir) -> None:
