@@ -233,7 +233,7 @@ def hold_signals() -> Iterator[Held]:
         if not (in_slurm_step() and sig in PREEMPTION_SIGNALS):
             _forward(held)
         else:  # SLURM signalled the workers too; one still starting missed it and reads this note instead
-            _write_marker(held.received)
+            _write_marker(sig.name)
 
     if threading.current_thread() is threading.main_thread():
         for sig in caught_signals():
