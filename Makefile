@@ -18,13 +18,14 @@ demo: $(STAMP)
 	$(PY) launch.py $(DEMO_ARGS)
 
 # One pytest-xdist worker per core (at most 4), each test file on one worker (its module fixtures built once).
+# -rs: the reason of every skip in the summary (tests/test_slurm_real.py skips where no SLURM can be started).
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile
+	$(PY) -m pytest -q -rs -n auto --maxprocesses=4 --dist loadfile
 
 # The fast layer while editing: every test but those marked slow (end-to-end subprocess runs, DeepSpeed,
 # 2-process and longer trainings). `make test` stays the whole suite, and the one CI runs.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile -m "not slow"
+	$(PY) -m pytest -q -rs -n auto --maxprocesses=4 --dist loadfile -m "not slow"
 
 env: $(STAMP)
 

@@ -45,9 +45,11 @@ class RunGuard(Callback):
         lock_run_dir(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from internvl_exp.launch.slurm_queue import quiet_sacct
         from internvl_exp.redact import configure
 
         configure(config.get("secrets"))
+        quiet_sacct()  # the submitit launchers poll sacct, which fails on clusters without accounting
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.types import RunMode

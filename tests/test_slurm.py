@@ -95,6 +95,13 @@ def test_validation_errors():
     assert "distributed.signal_delay_s=60" in problems
     assert not [p for p in config_problems(compose(["distributed=slurm", "distributed.gpus_per_node=1"]))
                 if p.startswith("distributed")]
+    # A CPU cluster: no GPUs, the processes per node set apart (and needed).
+    cpu = "\n".join(config_problems(compose(["distributed=slurm", "distributed.gpus_per_node=0"])))
+    assert "distributed.nproc_per_node=0: with distributed.gpus_per_node=0 (a CPU cluster)" in cpu
+    assert not [p for p in config_problems(compose(["distributed=slurm", "distributed.gpus_per_node=0",
+                                                    "distributed.nproc_per_node=2"])) if p.startswith("distributed")]
+    assert any(p.startswith("distributed.gpus_per_node=-1: give the GPUs per node")
+               for p in config_problems(compose(["distributed=slurm", "distributed.gpus_per_node=-1"])))
     local = config_problems(compose(["distributed=slurm", "distributed.executor=local", "distributed.nodes=2"]))
     assert any("executor=local runs on this machine" in p for p in local)
 
@@ -128,7 +135,9 @@ def test_login_node_submits_one_job_with_the_sbatch_parameters(tmp_path, monkeyp
                  "--requeue", "--mail-type=END", "--job-name=default/big"):
         assert f"#SBATCH {flag}" in lines, (flag, sorted(lines))
     assert not any(line.startswith("#SBATCH --signal=USR2") for line in lines)  # ours replaced submitit's
-    assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in lines)
+    # The task's first instruction catches the preemption signals (launch/node_task.py), then runs submitit's.
+    assert any(line.startswith("srun ") and "-m internvl_exp.launch.node_task -u -m submitit.core._submit" in line
+               for line in lines)
     saved = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
     assert saved["distributed"]["nproc_per_node"] == 8 and saved["distributed"]["nnodes"] == 2  # resolved
     pickles = list((run_dir / "submitit").rglob("*_submitted.pkl"))
@@ -279,3 +288,51 @@ def test_hydra_submitit_launcher_job_preempted_saves_then_submitit_requeues(tmp_
     assert metrics["resumed_from"] == str(job_dir / "checkpoints" / f"checkpoint-{saved[1]}")  # saved before the requeue
     submitit_logs = "".join(p.read_text() for p in tmp_path.glob("default/multirun/*/.submitit/*/*_log.*"))
     assert "Requeued job" in submitit_logs
+
+
+# -- what squeue says (a recording squeue on PATH; the real one: tests/test_slurm_real.py) --------------------------
+
+
+def test_run_lock_follows_the_slurm_job_while_squeue_shows_it(tmp_path, monkeypatch):
+    """A run directory whose recorded SLURM job is still queued or running is refused (the submitting process
+    may be gone); once squeue shows it ended, or no longer knows it, the launch goes ahead."""
+    from internvl_exp.launch.run_lock import RunLocked, acquire, release
+    from internvl_exp.launch.slurm_queue import record_job
+
+    bin_dir, run_dir = tmp_path / "bin", tmp_path / "run"
+    bin_dir.mkdir(), run_dir.mkdir()
+    state = tmp_path / "state"
+    _tool(bin_dir, "squeue", f'echo "$@" >> {tmp_path}/calls\ncat {state}\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    record_job(run_dir, "77")
+    for shown, refused in (("RUNNING|None|vm", True), ("PENDING|BeginTime|", True), ("COMPLETED|None|vm", False),
+                           ("CANCELLED|None|vm", False), ("", False)):
+        state.write_text(shown + "\n")
+        if refused:
+            with pytest.raises(RunLocked, match=rf"in use by SLURM job 77 \({shown.split('|')[0]}\); .*scancel 77"):
+                acquire(run_dir)
+        else:
+            assert acquire(run_dir)
+            release(run_dir)
+    assert "--jobs 77" in (tmp_path / "calls").read_text()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the job itself (a requeued attempt's own launch) is not refused
+    state.write_text("RUNNING|None|vm\n")
+    assert acquire(run_dir)
+    release(run_dir)
+
+
+def test_pending_reasons_and_sbatch_refusals():
+    from internvl_exp.launch.slurm_queue import never_starts, sbatch_refusal
+
+    for reason in ("PartitionNodeLimit", "PartitionTimeLimit", "PartitionConfig", "BadConstraints",
+                   "InvalidAccount", "InvalidQOS", "QOSMaxNodePerJobLimit", "AssocMaxCpuPerJobLimit"):
+        assert never_starts(reason), reason
+    for reason in ("Priority", "Resources", "BeginTime", "Dependency", "QOSMaxJobsPerUserLimit", "None", ""):
+        assert never_starts(reason) is None, reason
+    # What submitit's FailedJobError carries from sbatch 22.05 (its stderr, verbatim).
+    error = RuntimeError("sbatch: error: invalid partition specified: nope\n"
+                         "sbatch: error: Batch job submission failed: Invalid partition name specified")
+    assert sbatch_refusal(error) == "invalid partition specified: nope"
+    assert sbatch_refusal(RuntimeError("sbatch: error: Batch job submission failed: Invalid account")) == \
+        "Batch job submission failed: Invalid account"

@@ -18,11 +18,17 @@ def slurm_problems(d: Any) -> list[str]:
     nodes, gpus = d.get("nodes"), d.get("gpus_per_node")
     if not isinstance(nodes, int) or nodes < 1:
         problems.append(f"distributed.nodes={nodes}: distributed=slurm needs >= 1 node")
-    if not isinstance(gpus, int) or gpus < 1:
-        problems.append(f"distributed.gpus_per_node={gpus}: distributed=slurm starts one worker per GPU; need >= 1")
-    if isinstance(gpus, int) and d.nproc_per_node != gpus:
+    if not isinstance(gpus, int) or gpus < 0:
+        problems.append(f"distributed.gpus_per_node={gpus}: give the GPUs per node (>= 1; 0 on a CPU cluster, "
+                        "with distributed.nproc_per_node=N processes per node)")
+    elif gpus == 0:  # a CPU cluster: the processes per node are set apart, and no GPU is asked for
+        if not isinstance(d.nproc_per_node, int) or d.nproc_per_node < 1:
+            problems.append(f"distributed.nproc_per_node={d.nproc_per_node}: with distributed.gpus_per_node=0 (a "
+                            "CPU cluster) set the processes per node, e.g. distributed.nproc_per_node=4")
+    elif d.nproc_per_node != gpus:
         problems.append(f"distributed.nproc_per_node={d.nproc_per_node} but gpus_per_node={gpus}: under "
-                        "distributed=slurm every node runs one worker per GPU; set distributed.gpus_per_node only")
+                        "distributed=slurm every node runs one worker per GPU; set distributed.gpus_per_node only "
+                        "(distributed.nproc_per_node is for CPU clusters, with gpus_per_node=0)")
     if isinstance(nodes, int) and d.get("nnodes") != nodes:
         problems.append(f"distributed.nnodes={d.get('nnodes')} but nodes={nodes}: set distributed.nodes only")
     for key, default in FROM_SLURM.items():

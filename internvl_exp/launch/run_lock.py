@@ -7,7 +7,9 @@ directly) and keeps it until the run ends or the process dies: it is a flock(2) 
 with the process (kill -9 included), so a stale lock file never blocks a re-run. torchrun workers are its
 children and need no lock of their own. The file records who holds it (host, pid, start time) for the message
 a second launch prints. flock works on local filesystems and on NFSv4/Lustre/GPFS mounts that support it; on
-a filesystem without locks the launch goes ahead with a warning.
+a filesystem without locks the launch goes ahead with a warning. A distributed=slurm run records its job id in
+the directory (`.slurm_job`): while squeue says that job is queued or running, a launch is refused too, on any
+host, whether or not the submitting process still waits for it.
 
 Light: standard library only (imported by the Hydra callback).
 """
@@ -66,11 +68,28 @@ def acquire(run_dir: Path) -> bool:
         log.warning("cannot lock %s (%s): this filesystem has no file locks, so a second launch with the same "
                     "run_name would not be stopped", path, e)
         return False
+    busy = _live_slurm_job(run_dir)
+    if busy:
+        os.close(fd)
+        raise RunLocked(busy)
     record = f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
     os.ftruncate(fd, 0)
     os.pwrite(fd, record.encode(), 0)
     _held[key] = fd
     return True
+
+
+def _live_slurm_job(run_dir: Path) -> str | None:
+    """A SLURM job submitted into `run_dir` (distributed=slurm) that is still queued or running: it trains there
+    on its compute nodes, whose processes this host's lock cannot see (the submitting process may be gone)."""
+    from internvl_exp.launch.slurm_queue import live_job
+
+    found = live_job(run_dir, own_job=os.environ.get("SLURM_JOB_ID"))
+    if found is None:
+        return None
+    job_id, state = found
+    return (f"run directory {run_dir} is in use by SLURM job {job_id} ({state.state}); wait for it to end, or "
+            f"stop it (scancel {job_id}: it saves a checkpoint first), or choose another run_name")
 
 
 def holder(path: Path) -> str:

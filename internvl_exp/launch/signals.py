@@ -7,7 +7,9 @@ every process of a job step, and an ended parent ends the step) nor deliver them
 ends a worker at once). So:
 
 - torchrun starts with SIGTERM, SIGUSR1, SIGUSR2 and SIGINT ignored (`shield`, inherited across exec; it is
-  told to handle only SIGHUP/SIGQUIT itself); the workers restore the default dispositions first thing;
+  told to handle only SIGHUP/SIGQUIT itself); the workers catch SIGTERM/SIGUSR1 first thing (`catch_early`),
+  and the training loop acts on one caught during start-up at its first step (train/checkpointing/preemption.py);
+  the SLURM node task does the same from the moment submitit unpickles it;
 - the launching process catches them and Ctrl-C while the workers run (`hold_signals`) and forwards SIGUSR1
   (SIGINT for Ctrl-C: torch starts the workers in sessions of their own, out of the terminal's reach) to the
   workers, unless SLURM already signalled every process of this job step; the same signal again, or a second
@@ -84,12 +86,90 @@ def shield() -> None:
 
 
 def unshield() -> None:
-    """First thing in a worker: the default dispositions back (torchrun passed its ignored ones on)."""
-    for sig in PREEMPTION_SIGNALS:
-        if signal.getsignal(sig) is signal.SIG_IGN:
-            signal.signal(sig, signal.SIG_DFL)
+    """First thing in a worker: torchrun passed its ignored dispositions on. The preemption signals are caught
+    from here on (`catch_early`: recorded, acted on once training runs), never left to their default action,
+    which would end the worker during its start-up (minutes with a large model) without a checkpoint."""
+    catch_early(PREEMPTION_SIGNALS)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # Python's own: KeyboardInterrupt, then ours in run()
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# The first preemption signal this process caught before its real handler was installed (catch_early).
+_early: dict[str, Any] = {"received": None, "pid": None}
+
+
+def _early_handler(signum: int, frame: Any) -> None:
+    if os.getpid() != _early["pid"]:  # a forked child inherited it: end as it would without us
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    name = signal.Signals(signum).name
+    if _early["received"] == name:  # the same signal twice: stop now, as once training runs
+        os.write(2, f"\n{name} again during start-up: stopping now, without a checkpoint\n".encode())
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    _early["received"] = _early["received"] or name
+
+
+def catch_early(signals: tuple[signal.Signals, ...], only_default: bool = False) -> None:
+    """Record the first of `signals` from now until the real handler takes over (`early_signal` tells it what
+    came meanwhile). `only_default`: leave alone a signal that already has a handler (submitit's)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _early["pid"] = os.getpid()
+    for sig in signals:
+        if not only_default or signal.getsignal(sig) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            signal.signal(sig, _early_handler)
+
+
+def early_signal() -> str | None:
+    """The preemption signal caught during start-up (catch_early), if any, or the one the launching task
+    caught and recorded for its workers (`mark_for_workers`)."""
+    mine = _early["received"] if _early["pid"] == os.getpid() else None
+    return mine or _read_marker()
+
+
+# SLURM signals every process of the step at once: a worker still starting (between torchrun's exec and its
+# first instruction its dispositions are torchrun's, SIGUSR1 ignored) would miss it. The node task, which
+# catches it, leaves a note in the run directory for this attempt of the job; a worker reads it when it installs
+# its handlers.
+MARKER_ENV = "INTERNVL_EXP_PREEMPT_NOTE"
+
+
+def mark_for_workers(path: str, attempt: str) -> None:
+    """From now on a preemption signal this process catches is noted at `path` for its workers (of `attempt`:
+    `<job id>.<restart count>`, so a note from an earlier attempt is never read as this one's)."""
+    os.environ[MARKER_ENV] = f"{attempt}|{path}"
+
+
+def _write_marker(name: str) -> None:
+    spec = os.environ.get(MARKER_ENV)
+    if not spec:
+        return
+    attempt, _, path = spec.partition("|")
+    try:  # os calls only: this runs in a signal handler
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, f"{attempt} {name}\n".encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _read_marker() -> str | None:
+    spec = os.environ.get(MARKER_ENV)
+    if not spec:
+        return None
+    attempt, _, path = spec.partition("|")
+    try:
+        with open(path) as f:
+            found, _, name = f.read().strip().partition(" ")
+    except OSError:
+        return None
+    return name if found == attempt and name.startswith("SIG") else None
+
+
+def is_early_handler(handler: Any) -> bool:
+    return handler is _early_handler
 
 
 @dataclass
@@ -142,7 +222,7 @@ def hold_signals() -> Iterator[Held]:
     back on exit; call `pass_on` afterwards to run the one that was there before."""
     import psutil  # noqa: F401  (for _forward, which runs inside the handler)
 
-    held = Held()
+    held = Held(received=early_signal())  # one caught during start-up counts as caught here
     previous: dict[int, Any] = {}
 
     def handle(signum: int, frame: Any) -> None:
@@ -152,6 +232,8 @@ def hold_signals() -> Iterator[Held]:
         held.received = held.received or sig.name
         if not (in_slurm_step() and sig in PREEMPTION_SIGNALS):
             _forward(held)
+        else:  # SLURM signalled the workers too; one still starting missed it and reads this note instead
+            _write_marker(sig.name)
 
     if threading.current_thread() is threading.main_thread():
         for sig in caught_signals():
@@ -181,7 +263,7 @@ def pass_on(signal_name: str | None) -> int | None:
     if not isinstance(sig, signal.Signals):
         return None
     handler = signal.getsignal(sig)
-    if not callable(handler) or handler is signal.default_int_handler:  # Ctrl-C's KeyboardInterrupt: nothing to pass
+    if not callable(handler) or handler is signal.default_int_handler or is_early_handler(handler):  # Ctrl-C's KeyboardInterrupt: nothing to pass
         return None
     log.info("preemption: the checkpoint is saved; passing %s on to the handler installed before ours (%s)",
              signal_name, getattr(handler, "__qualname__", handler))

@@ -15,7 +15,14 @@ Preemption and requeue: sbatch gets `--signal=USR1@<signal_delay_s>` and `--requ
 process of the step, the workers save a complete checkpoint at the next step and exit 143 (launch/signals.py
 keeps torchrun and this task alive meanwhile), then node 0's task requeues the job (`scontrol requeue`) unless
 submitit's own handler did, and every task exits 143. The requeued job runs the same tasks on the same run
-directory, which resume from that checkpoint (train/checkpointing/resume.py).
+directory, which resume from that checkpoint (train/checkpointing/resume.py). SIGTERM (`scancel`, a preemption)
+saves and stops without a requeue. The signals are caught from the task's first instruction (launch/node_task.py
+is submitit's python command) and the workers' (launch/worker.py), so one during start-up requeues too.
+
+Waiting on the login node: the job's result file, and squeue for its state (printed when it changes; no sacct,
+which needs accounting: launch/slurm_queue.py). A job that can never start is cancelled with its pending reason;
+Ctrl-C leaves the job running and says how to follow or cancel it. The job id is recorded in the run directory,
+and the run lock refuses a launch into it while the job lives (launch/run_lock.py).
 
 Light at import (validation imports `slurm_problems`): submitit is imported only to submit.
 """
@@ -25,8 +32,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -54,8 +64,7 @@ def executor_parameters(d: Any, job_name: str) -> dict[str, Any]:
     params: dict[str, Any] = {
         "name": job_name,
         "nodes": d.nodes,
-        "tasks_per_node": 1,  # one task per node, which starts torchrun with gpus_per_node workers
-        "gpus_per_node": d.gpus_per_node,
+        "tasks_per_node": 1,  # one task per node, which starts torchrun with nproc_per_node workers
         "timeout_min": d.time,
         "slurm_signal_delay_s": d.signal_delay_s,
         "slurm_additional_parameters": sbatch,
@@ -64,6 +73,8 @@ def executor_parameters(d: Any, job_name: str) -> dict[str, Any]:
                 "slurm_partition": d.get("partition"), "slurm_account": d.get("account"),
                 "slurm_qos": d.get("qos"), "slurm_constraint": d.get("constraint")}
     params.update({k: v for k, v in optional.items() if v is not None})
+    if d.gpus_per_node:  # 0: a CPU cluster, no --gpus-per-node line (a GRES request some clusters refuse)
+        params["gpus_per_node"] = d.gpus_per_node
     return params
 
 
@@ -170,6 +181,13 @@ def node_torchrun_argv(d: Any, run_dir: Path, node: SlurmNode) -> list[str]:
 # -- on each node ----------------------------------------------------------------------------------------------------
 
 
+def requeues(signal_name: str | None) -> bool:
+    """Whether a run stopped by `signal_name` asks to be requeued: SIGUSR1/SIGUSR2 (sbatch --signal before the
+    time limit, or `scancel --signal=USR1`) do; SIGTERM (`scancel`, or a preemption, which SLURM requeues
+    itself under PreemptMode=REQUEUE) and Ctrl-C do not: the job stops with its checkpoint."""
+    return signal_name not in ("SIGTERM", "SIGINT")
+
+
 def requeue(node: SlurmNode) -> bool:
     """`scontrol requeue <job>` from node 0's task (the job then ends here and starts again later)."""
     if node.job_id is None or node.node_rank != 0:
@@ -182,7 +200,7 @@ def requeue(node: SlurmNode) -> bool:
     if code != 0:  # e.g. SLURM is requeueing it already (PreemptMode=REQUEUE)
         log.warning("scontrol requeue %s exited with %d", node.job_id, code)
     else:
-        log.info("requeued SLURM job %s: it resumes from the checkpoint just saved", node.job_id)
+        log.info("requeued SLURM job %s: it resumes from the newest complete checkpoint", node.job_id)
     return code == 0
 
 
@@ -208,25 +226,68 @@ class NodeLauncher:
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = str(run_dir)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Where launch/node_task.py did not start the task (submitit's local executor), this is the first of our
+        # code to run (submitit unpickles this object): catch SIGUSR1, which would end the task during start-up.
+        from internvl_exp.launch.signals import PREEMPTION_SIGNALS, catch_early
+
+        catch_early(PREEMPTION_SIGNALS, only_default=True)
+        self.__dict__.update(state)
+
     def run(self) -> dict[str, Any]:
         """Start and wait for this node's workers; rank 0's metrics (status preempted included; with
         `launcher_signal`, what this task caught meanwhile)."""
         from internvl_exp.config.resolve import load_run_config
         from internvl_exp.launch.torchrun import launch_torchrun, workers_outcome
 
+        from internvl_exp.launch.signals import early_signal, mark_for_workers
+
         rd = RunDir(Path(self.run_dir))
         cfg = load_run_config(rd.config)
         self.requeue, node = bool(cfg.distributed.requeue), SlurmNode.from_env()
         argv = node_torchrun_argv(cfg.distributed, rd.root, node)
-        log.info("SLURM job %s node %d/%d: %s", node.job_id, node.node_rank, node.nnodes, " ".join(argv[1:]))
-        code, held = launch_torchrun(argv, str(cfg.paths.root_dir))
-        metrics = workers_outcome(code, rd, what=f"torchrun on node {node.node_rank}", held=held)
-        if metrics.get("status") == "preempted" and self.requeue and not passes_to_submitit(held.received):
-            requeue(node)  # else submitit's own handler requeues when the signal is passed on
+        if node.job_id is not None:  # a worker still starting when SLURM signals the step learns it from here
+            mark_for_workers(str(rd.root / f".preempt-node{node.node_rank}"),
+                             f"{node.job_id}.{os.environ.get('SLURM_RESTART_COUNT', '0')}")
+        early = early_signal()
+        if early is not None:  # preempted before the workers started: nothing new to save
+            metrics = self._stopped_before_start(early, rd, node)
+        else:
+            log.info("SLURM job %s node %d/%d: %s", node.job_id, node.node_rank, node.nnodes, " ".join(argv[1:]))
+            code, held = launch_torchrun(argv, str(cfg.paths.root_dir))
+            metrics = workers_outcome(code, rd, what=f"torchrun on node {node.node_rank}", held=held)
+        caught = metrics.get("launcher_signal") or metrics.get("signal")
+        if metrics.get("status") == "preempted" and self.requeue and not passes_to_submitit(caught):
+            if requeues(caught):
+                requeue(node)  # else submitit's own handler requeues when the signal is passed on
+            else:
+                log.info("SLURM job %s stopped by %s with a checkpoint, not requeued (SIGTERM: cancelled or "
+                         "preempted; a preempting SLURM requeues the job itself)", node.job_id, caught)
+        return metrics
+
+    def _stopped_before_start(self, signal_name: str, rd: RunDir, node: SlurmNode) -> dict[str, Any]:
+        """A preemption signal that came while this task started: the workers are not started at all; the
+        run resumes from its newest complete checkpoint, if any, as it would have."""
+        from internvl_exp.outputs import write_json_atomic
+
+        log.warning("preemption: %s arrived before the workers started; not starting them (the run resumes from "
+                    "its newest complete checkpoint, if any)", signal_name)
+        metrics = {"status": "preempted", "signal": signal_name, "checkpoint": None, "steps": None,
+                   "run_dir": str(rd.root), "launcher_signal": signal_name}
+        if node.node_rank == 0:
+            write_json_atomic(rd.metrics, {k: v for k, v in metrics.items() if k != "launcher_signal"})
         return metrics
 
     def __call__(self) -> dict[str, Any]:
-        from internvl_exp.launch.signals import pass_on
+        import signal
+
+        from internvl_exp.launch.signals import catch_early, is_submitit_handler, pass_on
+
+        # submitit has just set its SIGTERM handler, which only logs the signal: a `scancel` from now until the
+        # workers start would be lost (the job then runs until SLURM kills it). Caught instead (its log line is
+        # all that is lost of submitit's handler).
+        if is_submitit_handler(signal.getsignal(signal.SIGTERM)):
+            catch_early((signal.SIGTERM,))
         from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE
 
         _log_to_stdout()  # this task's log: submitit's <job>_<task>_log.out
@@ -244,15 +305,31 @@ class NodeLauncher:
 def make_executor(d: Any, run_dir: RunDir, job_name: str) -> Any:
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(run_dir.root / "submitit" / "%j"), cluster=d.executor)
+    extra = {}
+    if d.executor == "slurm":  # the task's first instruction catches the preemption signals (launch/node_task.py)
+        extra["slurm_python"] = f"{shlex.quote(sys.executable)} -u -m internvl_exp.launch.node_task"
+    executor = submitit.AutoExecutor(folder=str(run_dir.root / "submitit" / "%j"), cluster=d.executor, **extra)
     executor.update_parameters(**executor_parameters(d, job_name))
     return executor
+
+
+class SlurmSubmitError(UserError):
+    """sbatch refused the job (a bad partition, account, QOS or option): nothing was submitted."""
+
+    steps_done = 0  # job.py: nothing ran, so a fresh run directory is removed and the message said once
+
+
+class SlurmJobNeverStarts(UserError):
+    """The job waits for something that cannot happen (PartitionNodeLimit, ...): it was cancelled."""
+
+    steps_done = 0
 
 
 def run_slurm(cfg: Any, run_dir: RunDir) -> dict[str, Any] | None:
     """Submit the run's SLURM job and wait for it (rank 0's metrics), or, inside a SLURM job step already,
     start this node's workers here. None: submitted, not waited for (distributed.wait=false)."""
     from internvl_exp.launch.signals import in_slurm_step
+    from internvl_exp.launch.slurm_queue import quiet_sacct, record_job, sbatch_refusal
 
     d = cfg.distributed
     if in_slurm_step():
@@ -264,34 +341,151 @@ def run_slurm(cfg: Any, run_dir: RunDir) -> dict[str, Any] | None:
         log.info("inside SLURM job %s: starting this node's workers (no new submission)", node.job_id)
         return NodeLauncher(run_dir.root).run()
     executor = make_executor(d, run_dir, f"{cfg.experiment_name}/{run_dir.root.name}")
-    job = executor.submit(NodeLauncher(run_dir.root))
-    log.info("submitted %s job %s: %d node(s) x %d GPU(s); submitit logs in %s (cancel: scancel %s)",
-             d.executor, job.job_id, d.nodes, d.gpus_per_node, run_dir.root / "submitit", job.job_id)
+    quiet_sacct()
+    import contextlib
+    import io
+
+    submitted = time.time()
+    said = io.StringIO()  # submitit prints sbatch's stderr itself when it fails: the error below says it once
+    try:
+        with contextlib.redirect_stderr(said):
+            job = executor.submit(NodeLauncher(run_dir.root))
+    except FileNotFoundError as e:  # no sbatch here
+        raise SlurmSubmitError(f"distributed=slurm: {e.filename or 'sbatch'} is not on PATH; submit from a SLURM "
+                               "login node, or run on this machine with distributed.executor=local") from None
+    except Exception as e:  # submitit's FailedJobError carries sbatch's stderr
+        raise SlurmSubmitError(f"sbatch refused the job: {sbatch_refusal(e)} (check distributed.partition, "
+                               f"account, qos, constraint and sbatch; `sinfo -s` lists the partitions)") from None
+    sys.stderr.write(said.getvalue())  # whatever sbatch said about a job it accepted
+    if d.executor == "slurm":
+        record_job(run_dir.root, str(job.job_id))  # the run lock refuses a second launch while it lives
+    gpus = f"{d.gpus_per_node} GPU(s)" if d.gpus_per_node else "no GPU"
+    log.info("submitted %s job %s: %d node(s) x %d process(es), %s each; submitit logs in %s (cancel: scancel %s)",
+             d.executor, job.job_id, d.nodes, d.nproc_per_node, gpus, run_dir.root / "submitit", job.job_id)
     print(f"SLURM job {job.job_id}: {run_dir.root}", flush=True)
     if not d.wait:
         return None
-    return wait_for(job, run_dir)
+    if d.executor != "slurm":  # submitit's local executor: its own wait
+        return _outcome(job, run_dir, job.result, since=submitted)
+    return wait_for(job, run_dir, since=submitted)
 
 
-def wait_for(job: Any, run_dir: RunDir) -> dict[str, Any]:
-    """Wait for the job (requeues included) and return rank 0's metrics.json; a failure with the job's error."""
+POLL_MIN_S, POLL_MAX_S = 2.0, 30.0
+
+
+def wait_for(job: Any, run_dir: RunDir, since: float = 0.0) -> dict[str, Any]:
+    """Wait for the job (requeues included) and return rank 0's metrics.json; a failure with the job's error.
+
+    The job's result file says it finished; squeue (no accounting needed) says while it lives what it is doing,
+    printed when that changes, and that it ended without a result (cancelled, failed, timed out). A job pending
+    for a reason that cannot resolve is cancelled with an error. Ctrl-C leaves the job running and says so;
+    a second Ctrl-C within 5 s cancels it. `since`: when it was submitted (an older metrics.json is an earlier
+    attempt's)."""
+    try:
+        ended = _watch(job)
+    except KeyboardInterrupt:
+        _interrupted(job, run_dir)
+    # (_watch looked for the result file a further SETTLE_S after the job ended: a shared filesystem may show
+    # it a moment late.)
+    if job.paths.result_pickle.exists():
+        return _outcome(job, run_dir, job.result, since=since)
+    state = f"{ended.state} ({ended.reason})" if ended and ended.reason not in ("", "None") else \
+        ended.state if ended else "gone from squeue"
+    print(f"SLURM job {job.job_id}: {state}, without a result", flush=True)
+    return _outcome(job, run_dir, None, state, since=since)
+
+
+def _watch(job: Any) -> Any:
+    """Until the job's result file appears (None) or the job leaves the queue without one (its last state)."""
+    from internvl_exp.launch.slurm_queue import JobState, job_state, never_starts
+
+    started, last, next_poll, seen = time.monotonic(), None, 0.0, None
+    while not job.paths.result_pickle.exists():
+        now = time.monotonic()
+        if now >= next_poll:
+            state = job_state(str(job.job_id))
+            if state is None or not state.alive:
+                state = _settled(job, state)
+            if state is None or not state.alive:
+                return state or seen or JobState("UNKNOWN", "None")
+            seen = state
+            shown = (state.state, state.reason)
+            if shown != last:
+                last = shown
+                where = f" on {state.nodes}" if state.state == "RUNNING" and state.nodes else ""
+                why = f" ({state.reason})" if state.reason not in ("", "None") else ""
+                print(f"SLURM job {job.job_id}: {state.state}{why}{where}", flush=True)
+            cause = never_starts(state.reason) if state.state == "PENDING" else None
+            if cause:
+                job.cancel(check=False)
+                raise SlurmJobNeverStarts(f"SLURM job {job.job_id} can never start: it is pending with reason "
+                                          f"{state.reason}: {cause}; it was cancelled (fix the request and run "
+                                          "again; `sinfo -s` shows the partitions, `scontrol show partition` "
+                                          "their limits)")
+            next_poll = now + min(POLL_MAX_S, max(POLL_MIN_S, (now - started) / 20))
+        time.sleep(0.5)
+    return None
+
+
+SETTLE_S = 10.0
+
+
+def _settled(job: Any, state: Any) -> Any:
+    """A job seen ended without a result, looked at again for SETTLE_S: while a requeue takes effect squeue can
+    show the ending attempt (FAILED, NonZeroExitCode) for a moment before the job is PENDING again."""
+    from internvl_exp.launch.slurm_queue import job_state
+
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline and not job.paths.result_pickle.exists():
+        time.sleep(1.0)
+        again = job_state(str(job.job_id))
+        if again is not None and again.alive:
+            return again
+        state = again or state
+    return state
+
+
+def _interrupted(job: Any, run_dir: RunDir) -> None:
+    """Ctrl-C while waiting: the job lives on (it is SLURM's, not this process's), unless asked again."""
+    logs = run_dir.root / "submitit" / str(job.job_id)
+    print(f"\nSLURM job {job.job_id} keeps running: this command only stopped waiting for it.\n"
+          f"  follow it: tail -f {logs}/*_0_log.out   (rank 0 also appends to {run_dir.log})\n"
+          f"  stop it:   scancel {job.job_id}   (it saves a checkpoint and stops; the same command then resumes)\n"
+          f"Press Ctrl-C again within 5 s to cancel it now.", flush=True)
+    try:
+        time.sleep(5)
+    except KeyboardInterrupt:
+        job.cancel(check=False)
+        print(f"cancelled SLURM job {job.job_id} (scancel): it saves a checkpoint and stops; run the same "
+              "command to resume once it has ended", flush=True)
+    raise SystemExit(130)
+
+
+def _outcome(job: Any, run_dir: RunDir, result: Any, state: str | None = None, since: float = 0.0) -> dict[str, Any]:
+    """Rank 0's metrics once the job ended: `result` (submitit's) raises the job's failure; without one the job
+    ended without a result (`state` says how). A metrics.json older than `since` is an earlier attempt's."""
     import json
 
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from internvl_exp.launch.torchrun import WorkerFailure
+    from internvl_exp.launch.torchrun import WorkerFailure, failure_headline
 
+    error = None
     try:
-        job.result()
+        if result is not None:
+            result()
     except (FailedJobError, UncompletedJobError) as e:
-        metrics = json.loads(run_dir.metrics.read_text()) if run_dir.metrics.is_file() else None
-        if metrics and metrics.get("status") == "preempted":  # requeue off: the run stopped with a checkpoint
-            return metrics
-        if metrics and metrics.get("error"):
-            raise WorkerFailure(f"a worker failed: {metrics['error']}") from None
-        last = str(e).strip().splitlines()[-1:] or [""]
-        raise WorkerFailure(f"SLURM job {job.job_id} failed: {last[0]} (its logs: {run_dir.root / 'submitit'})")\
-            from None
-    if not run_dir.metrics.is_file():
-        raise WorkerFailure(f"SLURM job {job.job_id} ended but rank 0 wrote no {run_dir.metrics}")
-    return json.loads(run_dir.metrics.read_text())
+        error = str(e).strip().splitlines()[-1:] or [""]
+    fresh = run_dir.metrics.is_file() and run_dir.metrics.stat().st_mtime >= since - 1
+    metrics = json.loads(run_dir.metrics.read_text()) if fresh else None
+    if error is None and result is not None:
+        if metrics is None:
+            raise WorkerFailure(f"SLURM job {job.job_id} ended but rank 0 wrote no {run_dir.metrics}")
+        return metrics
+    if metrics and metrics.get("status") == "preempted":  # stopped with a checkpoint (scancel, requeue off)
+        return metrics
+    if metrics and metrics.get("error"):
+        raise WorkerFailure(f"a worker failed: {metrics['error']}")
+    headline = failure_headline(run_dir)
+    how = headline or (error[0] if error else f"it ended {state} without a result")
+    raise WorkerFailure(f"SLURM job {job.job_id} failed: {how} (its logs: {run_dir.root / 'submitit'})")

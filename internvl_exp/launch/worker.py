@@ -8,6 +8,14 @@ log warnings and errors to the console only.
 
 from __future__ import annotations
 
+# The first instruction: catch the preemption signals (torchrun passed them on ignored; SLURM signals every
+# process of the step, this one too, possibly while it is still importing). Caught now, acted on once training
+# runs (launch/signals.py).
+from internvl_exp.launch.signals import unshield
+
+if __name__ == "__main__":
+    unshield()
+
 import faulthandler
 import logging
 import signal
@@ -20,7 +28,6 @@ from omegaconf import OmegaConf
 
 from internvl_exp.config.resolve import load_run_config
 from internvl_exp.dist import is_main_process, process_group, rank
-from internvl_exp.launch.signals import unshield
 from internvl_exp.outputs import RunDir
 from internvl_exp.redact import ScrubFilter, configure
 
@@ -69,7 +76,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m internvl_exp.launch.worker RUN_DIR (started by torchrun; see docs/distributed.md)",
               file=sys.stderr)
         return 2
-    unshield()  # torchrun ran with the preemption signals ignored (launch/signals.py); ours are caught in run()
+    unshield()  # again when called directly (idempotent): the preemption signals are caught from here on
     # `kill -USR2 <pid>` prints every thread's Python stack: where a hung rank waits (docs/distributed.md).
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     rd = RunDir(Path(argv[0]))

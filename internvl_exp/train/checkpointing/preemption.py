@@ -8,6 +8,9 @@ checkpoint (marker included), run.py writes metrics.json with `status: preempted
 with PREEMPTED_EXIT_CODE. A second signal while waiting for the step to end is not caught again: it acts as
 it would without us (the previous handler; the default one terminates the process).
 
+A signal that arrives while the process starts (before this callback is installed; the worker catches the
+signals from its first instruction, launch/signals.py `catch_early`) stops the run at its first step the same way.
+
 Ctrl-C (SIGINT) does the same where Python would raise KeyboardInterrupt (a 100-line traceback and nothing
 saved): the first saves at the next step and prints the resume command; a second one (or Ctrl-C after any other
 signal) ends the process at once, by SIGINT, with one line and no traceback.
@@ -34,7 +37,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from internvl_exp.launch.signals import PREEMPTION_SIGNALS as SIGNALS, caught_signals  # noqa: F401
+from internvl_exp.launch.signals import PREEMPTION_SIGNALS as SIGNALS, caught_signals, early_signal, is_early_handler  # noqa: F401
 from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401  (light: job.py imports them)
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,15 @@ class PreemptionCallback(TrainerCallback):
             return False
         self._pid = os.getpid()
         for sig in caught_signals():  # SIGTERM, SIGUSR1, and submitit's signal inside a submitit job
-            self._previous[sig] = signal.signal(sig, self._handle)
+            previous = signal.signal(sig, self._handle)
+            # The start-up catcher (launch/signals.py catch_early) is no handler to go back to: the default is.
+            self._previous[sig] = signal.SIG_DFL if is_early_handler(previous) else previous
+        early = early_signal()
+        if early is not None and self.received is None:
+            # Caught while the worker started (loading the model, scanning data): stop at the first step, with a
+            # checkpoint; the same signal again now acts as a second one.
+            self.received = early
+            signal.signal(getattr(signal, early), self._previous.get(getattr(signal, early), signal.SIG_DFL))
         # Ctrl-C too, where it would raise KeyboardInterrupt (not where SIGINT is ignored or left to the default):
         # the first saves at the next step like SIGTERM, a second stops at once.
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
