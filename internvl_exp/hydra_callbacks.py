@@ -24,7 +24,14 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from internvl_exp.config.resume_rules import resume_mode
+from internvl_exp.launch.job import note_new_dirs
 from internvl_exp.launch.resolvers import register_resolvers
+from internvl_exp.launch.run_lock import RunDirUnwritable, RunLocked, acquire
+from internvl_exp.launch.slurm_queue import quiet_sacct
+from internvl_exp.redact import configure, scrub, scrub_tree
+from internvl_exp.tools.report import write_report
+from internvl_exp.train.checkpointing.resume import RunRefused, fresh_run_dir, has_work, launch_plan
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -34,10 +41,6 @@ class RunGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        from internvl_exp.redact import configure
-
-        from internvl_exp.launch.job import note_new_dirs
-
         configure(config.get("secrets"))
         HydraConfig.instance().set_config(config)  # so `${hydra:...}` interpolations resolve while checking
         choose_run_dir(config)
@@ -45,16 +48,11 @@ class RunGuard(Callback):
         lock_run_dir(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from internvl_exp.launch.slurm_queue import quiet_sacct
-        from internvl_exp.redact import configure
-
         configure(config.get("secrets"))
         quiet_sacct()  # the submitit launchers poll sacct, which fails on clusters without accounting
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.types import RunMode
-
-        from internvl_exp.redact import configure
 
         configure(config.get("secrets"))
         if config.hydra.mode == RunMode.MULTIRUN:
@@ -67,9 +65,6 @@ def choose_run_dir(config: DictConfig) -> None:
     """Before Hydra creates (or reopens) a single run's directory: refuse to touch a finished run, and with
     resume=false move to a fresh `<run_name>-N` directory when this one already holds work (train/checkpointing/resume.py)."""
     from omegaconf import open_dict, read_write
-
-    from internvl_exp.config.resume_rules import resume_mode
-    from internvl_exp.train.checkpointing.resume import RunRefused, fresh_run_dir, has_work, launch_plan
 
     run_dir = Path(str(config.hydra.run.dir))
     if resume_mode(config.get("resume")) == "never" and has_work(run_dir):
@@ -88,8 +83,6 @@ def choose_run_dir(config: DictConfig) -> None:
 def lock_run_dir(config: DictConfig) -> None:
     """Hold the run directory for this launch (launch/run_lock.py): a second launch with the same run_name
     refuses in one line naming the holder, before anything is written."""
-    from internvl_exp.launch.run_lock import RunDirUnwritable, RunLocked, acquire
-
     try:
         acquire(Path(str(config.hydra.run.dir)))
     except (RunLocked, RunDirUnwritable) as e:
@@ -98,8 +91,6 @@ def lock_run_dir(config: DictConfig) -> None:
 
 def scrub_file(path: Path) -> None:
     """Rewrite `path` scrubbed (atomically: joblib workers may do this at the same time), if it holds a secret."""
-    from internvl_exp.redact import scrub
-
     text = path.read_text()
     clean = scrub(text)
     if clean != text:
@@ -110,13 +101,9 @@ def scrub_file(path: Path) -> None:
 
 class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from internvl_exp.redact import scrub_tree
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         scrub_tree(sweep_dir)
         try:
-            from internvl_exp.tools.report import write_report
-
             md, png = write_report(sweep_dir)
         except Exception:  # a report problem must not turn a finished sweep into a failure
             log.exception("could not write the sweep report; retry with: python -m internvl_exp.tools.report %s",

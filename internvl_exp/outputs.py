@@ -104,3 +104,25 @@ def metric_value(metrics: dict[str, Any], key: str) -> Any:
             )
         node = node[part]
     return node
+
+
+# In final/ of a LoRA run: where the base weights of the run live (written by train/tuning/lora.py).
+BASE_SUBDIR = "base"
+
+
+def base_model_dir(final_dir: Path, config: dict[str, Any] | None = None) -> str:
+    """Where the base model of an adapter in `final_dir` lives: `final/base/` when the run saved it, else the
+    run's `model.path`, else the adapter's own `base_model_name_or_path`."""
+    local = final_dir / BASE_SUBDIR
+    if (local / "config.json").exists():
+        return str(local)
+    path = ((config or {}).get("model") or {}).get("path")
+    if path:
+        return str(path)
+    adapter = json.loads((final_dir / "adapter_config.json").read_text())
+    if adapter.get("base_model_name_or_path"):
+        return str(adapter["base_model_name_or_path"])
+    raise FileNotFoundError(
+        f"{final_dir}: no base model to merge into (no {BASE_SUBDIR}/ folder, no model.path in the run config, "
+        "no base_model_name_or_path in adapter_config.json); pass --base DIR"
+    )

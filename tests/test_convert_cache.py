@@ -24,12 +24,13 @@ def counted(monkeypatch):
 
     calls = []
     real = checkpoint.convert_checkpoint
+    import internvl_exp.models.convert.cache as cache  # the name ensure_converted calls
 
     def spy(src, dst, **kw):
         calls.append(Path(dst))
         return real(src, dst, **kw)
 
-    monkeypatch.setattr(checkpoint, "convert_checkpoint", spy)
+    monkeypatch.setattr(cache, "convert_checkpoint", spy)
     return calls
 
 

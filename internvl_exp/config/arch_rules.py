@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from internvl_exp.config.schema import ModelConfig
 from internvl_exp.errors import ConfigError
 
 VISION_FIELDS = (
@@ -26,7 +27,7 @@ TEXT_FIELDS: dict[str, tuple[str, ...]] = {
     "qwen3_moe": (*_DENSE, "head_dim", "num_experts", "num_experts_per_tok", "moe_intermediate_size"),
     "gpt_oss": (*_DENSE, "head_dim", "num_experts", "num_experts_per_tok"),
 }
-def missing_arch_fields(model_cfg: Any) -> list[str]:
+def missing_arch_fields(model_cfg: ModelConfig) -> list[str]:
     """The `model.arch.*` keys random init needs but the preset leaves null (unsourced)."""
     vision, text = model_cfg.arch.vision, model_cfg.arch.text
     missing = [f"model.arch.vision.{f}" for f in VISION_FIELDS if vision[f] is None]
@@ -39,7 +40,7 @@ def missing_arch_fields(model_cfg: Any) -> list[str]:
     return missing + [f"model.arch.text.{f}" for f in TEXT_FIELDS[text.model_type] if text[f] is None]
 
 
-def random_init_refusal(model_cfg: Any) -> str | None:
+def random_init_refusal(model_cfg: ModelConfig) -> str | None:
     """Why random init cannot build this preset (None when it can)."""
     missing = missing_arch_fields(model_cfg)
     if not missing:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from internvl_exp.config.schema import TrainerConfig
 from internvl_exp.errors import ConfigError
 
 # TrainerConfig.gradient_accumulation_steps' default; any other value next to global_batch_size states the batch twice.
 DEFAULT_ACCUMULATION = 1
 
 
-def batch_problems(trainer_cfg: Any, world: int) -> list[str]:
+def batch_problems(trainer_cfg: TrainerConfig, world: int) -> list[str]:
     """What is wrong with the batch settings for `world` processes (empty when they are consistent)."""
     t = trainer_cfg
     problems = []
@@ -45,7 +46,7 @@ def batch_problems(trainer_cfg: Any, world: int) -> list[str]:
     return problems
 
 
-def accumulation_steps(trainer_cfg: Any, world: int) -> int:
+def accumulation_steps(trainer_cfg: TrainerConfig, world: int) -> int:
     """Gradient accumulation steps for `world` processes: derived from trainer.global_batch_size when it is set,
     trainer.gradient_accumulation_steps otherwise. Raises ConfigError when the numbers do not fit."""
     problems = batch_problems(trainer_cfg, world)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from internvl_exp.config.schema import Config
+
 EVAL_STRATEGIES = ("no", "steps", "epoch")
 EVAL_METRICS = ("eval_loss", "best_eval_loss", "final_eval_loss", "eval_exact_match", "eval_relaxed_match")
 
@@ -21,11 +23,11 @@ def has_eval_datasets(data: Any) -> bool:
     return bool(data.eval.meta_path or data.eval.datasets)
 
 
-def has_eval_data(cfg: Any) -> bool:
+def has_eval_data(cfg: Config) -> bool:
     return has_eval_datasets(cfg.data) or bool(cfg.data.eval_fraction)
 
 
-def eval_strategy(cfg: Any) -> str:
+def eval_strategy(cfg: Config) -> str:
     """The strategy the Trainer gets: the configured one, or (null) steps when there is eval data."""
     s = cfg.trainer.eval_strategy
     if s is None:
@@ -33,14 +35,14 @@ def eval_strategy(cfg: Any) -> str:
     return str(s)
 
 
-def optimized_metric(cfg: Any) -> str:
+def optimized_metric(cfg: Config) -> str:
     key = str(cfg.optimized_metric)
     if key != "auto":
         return key
     return "final_eval_loss" if has_eval_data(cfg) else "final_loss"
 
 
-def eval_problems(cfg: Any) -> list[str]:
+def eval_problems(cfg: Config) -> list[str]:
     d, t, problems = cfg.data, cfg.trainer, []
     fraction = d.eval_fraction
     if not 0.0 <= fraction < 1.0:

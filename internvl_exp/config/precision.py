@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from internvl_exp.config.schema import Config
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 HALF = ("bfloat16", "float16")
 
 
-def weights_dtype(cfg: Any) -> str:
+def weights_dtype(cfg: Config) -> str:
     """The dtype to load the model in for this run."""
     dtype = str(cfg.model.dtype)
     if dtype != "auto":
@@ -27,12 +29,12 @@ def weights_dtype(cfg: Any) -> str:
     return "bfloat16" if cfg.deepspeed.stage is not None and cfg.trainer.bf16 else "float32"
 
 
-def pure_half_precision(cfg: Any) -> bool:
+def pure_half_precision(cfg: Config) -> bool:
     """Half-precision weights updated in place by a torch optimizer (no fp32 master copy)."""
     return weights_dtype(cfg) in HALF and cfg.deepspeed.stage is None
 
 
-def precision_problems(cfg: Any) -> list[str]:
+def precision_problems(cfg: Config) -> list[str]:
     if cfg.model.dtype not in DTYPES:
         return [f"model.dtype: {cfg.model.dtype!r} is not one of {list(DTYPES)}"]
     if pure_half_precision(cfg) and not cfg.trainer.pure_half_precision:

@@ -33,6 +33,7 @@ from internvl_exp.config.world import planned_world_size, world_problems
 from internvl_exp.errors import ConfigError
 from internvl_exp.redact import scrub
 
+
 def override_keys(overrides: Iterable[str]) -> list[str]:
     """The config keys a list of Hydra overrides sets (`a.b=1`, `+a.b=1`, `++a.b=1`; not `~a.b`, not groups)."""
     keys = []
@@ -124,7 +125,7 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
     return OmegaConf.to_container(load_run_config(path), resolve=True) if path.is_file() else {}
 
 
-def origin(cfg: Any, key: str) -> str | None:
+def origin(cfg: Config, key: str) -> str | None:
     """Where the resolved value of `key` came from ("recipe internvl2_8b", "override"), None for the config
     groups' own values."""
     resolved = cfg.get("resolved")

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from internvl_exp.config.schema import Config
 from internvl_exp.redact import credential_kind, pattern_problems
 
 # Top-level keys that are not task config: Hydra's own node (present while Hydra runs the job).
@@ -47,7 +48,7 @@ def _unknown(node: DictConfig, path: str) -> list[str]:
     return problems
 
 
-def unknown_key_problems(cfg: Any) -> list[str]:
+def unknown_key_problems(cfg: Config) -> list[str]:
     """One line per key that no schema dataclass defines where it sits (e.g. `+optimizer.lrr=1`)."""
     return _unknown(cfg, "") if isinstance(cfg, DictConfig) else []
 
@@ -75,7 +76,7 @@ def _task_container(cfg: Any) -> Any:
     return out
 
 
-def secret_problems(cfg: Any) -> list[str]:
+def secret_problems(cfg: Config) -> list[str]:
     """A credential-shaped value anywhere in the (resolved) config, and unusable `secrets` patterns.
 
     The message never repeats the value (it is printed and may be logged)."""

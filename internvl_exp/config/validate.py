@@ -16,6 +16,7 @@ from internvl_exp.config.objective_rules import objective_problems
 from internvl_exp.config.precision import precision_problems
 from internvl_exp.config.recipe import recipe_gaps
 from internvl_exp.config.resume_rules import resume_problems
+from internvl_exp.config.schema import Config
 from internvl_exp.config.slurm_rules import slurm_problems
 from internvl_exp.config.strict import secret_problems, unknown_key_problems
 from internvl_exp.config.world import planned_world_size
@@ -27,7 +28,7 @@ WANDB_MODES = ("offline", "online", "disabled")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "warmup_stable_decay", "cosine_with_min_lr")
 
 
-def config_problems(cfg: Any) -> list[str]:
+def config_problems(cfg: Config) -> list[str]:
     problems: list[str] = [*unknown_key_problems(cfg), *secret_problems(cfg)]  # config/strict.py
     gaps = recipe_gaps(cfg)
     if gaps:  # the rules below compare these values
@@ -120,7 +121,7 @@ def _in_range(value: float, low: float | None, high: float | None, low_in: bool,
     return not (high is not None and (value > high or (value == high and not high_in)))
 
 
-def range_problems(cfg: Any) -> list[str]:
+def range_problems(cfg: Config) -> list[str]:
     """One line per numeric setting outside its range (RANGES)."""
     from omegaconf import OmegaConf
 
@@ -166,7 +167,7 @@ def _distributed_problems(d: Any) -> list[str]:
     return problems
 
 
-def _freeze_problems(cfg: Any) -> list[str]:
+def _freeze_problems(cfg: Config) -> list[str]:
     """freeze: LoRA only on the towers, vit_last_n on a frozen ViT, embeddings/frozen_mode values, LoRA settings;
     model: drop-path rate and where it applies."""
     fz, problems = cfg.freeze, []
@@ -259,7 +260,7 @@ def _model_problems(m: Any) -> list[str]:
     return problems
 
 
-def _optimizer_problems(cfg: Any) -> list[str]:
+def _optimizer_problems(cfg: Config) -> list[str]:
     opt, problems = cfg.optimizer, []
     for part, scale in opt.part_lr_scale.items():
         if part not in (*PARTS, "embeddings"):
@@ -284,7 +285,7 @@ def _optimizer_problems(cfg: Any) -> list[str]:
     return problems
 
 
-def _trainer_problems(cfg: Any) -> list[str]:
+def _trainer_problems(cfg: Config) -> list[str]:
     """trainer: epochs or a step cap, and a batch that splits evenly over the planned processes."""
     t, problems = cfg.trainer, []
     if t.max_steps is not None and t.max_steps <= 0:
@@ -302,7 +303,7 @@ ZERO_STAGES = (0, 1, 2, 3)
 OFFLOAD_STAGES = {"offload_optimizer": (1, 2, 3), "offload_param": (3,)}
 
 
-def _deepspeed_problems(cfg: Any) -> list[str]:
+def _deepspeed_problems(cfg: Config) -> list[str]:
     """deepspeed: a stage comes with its JSON and the JSON's own stage agrees; offload only where it exists."""
     ds, problems = cfg.deepspeed, []
     config = ds.config or {}
@@ -330,13 +331,13 @@ def _deepspeed_problems(cfg: Any) -> list[str]:
     return problems
 
 
-def validate(cfg: Any) -> None:
+def validate(cfg: Config) -> None:
     problems = config_problems(cfg)
     if problems:
         raise ConfigError(scrub("invalid configuration:\n  - " + "\n  - ".join(problems)))
 
 
-def data_batching_problems(cfg: Any) -> list[str]:
+def data_batching_problems(cfg: Config) -> list[str]:
     """Packing, loss reduction and length grouping (data/packing.py, train/recipe/loss.py)."""
     d, problems = cfg.data, []
     if d.loss_reduction not in ("token", "sample", "square"):

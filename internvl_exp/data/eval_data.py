@@ -21,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from internvl_exp.data.dataset import DataReport, SupervisedDataset, count_dataset
+from internvl_exp.config.eval_settings import has_eval_datasets
+from internvl_exp.config.schema import Config
+from internvl_exp.data.dataset import DataError, DataReport, SupervisedDataset, count_dataset
+from internvl_exp.data.from_config import build_from_config
 from internvl_exp.data.plan import Plan
 from internvl_exp.data.sources import DatasetEntry, load_entries
 
@@ -80,8 +83,6 @@ def split_held_out(dataset: SupervisedDataset, report: DataReport, fraction: flo
     """(train dataset, its report, eval dataset, its report) from a scanned training dataset."""
     held = held_out_rows(dataset.plan, dataset.entries, fraction)
     if held.all():
-        from internvl_exp.data.dataset import DataError
-
         raise DataError(f"data.eval_fraction={fraction} holds out every one of the {len(held)} usable lines; lower it")
     train = SupervisedDataset(subset_plan(dataset.plan, ~held), dataset.entries, dataset.planner, dataset.on_error)
     train_report = dataclasses.replace(report)
@@ -93,11 +94,9 @@ def split_held_out(dataset: SupervisedDataset, report: DataReport, fraction: flo
     return train, train_report, ev, ev_report
 
 
-def build_eval_datasets(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> tuple[SupervisedDataset, DataReport]:
+def build_eval_datasets(cfg: Config, tokenizer: Any, num_tokens_per_tile: int) -> tuple[SupervisedDataset, DataReport]:
     """`data.eval`'s datasets, scanned and planned as training data is (same policies, same cache)."""
     from omegaconf import OmegaConf
-
-    from internvl_exp.data.from_config import build_from_config
 
     ev = cfg.data.eval
     inline = OmegaConf.to_container(ev.datasets, resolve=True) if ev.datasets else None
@@ -109,11 +108,8 @@ def build_eval_datasets(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> t
     return build_from_config(cfg, tokenizer, num_tokens_per_tile, entries=eval_entries(entries))
 
 
-def train_and_eval_data(cfg: Any, tokenizer: Any, num_tokens_per_tile: int):
+def train_and_eval_data(cfg: Config, tokenizer: Any, num_tokens_per_tile: int):
     """(train dataset, train report, eval dataset or None, eval report or None) of a composed config."""
-    from internvl_exp.data.from_config import build_from_config
-    from internvl_exp.config.eval_settings import has_eval_datasets
-
     train, report = build_from_config(cfg, tokenizer, num_tokens_per_tile)
     fraction = float(cfg.data.eval_fraction)
     if fraction > 0:

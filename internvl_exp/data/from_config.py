@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from internvl_exp.config.schema import Config
 from internvl_exp.data.dataset import DataReport, SupervisedDataset, build_dataset
+from internvl_exp.data.demo import generate_demo_data
 from internvl_exp.data.planner import ImageSettings
 from internvl_exp.data.sources import DatasetEntry, load_entries
 
 
-def image_settings(cfg: Any, num_tokens_per_tile: int) -> ImageSettings:
+def image_settings(cfg: Config, num_tokens_per_tile: int) -> ImageSettings:
     return ImageSettings(
         tile_size=cfg.model.image_size,
         tokens_per_tile=num_tokens_per_tile,
@@ -29,24 +31,22 @@ def image_settings(cfg: Any, num_tokens_per_tile: int) -> ImageSettings:
     )
 
 
-def dataset_entries(cfg: Any) -> list[DatasetEntry]:
+def dataset_entries(cfg: Config) -> list[DatasetEntry]:
     """Generate the demo data if the config asks for it, then read the meta JSON / inline datasets."""
     from omegaconf import OmegaConf
 
     if cfg.data.generate_demo:
-        from internvl_exp.data.demo import generate_demo_data
-
         generate_demo_data(cfg.paths.demo_data_dir)
     inline = OmegaConf.to_container(cfg.data.datasets, resolve=True) if cfg.data.datasets else None
     return load_entries(cfg.data.meta_path, inline)
 
 
-def scan_options(cfg: Any) -> dict[str, Any]:
+def scan_options(cfg: Config) -> dict[str, Any]:
     """How the pre-flight scan runs: its worker processes and its cache (shared by every process of a machine)."""
     return {"scan_workers": cfg.data.scan_workers, "cache_dir": cfg.paths.cache_dir if cfg.data.plan_cache else None}
 
 
-def build_from_config(cfg: Any, tokenizer: Any, num_tokens_per_tile: int,
+def build_from_config(cfg: Config, tokenizer: Any, num_tokens_per_tile: int,
                       entries: list | None = None) -> tuple[SupervisedDataset, DataReport]:
     """Scan and plan every sample (fails before training on bad data under on_error=strict): the training
     datasets, or `entries` (the eval sets) under the same template, image settings and policies."""

@@ -27,7 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from internvl_exp.data.collator import pixel_values
+from internvl_exp.config.schema import Config
+from internvl_exp.data.collator import Collator, pixel_values
+from internvl_exp.data.dataset import DataError, LoadFailed
 from internvl_exp.data.loss_weights import check_reduction, sample_weight
 from internvl_exp.data.templates import IGNORE_INDEX
 
@@ -145,8 +147,6 @@ class PackedDataset(torch.utils.data.Dataset):
         pass
 
     def __getitem__(self, index: int) -> list[dict[str, Any]]:
-        from internvl_exp.data.dataset import DataError, LoadFailed
-
         epoch, positions = self.packs[index]
         self.base.set_epoch(epoch)
         order = self.base.epoch_order()
@@ -189,7 +189,6 @@ class PackedCollator:
     def __call__(self, packs: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
         samples = [s for pack in packs for s in pack]
         if not samples:  # only under data.on_error=skip, when every sample of the batch failed (and was counted)
-            from internvl_exp.data.dataset import DataError
 
             raise DataError("every sample of a packed batch failed to load (data.on_error=skip); find such files "
                             "with `python -m internvl_exp.tools.data_check data=... --decode`")
@@ -220,13 +219,11 @@ class PackedCollator:
         return out
 
 
-def training_data(cfg: Any, dataset: Any, args: Any) -> tuple[Any, Any]:
+def training_data(cfg: Config, dataset: Any, args: Any) -> tuple[Any, Any]:
     """(train dataset, collator) for data.packing / data.loss_reduction, adjusting `args` for a pack stream.
 
     Packed: the Trainer reads the whole planned stream (every epoch) in order as one epoch, so
     num_train_epochs becomes 1 and sampling sequential; the stream itself is shuffled and planned per epoch."""
-    from internvl_exp.data.collator import Collator
-
     d = cfg.data
     pad = dataset.planner.tokenizer.pad_token_id
     if not d.packing.enabled:

@@ -44,6 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from internvl_exp.data import image_header, plan, planner, sources, templates, tiling, token_count, video
 from internvl_exp.data.plan import ROW_FIELDS, Plan
 from internvl_exp.data.planner import ImageSettings, Planner
 from internvl_exp.data.report import Problem
@@ -272,11 +273,10 @@ def _run_pool(tasks: list, workers: int) -> Iterator[dict[str, Any]]:
 
 def _code_version() -> str:
     """Hash of the source of every module that decides a plan: editing any of them invalidates old plans."""
-    from internvl_exp.data import image_header, plan, planner, prescan, sources, templates, tiling, token_count, video
-
     digest = hashlib.blake2b(digest_size=16)
-    for module in (image_header, plan, planner, prescan, sources, templates, tiling, token_count, video):
-        digest.update(Path(module.__file__).read_bytes())
+    for source in [Path(m.__file__) for m in (image_header, plan, planner, sources, templates, tiling, token_count,
+                                               video)] + [Path(__file__)]:
+        digest.update(source.read_bytes())
     return digest.hexdigest()
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from internvl_exp.data.images import to_rgb
 from internvl_exp.data.templates import IMAGE_PLACEHOLDER, get_template, normalise_roles
 from internvl_exp.errors import UserError
 
@@ -30,8 +31,6 @@ class Sampling:
 
 def open_images(paths: Sequence[str | Path]) -> list[Any]:
     from PIL import Image
-
-    from internvl_exp.data.images import to_rgb
 
     images = []
     for p in paths:

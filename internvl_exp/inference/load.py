@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from internvl_exp.config.resolve import run_config
+from internvl_exp.data.templates import TEMPLATES
 from internvl_exp.errors import UserError
+from internvl_exp.launch.precheck import compose_config
+from internvl_exp.models.convert import ensure_converted
+from internvl_exp.models.loading import load_model, load_processor, load_tokenizer, native_checkpoint
+from internvl_exp.models.processor import from_pretrained_dir
+from internvl_exp.models.resolve import resolve_weights
+from internvl_exp.outputs import base_model_dir
 
 
 class InferenceTargetError(UserError):
@@ -27,8 +34,6 @@ class Loaded:
 
 
 def _template_of(processor: Any, config: dict[str, Any]) -> str | None:
-    from internvl_exp.data.templates import TEMPLATES
-
     name = (config.get("model") or {}).get("template")
     if name:
         return name
@@ -55,7 +60,6 @@ def _from_dir(model_dir: Path, adapter: Path | None, dtype: Any):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
-    from internvl_exp.models.processor import from_pretrained_dir
 
     processor = from_pretrained_dir(adapter or model_dir)  # on the backend the run trained with (its pixels)
     return model, processor
@@ -66,11 +70,9 @@ def _native(path: Path, config: dict[str, Any]) -> Path:
     cfg = json.loads((path / "config.json").read_text())
     if cfg.get("model_type") == "internvl":
         return path
-    from internvl_exp.models.convert import ensure_converted
 
     cache = (config.get("paths") or {}).get("cache_dir")
     if not cache:  # a model directory outside a run: the project's own cache (paths.cache_dir's default)
-        from internvl_exp.launch.precheck import compose_config
 
         cache = compose_config([]).paths.cache_dir
     return Path(ensure_converted(path, Path(cache)))
@@ -78,8 +80,6 @@ def _native(path: Path, config: dict[str, Any]) -> Path:
 
 def load_for_inference(target: str, device: str | None = None, dtype: str | None = None) -> Loaded:
     """The model (eval mode, on `device`) and processor of a run dir, model dir, adapter dir or preset name."""
-    from internvl_exp.train.tuning.lora import base_model_dir
-
     path = Path(target)
     config: dict[str, Any] = {}
     if path.is_dir() and (path / "final").is_dir():  # a run directory
@@ -113,10 +113,6 @@ def load_for_inference(target: str, device: str | None = None, dtype: str | None
 def _preset(name: str, device: str | None, dtype: str | None) -> Loaded:
     """A preset (`model=<name>`), its weights found as a run finds them (never downloaded)."""
     from omegaconf import OmegaConf
-
-    from internvl_exp.models.loading import load_model, load_processor, load_tokenizer, native_checkpoint
-    from internvl_exp.models.resolve import resolve_weights
-    from internvl_exp.launch.precheck import compose_config
 
     try:
         cfg = compose_config([f"model={name}"])

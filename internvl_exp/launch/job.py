@@ -19,12 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from internvl_exp.config.resolve import resolve, resolve_device
 from internvl_exp.errors import ConfigError, UserError
+from internvl_exp.launch.console import summary_line
+from internvl_exp.launch.precheck import data_file_error
 from internvl_exp.launch.run_lock import LOCK_FILE, RunDirUnwritable, RunLocked, acquire, release
+from internvl_exp.launch.signals import pass_on
+from internvl_exp.launch.slurm import run_slurm
+from internvl_exp.launch.torchrun import run_workers
 from internvl_exp.models.resolve import record_weights, resolve_weights
 from internvl_exp.outputs import RunDir, metric_value, write_config, write_json_atomic
+from internvl_exp.provenance import write_provenance
 from internvl_exp.redact import configure, scrub, scrub_tree
-from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, launch_plan
+from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted, RunRefused, has_work, launch_plan
 from internvl_exp.train.checkpointing.resume_config import check_resume_config
+from internvl_exp.train.reporting.console_header import print_launch_header
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +164,6 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
         except ConfigError as e:
             _discard_run_dir(rd.root)
             raise SystemExit(str(e)) from None
-        from internvl_exp.launch.precheck import data_file_error
 
         problem = data_file_error(spec)  # a missing meta/annotation file: in a second, before torch is imported
         if problem is not None:
@@ -176,7 +182,6 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
             log.error("job %s not run: %s", rd.root.name, e)
             return None
         raise SystemExit(str(e)) from None
-    from internvl_exp.train.checkpointing.resume import has_work
 
     fresh = not has_work(rd.root)  # nothing of an earlier attempt here (a failure may then remove the directory)
     rd.root.mkdir(parents=True, exist_ok=True)
@@ -198,31 +203,24 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
         cfg = spec  # from here on, only the resolved spec
         saved = write_config(rd, OmegaConf.to_container(spec, resolve=True), overrides)  # scrubbed
 
-        from internvl_exp.provenance import write_provenance
-        from internvl_exp.train.reporting.console_header import print_launch_header
-
         print_launch_header(cfg, saved, weights, rd.root)  # the config tree too under print_config=true
         write_provenance(rd.provenance, Path(cfg.paths.root_dir))
 
         training = True
         if cfg.distributed.name in ("torchrun", "slurm"):  # the workers log to the tracker, write metrics.json
             if cfg.distributed.name == "slurm":
-                from internvl_exp.launch.slurm import run_slurm
-
                 metrics = run_slurm(cfg, rd)
                 if metrics is None:  # submitted, not waited for (distributed.wait=false)
                     print(f"\nRun directory: {rd.root} (submitted; metrics.json appears when the job ends)")
                     return None
             else:
-                from internvl_exp.launch.torchrun import run_workers
-
                 metrics = run_workers(cfg, rd)
             caught = metrics.pop("launcher_signal", None)  # what this process caught while the workers ran
             if metrics.get("status") == "preempted":  # rank 0 saved the checkpoint and wrote metrics.json
                 raise Preempted(metrics.get("signal", "a signal"), metrics.get("checkpoint"), metrics, caught)
         else:
-            from internvl_exp.train.reporting.loggers import experiment_logger
             from internvl_exp.train.recipe.run import run
+            from internvl_exp.train.reporting.loggers import experiment_logger
 
             with experiment_logger(cfg, rd, saved):
                 metrics = run(cfg, rd)
@@ -231,7 +229,6 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
         log.warning("run preempted by %s at step %s; checkpoint: %s", e.signal_name, e.metrics.get("steps"),
                     e.checkpoint)
         print(f"\nRun directory: {rd.root} (preempted)\nto resume: {resume_command(overrides, cfg.run_name)}")
-        from internvl_exp.launch.signals import pass_on
 
         # The handler installed before ours (submitit's checkpoint-and-requeue) runs now, after the save.
         code = pass_on(e.caught)
@@ -262,8 +259,6 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], sweep_dir: Pa
         raise SystemExit(scrub(f"{chr(10) if clear else ''}run failed: {type(e).__name__}: {e}\nRun directory: {rd.root} ({where})\n"
                                f"to resume (from its newest complete checkpoint, if any): "
                                f"{resume_command(overrides, cfg.run_name)}"))
-
-    from internvl_exp.launch.console import summary_line
 
     metric = cfg.optimized_metric  # resolved: final_eval_loss with eval data, else final_loss
     value = objective(metrics, metric, sweep)

@@ -14,29 +14,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from internvl_exp.errors import ConfigError
+from internvl_exp.config.resolve import resolve
+from internvl_exp.config.schema import Config, register_configs
+from internvl_exp.config.show import annotated_yaml
+from internvl_exp.data.sources import load_entries
+from internvl_exp.errors import ConfigError, UserError
+from internvl_exp.launch.overrides import override_problems
+from internvl_exp.launch.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder of launch.py and conf/
 
 
-def resolved_or_exit(cfg: Any, overrides: list[str] = ()) -> Any:
+def resolved_or_exit(cfg: Config, overrides: list[str] = ()) -> Any:
     """The resolved spec of a composed config (config/resolve.py), or exit 1 with the validation message."""
-    from internvl_exp.config.resolve import resolve
-
     try:
         return resolve(cfg, overrides)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
 
 
-def data_file_error(cfg: Any) -> str | None:
+def data_file_error(cfg: Config) -> str | None:
     """The first missing or unreadable data file the config names (meta JSON, annotation files, for training
     and data.eval), found in a fraction of a second before torch is imported; None when they are there or the
     run generates them (data.generate_demo). The lines themselves are scanned later (data/prescan.py)."""
     from omegaconf import OmegaConf
-
-    from internvl_exp.data.sources import load_entries
-    from internvl_exp.errors import UserError
 
     data = cfg.data
     if data.generate_demo:
@@ -60,8 +61,6 @@ def check_override_keys(argv: list[str], config_dir: Path) -> None:
     Hydra composes and prints its own advice. Left to Hydra with another config (--config-dir/-path/-name)."""
     from hydra._internal.utils import get_args_parser
 
-    from internvl_exp.launch.overrides import override_problems
-
     args, _ = get_args_parser().parse_known_args(argv)
     if args.config_dir or args.config_path or (args.config_name or "config") != "config" or args.shell_completion:
         return
@@ -80,16 +79,10 @@ def compose_config(overrides: list[str], config_dir: Path = ROOT / "conf", confi
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
-    from internvl_exp.launch.overrides import override_problems
-
     if config_name == "config" and Path(config_dir).resolve() == (ROOT / "conf").resolve():
         problems = override_problems(list(overrides), config_dir)
         if problems:
             raise ConfigCompositionException("\n".join(problems))
-
-    from internvl_exp.config.resolve import resolve
-    from internvl_exp.config.schema import register_configs
-    from internvl_exp.launch.resolvers import register_resolvers
 
     register_configs(project_root=str(ROOT))
     register_resolvers()
@@ -122,7 +115,5 @@ def check_cfg_request(argv: list[str], config_dir: Path) -> None:
     except Exception:  # Hydra's own --cfg path reports composition errors
         return
     if args.cfg == "job" and not args.package:
-        from internvl_exp.config.show import annotated_yaml
-
         print(annotated_yaml(spec), end="")
         raise SystemExit(0)

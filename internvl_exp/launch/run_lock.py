@@ -26,6 +26,7 @@ from pathlib import Path
 
 from internvl_exp.dist import is_main_process
 from internvl_exp.errors import UserError
+from internvl_exp.launch.slurm_queue import live_job
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ def acquire(run_dir: Path) -> bool:
 def _live_slurm_job(run_dir: Path) -> str | None:
     """A SLURM job submitted into `run_dir` (distributed=slurm) that is still queued or running: it trains there
     on its compute nodes, whose processes this host's lock cannot see (the submitting process may be gone)."""
-    from internvl_exp.launch.slurm_queue import live_job
-
     found = live_job(run_dir, own_job=os.environ.get("SLURM_JOB_ID"))
     if found is None:
         return None

@@ -42,9 +42,30 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Mapping
 
+from internvl_exp.config.resolve import load_run_config
+from internvl_exp.config.schema import Config
 from internvl_exp.errors import ConfigError, UserError
-from internvl_exp.launch.signals import passes_to_submitit
-from internvl_exp.outputs import RunDir
+from internvl_exp.launch.signals import (
+    PREEMPTION_SIGNALS,
+    catch_early,
+    early_signal,
+    in_slurm_step,
+    is_submitit_handler,
+    mark_for_workers,
+    pass_on,
+    passes_to_submitit,
+)
+from internvl_exp.launch.slurm_queue import JobState, job_state, never_starts, quiet_sacct, record_job, sbatch_refusal
+from internvl_exp.launch.torchrun import (
+    WorkerFailure,
+    failure_headline,
+    launch_torchrun,
+    torchrun_argv,
+    workers_outcome,
+)
+from internvl_exp.outputs import RunDir, write_json_atomic
+from internvl_exp.redact import ScrubFilter
+from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +183,6 @@ def rendezvous_port(d: Any, node: SlurmNode) -> int | None:
 
 def node_torchrun_argv(d: Any, run_dir: Path, node: SlurmNode) -> list[str]:
     """This node's torchrun command line (launch/torchrun.py builds it from these numbers)."""
-    from internvl_exp.launch.torchrun import torchrun_argv
-
     if node.nnodes != d.nnodes:
         raise ConfigError(f"distributed.nodes={d.nnodes} but this SLURM job has {node.nnodes} node(s) "
                           f"(SLURM_NNODES); submit with distributed.nodes={node.nnodes} or allocate {d.nnodes}")
@@ -207,8 +226,6 @@ def requeue(node: SlurmNode) -> bool:
 def _log_to_stdout() -> None:
     import sys
 
-    from internvl_exp.redact import ScrubFilter
-
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stdout)
@@ -229,7 +246,6 @@ class NodeLauncher:
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Where launch/node_task.py did not start the task (submitit's local executor), this is the first of our
         # code to run (submitit unpickles this object): catch SIGUSR1, which would end the task during start-up.
-        from internvl_exp.launch.signals import PREEMPTION_SIGNALS, catch_early
 
         catch_early(PREEMPTION_SIGNALS, only_default=True)
         self.__dict__.update(state)
@@ -237,11 +253,6 @@ class NodeLauncher:
     def run(self) -> dict[str, Any]:
         """Start and wait for this node's workers; rank 0's metrics (status preempted included; with
         `launcher_signal`, what this task caught meanwhile)."""
-        from internvl_exp.config.resolve import load_run_config
-        from internvl_exp.launch.torchrun import launch_torchrun, workers_outcome
-
-        from internvl_exp.launch.signals import early_signal, mark_for_workers
-
         rd = RunDir(Path(self.run_dir))
         cfg = load_run_config(rd.config)
         self.requeue, node = bool(cfg.distributed.requeue), SlurmNode.from_env()
@@ -268,8 +279,6 @@ class NodeLauncher:
     def _stopped_before_start(self, signal_name: str, rd: RunDir, node: SlurmNode) -> dict[str, Any]:
         """A preemption signal that came while this task started: the workers are not started at all; the
         run resumes from its newest complete checkpoint, if any, as it would have."""
-        from internvl_exp.outputs import write_json_atomic
-
         log.warning("preemption: %s arrived before the workers started; not starting them (the run resumes from "
                     "its newest complete checkpoint, if any)", signal_name)
         metrics = {"status": "preempted", "signal": signal_name, "checkpoint": None, "steps": None,
@@ -281,14 +290,11 @@ class NodeLauncher:
     def __call__(self) -> dict[str, Any]:
         import signal
 
-        from internvl_exp.launch.signals import catch_early, is_submitit_handler, pass_on
-
         # submitit has just set its SIGTERM handler, which only logs the signal: a `scancel` from now until the
         # workers start would be lost (the job then runs until SLURM kills it). Caught instead (its log line is
         # all that is lost of submitit's handler).
         if is_submitit_handler(signal.getsignal(signal.SIGTERM)):
             catch_early((signal.SIGTERM,))
-        from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE
 
         _log_to_stdout()  # this task's log: submitit's <job>_<task>_log.out
         metrics = self.run()
@@ -325,12 +331,9 @@ class SlurmJobNeverStarts(UserError):
     steps_done = 0
 
 
-def run_slurm(cfg: Any, run_dir: RunDir) -> dict[str, Any] | None:
+def run_slurm(cfg: Config, run_dir: RunDir) -> dict[str, Any] | None:
     """Submit the run's SLURM job and wait for it (rank 0's metrics), or, inside a SLURM job step already,
     start this node's workers here. None: submitted, not waited for (distributed.wait=false)."""
-    from internvl_exp.launch.signals import in_slurm_step
-    from internvl_exp.launch.slurm_queue import quiet_sacct, record_job, sbatch_refusal
-
     d = cfg.distributed
     if in_slurm_step():
         node = SlurmNode.from_env()
@@ -397,8 +400,6 @@ def wait_for(job: Any, run_dir: RunDir, since: float = 0.0) -> dict[str, Any]:
 
 def _watch(job: Any) -> Any:
     """Until the job's result file appears (None) or the job leaves the queue without one (its last state)."""
-    from internvl_exp.launch.slurm_queue import JobState, job_state, never_starts
-
     started, last, next_poll, seen = time.monotonic(), None, 0.0, None
     while not job.paths.result_pickle.exists():
         now = time.monotonic()
@@ -433,8 +434,6 @@ SETTLE_S = 10.0
 def _settled(job: Any, state: Any) -> Any:
     """A job seen ended without a result, looked at again for SETTLE_S: while a requeue takes effect squeue can
     show the ending attempt (FAILED, NonZeroExitCode) for a moment before the job is PENDING again."""
-    from internvl_exp.launch.slurm_queue import job_state
-
     deadline = time.monotonic() + SETTLE_S
     while time.monotonic() < deadline and not job.paths.result_pickle.exists():
         time.sleep(1.0)
@@ -467,8 +466,6 @@ def _outcome(job: Any, run_dir: RunDir, result: Any, state: str | None = None, s
     import json
 
     from submitit.core.utils import FailedJobError, UncompletedJobError
-
-    from internvl_exp.launch.torchrun import WorkerFailure, failure_headline
 
     error = None
     try:

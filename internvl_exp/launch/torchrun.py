@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.config.schema import Config
 from internvl_exp.launch.signals import TORCHRUN_HANDLES, Held, hold_signals, shield
 from internvl_exp.outputs import RunDir
 
@@ -132,7 +133,7 @@ def workers_outcome(code: int, run_dir: RunDir, what: str = "torchrun", held: He
     return metrics
 
 
-def run_workers(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
+def run_workers(cfg: Config, run_dir: RunDir) -> dict[str, Any]:
     """Start the workers on `run_dir` (config.yaml already written), wait, and return rank 0's metrics."""
     argv = torchrun_argv(cfg.distributed, run_dir.root)
     log.info("starting %d worker process(es): %s", cfg.distributed.nproc_per_node * cfg.distributed.nnodes,

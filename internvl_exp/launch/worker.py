@@ -27,9 +27,13 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from internvl_exp.config.resolve import load_run_config
+from internvl_exp.config.schema import Config
 from internvl_exp.dist import is_main_process, process_group, rank
+from internvl_exp.launch.collective import is_peer_loss, peer_loss_message
+from internvl_exp.launch.job import record_failure
 from internvl_exp.outputs import RunDir
 from internvl_exp.redact import ScrubFilter, configure
+from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +87,8 @@ def main(argv: list[str]) -> int:
     cfg = load_run_config(rd.config)  # the Hydra job's resolved spec, typed by the same schema
     configure(cfg.secrets)
     setup_logging(rd)
-    from internvl_exp.launch.job import record_failure
-    from internvl_exp.train.reporting.loggers import experiment_logger
-    from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted
     from internvl_exp.train.recipe.run import run
+    from internvl_exp.train.reporting.loggers import experiment_logger
 
     _init_cpu_process_group(cfg)
     try:
@@ -99,8 +101,6 @@ def main(argv: list[str]) -> int:
         _barrier()
         return PREEMPTED_EXIT_CODE
     except Exception as e:
-        from internvl_exp.launch.collective import is_peer_loss, peer_loss_message
-
         if is_peer_loss(e):  # another rank stopped answering or died: one line naming it, no traceback here
             message = peer_loss_message(e, int(cfg.distributed.timeout_s))
             log.error("%s", message.split(" [", 1)[0])  # the launcher prints it whole, with what to do
@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _init_cpu_process_group(cfg: Any) -> None:
+def _init_cpu_process_group(cfg: Config) -> None:
     """On CPU, the gloo process group with distributed.timeout_s: TrainingArguments passes its ddp_timeout to the
     process group only off-CPU, and gloo's own default lets a stalled rank hang the job for 30 minutes."""
     from internvl_exp.train.recipe.args import use_cpu

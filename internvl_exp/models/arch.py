@@ -10,6 +10,7 @@ from typing import Any
 
 from internvl_exp.config.arch_rules import TEXT_FIELDS, VISION_FIELDS, missing_arch_fields, random_init_refusal
 from internvl_exp.config.geometry import tokens_per_tile
+from internvl_exp.config.schema import ModelConfig
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.assumed_arch import assumed_text_values
 
@@ -18,7 +19,7 @@ _HF_NAMES = {"gpt_oss": {"num_experts": "num_local_experts"}}
 
 
 
-def planning_arch(model_cfg: Any) -> tuple[Any, list[str]]:
+def planning_arch(model_cfg: ModelConfig) -> tuple[Any, list[str]]:
     """The preset for planning: a copy with each unsourced `model.arch.text` value that random init would refuse
     filled from models.assumed_arch, and one line per reason naming what was assumed (empty: nothing assumed,
     `model_cfg` itself is returned). A missing value with no recorded assumption stays a ConfigError."""
@@ -45,7 +46,7 @@ def planning_arch(model_cfg: Any) -> tuple[Any, list[str]]:
     return cfg, [f"assumed model.arch.text.{', '.join(values)}: {why}" for why, values in used.items()]
 
 
-def internvl_config_dict(model_cfg: Any, image_token_id: int, pad_token_id: int | None,
+def internvl_config_dict(model_cfg: ModelConfig, image_token_id: int, pad_token_id: int | None,
                          eos_token_id: int | None) -> dict[str, Any]:
     """Keyword arguments of transformers' `InternVLConfig` for the preset's architecture."""
     refusal = random_init_refusal(model_cfg)

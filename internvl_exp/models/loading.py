@@ -8,8 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from internvl_exp.errors import ConfigError, UserError
 from internvl_exp.config.geometry import tokens_per_tile
+from internvl_exp.config.schema import ModelConfig
+from internvl_exp.errors import ConfigError, UserError
+from internvl_exp.models.arch import internvl_config_dict
+from internvl_exp.models.convert import ensure_converted
+from internvl_exp.models.processor import from_pretrained_dir, make_processor, template_for
+from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
 
 if TYPE_CHECKING:
     from internvl_exp.models.resolve import Weights
@@ -32,17 +37,15 @@ def native_checkpoint(weights: Weights | None, cache_dir: Path, random_init: boo
         return weights.path
     if random_init:
         return None
-    from internvl_exp.models.convert import ensure_converted  # the converter (another module's job)
 
     return Path(ensure_converted(weights.path, cache_dir))
 
 
-def load_tokenizer(model_cfg: Any, checkpoint: Path | None = None):
+def load_tokenizer(model_cfg: ModelConfig, checkpoint: Path | None = None):
     """The checkpoint's own tokenizer; without a checkpoint (random init) the tiny tokenizer."""
     if checkpoint is None:
         if not model_cfg.random_init:
             raise ConfigError(_no_weights(model_cfg))
-        from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
 
         return load_tiny_tokenizer()
     from transformers import AutoTokenizer
@@ -50,12 +53,12 @@ def load_tokenizer(model_cfg: Any, checkpoint: Path | None = None):
     return AutoTokenizer.from_pretrained(str(checkpoint))
 
 
-def _no_weights(model_cfg: Any) -> str:
+def _no_weights(model_cfg: ModelConfig) -> str:
     return (f"model={model_cfg.name} needs its weights: resolve them first "
             "(internvl_exp.models.resolve.resolve_weights) or set model.random_init=true")
 
 
-def image_token_id(model_cfg: Any, tokenizer: Any) -> int:
+def image_token_id(model_cfg: ModelConfig, tokenizer: Any) -> int:
     """The tokenizer's id of the image-context token (model.image_context_token), which must be one token."""
     token = model_cfg.image_context_token
     ids = tokenizer.convert_tokens_to_ids([token])
@@ -66,11 +69,9 @@ def image_token_id(model_cfg: Any, tokenizer: Any) -> int:
     return int(ids[0])
 
 
-def random_config(model_cfg: Any, tokenizer: Any):
+def random_config(model_cfg: ModelConfig, tokenizer: Any):
     """The `InternVLConfig` of the preset's `arch` (random init), image token id from the tokenizer."""
     from transformers import InternVLConfig
-
-    from internvl_exp.models.arch import internvl_config_dict
 
     if len(tokenizer) > (model_cfg.arch.text.vocab_size or 0):
         raise ConfigError(
@@ -82,13 +83,11 @@ def random_config(model_cfg: Any, tokenizer: Any):
     ))
 
 
-def build_model_on_meta(model_cfg: Any):
+def build_model_on_meta(model_cfg: ModelConfig):
     """The preset's architecture on the meta device: shapes and parameter counts, no memory (planning).
     Refused, naming the missing `model.arch` keys, for a preset whose dims are not all sourced."""
     import torch
     from transformers import AutoModelForImageTextToText, InternVLConfig
-
-    from internvl_exp.models.arch import internvl_config_dict
 
     placeholder = model_cfg.image_token_id if model_cfg.image_token_id is not None else 0
     config = InternVLConfig(**internvl_config_dict(model_cfg, placeholder, None, None))
@@ -106,7 +105,7 @@ def _dtype(name: str):
     return getattr(torch, name)
 
 
-def load_model(model_cfg: Any, tokenizer: Any, checkpoint: Path | None = None):
+def load_model(model_cfg: ModelConfig, tokenizer: Any, checkpoint: Path | None = None):
     """Random init from `arch` (model.random_init=true) or the native checkpoint's weights (never remote code).
     A preset with weights never falls back to random: without a checkpoint and random_init=false it refuses."""
     from transformers import AutoModelForImageTextToText
@@ -130,7 +129,7 @@ def load_model(model_cfg: Any, tokenizer: Any, checkpoint: Path | None = None):
     return model
 
 
-def check_loaded(model_cfg: Any, config: Any, tokenizer: Any, checkpoint: Path) -> None:
+def check_loaded(model_cfg: ModelConfig, config: Any, tokenizer: Any, checkpoint: Path) -> None:
     """Re-check the preset against the loaded checkpoint: image token id (config, tokenizer, preset), tile size
     and tokens per tile."""
     problems = []
@@ -162,12 +161,10 @@ def config_tokens_per_tile(config: Any) -> int:
     return tokens_per_tile(size, patch, config.downsample_ratio)
 
 
-def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, system_message: str | None = None,
+def build_processor(model_cfg: ModelConfig, tokenizer: Any, num_tokens_per_tile: int, system_message: str | None = None,
                     resize_backend: str = "pil"):
     """An InternVLProcessor built from the model config (tiling, normalisation, chat template of model.template),
     its image processor on `resize_backend`'s kernel (data.resize_backend: the training pixels)."""
-    from internvl_exp.models.processor import make_processor
-
     return make_processor(
         tokenizer,
         image_size=model_cfg.image_size,
@@ -181,15 +178,13 @@ def build_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, sy
     )
 
 
-def load_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, checkpoint: Path | None = None,
+def load_processor(model_cfg: ModelConfig, tokenizer: Any, num_tokens_per_tile: int, checkpoint: Path | None = None,
                    system_message: str | None = None, resize_backend: str = "pil"):
     """The checkpoint's own processor when it ships one (native repos do), else one built from the model config.
     Its tile counts follow the run's model.min/max_dynamic_patch, its image processor the run's resize kernel
     (`resize_backend`, data.resize_backend) and its chat template renders the run's model.template (and
     data.system_message), so final/ preprocesses (pixels included) and prompts as training did."""
     if checkpoint is not None and any((checkpoint / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
-        from internvl_exp.models.processor import from_pretrained_dir
-
         processor = from_pretrained_dir(checkpoint, resize_backend)
         if getattr(processor, "image_seq_length", num_tokens_per_tile) != num_tokens_per_tile:
             raise CheckpointMismatchError(
@@ -200,7 +195,6 @@ def load_processor(model_cfg: Any, tokenizer: Any, num_tokens_per_tile: int, che
         image_processor.min_patches = model_cfg.min_dynamic_patch
         image_processor.max_patches = model_cfg.max_dynamic_patch
         processor.tokenizer = tokenizer
-        from internvl_exp.models.processor import template_for
 
         processor.chat_template = template_for(model_cfg.template, system_message) or processor.chat_template
         return processor

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from internvl_exp.data.images import normalization
+from internvl_exp.data.templates import TEMPLATES
+from internvl_exp.models.chat_template import chat_template
+from internvl_exp.redact import scrub
 
 # data.resize_backend -> transformers' image-processor backend with the same pixels.
 HF_BACKENDS = {"pil": "pil", "torch": "torchvision"}
@@ -90,11 +93,6 @@ def make_processor(
 
 def template_for(template: str | None, system_message: str | None = None) -> str | None:
     """The Jinja chat template rendering `template`'s training prompt text (None for an unknown template)."""
-    from internvl_exp.data.templates import TEMPLATES
-    from internvl_exp.models.chat_template import chat_template
-
-    from internvl_exp.redact import scrub
-
     if template not in TEMPLATES:
         return None
     # The template is written into final/: a secret in data.system_message must not be (redact.py).

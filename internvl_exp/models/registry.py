@@ -15,8 +15,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from internvl_exp.config.choices import PARTS
-
 # Prefixes that wrappers put in front of the base model's parameter names (PEFT's PeftModel / LoraModel).
 _WRAPPER_PREFIXES = ("base_model.model.",)
 # Inside PEFT's ModulesToSaveWrapper the trainable copy lives under `modules_to_save.<adapter>.` and the frozen

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.config.arch_rules import random_init_refusal
+from internvl_exp.config.schema import Config, ModelConfig
 from internvl_exp.errors import UserError
 
 NATIVE_TYPE = "internvl"  # transformers' InternVLForConditionalGeneration
@@ -48,7 +50,7 @@ class Weights:
         return self.path / "config.json"
 
 
-def hub_ids(model_cfg: Any) -> list[str]:
+def hub_ids(model_cfg: ModelConfig) -> list[str]:
     """The preset's Hub repos, native layout first (no conversion needed), for the chosen variant."""
     ids = model_cfg.variants[model_cfg.variant] if model_cfg.variant else model_cfg.hub
     return [i for i in (ids.native, ids.original) if i]
@@ -97,7 +99,7 @@ def fetch_command(repo_id: str, models_dir: Path | None) -> str:
     return f"hf download {repo_id} --local-dir {target}"
 
 
-def find_weights(model_cfg: Any, models_dir: Path | None, env: dict[str, str] | None = None) -> Weights | None:
+def find_weights(model_cfg: ModelConfig, models_dir: Path | None, env: dict[str, str] | None = None) -> Weights | None:
     """The checkpoint for `model_cfg`, or None when no copy of its Hub repos is on this machine. `model.path`
     is used as given (errors when it is not a checkpoint)."""
     if model_cfg.path:
@@ -109,11 +111,10 @@ def find_weights(model_cfg: Any, models_dir: Path | None, env: dict[str, str] | 
     return None
 
 
-def not_found_message(model_cfg: Any, models_dir: Path | None, env: dict[str, str] | None = None) -> str:
+def not_found_message(model_cfg: ModelConfig, models_dir: Path | None, env: dict[str, str] | None = None) -> str:
     ids = hub_ids(model_cfg)
     looked = [str(d) for repo_id in ids for _, d in candidate_dirs(repo_id, models_dir, env)]
     variant = f" model.variant={model_cfg.variant}" if model_cfg.variant else ""
-    from internvl_exp.config.arch_rules import random_init_refusal
 
     random = "" if random_init_refusal(model_cfg) else ", or model.random_init=true for random weights of this size"
     return (
@@ -154,7 +155,7 @@ def _square(value: Any) -> Any:
     return value[0] if isinstance(value, (list, tuple)) else value
 
 
-def preset_mismatches(model_cfg: Any, weights: Weights) -> list[str]:
+def preset_mismatches(model_cfg: ModelConfig, weights: Weights) -> list[str]:
     """Where the checkpoint's config.json disagrees with the preset (sourced dims, tile geometry, image token)."""
     vision, text = _parts(weights.config)
     out = []
@@ -167,7 +168,7 @@ def preset_mismatches(model_cfg: Any, weights: Weights) -> list[str]:
     return out
 
 
-def _geometry_mismatches(model_cfg: Any, weights: Weights) -> list[tuple[str, Any, Any]]:
+def _geometry_mismatches(model_cfg: ModelConfig, weights: Weights) -> list[tuple[str, Any, Any]]:
     """(key, the config's value, the checkpoint's) for each tile-geometry / image-token setting that differs."""
     vision, _ = _parts(weights.config)
     size = _square(vision.get("image_size", weights.config.get("force_image_size")))
@@ -180,7 +181,7 @@ def _geometry_mismatches(model_cfg: Any, weights: Weights) -> list[tuple[str, An
     return [(k, ours, theirs) for k, ours, theirs in checks if ours is not None and theirs is not None and ours != theirs]
 
 
-def check_weights(model_cfg: Any, weights: Weights) -> None:
+def check_weights(model_cfg: ModelConfig, weights: Weights) -> None:
     """Refuse a checkpoint that is not the preset's model, or an incomplete download (random init needs only
     the tokenizer, so it skips the weight-file check)."""
     bad = preset_mismatches(model_cfg, weights)
@@ -211,7 +212,7 @@ def record_weights(spec: Any, weights: Weights | None) -> None:
     spec.resolved.weights_origin = weights.origin if weights is not None else RANDOM_INIT
 
 
-def weights_of(cfg: Any) -> Weights | None:
+def weights_of(cfg: Config) -> Weights | None:
     """The run's checkpoint as the launch found and checked it (resolved.weights_*), else looked up now
     (resolve_weights: a spec the launch did not record, e.g. a tool's)."""
     resolved = cfg.get("resolved")
@@ -223,7 +224,7 @@ def weights_of(cfg: Any) -> Weights | None:
     return Weights(path, json.loads((path / "config.json").read_text()), resolved.weights_origin)
 
 
-def resolve_weights(cfg: Any, env: dict[str, str] | None = None) -> Weights | None:
+def resolve_weights(cfg: Config, env: dict[str, str] | None = None) -> Weights | None:
     """The checked checkpoint of the run's model, or None for a random model (model=tiny, model.random_init=true
     without a local copy). Raises WeightsNotFoundError / CheckpointError (user errors, one line each)."""
     model_cfg = cfg.model

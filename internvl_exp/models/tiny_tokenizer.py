@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from internvl_exp.data.demo import COLOURS, SHAPES, corpus_sentences
+from internvl_exp.data.templates import TEMPLATES
+
 ASSET_DIR = Path(__file__).parent / "assets" / "tiny_tokenizer"
 
 # Order matters: these get the first ids, so they are stable across regenerations.
@@ -44,10 +47,6 @@ NAMED_IMAGE_TOKENS = {
 
 def _corpus() -> list[str]:
     """Text the BPE merges are learnt from: the demo vocabulary plus ordinary English."""
-    from internvl_exp.data.demo import COLOURS, SHAPES, corpus_sentences
-
-    from internvl_exp.data.templates import TEMPLATES
-
     lines = list(corpus_sentences())
     # The templates' default system messages appear in every sample: give them merges.
     lines += [t.system_message for t in TEMPLATES.values()] * 8

@@ -11,6 +11,10 @@ import os
 import sys
 from typing import Sequence
 
+from internvl_exp.errors import UserError
+from internvl_exp.inference.generate import MissingImageError, Sampling, generate, open_images, user_turn
+from internvl_exp.inference.load import load_for_inference
+
 EPILOG = """\
 RUN_DIR_OR_MODEL is one of:
   a run directory        outputs/<experiment>/<run_name> (loads its final/: full fine-tune or LoRA adapter)
@@ -60,14 +64,10 @@ def _streamer(tokenizer):
 
 
 def _answer(loaded, history, images, sampling) -> str:
-    from internvl_exp.inference.generate import generate
-
     return generate(loaded, [history], [images], sampling, streamer=_streamer(loaded.processor.tokenizer))[0]
 
 
 def interactive(loaded, sampling, first_images) -> None:
-    from internvl_exp.inference.generate import MissingImageError, open_images, user_turn
-
     history: list[dict] = []
     images: list = []  # every image of the conversation, in order (the processor takes them all each turn)
     pending: list = list(first_images)
@@ -110,9 +110,6 @@ def interactive(loaded, sampling, first_images) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything chat loads is on this machine
-    from internvl_exp.errors import UserError
-    from internvl_exp.inference.generate import Sampling, open_images, user_turn
-    from internvl_exp.inference.load import load_for_inference
 
     try:
         images = open_images(args.image)

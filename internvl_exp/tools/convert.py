@@ -18,6 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from internvl_exp.errors import UserError
+from internvl_exp.models.convert import convert_checkpoint
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -35,8 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported after parsing so --help stays fast and torch-free.
-    from internvl_exp.errors import UserError
-    from internvl_exp.models.convert import convert_checkpoint
 
     try:
         report = convert_checkpoint(args.src, args.dst, show_progress=not args.no_progress)

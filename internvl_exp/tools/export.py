@@ -22,6 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from internvl_exp.config.resolve import run_config
+from internvl_exp.errors import UserError
+from internvl_exp.models.convert import convert_checkpoint, ensure_converted, is_original_layout
+from internvl_exp.models.convert.export import export_original, find_source
+from internvl_exp.models.resolve import resolve_weights
+from internvl_exp.outputs import BASE_SUBDIR, base_model_dir
+from internvl_exp.tools.merge_lora import merge
 
 LAYOUTS = ("original", "native")
 FAMILY_NAMES = ("internlm2", "qwen2", "qwen3", "qwen3_moe", "gpt_oss", "phi3", "llama")
@@ -49,8 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _original_dir(path: Any) -> Path | None:
-    from internvl_exp.models.convert import is_original_layout
-
     return Path(path) if path and Path(path).is_dir() and is_original_layout(Path(path)) else None
 
 
@@ -64,9 +68,6 @@ def _run_source(cfg: dict[str, Any]) -> Path | None:
         return None
     from omegaconf import OmegaConf
 
-    from internvl_exp.errors import UserError
-    from internvl_exp.models.resolve import resolve_weights
-
     try:
         weights = resolve_weights(OmegaConf.create(cfg))
     except (UserError, AttributeError, KeyError, IndexError):
@@ -79,12 +80,8 @@ def _lora_base(final: Path, cfg: dict[str, Any]) -> Path:
     model.path (converted once, through the conversion cache, when it is an original checkpoint)."""
     import json
 
-    from internvl_exp.errors import UserError
-    from internvl_exp.models.convert import ensure_converted
-    from internvl_exp.train.tuning.lora import base_model_dir
-
-    if (final / "base" / "config.json").is_file():
-        return final / "base"
+    if (final / BASE_SUBDIR / "config.json").is_file():
+        return final / BASE_SUBDIR
     recorded = json.loads((final / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if recorded and (Path(recorded) / "config.json").is_file() and not _original_dir(recorded):
         return Path(recorded)  # the native directory the run loaded (record_base_model)
@@ -111,7 +108,6 @@ def _copy_native(native: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from internvl_exp.errors import UserError
 
     try:
         return _export(args)
@@ -121,10 +117,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from internvl_exp.errors import UserError
-    from internvl_exp.models.convert import convert_checkpoint
-    from internvl_exp.models.convert.export import export_original, find_source
-
     path: Path = args.path
     if args.out.exists() and any(args.out.iterdir()):
         raise UserError(f"{args.out}: already exists and is not empty; choose a new output directory")
@@ -147,8 +139,6 @@ def _export(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(dir=args.out.parent if args.out.parent.is_dir() else None,
                                      prefix=".export-merge-") as scratch:
         if (native / "adapter_config.json").is_file():
-            from internvl_exp.tools.merge_lora import merge
-
             base = _lora_base(native, cfg)
             source = source or find_source(base)
             print(f"merging the LoRA adapter in {native} into {base} first")

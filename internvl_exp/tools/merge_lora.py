@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
 from internvl_exp.config.resolve import run_config
+from internvl_exp.models.processor import from_pretrained_dir
+from internvl_exp.outputs import base_model_dir
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -35,8 +38,6 @@ def merge(adapter_dir: Path, base_dir: str, out_dir: Path, dtype: str | None = N
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from internvl_exp.models.processor import from_pretrained_dir
-
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     base = AutoModelForImageTextToText.from_pretrained(base_dir, **kwargs)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
@@ -47,8 +48,6 @@ def merge(adapter_dir: Path, base_dir: str, out_dir: Path, dtype: str | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from internvl_exp.train.tuning.lora import base_model_dir
-
     args = parse_args(argv)
     adapter_dir = args.adapter or args.run_dir / "final"
     if not (adapter_dir / "adapter_config.json").exists():

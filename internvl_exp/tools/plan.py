@@ -17,6 +17,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from internvl_exp.errors import UserError
+from internvl_exp.launch.precheck import compose_config
+from internvl_exp.train.planning.memory_plan import format_plan, plan_memory
+from internvl_exp.train.planning.meta_worker import MetaWorker
+
 ROOT = Path(__file__).resolve().parents[2]
 
 EPILOG = """\
@@ -49,7 +54,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from internvl_exp.train.planning.meta_worker import MetaWorker
 
     worker = MetaWorker()  # imports torch and transformers while the config composes (a first plan)
     try:
@@ -62,12 +66,8 @@ def _plan(args: argparse.Namespace, worker) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from internvl_exp.errors import UserError
-    from internvl_exp.launch.precheck import compose_config
-
     try:
         cfg = compose_config(args.overrides, args.config_dir)
-        from internvl_exp.train.planning.memory_plan import format_plan, plan_memory
 
         plan = plan_memory(cfg, gpu=args.gpu, seq_len=args.seq_len, tiles=args.tiles, samples=args.samples,
                            build=worker.summary)

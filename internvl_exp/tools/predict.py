@@ -18,6 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from internvl_exp.errors import UserError
+from internvl_exp.inference.generate import Sampling, generate, open_images, split_prompt
+from internvl_exp.inference.load import load_for_inference
+from internvl_exp.inference.scoring import exact_match, relaxed_match, scores
+from internvl_exp.launch.precheck import compose_config
+from internvl_exp.outputs import write_json_atomic
+
 EPILOG = """\
 output (--out, one JSON object per line): id, dataset, where (file:line), question (the last user turn),
 reference, prediction, images (paths), exact, relaxed. The scores (exact_match, relaxed_match: lowercase,
@@ -55,8 +62,6 @@ def compose_for(loaded: Any, overrides: Sequence[str]):
     """The data config of `overrides`, with the run's model settings (template, tiling) when it has them."""
     from omegaconf import OmegaConf
 
-    from internvl_exp.launch.precheck import compose_config
-
     cfg = compose_config(list(overrides))
     model = loaded.run_config.get("model")
     if model:
@@ -76,7 +81,6 @@ def samples(dataset: Any, limit: int | None) -> Iterator[Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from internvl_exp.errors import UserError
 
     try:
         return _predict(args)
@@ -89,10 +93,6 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from internvl_exp.data.from_config import build_from_config
-    from internvl_exp.inference.generate import Sampling, generate, open_images, split_prompt
-    from internvl_exp.inference.load import load_for_inference
-    from internvl_exp.inference.scoring import exact_match, relaxed_match, scores
-    from internvl_exp.outputs import write_json_atomic
 
     loaded = load_for_inference(args.target, args.device, args.dtype)
     print(f"loaded {loaded.source} (template {loaded.template})", file=sys.stderr)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import sys
 
+from internvl_exp.errors import ConfigError
+from internvl_exp.launch.precheck import compose_config
+from internvl_exp.redact import scrub
+
 
 def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
-
-    from internvl_exp.errors import ConfigError
-    from internvl_exp.launch.precheck import compose_config
-    from internvl_exp.redact import scrub
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in overrides):

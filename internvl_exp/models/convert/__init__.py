@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from internvl_exp.models.convert.cache import ensure_converted
+from internvl_exp.models.convert.checkpoint import convert_checkpoint as _convert
 from internvl_exp.models.convert.source import ConversionError, is_original_layout
 
 if TYPE_CHECKING:
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
 
 def convert_checkpoint(src, dst, *, show_progress: bool = True) -> "ConversionReport":
     """Convert the original checkpoint `src` into `dst`; see checkpoint.convert_checkpoint."""
-    from internvl_exp.models.convert.checkpoint import convert_checkpoint as _convert
-
     return _convert(src, dst, show_progress=show_progress)
 
 

@@ -17,7 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
-from internvl_exp.models.convert.source import read_header, shard_files
+from internvl_exp.models.convert.checkpoint import convert_checkpoint
+from internvl_exp.models.convert.source import open_source, read_header, shard_files
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,6 @@ def ensure_converted(src: Path, cache_dir: Path) -> Path:
     """The native directory for the original checkpoint `src`, converting it into cache_dir/converted/<key>/ on
     first use. Safe to call from every rank at once: one converts, the others wait and reuse the result."""
     from filelock import FileLock, Timeout
-
-    from internvl_exp.models.convert.checkpoint import convert_checkpoint
-    from internvl_exp.models.convert.source import open_source
 
     src = Path(src).resolve()
     open_source(src)  # a clear error for a wrong directory before anything is created

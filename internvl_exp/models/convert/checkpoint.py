@@ -24,9 +24,16 @@ from internvl_exp.models.convert.processor import write_processor
 from internvl_exp.models.convert.source import ConversionError, SourceCheckpoint, open_source
 from internvl_exp.models.convert.stream import run_plan
 from internvl_exp.models.convert.tokenizer import image_token_id, load_source_tokenizer
-from internvl_exp.models.convert.verify import check_coverage, check_reads, check_targets, check_written, expected_tensors
+from internvl_exp.models.convert.verify import (
+    check_coverage,
+    check_reads,
+    check_targets,
+    check_written,
+    expected_tensors,
+)
 from internvl_exp.models.convert.vision_keys import PROJECTOR_PREFIX, VISION_PREFIX, projector_rules, vision_rules
 from internvl_exp.models.convert.writer import ShardWriter
+from internvl_exp.outputs import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +96,6 @@ def _native_config(mapped: MappedConfig, src: SourceCheckpoint):
 
 def convert_checkpoint(src: Path, dst: Path, *, show_progress: bool = True) -> ConversionReport:
     """Convert the original checkpoint `src` into the native directory `dst` (must not exist yet)."""
-    from internvl_exp.outputs import write_json_atomic
-
     src, dst = Path(src), Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise ConversionError(f"{dst}: already exists and is not empty; choose a new output directory")

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from internvl_exp.config.geometry import tokens_per_tile
 from internvl_exp.models.convert.llm_keys import Family, TextDims, family_of, supported_architectures
-from internvl_exp.models.convert.source import ConversionError, SourceCheckpoint, SAFETENSORS_DTYPES
+from internvl_exp.models.convert.source import SAFETENSORS_DTYPES, ConversionError, SourceCheckpoint
 
 # transformers-4 PretrainedConfig attributes serialised into every sub-config: generation defaults, bookkeeping,
 # remote-code hooks. None of them describes the architecture; the native config gets its own defaults.
@@ -143,8 +144,6 @@ def source_dtype(src: SourceCheckpoint) -> str:
 
 def map_config(src: SourceCheckpoint, image_token_id: int) -> MappedConfig:
     """The native config for `src`; `image_token_id` is the tokenizer's <IMG_CONTEXT> id."""
-    from internvl_exp.config.geometry import tokens_per_tile
-
     cfg, where = src.config, _where(src)
     _check_supported(src)
     llm, vis = cfg["llm_config"], cfg["vision_config"]

@@ -22,15 +22,42 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.models.convert.checkpoint import _progress, build_plan
+from internvl_exp.models.convert.config_map import map_config, source_dtype
 from internvl_exp.models.convert.export_config import original_config, overlay_on_source
-from internvl_exp.models.convert.llm_keys import FAMILIES, NATIVE_DECODER, NATIVE_HEAD, Family, TextDims, original_llm_keys
+from internvl_exp.models.convert.llm_keys import (
+    FAMILIES,
+    NATIVE_DECODER,
+    NATIVE_HEAD,
+    Family,
+    TextDims,
+    family_of,
+    original_llm_keys,
+)
 from internvl_exp.models.convert.plan import Plan, Rule, identity
-from internvl_exp.models.convert.source import (ConversionError, SourceCheckpoint, is_original_layout, read_config,
-                                                read_header, shard_files)
+from internvl_exp.models.convert.source import (
+    ConversionError,
+    SourceCheckpoint,
+    TensorInfo,
+    is_original_layout,
+    open_source,
+    read_config,
+    read_header,
+    shard_files,
+)
 from internvl_exp.models.convert.stream import run_plan
-from internvl_exp.models.convert.vision_keys import (NATIVE_PROJECTOR, NATIVE_VISION, original_projector_key,
-                                                     original_vision_key, projector_rules, vision_rules)
+from internvl_exp.models.convert.tokenizer import VIDEO_TOKEN, load_source_tokenizer
+from internvl_exp.models.convert.verify import check_coverage, check_targets
+from internvl_exp.models.convert.vision_keys import (
+    NATIVE_PROJECTOR,
+    NATIVE_VISION,
+    original_projector_key,
+    original_vision_key,
+    projector_rules,
+    vision_rules,
+)
 from internvl_exp.models.convert.writer import ShardWriter
+from internvl_exp.outputs import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +106,6 @@ def find_source(native_dir: Path) -> Path | None:
 
 def open_native(path: Path) -> SourceCheckpoint:
     """Config + tensor directory (name -> shard, shape, dtype) of a native checkpoint, from headers only."""
-    from internvl_exp.models.convert.source import TensorInfo
-
     config = read_config(path)
     if config.get("model_type") != NATIVE_MODEL_TYPE:
         raise ConversionError(f"{path / 'config.json'}: model_type is {config.get('model_type')!r}, not "
@@ -96,8 +121,6 @@ def open_native(path: Path) -> SourceCheckpoint:
 def export_family(native: dict[str, Any], source_config: dict | None, llm_family: str | None, where: Path) -> Family:
     """The original LLM family: the source's, else --llm-family, else the one native model_type names (a native
     `llama` is InternLM2 or Llama, which only the source or the user can tell)."""
-    from internvl_exp.models.convert.llm_keys import family_of
-
     if source_config is not None:
         fam = family_of(source_config["llm_config"])
         if fam is not None:
@@ -191,8 +214,6 @@ def _processor_settings(native_dir: Path) -> dict[str, Any]:
 def _same_vocab(source: Path, native_dir: Path) -> bool:
     from transformers import PreTrainedTokenizerFast
 
-    from internvl_exp.models.convert.tokenizer import VIDEO_TOKEN, load_source_tokenizer
-
     theirs = load_source_tokenizer(source).get_vocab()
     ours = PreTrainedTokenizerFast.from_pretrained(str(native_dir)).get_vocab()
     theirs.pop(VIDEO_TOKEN, None)
@@ -203,8 +224,6 @@ def _same_vocab(source: Path, native_dir: Path) -> bool:
 def _native_tokenizer_back(native_dir: Path, dst: Path, vocab_size: int) -> None:
     """The native tokenizer.json with a tokenizer_config transformers 4 reads (PreTrainedTokenizerFast), without
     the <video> placeholder the conversion appended past the embedding table."""
-    from internvl_exp.models.convert.tokenizer import VIDEO_TOKEN
-
     tok = json.loads((native_dir / "tokenizer.json").read_text())
     tok["added_tokens"] = [t for t in tok.get("added_tokens", [])
                            if not (t["content"] == VIDEO_TOKEN and t["id"] >= vocab_size)]
@@ -225,11 +244,6 @@ def _native_tokenizer_back(native_dir: Path, dst: Path, vocab_size: int) -> None
 def check_converts_back(dst: Path, native: SourceCheckpoint) -> None:
     """The export, read as an original checkpoint, plans onto exactly the native model's tensors (names, shapes)."""
     from transformers import InternVLConfig
-
-    from internvl_exp.models.convert.checkpoint import build_plan
-    from internvl_exp.models.convert.config_map import map_config
-    from internvl_exp.models.convert.source import open_source
-    from internvl_exp.models.convert.verify import check_coverage, check_targets
 
     exported = open_source(dst)
     mapped = map_config(exported, int(native.config["image_token_id"]))
@@ -253,10 +267,6 @@ def export_original(native_dir: Path, dst: Path, *, source: Path | None = None, 
     """Write the native checkpoint `native_dir` to `dst` (new or empty) in OpenGVLab's original layout.
     `source`: the original checkpoint it was trained from (default: the conversion record's), which gives the
     config's wording, the tokenizer files and the remote code."""
-    from internvl_exp.models.convert.checkpoint import _progress
-    from internvl_exp.models.convert.config_map import source_dtype
-    from internvl_exp.outputs import write_json_atomic
-
     native_dir, dst = Path(native_dir), Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise ConversionError(f"{dst}: already exists and is not empty; choose a new output directory")

@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from internvl_exp.models.convert.invert import apply_inverted
 from internvl_exp.models.convert.plan import Rule, rename
 
 if TYPE_CHECKING:
@@ -197,8 +198,6 @@ def original_llm_keys(family: Family, native: str, shape: tuple[int, ...]) -> li
     """The original key(s) a native language-model key comes from, by this module's tables run backwards
     (several native keys can name one fused original key; a stacked expert tensor names one key per expert).
     Empty for a key the family's forward rules do not produce."""
-    from internvl_exp.models.convert.invert import apply_inverted
-
     if native == NATIVE_HEAD:
         return [INTERNLM2_HEAD if family.name == "internlm2" else HF_HEAD]
     if not native.startswith(NATIVE_DECODER):

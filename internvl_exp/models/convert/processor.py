@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.models.processor import make_processor
+
 
 def write_processor(
     dst: Path,
@@ -19,8 +21,6 @@ def write_processor(
 ) -> None:
     """Write preprocessor/processor configs (with the chat template of the original config's `template`, when
     it is one we know) and the tokenizer into dst. InternVL normalises with ImageNet statistics (model-zoo 0)."""
-    from internvl_exp.models.processor import make_processor
-
     make_processor(
         tokenizer,
         image_size=image_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from internvl_exp.models.convert.invert import apply_inverted
 from internvl_exp.models.convert.plan import Rule, rename, split_rows
 
 VISION_PREFIX = "vision_model."
@@ -63,8 +64,6 @@ def projector_rules(keys: list[str]) -> list[Rule]:
 def original_vision_key(native: str) -> str | None:
     """The original name of a native `model.vision_tower.*` key (q/k/v parts all name the fused qkv), by the
     tables above run backwards; None for a key they do not produce."""
-    from internvl_exp.models.convert.invert import apply_inverted
-
     if not native.startswith(NATIVE_VISION):
         return None
     table = _VISION_RENAMES + [(_QKV.pattern, _QKV_TARGET.format(part=p)) for p in "qkv"]

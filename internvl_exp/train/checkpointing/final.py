@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from internvl_exp.dist import is_main_process
-from internvl_exp.outputs import RunDir
+from internvl_exp.outputs import BASE_SUBDIR, RunDir
 from internvl_exp.train.checkpointing.checkpoints import move_into_place, save_errors, write_marker
 from internvl_exp.train.tuning.lora import record_base_model
 
@@ -37,11 +37,11 @@ def save_final(trainer: Any, processor: Any, run_dir: RunDir, base_checkpoint: P
         processor.save_pretrained(str(staging))
         final = run_dir.final
         # A LoRA run on a random base saved it as final/base when it started: it moves along.
-        base = final / "base"
+        base = final / BASE_SUBDIR
         if (base / "config.json").is_file():
-            base.rename(staging / "base")
+            base.rename(staging / BASE_SUBDIR)
         # A LoRA final/ names its base by local path: final/base (random init) or the resolved checkpoint.
-        record_base_model(staging, base if (staging / "base" / "config.json").is_file() else base_checkpoint)
+        record_base_model(staging, base if (staging / BASE_SUBDIR / "config.json").is_file() else base_checkpoint)
         write_marker(staging, {"global_step": trainer.state.global_step, "saved_at": time.time()})
         move_into_place(staging, final)  # replaces a partial final/ of an older version (never counted)
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from internvl_exp.dist import is_main_process, world_size
 from internvl_exp.config.resume_rules import resume_mode
+from internvl_exp.dist import is_main_process, world_size
 from internvl_exp.errors import UserError
+from internvl_exp.outputs import BASE_SUBDIR
 from internvl_exp.train.checkpointing.checkpoints import (
     MARKER,
     checkpoint_step,
@@ -151,7 +152,7 @@ def plan_resume(resume: Any, run_dir: Path, warn: bool = True, checksums: bool =
     if why is not None:
         raise RunRefused(f"run {run_dir.name!r} already finished ({why}); its results are never overwritten. "
                          f"To train again into a fresh directory pass resume=false, or choose another run_name")
-    if warn and (run_dir / "final").is_dir() and any(p.name != "base" for p in (run_dir / "final").iterdir()):
+    if warn and (run_dir / "final").is_dir() and any(p.name != BASE_SUBDIR for p in (run_dir / "final").iterdir()):
         log.warning("ignoring %s: it has no %s (its save was interrupted); the run resumes and saves it again",
                     run_dir / "final", MARKER)
     if mode == "path":

@@ -23,7 +23,10 @@ from typing import Any, Iterator
 
 import yaml
 
+from internvl_exp.config.schema import ObjectiveConfig
+from internvl_exp.redact import scrub
 from internvl_exp.train.checkpointing.checkpoints import RUN_CONFIG
+from internvl_exp.train.checkpointing.resume import RunRefused
 
 # Prefixes of dotted keys (a key matches itself and everything under it).
 IGNORED = ("run_name", "sweep_name", "experiment_name", "resume", "paths", "secrets", "print_config",
@@ -69,8 +72,6 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> tuple[list[str], list[s
     if "objective" in new and "objective" not in old:  # a run from before the objective group trained sft
         from dataclasses import asdict
 
-        from internvl_exp.config.schema import ObjectiveConfig
-
         old = {**old, "objective": asdict(ObjectiveConfig())}
     before, after = dict(_flatten(old)), dict(_flatten(new))
     sharded = bool((before.get("deepspeed.stage") or 0) or (after.get("deepspeed.stage") or 0))
@@ -90,9 +91,6 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> tuple[list[str], list[s
 def check_resume_config(config: dict[str, Any], checkpoint: Path | None) -> list[str]:
     """Compare the resolved `config` of this launch with the checkpoint's run config. Raises RunRefused naming
     every key that cannot apply; returns the differences that apply from the resumed step on."""
-    from internvl_exp.redact import scrub
-    from internvl_exp.train.checkpointing.resume import RunRefused
-
     path = run_config_of(checkpoint) if checkpoint is not None else None
     if path is None:
         return []

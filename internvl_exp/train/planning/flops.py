@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from internvl_exp.config.choices import PARTS
+from internvl_exp.models.loading import vision_tile_geometry
 from internvl_exp.models.registry import Family
 
 # Peak dense (no 2:4 sparsity) BF16/FP16 tensor-core TFLOPS per device. NVIDIA's datasheets print the
@@ -79,8 +80,6 @@ class FlopsModel:
     @classmethod
     def from_model(cls, model: Any, family: Family, image_tokens_per_tile: int) -> "FlopsModel":
         import torch.nn as nn
-
-        from internvl_exp.models.loading import vision_tile_geometry
 
         weights = {p: PartWeights() for p in PARTS}
         for name, module in model.named_modules():

@@ -73,7 +73,17 @@ from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from internvl_exp.config.batch import accumulation_steps
 from internvl_exp.config.choices import PARTS
+from internvl_exp.config.chunked_loss import chunk_rows_for, use_chunked_loss
+from internvl_exp.config.precision import weights_dtype
+from internvl_exp.config.schema import Config
+from internvl_exp.models.arch import planning_arch
+from internvl_exp.models.loading import build_model_on_meta
+from internvl_exp.models.registry import get_family
+from internvl_exp.outputs import write_json_atomic
+from internvl_exp.train.planning.flops import FlopsModel, PartWeights, peak_tflops_for
+from internvl_exp.train.tuning.freeze import freeze_plan, num_vision_layers, trainable_vision_layers
 
 GIB = 2**30
 # What a CUDA process holds outside torch's allocator stats: context (~0.5 GiB), NCCL buffers, fragmentation.
@@ -111,12 +121,10 @@ class Device:
     source: str  # where the numbers came from
 
 
-def detect_device(cfg: Any, gpu: str | None = None, running: bool = False) -> Device:
+def detect_device(cfg: Config, gpu: str | None = None, running: bool = False) -> Device:
     """trainer.device_memory_gb / trainer.peak_tflops win; else the named (--gpu) or detected GPU's table
     entries; else DEFAULT_DEVICE, said so. `running`: the plan of this very run, whose device is the truth
     (a CPU run has no device memory to compare against unless trainer.device_memory_gb says)."""
-    from internvl_exp.train.planning.flops import peak_tflops_for
-
     t = cfg.trainer
     name, source = gpu, "--gpu"
     if name is None:
@@ -274,8 +282,6 @@ def activation_bytes(model_config: Any, flows: dict[str, bool], batch: int, seq:
     if flows["llm"]:
         out["llm"] = stack("llm", tc, n_llm, tc.num_hidden_layers, fp32_norm)
     if flows["lm_head"] and chunked:
-        from internvl_exp.config.chunked_loss import chunk_rows_for
-
         rows = min(chunk_rows_for(tc.vocab_size), n_llm)
         upcast = act_bytes if act_bytes < 4 else 0
         accumulator = tc.vocab_size * tc.hidden_size * act_bytes if head_trains and weight_bytes != act_bytes else 0
@@ -291,7 +297,7 @@ REFERENCE_MODES = ("none", "copy", "lora", "precomputed")
 PRECOMPUTED = "precomputed"  # the objective.reference value that reads them from disk (objectives/reference_logps.py)
 
 
-def reference_mode(cfg: Any) -> str:
+def reference_mode(cfg: Config) -> str:
     """none (objective sft, or no objective group), precomputed (objective.reference=precomputed), lora (the
     starting weights under LoRA: the adapters disabled), else copy (the starting weights or another checkpoint)."""
     objective = cfg.get("objective") if hasattr(cfg, "get") else None
@@ -328,8 +334,6 @@ def reference_forward_bytes(model_config: Any, rows: int, seq: int, act_bytes: i
     # normed input (2h) and the gate, the up projection and their product (3 x width) alive at once.
     layer = (2 * tc.hidden_size + 3 * width) * tokens * act_bytes
     if chunked:
-        from internvl_exp.config.chunked_loss import chunk_rows_for
-
         chunk = min(chunk_rows_for(tc.vocab_size), tokens)
         logits = tokens * tc.hidden_size * act_bytes + chunk * tc.vocab_size * (4 + (act_bytes if act_bytes < 4 else 0))
     else:
@@ -337,7 +341,7 @@ def reference_forward_bytes(model_config: Any, rows: int, seq: int, act_bytes: i
     return layer + logits
 
 
-def _zero(cfg: Any) -> tuple[int, bool, bool, dict[str, Any]]:
+def _zero(cfg: Config) -> tuple[int, bool, bool, dict[str, Any]]:
     ds = cfg.deepspeed
     if ds.stage is None:
         return 0, False, False, {}
@@ -381,15 +385,12 @@ def _buffers(stage: int, zc: dict[str, Any], grads_full: float, world: int, weig
     return (float(zc.get("reduce_bucket_size", 5e8)) + float(zc.get("stage3_prefetch_bucket_size", 5e7))) * weight_bytes
 
 
-def _meta_setup(cfg: Any):
+def _meta_setup(cfg: Config):
     """The preset on the meta device with the run's freeze/LoRA applied: (model, family, assumed), `assumed`
     naming the unsourced arch values it was built with (models.arch.planning_arch)."""
     import logging
     import warnings
 
-    from internvl_exp.models.arch import planning_arch
-    from internvl_exp.models.loading import build_model_on_meta
-    from internvl_exp.models.registry import get_family
     from internvl_exp.train.tuning.trainable import make_trainable
 
     family = get_family(cfg.model.family)
@@ -459,14 +460,12 @@ class ModelSummary:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ModelSummary":
-        from internvl_exp.train.planning.flops import FlopsModel, PartWeights
-
         flops = FlopsModel(**{**d["flops"], "weights": {p: PartWeights(**w) for p, w in d["flops"]["weights"].items()}})
         return cls(d["total"], d["trainable"], d["per_part"], flops, d["vision_layers"], ConfigView(d["config"]),
                    list(d["assumed"]))
 
 
-def _summary_key(cfg: Any) -> str:
+def _summary_key(cfg: Config) -> str:
     import hashlib
     import json
     from importlib.metadata import PackageNotFoundError, version
@@ -489,7 +488,7 @@ def _summary_key(cfg: Any) -> str:
     return h.hexdigest()[:32]
 
 
-def model_summary(cfg: Any, setup: Any = None, cache: bool = True, build: Any = None) -> ModelSummary:
+def model_summary(cfg: Config, setup: Any = None, cache: bool = True, build: Any = None) -> ModelSummary:
     """The ModelSummary of `setup` (a (model, family) already made trainable: a run's own model) or of the
     preset built on the meta device, from the cache when the same model/freeze/code was planned before.
     `build(cfg) -> ModelSummary` builds it elsewhere on a cache miss (tools.plan: a MetaWorker)."""
@@ -514,8 +513,6 @@ def model_summary(cfg: Any, setup: Any = None, cache: bool = True, build: Any = 
         model, family, assumed = _meta_setup(cfg)
         summary = _summarise(model, family, tpt, keep_config=False, assumed=assumed)
     if path is not None:
-        from internvl_exp.outputs import write_json_atomic
-
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, summary.to_json())
@@ -525,9 +522,6 @@ def model_summary(cfg: Any, setup: Any = None, cache: bool = True, build: Any = 
 
 
 def _summarise(model: Any, family: Any, tpt: int, keep_config: bool, assumed: list[str] | None = None) -> ModelSummary:
-    from internvl_exp.train.planning.flops import FlopsModel
-    from internvl_exp.train.tuning.freeze import num_vision_layers
-
     total, trainable, per_part = count_parameters(model, family)
     config = model.config if keep_config else ConfigView(ConfigView.fields_of(model.config))
     return ModelSummary(total, trainable, per_part, FlopsModel.from_model(model, family, tpt),
@@ -549,7 +543,7 @@ def count_parameters(model: Any, family: Any) -> tuple[int, int, dict[str, int]]
     return total, trainable, per_part
 
 
-def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None, tiles: int | None = None,
+def plan_memory(cfg: Config, *, gpu: str | None = None, seq_len: int | None = None, tiles: int | None = None,
                 samples: int | None = None, batch: int | None = None, setup: Any = None,
                 world: int | None = None, running: bool = False, build: Any = None,
                 reference: str | None = None) -> Plan:
@@ -560,10 +554,6 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     process count (else what the launch group will start); `running`: planning the current run's own device;
     `build`: see model_summary; `reference`: the preference reference mode (REFERENCE_MODES; default
     `reference_mode(cfg)`)."""
-    from internvl_exp.config.batch import accumulation_steps
-    from internvl_exp.train.planning.flops import FlopsModel, PartWeights
-    from internvl_exp.train.tuning.freeze import freeze_plan, trainable_vision_layers
-
     summary = model_summary(cfg, setup, build=build)
     t, m = cfg.trainer, cfg.model
     world = int(world or cfg.resolved.world_size)
@@ -572,8 +562,6 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     n_tiles = int(tiles if tiles is not None else m.max_dynamic_patch + (1 if m.use_thumbnail and m.max_dynamic_patch > 1 else 0))
     stage, off_opt, off_par, zc = _zero(cfg)
     total, trainable, per_part = summary.total, summary.trainable, summary.per_part
-
-    from internvl_exp.config.precision import weights_dtype
 
     loaded = weights_dtype(cfg)  # model.dtype=auto resolved as the run resolves it
     weight_dtype = "bfloat16" if (stage and t.bf16) else loaded  # DeepSpeed casts the model under bf16
@@ -592,7 +580,6 @@ def plan_memory(cfg: Any, *, gpu: str | None = None, seq_len: int | None = None,
     vit_layers = n_vit if plan.modes["vision"] != "frozen" else len(trainable_vision_layers(plan, n_vit))
     eager = m.attn_implementation == "eager"
     config = summary.config
-    from internvl_exp.config.chunked_loss import use_chunked_loss
 
     chunked = use_chunked_loss(t.get("chunked_loss", "auto"), m.name)
 

@@ -18,6 +18,11 @@ import subprocess
 import sys
 from typing import Any
 
+from internvl_exp import errors
+from internvl_exp.config.schema import Config
+from internvl_exp.errors import UserError
+from internvl_exp.train.planning.memory_plan import ModelSummary, model_summary
+
 
 def serve() -> int:
     """The worker: import the heavy modules now, then answer one request."""
@@ -26,9 +31,6 @@ def serve() -> int:
     import torch  # noqa: F401  (the point: import while the caller composes)
     import transformers.modeling_utils  # noqa: F401
     from omegaconf import OmegaConf
-
-    from internvl_exp.errors import UserError
-    from internvl_exp.train.planning.memory_plan import model_summary
 
     line = sys.stdin.readline()
     if not line:  # the caller found its summary in the cache, or gave up
@@ -53,12 +55,9 @@ class MetaWorker:
         self._proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True)
 
-    def summary(self, cfg: Any):
+    def summary(self, cfg: Config):
         """The ModelSummary of the preset and freeze/LoRA config of `cfg` (a composed config)."""
         from omegaconf import OmegaConf
-
-        from internvl_exp import errors
-        from internvl_exp.train.planning.memory_plan import ModelSummary
 
         request = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "freeze", "resolved")}
         try:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from internvl_exp.config.schema import Config, LoggerConfig, TrainerConfig
 from internvl_exp.outputs import RunDir
 from internvl_exp.redact import scrub_value
 from internvl_exp.train.tuning.schedule import hf_scheduler_name
@@ -15,7 +16,7 @@ from internvl_exp.train.tuning.schedule import hf_scheduler_name
 log = logging.getLogger(__name__)
 
 
-def use_cpu(trainer_cfg: Any) -> bool:
+def use_cpu(trainer_cfg: TrainerConfig) -> bool:
     if trainer_cfg.device == "cpu":
         return True
     if trainer_cfg.device == "cuda":
@@ -23,12 +24,12 @@ def use_cpu(trainer_cfg: Any) -> bool:
     return not torch.cuda.is_available()
 
 
-def report_to(logger_cfg: Any) -> list[str]:
+def report_to(logger_cfg: LoggerConfig) -> list[str]:
     # wandb is logged by our own callback (train/reporting/loggers.py), which keeps the run's config = our resolved config.
     return {"none": [], "tensorboard": ["tensorboard"], "wandb": []}.get(logger_cfg.name, [])
 
 
-def training_arguments(cfg: Any, run_dir: RunDir):
+def training_arguments(cfg: Config, run_dir: RunDir):
     from transformers import TrainingArguments
 
     t, opt = cfg.trainer, cfg.optimizer

@@ -16,7 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.config.schema import Config
 from internvl_exp.dist import is_main_process
+from internvl_exp.launch.torchrun import free_port
 from internvl_exp.outputs import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ def extensions_dir(cache_dir: str | Path) -> Path:
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(cache_dir) / "torch_extensions")
 
 
-def prepare_environment(cfg: Any, cpu: bool) -> None:
+def prepare_environment(cfg: Config, cpu: bool) -> None:
     """Before TrainingArguments (and before deepspeed is imported): env rendezvous, accelerator, op cache."""
     if cpu:  # also without DeepSpeed: transformers imports it, and it warns "Setting accelerator to CPU" unless told
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -34,7 +36,6 @@ def prepare_environment(cfg: Any, cpu: bool) -> None:
         return
     os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir(cfg.paths.cache_dir))
     if not os.environ.get("WORLD_SIZE"):  # one process, no launcher
-        from internvl_exp.launch.torchrun import free_port
 
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, value)
@@ -55,7 +56,7 @@ def op_build_dir(name: str = SHM_OP) -> Path:
 _announced = False
 
 
-def announce_op_build(cfg: Any, cpu: bool) -> None:
+def announce_op_build(cfg: Config, cpu: bool) -> None:
     """Just before DeepSpeed's comm init (ZeRO-3: before the model; else when training starts): say that it
     compiles its CPU op, which is otherwise ~1-3 minutes of silence on the first DeepSpeed run of a machine."""
     global _announced
@@ -71,7 +72,7 @@ def announce_op_build(cfg: Any, cpu: bool) -> None:
                  "runs start at once)", SHM_OP, build.parent)
 
 
-def init_before_model(cfg: Any, args: Any, cpu: bool) -> None:
+def init_before_model(cfg: Config, args: Any, cpu: bool) -> None:
     """After TrainingArguments, before the model: ZeRO-3 needs the process group at construction; and the
     DeepSpeed JSON as the Trainer filled it goes into the run directory as deepspeed.json."""
     if cfg.deepspeed.stage is None:

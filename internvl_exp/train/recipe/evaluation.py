@@ -26,6 +26,9 @@ from typing import Any, Sequence
 import torch
 
 from internvl_exp.data.templates import IGNORE_INDEX
+from internvl_exp.inference.generate import Sampling, generate, open_images, split_prompt
+from internvl_exp.inference.load import Loaded
+from internvl_exp.inference.scoring import exact_match, relaxed_match
 
 
 class EvalShard(torch.utils.data.Dataset):
@@ -79,10 +82,6 @@ def eval_loss_sums(trainer: Any, dataset: Any, collator: Any, batch_size: int) -
 def generation_scores(trainer: Any, dataset: Any, n: int, template: str | None,
                       max_new_tokens: int = 32) -> dict[str, float]:
     """Exact and relaxed match of greedy answers for the first `n` eval samples, over every rank."""
-    from internvl_exp.inference.generate import Sampling, generate, open_images, split_prompt
-    from internvl_exp.inference.load import Loaded
-    from internvl_exp.inference.scoring import exact_match, relaxed_match
-
     args = trainer.args
     rows = list(range(min(n, len(dataset.plan))))
     mine = rows[args.process_index::args.world_size]

@@ -19,9 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.config.chunked_loss import use_chunked_loss
+from internvl_exp.config.objective_rules import is_preference
+from internvl_exp.config.precision import pure_half_precision
 from internvl_exp.data.collator import Collator
-from internvl_exp.data.packing import training_data
 from internvl_exp.data.eval_data import train_and_eval_data
+from internvl_exp.data.packing import training_data
+from internvl_exp.data.preference_data import preference_train_and_eval
 from internvl_exp.dist import is_main_process, world_size
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.loading import (
@@ -31,30 +35,35 @@ from internvl_exp.models.loading import (
     load_tokenizer,
     native_checkpoint,
 )
-from internvl_exp.models.resolve import weights_of
 from internvl_exp.models.registry import get_family
-from internvl_exp.outputs import RunDir, write_json_atomic
+from internvl_exp.models.resolve import weights_of
+from internvl_exp.outputs import BASE_SUBDIR, RunDir, write_json_atomic
 from internvl_exp.redact import scrub_fields
-from internvl_exp.train.recipe.args import training_arguments, use_cpu
-from internvl_exp.train.recipe.callbacks import ThroughputCallback, install_first
-from internvl_exp.train.recipe.evaluation import eval_history
-from internvl_exp.train.recipe.deepspeed_env import (announce_op_build, init_before_model, prepare_environment,
-                                                     write_deepspeed_json)
-from internvl_exp.train.planning.flops import FlopsModel
-from internvl_exp.train.reporting.loss_summary import LossWindows
 from internvl_exp.train.checkpointing.final import save_final
-from internvl_exp.train.reporting.loggers import log_parameter_counts, logger_callbacks
-from internvl_exp.train.tuning.optim import parameter_groups
-from internvl_exp.config.precision import pure_half_precision
-from internvl_exp.train.reporting.param_report import format_report, training_report
 from internvl_exp.train.checkpointing.preemption import Preempted, PreemptionCallback
 from internvl_exp.train.checkpointing.resume import agreed_plan
-from internvl_exp.train.reporting.progress import install_console
+from internvl_exp.train.planning.flops import FlopsModel
+from internvl_exp.train.planning.memory_plan import plan_memory
+from internvl_exp.train.recipe.args import training_arguments, use_cpu
+from internvl_exp.train.recipe.callbacks import ThroughputCallback, install_first, peak_host_rss_gb
+from internvl_exp.train.recipe.deepspeed_env import (
+    announce_op_build,
+    init_before_model,
+    prepare_environment,
+    write_deepspeed_json,
+)
+from internvl_exp.train.recipe.evaluation import eval_history
+from internvl_exp.train.recipe.preference_step import preference_history, preference_training
+from internvl_exp.train.recipe.reference import load_reference
 from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
-from internvl_exp.train.tuning.trainable import make_trainable
 from internvl_exp.train.recipe.trainer import InternVLTrainer
-from internvl_exp.config.chunked_loss import use_chunked_loss
-from internvl_exp.config.objective_rules import is_preference
+from internvl_exp.train.reporting.console_header import training_header
+from internvl_exp.train.reporting.loggers import log_parameter_counts, logger_callbacks
+from internvl_exp.train.reporting.loss_summary import LossWindows
+from internvl_exp.train.reporting.param_report import format_report, training_report
+from internvl_exp.train.reporting.progress import install_console
+from internvl_exp.train.tuning.optim import parameter_groups
+from internvl_exp.train.tuning.trainable import make_trainable
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +113,6 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
 def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     from transformers import set_seed
 
-    from internvl_exp.train.planning.memory_plan import plan_memory
-    from internvl_exp.train.recipe.callbacks import peak_host_rss_gb
-    from internvl_exp.train.reporting.console_header import training_header
-
     if world_size() != cfg.resolved.world_size:
         raise ConfigError(f"this run was resolved for {cfg.resolved.world_size} process(es) (distributed.nproc_per_node "
                           f"x nnodes) but {world_size()} started; launch it with the same distributed settings")
@@ -127,8 +132,6 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     num_tokens_per_tile = cfg.resolved.tokens_per_tile
     preference = is_preference(cfg)  # objective dpo|mpo: pairs, a reference model, the pair loss
     if preference:
-        from internvl_exp.data.preference_data import preference_train_and_eval
-
         dataset, data_report, eval_dataset, eval_report = preference_train_and_eval(cfg, tokenizer, num_tokens_per_tile)
     else:
         dataset, data_report, eval_dataset, eval_report = train_and_eval_data(cfg, tokenizer, num_tokens_per_tile)
@@ -156,15 +159,13 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     # The reference (objective dpo|mpo) from the starting weights, before anything changes the policy.
     reference_loaded = None
     if preference:
-        from internvl_exp.train.recipe.reference import load_reference
-
         reference_loaded = load_reference(cfg, tokenizer, checkpoint, model)
     processor = load_processor(cfg.model, tokenizer, num_tokens_per_tile, checkpoint, cfg.data.system_message,
                                cfg.data.resize_backend)  # final/'s processor computes the training pixels
 
     # Drop-path, freezing, eval-mode frozen parts, LoRA. A random base exists nowhere else: saved for merge_lora.
     save_base = cfg.model.random_init and cfg.trainer.save_final and is_main_process()
-    model = make_trainable(model, family, cfg.freeze, cfg.model, run_dir.final / "base" if save_base else None).model
+    model = make_trainable(model, family, cfg.freeze, cfg.model, run_dir.final / BASE_SUBDIR if save_base else None).model
     report = training_report(model, family, parameter_groups(model, family, cfg.optimizer))
     log.info("what trains:\n%s", format_report(report))
     if is_main_process():
@@ -179,7 +180,6 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     keep_vision_in_graph(model)  # text-only batches still run the vision path (DDP/ZeRO-3 never hang)
     # Padded or packed batches, with the per-token loss weights of data.loss_reduction (data/packing.py).
     if preference:  # pairs, collate_pairs, and the step with its frozen reference (train/recipe/preference_step.py)
-        from internvl_exp.train.recipe.preference_step import preference_training
 
         train_dataset, collator, step = preference_training(cfg, args, model, dataset, tokenizer, reference_loaded)
         del reference_loaded
@@ -238,8 +238,6 @@ def train(recipe: Recipe, preemption: PreemptionCallback) -> tuple[Any, bool]:
 def summarise(cfg: Any, run_dir: RunDir, recipe: Recipe, result: Any, preempted_by: str | None,
               started: float) -> dict[str, Any]:
     """metrics.json (main process), returned; a preempted run raises Preempted after writing it."""
-    from internvl_exp.train.recipe.callbacks import peak_host_rss_gb
-
     trainer, args, throughput = recipe.trainer, recipe.args, recipe.throughput
     losses = _losses(trainer.state.log_history)
     world = args.world_size
@@ -270,7 +268,6 @@ def summarise(cfg: Any, run_dir: RunDir, recipe: Recipe, result: Any, preempted_
         "run_dir": str(run_dir.root),
     }
     if trainer.preference is not None:  # per-step rewards, accuracies, loss terms, δ; train and eval
-        from internvl_exp.train.recipe.preference_step import preference_history
 
         metrics["preference"] = {**preference_history(trainer.state.log_history),
                                  "reference": trainer.preference.reference.kind,

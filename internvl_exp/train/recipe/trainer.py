@@ -18,11 +18,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, Trainer
 
+from internvl_exp.data.sampling import PlanLengthGroupedSampler
 from internvl_exp.dist import is_main_process
 from internvl_exp.models.registry import Family
 from internvl_exp.train.checkpointing import checkpoints
-from internvl_exp.train.tuning.optim import build_optimizer
+from internvl_exp.train.recipe.chunked_loss import model_loss_sum
+from internvl_exp.train.recipe.evaluation import eval_loss_sums, generation_scores
 from internvl_exp.train.recipe.loss import LOSS_KEYS, step_weight, weighted_token_loss
+from internvl_exp.train.tuning.optim import build_optimizer
 from internvl_exp.train.tuning.schedule import scheduler_kwargs
 
 
@@ -56,8 +59,6 @@ class InternVLTrainer(Trainer):
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"):
         """The eval loss over the whole eval set on every rank, reduced exactly (train/recipe/evaluation.py), plus
         generation scores when asked; logged (console, trackers, log_history) like HF's evaluate."""
-        from internvl_exp.train.recipe.evaluation import eval_loss_sums, generation_scores
-
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         started = time.perf_counter()
         if self.preference is not None:  # held-out pairs: rewards, accuracies, each loss term
@@ -83,8 +84,6 @@ class InternVLTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: Any = None):
         if self.group_by_length:
-            from internvl_exp.data.sampling import PlanLengthGroupedSampler
-
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             return PlanLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset)
         return super()._get_train_sampler(train_dataset)
@@ -122,8 +121,6 @@ class InternVLTrainer(Trainer):
     def loss_sum(self, model: Any, inputs: dict[str, Any], labels: Any, weight: Any) -> tuple[Any, Any]:
         """(sum_t w_t * CE_t, the model's outputs) of one batch (train/recipe/loss.py); chunked: no logits in the outputs."""
         if self.chunked_loss:
-            from internvl_exp.train.recipe.chunked_loss import model_loss_sum
-
             return model_loss_sum(model, self.accelerator.unwrap_model(model), inputs, labels, weight)
         outputs = model(**inputs, use_cache=False)  # a live cache would silently skip the packed mask
         return weighted_token_loss(outputs.logits, labels, weight), outputs

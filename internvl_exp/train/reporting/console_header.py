@@ -19,7 +19,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from internvl_exp.config.eval_settings import has_eval_datasets
+from internvl_exp.config.schema import Config
 from internvl_exp.config.show import settings_line
+from internvl_exp.launch.console import print_config_tree
+from internvl_exp.train.planning.memory_plan import _zero
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def model_line(cfg: Any, weights: Any) -> str:
+def model_line(cfg: Config, weights: Any) -> str:
     """`internvl2_8b: native weights from /models/InternVL2-8B (HF cache)` or `tiny: random init (model.arch)`."""
     m = cfg.model
     if weights is None:
@@ -47,7 +51,7 @@ def model_line(cfg: Any, weights: Any) -> str:
     return f"{m.name}: {how} from {weights.path} ({weights.origin})"
 
 
-def trains_line(cfg: Any) -> str:
+def trains_line(cfg: Config) -> str:
     """`freeze=lora_llm: llm lora (r=16, alpha=32); vision, projector, lm_head frozen`."""
     f = cfg.freeze
     parts = dict(f.parts)
@@ -66,10 +70,8 @@ def trains_line(cfg: Any) -> str:
     return f"freeze={f.name}: " + "; ".join(pieces)
 
 
-def processes_line(cfg: Any) -> str:
+def processes_line(cfg: Config) -> str:
     """`torchrun: 8 process(es) x 1 node(s); DeepSpeed ZeRO-2 (optimizer offload)` or `single process; no DeepSpeed`."""
-    from internvl_exp.train.planning.memory_plan import _zero
-
     d = cfg.distributed
     world = int(cfg.resolved.world_size)
     if world == 1 and d.name == "single":
@@ -87,11 +89,9 @@ def processes_line(cfg: Any) -> str:
     return f"{start}; {ds}; device {device}, {precision}"
 
 
-def data_line(cfg: Any) -> str:
+def data_line(cfg: Config) -> str:
     """`data=demo: /data/mine/meta.json; eval off (...)`: what trains and what it is evaluated on, by where it
     comes from (a group's name alone hides an overridden data.meta_path)."""
-    from internvl_exp.config.eval_settings import has_eval_datasets
-
     d = cfg.data
 
     def sources(node: Any) -> str:
@@ -110,7 +110,7 @@ def data_line(cfg: Any) -> str:
     return f"data={d.name}: {sources(d) or 'no datasets'}; eval {ev}"
 
 
-def launch_header(cfg: Any, weights: Any, run_dir: Path) -> str:
+def launch_header(cfg: Config, weights: Any, run_dir: Path) -> str:
     """The part of the header the Hydra job knows before training starts."""
     sweep = f" (sweep {cfg.sweep_name})" if cfg.sweep_name else ""
     return "\n".join([
@@ -124,12 +124,10 @@ def launch_header(cfg: Any, weights: Any, run_dir: Path) -> str:
     ])
 
 
-def print_launch_header(cfg: Any, resolved: dict[str, Any], weights: Any, run_dir: Path) -> None:
+def print_launch_header(cfg: Config, resolved: dict[str, Any], weights: Any, run_dir: Path) -> None:
     """The launch header, logged (console and train.log); the whole config tree on the console too under
     print_config=true."""
     if cfg.print_config:
-        from internvl_exp.launch.console import print_config_tree
-
         print_config_tree(resolved)
     log.info("%s", launch_header(cfg, weights, run_dir))
 

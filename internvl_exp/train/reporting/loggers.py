@@ -26,23 +26,24 @@ from typing import Any, Iterator
 
 from transformers import TrainerCallback
 
+from internvl_exp.config.schema import Config
 from internvl_exp.dist import is_main_process
-from internvl_exp.outputs import RunDir
-from internvl_exp.redact import scrub_value
+from internvl_exp.outputs import RunDir, write_json_atomic
+from internvl_exp.redact import ScrubbedStream, scrub_value
 
 
-def wandb_tags(cfg: Any) -> list[str]:
+def wandb_tags(cfg: Config) -> list[str]:
     """The configured tags plus one per chosen group option (model, data, freeze, deepspeed)."""
     chosen = [f"{group}:{cfg[group].name}" for group in ("model", "data", "freeze", "deepspeed")]
     return list(dict.fromkeys([*map(str, cfg.logger.wandb.tags), *chosen]))
 
 
-def wandb_group(cfg: Any) -> str:
+def wandb_group(cfg: Config) -> str:
     return str(cfg.logger.wandb.group or cfg.sweep_name or cfg.experiment_name)
 
 
 @contextlib.contextmanager
-def experiment_logger(cfg: Any, run_dir: RunDir, resolved: dict[str, Any], is_main: bool = True) -> Iterator[None]:
+def experiment_logger(cfg: Config, run_dir: RunDir, resolved: dict[str, Any], is_main: bool = True) -> Iterator[None]:
     """Set up the configured logger for the duration of a run; always closes it (wandb.finish).
 
     `resolved` is the config as saved in config.yaml (resolved, scrubbed): it becomes the wandb run's config.
@@ -101,8 +102,6 @@ def wandb_run_id(run_dir: RunDir) -> str:
     import json
     import secrets
 
-    from internvl_exp.outputs import write_json_atomic
-
     path = run_dir.root / WANDB_ID_FILE
     try:
         return str(json.loads(path.read_text())["id"])
@@ -119,8 +118,6 @@ def scrubbed_console() -> Iterator[None]:
     write methods wandb's console capture has wrapped, so the console it records (output.log, the .wandb
     file) is scrubbed before wandb sees it, whichever library printed."""
     import sys
-
-    from internvl_exp.redact import ScrubbedStream
 
     old = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = ScrubbedStream(old[0]), ScrubbedStream(old[1])
@@ -158,6 +155,6 @@ class WandbLogCallback(TrainerCallback):
         wandb.run.log(row, step=state.global_step)
 
 
-def logger_callbacks(cfg: Any) -> list[TrainerCallback]:
+def logger_callbacks(cfg: Config) -> list[TrainerCallback]:
     """Trainer callbacks the configured logger needs (TensorBoard's comes with TrainingArguments.report_to)."""
     return [WandbLogCallback()] if cfg.logger.name == "wandb" else []

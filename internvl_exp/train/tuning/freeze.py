@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+from internvl_exp.config.choices import PART_MODES, PARTS
+from internvl_exp.config.schema import FreezeConfig
 from internvl_exp.errors import ConfigError
-from internvl_exp.config.choices import PARTS, PART_MODES
 from internvl_exp.models.registry import Family
 
 if TYPE_CHECKING:  # torch and transformers only where a model is touched: the planner's cached path needs neither
@@ -31,7 +32,7 @@ class FreezePlan:
         return any(m == "lora" for m in self.modes.values())
 
 
-def freeze_plan(freeze_cfg: Any) -> FreezePlan:
+def freeze_plan(freeze_cfg: FreezeConfig) -> FreezePlan:
     """The plan of a `freeze` config group, or of a plain {part: mode} mapping."""
     if isinstance(freeze_cfg, FreezePlan):
         return freeze_cfg
@@ -118,7 +119,7 @@ def set_requires_grad(model: nn.Module, family: Family, plan: FreezePlan) -> Non
             param.requires_grad = fully_trained(family, plan, family.base_name(name), last_layers)
 
 
-def apply_freeze(model: nn.Module, family: Family, freeze_cfg: Any) -> FreezePlan:
+def apply_freeze(model: nn.Module, family: Family, freeze_cfg: FreezeConfig) -> FreezePlan:
     """Apply a freeze strategy without LoRA (full / frozen parts, vit_last_n, embeddings). Returns the plan."""
     plan = freeze_plan(freeze_cfg)
     check_tied_embeddings(model, plan)

@@ -16,18 +16,18 @@ from typing import Any
 
 from torch import nn
 
-from internvl_exp.errors import ConfigError
 from internvl_exp.config.choices import PARTS
+from internvl_exp.config.schema import LoraConfig as LoraSettings
+from internvl_exp.errors import ConfigError
 from internvl_exp.models.registry import Family
+from internvl_exp.outputs import write_json_atomic
 from internvl_exp.train.tuning.freeze import FreezePlan, num_vision_layers, ties_lm_head, trainable_vision_layers
 
 log = logging.getLogger(__name__)
 
-# Written next to the adapter: where the base weights of the run live (see base_model_dir).
-BASE_SUBDIR = "base"
 
 
-def lora_targets(family: Family, plan: FreezePlan, lora_cfg: Any) -> str:
+def lora_targets(family: Family, plan: FreezePlan, lora_cfg: LoraSettings) -> str:
     llm = plan.modes["llm"] == "lora"
     vision = plan.modes["vision"] == "lora"
     llm_targets = tuple(lora_cfg.llm_targets or family.llm_lora_targets) if llm else None
@@ -46,7 +46,7 @@ def modules_to_save(model: nn.Module, family: Family, plan: FreezePlan) -> list[
     return names
 
 
-def apply_lora(model: nn.Module, family: Family, plan: FreezePlan, lora_cfg: Any) -> nn.Module:
+def apply_lora(model: nn.Module, family: Family, plan: FreezePlan, lora_cfg: LoraSettings) -> nn.Module:
     """Wrap the model in a PeftModel with LoRA on the `lora` parts; returns the wrapped model."""
     from peft import LoraConfig, get_peft_model
 
@@ -83,26 +83,7 @@ def record_base_model(final_dir: Path, base: Path | str | None) -> None:
     config_file = final_dir / "adapter_config.json"
     if base is None or not config_file.is_file():
         return
-    from internvl_exp.outputs import write_json_atomic
 
     config = json.loads(config_file.read_text())
     config["base_model_name_or_path"] = str(Path(base).resolve())
     write_json_atomic(config_file, config)
-
-
-def base_model_dir(final_dir: Path, config: dict[str, Any] | None = None) -> str:
-    """Where the base model of an adapter in `final_dir` lives: `final/base/` when the run saved it, else the
-    run's `model.path`, else the adapter's own `base_model_name_or_path`."""
-    local = final_dir / BASE_SUBDIR
-    if (local / "config.json").exists():
-        return str(local)
-    path = ((config or {}).get("model") or {}).get("path")
-    if path:
-        return str(path)
-    adapter = json.loads((final_dir / "adapter_config.json").read_text())
-    if adapter.get("base_model_name_or_path"):
-        return str(adapter["base_model_name_or_path"])
-    raise FileNotFoundError(
-        f"{final_dir}: no base model to merge into (no {BASE_SUBDIR}/ folder, no model.path in the run config, "
-        "no base_model_name_or_path in adapter_config.json); pass --base DIR"
-    )

@@ -11,8 +11,10 @@ from typing import Any, Iterable
 
 import torch
 
+from internvl_exp.config.schema import OptimizerConfig
 from internvl_exp.errors import ConfigError
 from internvl_exp.models.registry import Family
+from internvl_exp.train.tuning.freeze import num_vision_layers
 
 
 def no_weight_decay(family: Family, name: str, param: torch.nn.Parameter, exclude_embeddings: bool) -> bool:
@@ -35,11 +37,9 @@ def _vision_layer_scale(family: Family, name: str, decay: float, n_layers: int) 
     return "post", 1.0
 
 
-def parameter_groups(model: Any, family: Family, opt_cfg: Any) -> list[dict[str, Any]]:
+def parameter_groups(model: Any, family: Family, opt_cfg: OptimizerConfig) -> list[dict[str, Any]]:
     """One group per (part or `embeddings`, ViT layer when layer decay is on, decay?) that has trainable
     parameters. Each group carries `name`, `part` and the parameter `names` for reports."""
-    from internvl_exp.train.tuning.freeze import num_vision_layers
-
     scales = {str(k): float(v) for k, v in dict(opt_cfg.part_lr_scale or {}).items()}
     layer_decay = getattr(opt_cfg, "vision_layer_decay", None)
     exclude_embeddings = bool(getattr(opt_cfg, "no_decay_embeddings", True))
@@ -80,7 +80,7 @@ def fused_supported(params: Iterable[torch.Tensor]) -> bool:
     return all(p.device.type in devices and p.is_floating_point() for p in params)
 
 
-def build_optimizer(model: Any, family: Family, opt_cfg: Any) -> torch.optim.Optimizer:
+def build_optimizer(model: Any, family: Family, opt_cfg: OptimizerConfig) -> torch.optim.Optimizer:
     groups = parameter_groups(model, family, opt_cfg)
     if not groups:
         raise ConfigError("no trainable parameters: every part is frozen; check the freeze strategy (freeze=...)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from internvl_exp.config.schema import OptimizerConfig
+
 # HF's "constant" silently ignores warmup; ours warms up like every other schedule.
 _HF_NAME = {"constant": "constant_with_warmup"}
 
@@ -13,7 +15,7 @@ def hf_scheduler_name(name: str) -> str:
     return _HF_NAME.get(name, name)
 
 
-def scheduler_kwargs(opt_cfg: Any, num_training_steps: int) -> dict[str, Any]:
+def scheduler_kwargs(opt_cfg: OptimizerConfig, num_training_steps: int) -> dict[str, Any]:
     """`lr_scheduler_kwargs` for HF's get_scheduler. warmup_stable_decay needs `num_decay_steps`, which we
     derive from `optimizer.decay_ratio`; cosine_with_min_lr needs its floor. `scheduler_kwargs` wins."""
     name = hf_scheduler_name(opt_cfg.scheduler)

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from internvl_exp.config.schema import FreezeConfig, ModelConfig
 from internvl_exp.models.registry import Family
 from internvl_exp.train.tuning.freeze import (
     FreezePlan,
@@ -26,6 +27,7 @@ from internvl_exp.train.tuning.freeze import (
     set_requires_grad,
     trainable_vision_layers,
 )
+from internvl_exp.train.tuning.lora import apply_lora, save_base_model
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class TrainableSetup:
 
 
 def make_trainable(
-    model: nn.Module, family: Family, freeze_cfg: Any, model_cfg: Any, save_base_to: Path | None = None
+    model: nn.Module, family: Family, freeze_cfg: FreezeConfig, model_cfg: ModelConfig, save_base_to: Path | None = None
 ) -> TrainableSetup:
     """Apply drop-path, freezing, eval-mode hooks and LoRA. `save_base_to`: save the untouched base model there
     before LoRA (when the base cannot be reloaded later, e.g. the random tiny model)."""
@@ -67,8 +69,6 @@ def make_trainable(
     keep_frozen_in_eval(model, eval_modules)
 
     if plan.uses_lora:
-        from internvl_exp.train.tuning.lora import apply_lora, save_base_model
-
         if save_base_to is not None:
             save_base_model(model, save_base_to)
         model = apply_lora(model, family, plan, freeze_cfg.lora)
