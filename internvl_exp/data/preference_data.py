@@ -6,10 +6,16 @@ apply as for SFT, except that a pair longer than max_seq_length is dropped whole
 `data.max_drop_share` stops the run when the drops take too large a share of a dataset. Eval pairs come from
 `data.eval` or a held-out share of the training lines (`data.eval_fraction`: the same line hash as SFT,
 data/eval_data.py, so a held-out pair never trains).
+
+This is the one place a PreferenceDataset is built from a config: training (train/recipe/run.py),
+tools/score_pairs.py and tools/data_check.py all come here, so they see the same pairs for the same overrides.
+Whether a data set holds pairs is read from its lines (`is_preference_data`): a line with question/chosen/rejected
+is a pair, one with conversations is SFT.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -68,13 +74,48 @@ def pair_entries(cfg: Any) -> list[DatasetEntry]:
     return load_entries(cfg.data.meta_path, inline)
 
 
+def first_line_kind(entry: DatasetEntry, max_lines: int = 50) -> str | None:
+    """'preference' or 'sft' from the first parseable line of `entry`'s annotation (None: none parses)."""
+    try:
+        with open(entry.annotation, "rb") as f:
+            for i, raw in enumerate(f):
+                if i >= max_lines:
+                    break
+                try:
+                    obj = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    if "conversations" in obj:
+                        return "sft"
+                    if any(k in obj for k in ("chosen", "rejected")):
+                        return "preference"
+    except OSError:
+        return None
+    return None
+
+
+def is_preference_data(entries: list[DatasetEntry]) -> bool:
+    """True when the data sets' lines are pairs (the first data set whose lines can be read decides)."""
+    for entry in entries:
+        kind = first_line_kind(entry)
+        if kind is not None:
+            return kind == "preference"
+    return False
+
+
+def preference_encoder(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> PreferenceEncoder:
+    """The encoder of the config's template, tiling, max_seq_length and system message."""
+    from internvl_exp.data.from_config import image_settings
+
+    return PreferenceEncoder(tokenizer, cfg.model.template, image_settings(cfg, num_tokens_per_tile),
+                             cfg.data.max_seq_length, cfg.data.system_message, cfg.data.seed)
+
+
 def build_pairs(cfg: Any, tokenizer: Any, num_tokens_per_tile: int,
                 entries: list[DatasetEntry] | None = None) -> PreferenceDataset:
     """Scan every pair of the config's datasets (or `entries`) and check the length drops; raises on bad data."""
-    from internvl_exp.data.from_config import image_settings
-
-    encoder = PreferenceEncoder(tokenizer, cfg.model.template, image_settings(cfg, num_tokens_per_tile),
-                                cfg.data.max_seq_length, cfg.data.system_message, cfg.data.seed)
+    encoder = preference_encoder(cfg, tokenizer, num_tokens_per_tile)
     dataset = PreferenceDataset(pair_entries(cfg) if entries is None else entries, encoder, cfg.data.on_error)
     too_lossy = _drop_problem(dataset, float(cfg.data.max_drop_share), cfg.data.max_seq_length)
     if too_lossy:

@@ -127,7 +127,7 @@ def check_pairs(console: Any, args: Any, cfg: Any, entries: list, tokenizer: Any
     """The preference data report; the exit status as for SFT data (0 ok, 1 training would stop on the data)."""
     from rich.table import Table
 
-    from internvl_exp.data.preference_from_config import preference_encoder
+    from internvl_exp.data.preference_data import preference_encoder
     from internvl_exp.train.reporting.console_header import data_line
 
     d = cfg.data
