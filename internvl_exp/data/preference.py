@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,54 +197,30 @@ class PreferenceEncoder:
         return item
 
 
-def _lines(path: Path):
-    """(line_no, byte offset, text) of every non-blank line."""
-    offset = 0
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if raw.strip():
-                yield line_no, offset, raw
-            offset += len(raw)
-
-
 class PreferenceDataset(torch.utils.data.Dataset):
     """Every usable pair of `entries` (the pre-flight scan keeps per-line numpy arrays only); one epoch is
     `repeat_time` applied per dataset, as for SFT (mixture.py). Items come from `PreferenceEncoder.load`."""
 
-    def __init__(self, entries: Sequence[DatasetEntry], encoder: PreferenceEncoder, on_error: str = "strict"):
+    def __init__(self, entries: Sequence[DatasetEntry], encoder: PreferenceEncoder, on_error: str = "strict",
+                 cache_dir: str | Path | None = None):
+        """Scan (or, with `cache_dir`, load the cached scan of: data/preference_scan.py) every line of `entries`."""
+        from internvl_exp.data.preference_scan import cached_scan
+
         if on_error not in ("strict", "skip"):
             raise ValueError(f"data.on_error must be 'strict' or 'skip', got {on_error!r}")
         self.entries, self.encoder, self.on_error = list(entries), encoder, on_error
-        self.skipped: Counter[str] = Counter()  # lines dropped by the scan, by reason
-        self.too_long: Counter[str] = Counter()  # dataset name -> pairs dropped as too long (data.max_drop_share)
         self.load_failures: Counter[str] = Counter()  # pairs replaced at load time (on_error=skip), by reason
-        problems: list[str] = []
-        # Packed int64 arrays while scanning, not Python lists: a few bytes per line at millions of lines.
-        rows: dict[str, array] = {k: array("q") for k in ("dataset", "line_no", "offset", "nbytes", "chosen_length",
-                                                          "rejected_length")}
-        for d, entry in enumerate(self.entries):
-            for line_no, offset, raw in _lines(entry.annotation):
-                try:
-                    pair = encoder.plan(entry, raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    problems.append(f"{entry.annotation}:{line_no}: invalid_json: not UTF-8 text")
-                    self.skipped["invalid_json"] += 1
-                    continue
-                except PairSkip as e:
-                    if not (on_error == "skip" or e.reason == "too_long"):
-                        problems.append(f"{entry.annotation}:{line_no}: {e}")
-                    self.skipped[e.reason] += 1
-                    if e.reason == "too_long":
-                        self.too_long[entry.name] += 1
-                    continue
-                for key, value in (("dataset", d), ("line_no", line_no), ("offset", offset), ("nbytes", len(raw)),
-                                   ("chosen_length", pair.lengths[0]), ("rejected_length", pair.lengths[1])):
-                    rows[key].append(value)
+        scan, self.scan_source = cached_scan(self.entries, encoder, cache_dir)
+        self.skipped: Counter[str] = scan.skipped()  # lines dropped by the scan, by reason
+        self.too_long: Counter[str] = scan.too_long(self.entries)  # dataset name -> pairs dropped as too long
+        # too_long is a skip under either policy (data.max_drop_share decides whether it stops the run)
+        problems = [f"{self.entries[p['dataset']].annotation}:{p['line_no']}: {p['reason']}: {p['detail']}"
+                    for p in scan.problems if on_error == "strict" and p["reason"] != "too_long"]
         if problems:
             shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
             raise PreferenceDataError(f"{len(problems)} problem(s) in the preference data (data.on_error=strict; fix "
                                       f"them, or set data.on_error=skip to skip and count them):\n  {shown}")
-        self._index({k: np.frombuffer(v, dtype=np.int64) if len(v) else np.empty(0, np.int64) for k, v in rows.items()})
+        self._index(scan.rows)
 
     def _index(self, rows: dict[str, np.ndarray]) -> None:
         """Index the scan's rows (every usable pair, by dataset) and draw epoch 0."""
@@ -268,6 +243,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         out.entries = list(entries) if entries is not None else self.entries
         out.encoder, out.on_error = self.encoder, self.on_error
         out.skipped, out.too_long, out.load_failures = Counter(), Counter(), Counter()
+        out.scan_source = self.scan_source
         out._index({k: v[keep] for k, v in self.rows.items()})
         return out
 

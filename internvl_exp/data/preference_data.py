@@ -116,7 +116,11 @@ def build_pairs(cfg: Any, tokenizer: Any, num_tokens_per_tile: int,
                 entries: list[DatasetEntry] | None = None) -> PreferenceDataset:
     """Scan every pair of the config's datasets (or `entries`) and check the length drops; raises on bad data."""
     encoder = preference_encoder(cfg, tokenizer, num_tokens_per_tile)
-    dataset = PreferenceDataset(pair_entries(cfg) if entries is None else entries, encoder, cfg.data.on_error)
+    # The scan is cached under paths.cache_dir like the SFT plan (data.plan_cache): one process scans, the other
+    # ranks and later runs load it (data/preference_scan.py).
+    cache_dir = cfg.paths.cache_dir if cfg.data.plan_cache else None
+    dataset = PreferenceDataset(pair_entries(cfg) if entries is None else entries, encoder, cfg.data.on_error,
+                                cache_dir)
     too_lossy = _drop_problem(dataset, float(cfg.data.max_drop_share), cfg.data.max_seq_length)
     if too_lossy:
         raise DataError(too_lossy)
