@@ -181,7 +181,9 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     if preference:  # pairs, collate_pairs, and the step with its frozen reference (train/recipe/preference_step.py)
         from internvl_exp.train.recipe.preference_step import preference_training
 
-        train_dataset, collator, step = preference_training(cfg, args, model, dataset, tokenizer, reference_loaded)
+        reference_loaded = [reference_loaded]  # precomputed: preference_training holds the only reference, then frees it
+        train_dataset, collator, step = preference_training(cfg, args, model, dataset, tokenizer,
+                                                            reference_loaded.pop(), eval_dataset, checkpoint)
         del reference_loaded
     else:
         train_dataset, collator = training_data(cfg, dataset, args)
