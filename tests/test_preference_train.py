@@ -148,3 +148,33 @@ def test_a_precomputed_reference_trains_as_the_live_copy_without_reference_weigh
     written = [p.stat().st_mtime_ns for p in stores]
     again = run("again", "precomputed")
     assert [p.stat().st_mtime_ns for p in stores] == written and again["loss_history"] == pre["loss_history"]
+
+
+@pytest.mark.slow
+def test_pair_load_failures_in_loader_workers_reach_metrics_json(tmp_path) -> None:
+    """data.on_error=skip with 2 data-loader worker processes: 2 of 6 pairs have an image whose header scans but
+    whose pixels are cut off, so they fail when loaded (in a worker) and the next pair is served. metrics.json's
+    data report counts them (each bad pair at least once per epoch; 3 when they follow each other in the order)."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "ok.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    lines = [{"image": "cut.png" if i in (1, 4) else "ok.png", "question": "What is it?", "chosen": "Noise.",
+              "rejected": "A cat."} for i in range(6)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (tmp_path / "meta.json").write_text(json.dumps({"p": {"root": str(tmp_path), "annotation": str(tmp_path / "pairs.jsonl")}}))
+    res = run_launch(["objective=mpo", "data=meta", f"data.meta_path={tmp_path / 'meta.json'}", "data.on_error=skip",
+                      "trainer.dataloader_num_workers=2", "trainer.per_device_train_batch_size=1", "trainer.max_steps=6",
+                      "trainer.save_final=false", "trainer.eval_strategy=no", f"paths.output_dir={tmp_path / 'out'}",
+                      f"paths.cache_dir={tmp_path / 'cache'}", "run_name=skip"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "default" / "skip" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 6, metrics.get("error")
+    data = metrics["data"]
+    assert data["samples"] == 6 and data["skipped_by_reason"] == {}  # the scan accepts every line
+    assert set(data["load_failures_by_reason"]) == {"corrupt_media"}
+    assert 2 <= data["load_failures"] == data["load_failures_by_reason"]["corrupt_media"] <= 3
+    assert data["plan"] == "cache-miss"

@@ -35,6 +35,7 @@ from internvl_exp.data.images import image_to_tiles_u8, load_rgb
 from internvl_exp.data.mixture import epoch_indices, epoch_slots
 from internvl_exp.data.plan import LineReader
 from internvl_exp.data.planner import ImageSettings
+from internvl_exp.data.report import LoadFailures
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, ConversationError, count_turns, tokenize_turns
 from internvl_exp.data.tiling import choose_grid
@@ -209,7 +210,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
         if on_error not in ("strict", "skip"):
             raise ValueError(f"data.on_error must be 'strict' or 'skip', got {on_error!r}")
         self.entries, self.encoder, self.on_error = list(entries), encoder, on_error
-        self.load_failures: Counter[str] = Counter()  # pairs replaced at load time (on_error=skip), by reason
+        # Pairs replaced at load time (on_error=skip), by reason: shared memory, so the counts made in data-loader
+        # worker processes reach the main process (and metrics.json's data report).
+        self.load_failures = LoadFailures(tuple(REASONS))
         scan, self.scan_source = cached_scan(self.entries, encoder, cache_dir)
         self.skipped: Counter[str] = scan.skipped()  # lines dropped by the scan, by reason
         self.too_long: Counter[str] = scan.too_long(self.entries)  # dataset name -> pairs dropped as too long
@@ -242,7 +245,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         out = object.__new__(PreferenceDataset)
         out.entries = list(entries) if entries is not None else self.entries
         out.encoder, out.on_error = self.encoder, self.on_error
-        out.skipped, out.too_long, out.load_failures = Counter(), Counter(), Counter()
+        out.skipped, out.too_long, out.load_failures = Counter(), Counter(), LoadFailures(tuple(REASONS))
         out.scan_source = self.scan_source
         out._index({k: v[keep] for k, v in self.rows.items()})
         return out
@@ -295,7 +298,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
                 if self.on_error == "strict":
                     raise PreferenceDataError(f"{where}: {e} (changed since the pre-flight scan; data.on_error=skip "
                                               "skips such pairs)") from e
-                self.load_failures[getattr(e, "reason", "corrupt_media")] += 1
+                self.load_failures.add(getattr(e, "reason", "corrupt_media"))
                 log.warning("%s: skipping pair (%s); serving the next pair instead", where, e)
         raise PreferenceDataError(f"{tries} consecutive pairs from epoch position {index} failed to load "
                                   "(data.on_error=skip)")

@@ -41,6 +41,8 @@ def preference_report(dataset: PreferenceDataset) -> DataReport:
     report.tokens = int(dataset.rows["chosen_length"][order].sum() + dataset.rows["rejected_length"][order].sum())
     report.skipped.update(dataset.skipped)
     report.dropped_too_long = dict(dataset.too_long)
+    report.load_failures = dataset.load_failures  # the dataset's shared counters: metrics.json sums them over ranks
+    report.plan_source = dataset.scan_source
     return report
 
 

@@ -121,7 +121,7 @@ def score(model: Any, dataset: Any, batch_size: int = 4, reference: Any | None =
                     if dataset.on_error == "strict":
                         raise PreferenceDataError(f"{where}: {e} (changed since the pre-flight scan; "
                                                   "data.on_error=skip skips such pairs)") from e
-                    dataset.load_failures[getattr(e, "reason", "corrupt_media")] += 1
+                    dataset.load_failures.add(getattr(e, "reason", "corrupt_media"))
             if not items and forwards is None:
                 continue  # nothing loaded, and no other rank waits for this forward
             if not items and not filler:
