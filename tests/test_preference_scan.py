@@ -70,3 +70,36 @@ def test_two_processes_scan_once_then_a_run_reuses_it_and_an_edit_invalidates_it
     assert edited["rows"] == fresh["rows"]
     assert edited["rows"]["chosen_length"][1] > oracle["rows"]["chosen_length"][1]
     assert np.array_equal(edited["rows"]["rejected_length"], oracle["rows"]["rejected_length"])
+
+
+def test_the_scan_does_not_depend_on_workers_or_chunks(tmp_path) -> None:
+    """The golden pairs and the bad-pair fixture (7 kinds of problem), cut into chunks of a few lines and planned by
+    2 forked workers, give the rows and problems of the one-process scan of whole files; and each row's offset and
+    byte count re-read exactly its jsonl line."""
+    from conftest import fixture
+    from internvl_exp.data.planner import ImageSettings
+    from internvl_exp.data.preference import PreferenceEncoder
+    from internvl_exp.data.preference_scan import scan_pairs
+    from internvl_exp.data.sources import load_entries
+    from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
+
+    data = tmp_path / "data"
+    shutil.copytree(GOLDEN / "data", data)
+    path = data / "mpo_demo.jsonl"
+    path.write_bytes(path.read_bytes().rstrip(b"\n") + b"\n\n" + path.read_bytes().rstrip(b"\n"))  # blank line, no final \n
+    bad = json.loads(fixture("bad_pairs", "meta.json").read_text())
+    inline = {"golden": {"root": str(data / "images"), "annotation": str(path), "max_dynamic_patch": 6},
+              **{n: {**s, "root": str(fixture("bad_pairs") / s["root"]),
+                     "annotation": str(fixture("bad_pairs") / s["annotation"])} for n, s in bad.items()}}
+    entries = load_entries(None, inline)
+    encoder = PreferenceEncoder(load_tiny_tokenizer(), "internvl2_5", ImageSettings(tile_size=56, tokens_per_tile=4),
+                                300)
+    whole = scan_pairs(entries, encoder, workers=1, chunk_bytes=1 << 30)
+    assert len(whole.rows["dataset"]) > 7 and len(whole.problems) >= 7
+    for workers in (1, 2):
+        cut = scan_pairs(entries, encoder, workers=workers, chunk_bytes=300)
+        assert {k: v.tolist() for k, v in cut.rows.items()} == {k: v.tolist() for k, v in whole.rows.items()}
+        assert cut.problems == whole.problems
+    for d, line_no, offset, nbytes in zip(*(whole.rows[k] for k in ("dataset", "line_no", "offset", "nbytes"))):
+        raw = entries[d].annotation.read_bytes()
+        assert raw[offset:offset + nbytes].rstrip(b"\n") == raw.split(b"\n")[line_no - 1]

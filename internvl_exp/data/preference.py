@@ -203,8 +203,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
     `repeat_time` applied per dataset, as for SFT (mixture.py). Items come from `PreferenceEncoder.load`."""
 
     def __init__(self, entries: Sequence[DatasetEntry], encoder: PreferenceEncoder, on_error: str = "strict",
-                 cache_dir: str | Path | None = None):
-        """Scan (or, with `cache_dir`, load the cached scan of: data/preference_scan.py) every line of `entries`."""
+                 cache_dir: str | Path | None = None, scan_workers: int | None = 1):
+        """Scan (or, with `cache_dir`, load the cached scan of: data/preference_scan.py) every line of `entries`,
+        with `scan_workers` processes (None: every core)."""
         from internvl_exp.data.preference_scan import cached_scan
 
         if on_error not in ("strict", "skip"):
@@ -213,7 +214,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         # Pairs replaced at load time (on_error=skip), by reason: shared memory, so the counts made in data-loader
         # worker processes reach the main process (and metrics.json's data report).
         self.load_failures = LoadFailures(tuple(REASONS))
-        scan, self.scan_source = cached_scan(self.entries, encoder, cache_dir)
+        scan, self.scan_source = cached_scan(self.entries, encoder, cache_dir, scan_workers)
         self.skipped: Counter[str] = scan.skipped()  # lines dropped by the scan, by reason
         self.too_long: Counter[str] = scan.too_long(self.entries)  # dataset name -> pairs dropped as too long
         # too_long is a skip under either policy (data.max_drop_share decides whether it stops the run)

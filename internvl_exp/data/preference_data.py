@@ -120,9 +120,11 @@ def build_pairs(cfg: Any, tokenizer: Any, num_tokens_per_tile: int,
     encoder = preference_encoder(cfg, tokenizer, num_tokens_per_tile)
     # The scan is cached under paths.cache_dir like the SFT plan (data.plan_cache): one process scans, the other
     # ranks and later runs load it (data/preference_scan.py).
-    cache_dir = cfg.paths.cache_dir if cfg.data.plan_cache else None
+    from internvl_exp.data.from_config import scan_options
+
+    opts = scan_options(cfg)
     dataset = PreferenceDataset(pair_entries(cfg) if entries is None else entries, encoder, cfg.data.on_error,
-                                cache_dir)
+                                opts["cache_dir"], opts["scan_workers"])
     too_lossy = _drop_problem(dataset, float(cfg.data.max_drop_share), cfg.data.max_seq_length)
     if too_lossy:
         raise DataError(too_lossy)

@@ -2,6 +2,8 @@
 
 `scan_pairs` plans every line of every annotation file with a PreferenceEncoder into packed int64 arrays (a few
 integers per usable pair, no Python object per line) plus the list of bad lines (`file:line`, reason, detail).
+As the SFT scan, the files are cut into byte chunks at line ends, planned by forked worker processes
+(`data.scan_workers`) and joined in file order.
 
 `cached_scan` keeps that result under `<cache_dir>/pair_plans/<key>/` so it is computed once per machine and data
 version, not once per rank and per run: an exclusive file lock on the key decides who scans (the first process
@@ -51,38 +53,90 @@ class PairScan:
         return Counter(entries[p["dataset"]].name for p in self.problems if p["reason"] == "too_long")
 
 
-def _lines(path: Path):
-    """(line_no, byte offset, raw bytes) of every non-blank line."""
-    offset = 0
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if raw.strip():
-                yield line_no, offset, raw
-            offset += len(raw)
+_STATE: dict[str, Any] = {}  # set in the parent before the fork: the workers inherit the encoder and tokenizer
 
 
-def scan_pairs(entries: Sequence[DatasetEntry], encoder: Any) -> PairScan:
-    """Plan every line (no cache): the usable pairs' rows and every bad line."""
+def _scan_chunk(task: tuple[int, int, int, int]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Plan the lines of one byte chunk [start, end) of dataset d's annotation, whose first line is `first_line`."""
     from internvl_exp.data.preference import PairSkip
 
+    d, start, end, first_line = task
+    encoder, entry = _STATE["encoder"], _STATE["entries"][d]
+    with open(entry.annotation, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
     cols = {k: array("q") for k in ROW_FIELDS}
     problems: list[dict[str, Any]] = []
-    for d, entry in enumerate(entries):
-        for line_no, offset, raw in _lines(entry.annotation):
-            try:
-                pair = encoder.plan(entry, raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                problems.append({"dataset": d, "line_no": line_no, "reason": "invalid_json", "detail": "not UTF-8 text"})
-                continue
-            except PairSkip as e:
-                problems.append({"dataset": d, "line_no": line_no, "reason": e.reason, "detail": e.detail})
-                continue
-            for key, value in zip(ROW_FIELDS, (d, line_no, offset, len(raw), pair.lengths[0], pair.lengths[1],
-                                               pair.supervised[0], pair.supervised[1], sum(pair.tiles),
-                                               len(pair.images))):
-                cols[key].append(value)
-    rows = {k: np.frombuffer(v, dtype=np.int64).copy() if len(v) else np.zeros(0, np.int64) for k, v in cols.items()}
-    return PairScan(rows, problems)
+    pos = 0
+    for k, raw in enumerate(lines):
+        offset = start + pos
+        has_newline = k < len(lines) - 1 or data.endswith(b"\n")
+        pos += len(raw) + 1
+        if not raw.strip():
+            continue
+        line_no = first_line + k
+        try:
+            pair = encoder.plan(entry, raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            problems.append({"dataset": d, "line_no": line_no, "reason": "invalid_json", "detail": "not UTF-8 text"})
+            continue
+        except PairSkip as e:
+            problems.append({"dataset": d, "line_no": line_no, "reason": e.reason, "detail": e.detail})
+            continue
+        for key, value in zip(ROW_FIELDS, (d, line_no, offset, len(raw) + has_newline, pair.lengths[0],
+                                           pair.lengths[1], pair.supervised[0], pair.supervised[1], sum(pair.tiles),
+                                           len(pair.images))):
+            cols[key].append(value)
+    return {k: np.frombuffer(v, dtype=np.int64).copy() if len(v) else np.zeros(0, np.int64)
+            for k, v in cols.items()}, problems
+
+
+def _run(tasks: list, workers: int) -> list:
+    """The chunks' results in task order: in this process for one worker, else in forked worker processes (as the
+    SFT scan: the encoder and tokenizer are shared by the fork, not pickled; a worker that dies stops the scan)."""
+    if workers <= 1 or len(tasks) <= 1:
+        return [_scan_chunk(t) for t in tasks]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from internvl_exp.data.prescan import ScanWorkerError, _init_worker
+
+    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init_worker, initargs=(os.getpid(),))
+    try:
+        return list(pool.map(_scan_chunk, tasks))
+    except BrokenProcessPool:
+        raise ScanWorkerError("a preference-data scan worker process died (often the out-of-memory killer); set "
+                              "data.scan_workers lower (1 scans in the main process) and run again") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def scan_pairs(entries: Sequence[DatasetEntry], encoder: Any, workers: int | None = 1,
+               chunk_bytes: int | None = None) -> PairScan:
+    """Plan every line (no cache): the usable pairs' rows and every bad line, in file order. The files are cut
+    into byte chunks at line ends and planned by `workers` processes (None: every core); the result does not
+    depend on the number of workers or the chunk size."""
+    from internvl_exp.data.prescan import MAX_CHUNK, MIN_CHUNK, available_cores, chunk_file
+
+    entries = list(entries)
+    workers = workers or available_cores()
+    if chunk_bytes is None:
+        total = sum(e.annotation.stat().st_size for e in entries)
+        chunk_bytes = int(min(MAX_CHUNK, max(MIN_CHUNK, total / max(1, workers * 8))))
+    tasks = [(d, start, end, first) for d, e in enumerate(entries)
+             for start, end, first in chunk_file(e.annotation, chunk_bytes)[0]]
+    _STATE.update(encoder=encoder, entries=entries)
+    try:
+        parts = _run(tasks, workers)
+    finally:
+        _STATE.clear()
+    rows = {k: np.concatenate([p[0][k] for p in parts]) if parts else np.zeros(0, np.int64) for k in ROW_FIELDS}
+    return PairScan(rows, [q for p in parts for q in p[1]])
 
 
 def _code_version() -> str:
@@ -123,7 +177,8 @@ def _load(directory: Path) -> PairScan:
     return PairScan(rows, json.loads((directory / "problems.json").read_text()))
 
 
-def cached_scan(entries: Sequence[DatasetEntry], encoder: Any, cache_dir: str | Path | None) -> tuple[PairScan, str]:
+def cached_scan(entries: Sequence[DatasetEntry], encoder: Any, cache_dir: str | Path | None,
+                workers: int | None = 1) -> tuple[PairScan, str]:
     """The scan, and where it came from: "scan" (no cache dir), "cache-miss" (scanned, then cached) or
     "cache-hit" (loaded; another process or an earlier run scanned it)."""
     from internvl_exp.data.prescan import _fresh, _locked, _stat_identity, _write_manifest, file_fingerprint
@@ -131,7 +186,7 @@ def cached_scan(entries: Sequence[DatasetEntry], encoder: Any, cache_dir: str | 
 
     entries = list(entries)
     if cache_dir is None:
-        return scan_pairs(entries, encoder), "scan"
+        return scan_pairs(entries, encoder, workers), "scan"
     root = Path(cache_dir) / "pair_plans"
     key = scan_key(entries, encoder)
     directory = root / key
@@ -145,7 +200,7 @@ def cached_scan(entries: Sequence[DatasetEntry], encoder: Any, cache_dir: str | 
         # Fingerprints before the scan: a file edited during the scan then fails the next freshness check.
         files = [{"path": scrub(str(e.annotation.resolve())), "fingerprint": file_fingerprint(e.annotation),
                   "stat": _stat_identity(e.annotation)} for e in entries]
-        scan = scan_pairs(entries, encoder)
+        scan = scan_pairs(entries, encoder, workers)
         log.info("preference data: scanned %d line(s) in %.2f s", len(scan.rows["dataset"]) + len(scan.problems),
                  time.perf_counter() - started)
         tmp = root / f"{key}.tmp{os.getpid()}"

@@ -30,13 +30,13 @@ def objective_kind(cfg: Any) -> str | None:
     return str(kind) if kind else None
 
 
-def scan_pairs(entries: list, encoder: Any, cache_dir: str | None = None) -> dict[str, Any]:
+def scan_pairs(entries: list, encoder: Any, cache_dir: str | None = None, workers: int | None = 1) -> dict[str, Any]:
     """Every line planned by training's scan (data/preference_scan.py, cached and shared with training under
     `cache_dir`): per usable pair only integers in packed arrays, with where to re-read it (`--show`,
     `--decode`); every problem with its file:line."""
     from internvl_exp.data.preference_scan import cached_scan
 
-    scan, _ = cached_scan(entries, encoder, cache_dir)
+    scan, _ = cached_scan(entries, encoder, cache_dir, workers)
     r = scan.rows
     rows = {"dataset": r["dataset"], "line_no": r["line_no"], "offset": r["offset"], "nbytes": r["nbytes"],
             "chosen": r["chosen_length"], "rejected": r["rejected_length"], "tiles": r["tiles"], "images": r["images"],
@@ -117,7 +117,7 @@ def check_pairs(console: Any, args: Any, cfg: Any, entries: list, tokenizer: Any
 
     d = cfg.data
     encoder = preference_encoder(cfg, tokenizer, n_tok)
-    scanned = scan_pairs(entries, encoder, cfg.paths.cache_dir if d.plan_cache else None)
+    scanned = scan_pairs(entries, encoder, cfg.paths.cache_dir if d.plan_cache else None, d.scan_workers)
     rows = dataset_rows(entries, scanned)
     kind = objective_kind(cfg)
     console.print(data_line(cfg), markup=False, soft_wrap=True)  # where the data (and the eval data) come from
