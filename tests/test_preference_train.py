@@ -148,6 +148,12 @@ def test_a_precomputed_reference_trains_as_the_live_copy_without_reference_weigh
     written = [p.stat().st_mtime_ns for p in stores]
     again = run("again", "precomputed")
     assert [p.stat().st_mtime_ns for p in stores] == written and again["loss_history"] == pre["loss_history"]
+    # The first run loaded the starting weights a second time to score the pairs; the re-run found every store
+    # and loaded no reference at all.
+    first_log = (tmp_path / "out" / "default" / "precomputed" / "train.log").read_text()
+    again_log = (tmp_path / "out" / "default" / "again" / "train.log").read_text()
+    assert "reference model = the starting weights" in first_log and "reference model is not loaded" not in first_log
+    assert "reference model = the starting weights" not in again_log and "reference model is not loaded" in again_log
 
 
 @pytest.mark.slow

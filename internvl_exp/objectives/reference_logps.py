@@ -344,27 +344,37 @@ def from_scores(scores: Mapping[str, np.ndarray], key: dict[str, Any], prefix: s
                           scores[f"{prefix}rejected_logp"][ok])
 
 
+def stored_everywhere(dataset: Any, weights_dir: str | Path, cache_dir: str | Path, dtype: str,
+                      **key_extra: Any) -> ReferenceLogps | None:
+    """The store of this key when every rank finds it, else None on every rank (a collective: a rank that saw the
+    store while another did not would leave the others waiting in the pass that computes it)."""
+    from internvl_exp import dist as ranks
+
+    found = cached(cache_dir, reference_key(weights_dir, dataset, dtype, **key_extra))
+    group = ranks.process_group()
+    have = [found is not None]
+    if group is not None:
+        seen: list[Any] = [None] * group.get_world_size()
+        group.all_gather_object(seen, have[0])
+        have = seen
+    return found if all(have) else None
+
+
 def precompute(reference: Any, dataset: Any, weights_dir: str | Path, cache_dir: str | Path, batch_size: int = 4,
                progress: Callable[[int], None] | None = None,
-               logps: Callable[[Any, dict[str, Any]], Mapping[str, Any]] | None = None,
+               logps: Callable[[Any, dict[str, Any]], Mapping[str, Any]] | None = None, dtype: str | None = None,
                **key_extra: Any) -> ReferenceLogps:
     """The reference log-probs of every pair of `dataset`: reused from `cache_dir` when the key matches, else
     computed by all ranks (`score_distributed`), written by rank 0 and sent to every rank. Every rank must
     call it (a collective)."""
     from internvl_exp import dist as ranks
 
-    dtype = str(next(reference.parameters()).dtype).removeprefix("torch.")
+    dtype = dtype or str(next(reference.parameters()).dtype).removeprefix("torch.")
     key = reference_key(weights_dir, dataset, dtype, **key_extra)
-    found = cached(cache_dir, key)
-    group = ranks.process_group()
-    # Agree on whether to compute: a rank that saw the store while another did not would hang the others.
-    have = [found is not None]
-    if group is not None:
-        seen: list[Any] = [None] * group.get_world_size()
-        group.all_gather_object(seen, have[0])
-        have = seen
-    if all(have):
+    found = stored_everywhere(dataset, weights_dir, cache_dir, dtype, **key_extra)
+    if found is not None:
         return found
+    group = ranks.process_group()
     scores = score_distributed(reference, dataset, batch_size, progress=progress, logps=logps)
     store = None
     if scores is not None:  # rank 0

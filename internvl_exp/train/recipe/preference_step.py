@@ -291,19 +291,20 @@ def preference_history(log_history: list[dict[str, Any]]) -> dict[str, Any]:
 
 def preference_training(cfg: Any, args: Any, model: torch.nn.Module, dataset: Any, tokenizer: Any,
                         reference_loaded: torch.nn.Module | None, eval_dataset: Any = None,
-                        start_checkpoint: Path | None = None) -> tuple[Any, Any, PreferenceStep]:
+                        start_checkpoint: Path | None = None, stored: Any = None) -> tuple[Any, Any, PreferenceStep]:
     """(train dataset, collator, step) of a dpo|mpo run: the pairs as they are, `collate_pairs`, and the step with
     its reference (train/recipe/reference.py; `reference_loaded` from load_reference before the policy changed).
     With objective.reference=precomputed the reference scores the train and eval pairs once here and is released:
-    the step looks its log-probs up (the caller must drop its own `reference_loaded` too)."""
+    the step looks its log-probs up (the caller must drop its own `reference_loaded` too); `stored`: the lookup
+    when every store already exists (reference.stored_reference; then no reference was loaded)."""
     from internvl_exp.config.chunked_loss import use_chunked_loss
     from internvl_exp.data.preference import collate_pairs
     from internvl_exp.train.recipe.reference import build_reference, held_parameters, is_precomputed, precompute_reference
 
     chunked = use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name)
-    reference = build_reference(cfg, args, model, reference_loaded)
+    reference = stored if stored is not None else build_reference(cfg, args, model, reference_loaded)
     reference_loaded = None  # the live Reference holds it now (and only it, for precomputed)
-    if is_precomputed(cfg):
+    if is_precomputed(cfg) and stored is None:
         live = reference
         reference = precompute_reference(cfg, args, live, {"train": dataset, "eval": eval_dataset},
                                          Path(start_checkpoint), chunked)

@@ -15,8 +15,9 @@ wrapped by `deepspeed.initialize` with a ZeRO-3 config that has no optimizer.
 - precomputed: the starting weights as for null, but used once, before training: every rank scores its share of
   the train pairs (and of the eval pairs, a second store) with the reference built as above and the forward the
   live reference uses, through objectives/reference_logps.py precompute (stored under
-  `<paths.cache_dir>/reference_logps/`, reused by a re-run with the same weights, data and dtype); then the
-  reference module is released and training looks each batch's `pair_ids` up (`PrecomputedReference`).
+  `<paths.cache_dir>/reference_logps/`); then the reference module is released and training looks each batch's
+  `pair_ids` up (`PrecomputedReference`). A re-run with the same weights, data and settings finds the stores
+  before loading anything (`stored_reference`) and never loads the reference.
 """
 
 from __future__ import annotations
@@ -140,6 +141,33 @@ class PrecomputedReference:
         return {"chosen_logps": chosen, "rejected_logps": rejected}
 
 
+def _store_settings(cfg: Any, args: Any, chunked: bool) -> dict[str, Any]:
+    """What, besides the weights and the data, decides the stored log-probs: how the reference would be built and
+    run (from the config, so a re-run can find its stores without loading the reference first)."""
+    kind = "adapters_disabled" if adapters_are_reference(cfg) else ("zero3" if cfg.deepspeed.stage == 3 else "copy")
+    return {"dtype": str(cfg.model.dtype), "deepspeed_stage": cfg.deepspeed.stage, "bf16": bool(args.bf16),
+            "fp16": bool(args.fp16), "reference_kind": kind, "chunked": bool(chunked)}
+
+
+def stored_reference(cfg: Any, args: Any, datasets: dict[str, Any], weights_dir: Path,
+                     chunked: bool) -> PrecomputedReference | None:
+    """The lookup when every split's store exists on every rank (a re-run with the same weights, data and
+    settings): then the reference is never loaded. None otherwise (a collective: every rank must call it)."""
+    from internvl_exp.objectives import reference_logps as rl
+
+    stores = {}
+    for split, dataset in datasets.items():
+        if dataset is None:
+            continue
+        found = rl.stored_everywhere(dataset, weights_dir, cfg.paths.cache_dir, **_store_settings(cfg, args, chunked))
+        if found is None:
+            return None
+        stores[split] = found
+    log.info("preference: the reference log-probs of every pair are stored (%s): the reference model is not "
+             "loaded", ", ".join(str(s.path) for s in stores.values()))
+    return PrecomputedReference(stores)
+
+
 def precompute_reference(cfg: Any, args: Any, live: Reference, datasets: dict[str, Any], weights_dir: Path,
                          chunked: bool) -> PrecomputedReference:
     """Score every pair of `datasets` (split -> PreferenceDataset) with the `live` reference on all ranks (each
@@ -157,7 +185,7 @@ def precompute_reference(cfg: Any, args: Any, live: Reference, datasets: dict[st
         started = time.perf_counter()
         stores[split] = rl.precompute(live.module, dataset, weights_dir, cfg.paths.cache_dir,
                                       batch_size=int(args.per_device_eval_batch_size), logps=forward,
-                                      reference_kind=live.kind, chunked=bool(chunked))
+                                      **_store_settings(cfg, args, chunked))
         log.info("preference: reference log-probs of %d %s pairs ready in %.1f s (%s)", len(stores[split]), split,
                  time.perf_counter() - started, stores[split].path)
     return PrecomputedReference(stores)
