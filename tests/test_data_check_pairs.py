@@ -80,10 +80,20 @@ def test_sft_lines_checked_as_pairs_on_request(tmp_path, capsys, demo_dir) -> No
     assert "bad_pair" in text and "looks like SFT data" in text and "no usable pairs" in text
 
 
+def test_a_preference_objective_reads_the_pair_demo_as_training_does(tmp_path, capsys) -> None:
+    # data=demo_pref: the pair demo is generated (not the SFT demo) and checked as pairs, as training reads it
+    out = tmp_path / "report.json"
+    assert main(["objective=mpo", "data=demo_pref", f"paths.demo_data_dir={tmp_path / 'demo'}",
+                 f"paths.cache_dir={tmp_path / 'cache'}", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["kind"] == "preference" and sum(r["pairs"] for r in report["datasets"]) > 0
+    assert (tmp_path / "demo_pref" / "meta.json").exists() and not (tmp_path / "demo" / "meta.json").exists()
+
+
 @pytest.mark.parametrize("first, kind", [('{"question": "q", "chosen": "a", "rejected": "b"}', "preference"),
                                          ('{"conversations": []}', "sft"), ("not json", None)])
 def test_the_kind_of_data_is_read_from_its_lines(tmp_path, first: str, kind) -> None:
-    from internvl_exp.data.preference_from_config import first_line_kind
+    from internvl_exp.data.preference_data import first_line_kind
     from internvl_exp.data.sources import DatasetEntry
 
     (tmp_path / "a.jsonl").write_text(first + "\n")

@@ -41,7 +41,8 @@ def test_mpo_and_dpo_carry_internvl_settings(tmp_path) -> None:
     ("data.packing.enabled=true", "data.packing.enabled: objective=mpo trains on pairs"),
     ("data.loss_reduction=square", "data.loss_reduction: 'square' weighs SFT tokens"),
     ("data.length_policy=truncate", "data.length_policy: 'truncate'; objective=mpo keeps or drops a pair whole"),
-    ("objective.reference=precomputed", "objective.reference=precomputed"),
+    ("objective.reference=precomputed", "objective.reference=precomputed: the stored log-probs are keyed by the "
+                                        "starting checkpoint's files, and model.random_init=true has none"),
     ("objective.reference=/no/such/ckpt", "objective.reference: /no/such/ckpt is not a directory"),
 ])
 def test_each_bad_key_is_one_line(override, line, tmp_path) -> None:

@@ -155,4 +155,4 @@ def test_media_broken_after_the_scan(tokenizer, tmp_path: Path) -> None:
     with pytest.raises(PreferenceDataError, match=r"mpo_demo.jsonl:1: corrupt_media"):
         strict[position]
     served = skip[position]
-    assert not served["where"].endswith(":1") and skip.load_failures == {"corrupt_media": 1}
+    assert not served["where"].endswith(":1") and skip.load_failures.as_dict() == {"corrupt_media": 1}

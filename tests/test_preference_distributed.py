@@ -127,3 +127,35 @@ def test_killed_run_resumes_with_delta_continued(tmp_path, demo_dir, tiny_checkp
     assert resumed["mean"] == pytest.approx(straight["mean"], rel=1e-6, abs=1e-9)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["resumed_from"].endswith("checkpoint-2")
+
+
+@pytest.mark.parametrize("reference", ["null", "precomputed"])
+def test_zero3_reference_with_a_text_only_rank(reference, tmp_path, tiny_checkpoint):
+    """ZeRO-3 shards the reference too, so its forward gathers the vision weights collectively: with one pair with
+    an image and one text-only pair over 2 ranks x 1 pair, every step (and the precompute pass) has one rank with a
+    text-only batch. Both must run the vision path (train/recipe/same_graph.py), else the ranks wait on each other."""
+    from PIL import Image
+
+    data = tmp_path / "pairs"
+    (data / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(data / "images" / "red.png")
+    lines = [{"image": "images/red.png", "question": "<image>\nWhat colour is it?", "chosen": "Red.", "rejected": "Blue."},
+             {"question": "What comes after 1?", "chosen": "2.", "rejected": "7."}]
+    (data / "pairs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (data / "meta.json").write_text(json.dumps({"mix": {"root": str(data), "annotation": str(data / "pairs.jsonl")}}))
+    args = [f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", "run_name=mix", "model=local",
+            f"model.path={tiny_checkpoint}", "model.template=internvl2_5", "model.dtype=float32", "model.image_size=64",
+            "model.patch_size=8", "model.max_dynamic_patch=4", "objective=mpo", f"objective.reference={reference}",
+            "data=meta", f"data.meta_path={data / 'meta.json'}", "trainer.per_device_train_batch_size=1",
+            "trainer.global_batch_size=2", "trainer.max_steps=2", "trainer.logging_steps=1", "trainer.bf16=false",
+            "trainer.save_final=false", "trainer.eval_strategy=no", "distributed=torchrun",
+            "distributed.nproc_per_node=2", "deepspeed=zero3"]
+    res = run_launch(args, timeout=400)  # a rank left waiting in a gather would hang until this timeout
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "default" / "mix" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 2, metrics.get("error")
+    pref = metrics["preference"]
+    assert pref["reference"] == ("zero3" if reference == "null" else "precomputed")
+    assert pref["history"][0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # step 1: policy = reference
+    if reference == "precomputed":
+        assert pref["parameters_held"] == _base_parameters(tiny_checkpoint)  # the policy only

@@ -106,3 +106,81 @@ def test_two_steps_of_the_preference_step_follow_the_golden_delta(tmp_path) -> N
         assert step.running.mean == pytest.approx(bco["running_moments_after"]["mean"], abs=3e-6), name
         assert step.running.count == pytest.approx(bco["running_moments_after"]["count"]), name
     assert step.pop_metrics(None, 1)["delta"] == step.running.mean
+
+
+@pytest.mark.slow
+def test_a_precomputed_reference_trains_as_the_live_copy_without_reference_weights(tmp_path) -> None:
+    """objective.reference=precomputed against null (a live frozen copy of the starting weights) on the golden
+    policy and pairs, 3 steps of 2 pairs and a held-out eval: the same losses and eval metrics within 1e-5 relative,
+    no reference parameters held, and a re-run reuses both stores (train, eval) without computing them again."""
+    policy = policy_original(tmp_path / "policy")
+    cache = tmp_path / "cache"
+
+    def run(name: str, reference: str) -> dict:
+        args = golden_command(policy, reference, tmp_path / "out", cache)
+        args = [a for a in args if not a.startswith(("trainer.per_device_train_batch_size", "trainer.max_steps"))]
+        res = run_launch(["objective=mpo", *args, f"run_name={name}", "trainer.per_device_train_batch_size=2", "trainer.max_steps=3",
+                          "data.eval_fraction=0.3", "trainer.per_device_eval_batch_size=2"], cwd=GOLDEN)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        metrics = json.loads((tmp_path / "out" / "default" / name / "metrics.json").read_text())
+        assert metrics["status"] == "completed", metrics.get("error")
+        return metrics
+
+    live, pre = run("live", "null"), run("precomputed", "precomputed")
+    assert live["preference"]["reference"] == "copy" and pre["preference"]["reference"] == "precomputed"
+    # The policy alone: half of what the live run holds (its policy and a whole frozen copy).
+    assert pre["preference"]["parameters_held"] * 2 == live["preference"]["parameters_held"]
+    assert [h["loss"] for h in pre["loss_history"]] == pytest.approx([h["loss"] for h in live["loss_history"]],
+                                                                     rel=1e-5)
+    assert len(pre["loss_history"]) == 3
+    for mine, theirs in zip(pre["preference"]["history"], live["preference"]["history"]):
+        for key in ("loss/sigmoid", "loss/bco_pair", "nll", "logps/chosen", "logps/rejected"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5), key
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "delta"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), key
+    assert pre["preference"]["history"][2]["rewards/margins"] != 0.0  # the policy moved: the lookup matters
+    assert pre["final_eval_loss"] == pytest.approx(live["final_eval_loss"], rel=1e-5)
+    for key in ("rewards/accuracies", "rewards/margins", "logps/chosen"):
+        assert pre["preference"]["final_eval"][key] == pytest.approx(live["preference"]["final_eval"][key],
+                                                                     rel=1e-5, abs=1e-6), key
+    stores = sorted((cache / "reference_logps").glob("*/key.json"))
+    assert len(stores) == 2  # the train pairs and the eval pairs
+    written = [p.stat().st_mtime_ns for p in stores]
+    again = run("again", "precomputed")
+    assert [p.stat().st_mtime_ns for p in stores] == written and again["loss_history"] == pre["loss_history"]
+    # The first run loaded the starting weights a second time to score the pairs; the re-run found every store
+    # and loaded no reference at all.
+    first_log = (tmp_path / "out" / "default" / "precomputed" / "train.log").read_text()
+    again_log = (tmp_path / "out" / "default" / "again" / "train.log").read_text()
+    assert "reference model = the starting weights" in first_log and "reference model is not loaded" not in first_log
+    assert "reference model = the starting weights" not in again_log and "reference model is not loaded" in again_log
+
+
+@pytest.mark.slow
+def test_pair_load_failures_in_loader_workers_reach_metrics_json(tmp_path) -> None:
+    """data.on_error=skip with 2 data-loader worker processes: 2 of 6 pairs have an image whose header scans but
+    whose pixels are cut off, so they fail when loaded (in a worker) and the next pair is served. metrics.json's
+    data report counts them (each bad pair at least once per epoch; 3 when they follow each other in the order)."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "ok.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    lines = [{"image": "cut.png" if i in (1, 4) else "ok.png", "question": "What is it?", "chosen": "Noise.",
+              "rejected": "A cat."} for i in range(6)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (tmp_path / "meta.json").write_text(json.dumps({"p": {"root": str(tmp_path), "annotation": str(tmp_path / "pairs.jsonl")}}))
+    res = run_launch(["objective=mpo", "data=meta", f"data.meta_path={tmp_path / 'meta.json'}", "data.on_error=skip",
+                      "trainer.dataloader_num_workers=2", "trainer.per_device_train_batch_size=1", "trainer.max_steps=6",
+                      "trainer.save_final=false", "trainer.eval_strategy=no", f"paths.output_dir={tmp_path / 'out'}",
+                      f"paths.cache_dir={tmp_path / 'cache'}", "run_name=skip"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "default" / "skip" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 6, metrics.get("error")
+    data = metrics["data"]
+    assert data["samples"] == 6 and data["skipped_by_reason"] == {}  # the scan accepts every line
+    assert set(data["load_failures_by_reason"]) == {"corrupt_media"}
+    assert 2 <= data["load_failures"] == data["load_failures_by_reason"]["corrupt_media"] <= 3
+    assert data["plan"] == "cache-miss"

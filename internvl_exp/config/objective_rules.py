@@ -58,10 +58,11 @@ def objective_problems(cfg: Any) -> list[str]:
         problems.append(f"objective.label_smoothing: {o.label_smoothing} must be in [0, 0.5)")
     if o.nll_normalisation not in NLL_NORMALISATIONS:
         problems.append(f"objective.nll_normalisation: {o.nll_normalisation!r} is not one of {list(NLL_NORMALISATIONS)}")
-    if o.reference == PRECOMPUTED:
-        problems.append("objective.reference=precomputed: reference log-probs precomputed on disk are not wired "
-                        "into training yet; leave objective.reference=null (the starting weights) or give a "
-                        "checkpoint path")
+    if o.reference == PRECOMPUTED:  # the starting weights' log-probs, computed before training (reference.py)
+        if cfg.model.random_init:
+            problems.append("objective.reference=precomputed: the stored log-probs are keyed by the starting "
+                            "checkpoint's files, and model.random_init=true has none; start from a checkpoint "
+                            "(model.path=DIR) or use objective.reference=null")
     elif o.reference is not None and not os.path.isdir(os.path.expanduser(str(o.reference))):
         problems.append(f"objective.reference: {o.reference} is not a directory; give a checkpoint directory (either "
                         "layout) or a run directory (its final/ is used), or null for the starting weights")

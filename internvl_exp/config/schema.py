@@ -346,6 +346,8 @@ class ObjectiveConfig:
     nll_normalisation: str = "token"
     # The reference model. null: the starting weights (a frozen copy; with LoRA the base with the adapters
     # disabled, no copy). A path: another checkpoint (either layout) or a run directory (its final/).
+    # precomputed: the starting weights' log-probs, computed once before training and kept on disk (no reference
+    # in memory while training).
     reference: Optional[str] = None
 
 

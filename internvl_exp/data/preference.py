@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from internvl_exp.data.images import image_to_tiles_u8, load_rgb
 from internvl_exp.data.mixture import epoch_indices, epoch_slots
 from internvl_exp.data.plan import LineReader
 from internvl_exp.data.planner import ImageSettings
+from internvl_exp.data.report import LoadFailures
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, ConversationError, count_turns, tokenize_turns
 from internvl_exp.data.tiling import choose_grid
@@ -198,54 +198,33 @@ class PreferenceEncoder:
         return item
 
 
-def _lines(path: Path):
-    """(line_no, byte offset, text) of every non-blank line."""
-    offset = 0
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if raw.strip():
-                yield line_no, offset, raw
-            offset += len(raw)
-
-
 class PreferenceDataset(torch.utils.data.Dataset):
     """Every usable pair of `entries` (the pre-flight scan keeps per-line numpy arrays only); one epoch is
     `repeat_time` applied per dataset, as for SFT (mixture.py). Items come from `PreferenceEncoder.load`."""
 
-    def __init__(self, entries: Sequence[DatasetEntry], encoder: PreferenceEncoder, on_error: str = "strict"):
+    def __init__(self, entries: Sequence[DatasetEntry], encoder: PreferenceEncoder, on_error: str = "strict",
+                 cache_dir: str | Path | None = None, scan_workers: int | None = 1):
+        """Scan (or, with `cache_dir`, load the cached scan of: data/preference_scan.py) every line of `entries`,
+        with `scan_workers` processes (None: every core)."""
+        from internvl_exp.data.preference_scan import cached_scan
+
         if on_error not in ("strict", "skip"):
             raise ValueError(f"data.on_error must be 'strict' or 'skip', got {on_error!r}")
         self.entries, self.encoder, self.on_error = list(entries), encoder, on_error
-        self.skipped: Counter[str] = Counter()  # lines dropped by the scan, by reason
-        self.too_long: Counter[str] = Counter()  # dataset name -> pairs dropped as too long (data.max_drop_share)
-        self.load_failures: Counter[str] = Counter()  # pairs replaced at load time (on_error=skip), by reason
-        problems: list[str] = []
-        # Packed int64 arrays while scanning, not Python lists: a few bytes per line at millions of lines.
-        rows: dict[str, array] = {k: array("q") for k in ("dataset", "line_no", "offset", "nbytes", "chosen_length",
-                                                          "rejected_length")}
-        for d, entry in enumerate(self.entries):
-            for line_no, offset, raw in _lines(entry.annotation):
-                try:
-                    pair = encoder.plan(entry, raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    problems.append(f"{entry.annotation}:{line_no}: invalid_json: not UTF-8 text")
-                    self.skipped["invalid_json"] += 1
-                    continue
-                except PairSkip as e:
-                    if not (on_error == "skip" or e.reason == "too_long"):
-                        problems.append(f"{entry.annotation}:{line_no}: {e}")
-                    self.skipped[e.reason] += 1
-                    if e.reason == "too_long":
-                        self.too_long[entry.name] += 1
-                    continue
-                for key, value in (("dataset", d), ("line_no", line_no), ("offset", offset), ("nbytes", len(raw)),
-                                   ("chosen_length", pair.lengths[0]), ("rejected_length", pair.lengths[1])):
-                    rows[key].append(value)
+        # Pairs replaced at load time (on_error=skip), by reason: shared memory, so the counts made in data-loader
+        # worker processes reach the main process (and metrics.json's data report).
+        self.load_failures = LoadFailures(tuple(REASONS))
+        scan, self.scan_source = cached_scan(self.entries, encoder, cache_dir, scan_workers)
+        self.skipped: Counter[str] = scan.skipped()  # lines dropped by the scan, by reason
+        self.too_long: Counter[str] = scan.too_long(self.entries)  # dataset name -> pairs dropped as too long
+        # too_long is a skip under either policy (data.max_drop_share decides whether it stops the run)
+        problems = [f"{self.entries[p['dataset']].annotation}:{p['line_no']}: {p['reason']}: {p['detail']}"
+                    for p in scan.problems if on_error == "strict" and p["reason"] != "too_long"]
         if problems:
             shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
             raise PreferenceDataError(f"{len(problems)} problem(s) in the preference data (data.on_error=strict; fix "
                                       f"them, or set data.on_error=skip to skip and count them):\n  {shown}")
-        self._index({k: np.frombuffer(v, dtype=np.int64) if len(v) else np.empty(0, np.int64) for k, v in rows.items()})
+        self._index(scan.rows)
 
     def _index(self, rows: dict[str, np.ndarray]) -> None:
         """Index the scan's rows (every usable pair, by dataset) and draw epoch 0."""
@@ -267,7 +246,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
         out = object.__new__(PreferenceDataset)
         out.entries = list(entries) if entries is not None else self.entries
         out.encoder, out.on_error = self.encoder, self.on_error
-        out.skipped, out.too_long, out.load_failures = Counter(), Counter(), Counter()
+        out.skipped, out.too_long, out.load_failures = Counter(), Counter(), LoadFailures(tuple(REASONS))
+        out.scan_source = self.scan_source
         out._index({k: v[keep] for k, v in self.rows.items()})
         return out
 
@@ -319,7 +299,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
                 if self.on_error == "strict":
                     raise PreferenceDataError(f"{where}: {e} (changed since the pre-flight scan; data.on_error=skip "
                                               "skips such pairs)") from e
-                self.load_failures[getattr(e, "reason", "corrupt_media")] += 1
+                self.load_failures.add(getattr(e, "reason", "corrupt_media"))
                 log.warning("%s: skipping pair (%s); serving the next pair instead", where, e)
         raise PreferenceDataError(f"{tries} consecutive pairs from epoch position {index} failed to load "
                                   "(data.on_error=skip)")

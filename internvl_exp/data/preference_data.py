@@ -6,10 +6,16 @@ apply as for SFT, except that a pair longer than max_seq_length is dropped whole
 `data.max_drop_share` stops the run when the drops take too large a share of a dataset. Eval pairs come from
 `data.eval` or a held-out share of the training lines (`data.eval_fraction`: the same line hash as SFT,
 data/eval_data.py, so a held-out pair never trains).
+
+This is the one place a PreferenceDataset is built from a config: training (train/recipe/run.py),
+tools/score_pairs.py and tools/data_check.py all come here, so they see the same pairs for the same overrides.
+Whether a data set holds pairs is read from its lines (`is_preference_data`): a line with question/chosen/rejected
+is a pair, one with conversations is SFT.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -35,6 +41,8 @@ def preference_report(dataset: PreferenceDataset) -> DataReport:
     report.tokens = int(dataset.rows["chosen_length"][order].sum() + dataset.rows["rejected_length"][order].sum())
     report.skipped.update(dataset.skipped)
     report.dropped_too_long = dict(dataset.too_long)
+    report.load_failures = dataset.load_failures  # the dataset's shared counters: metrics.json sums them over ranks
+    report.plan_source = dataset.scan_source
     return report
 
 
@@ -68,14 +76,55 @@ def pair_entries(cfg: Any) -> list[DatasetEntry]:
     return load_entries(cfg.data.meta_path, inline)
 
 
+def first_line_kind(entry: DatasetEntry, max_lines: int = 50) -> str | None:
+    """'preference' or 'sft' from the first parseable line of `entry`'s annotation (None: none parses)."""
+    try:
+        with open(entry.annotation, "rb") as f:
+            for i, raw in enumerate(f):
+                if i >= max_lines:
+                    break
+                try:
+                    obj = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    if "conversations" in obj:
+                        return "sft"
+                    if any(k in obj for k in ("chosen", "rejected")):
+                        return "preference"
+    except OSError:
+        return None
+    return None
+
+
+def is_preference_data(entries: list[DatasetEntry]) -> bool:
+    """True when the data sets' lines are pairs (the first data set whose lines can be read decides)."""
+    for entry in entries:
+        kind = first_line_kind(entry)
+        if kind is not None:
+            return kind == "preference"
+    return False
+
+
+def preference_encoder(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> PreferenceEncoder:
+    """The encoder of the config's template, tiling, max_seq_length and system message."""
+    from internvl_exp.data.from_config import image_settings
+
+    return PreferenceEncoder(tokenizer, cfg.model.template, image_settings(cfg, num_tokens_per_tile),
+                             cfg.data.max_seq_length, cfg.data.system_message, cfg.data.seed)
+
+
 def build_pairs(cfg: Any, tokenizer: Any, num_tokens_per_tile: int,
                 entries: list[DatasetEntry] | None = None) -> PreferenceDataset:
     """Scan every pair of the config's datasets (or `entries`) and check the length drops; raises on bad data."""
-    from internvl_exp.data.from_config import image_settings
+    encoder = preference_encoder(cfg, tokenizer, num_tokens_per_tile)
+    # The scan is cached under paths.cache_dir like the SFT plan (data.plan_cache): one process scans, the other
+    # ranks and later runs load it (data/preference_scan.py).
+    from internvl_exp.data.from_config import scan_options
 
-    encoder = PreferenceEncoder(tokenizer, cfg.model.template, image_settings(cfg, num_tokens_per_tile),
-                                cfg.data.max_seq_length, cfg.data.system_message, cfg.data.seed)
-    dataset = PreferenceDataset(pair_entries(cfg) if entries is None else entries, encoder, cfg.data.on_error)
+    opts = scan_options(cfg)
+    dataset = PreferenceDataset(pair_entries(cfg) if entries is None else entries, encoder, cfg.data.on_error,
+                                opts["cache_dir"], opts["scan_workers"])
     too_lossy = _drop_problem(dataset, float(cfg.data.max_drop_share), cfg.data.max_seq_length)
     if too_lossy:
         raise DataError(too_lossy)

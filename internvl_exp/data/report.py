@@ -19,12 +19,13 @@ class LoadFailures:
     """Per-reason counters in shared memory, so increments made in data-loader workers are seen by
     the main process (a plain attribute would be incremented in the worker's copy only)."""
 
-    def __init__(self) -> None:
-        self._counts = multiprocessing.Array("q", len(LOAD_REASONS))
+    def __init__(self, reasons: tuple[str, ...] = LOAD_REASONS) -> None:
+        self.reasons = tuple(reasons)  # preference pairs have their own (data/preference.py REASONS)
+        self._counts = multiprocessing.Array("q", len(self.reasons))
 
     def add(self, reason: str) -> None:
         with self._counts.get_lock():
-            self._counts[LOAD_REASONS.index(reason)] += 1
+            self._counts[self.reasons.index(reason)] += 1
 
     def total(self) -> int:
         return sum(self.as_dict().values())
@@ -45,7 +46,7 @@ class LoadFailures:
                 t = torch.tensor(counts, dtype=torch.int64, device=device)
                 dist.all_reduce(t)
                 counts = t.tolist()
-        return {r: int(n) for r, n in zip(LOAD_REASONS, counts) if n}
+        return {r: int(n) for r, n in zip(self.reasons, counts) if n}
 
 
 @dataclass(frozen=True)

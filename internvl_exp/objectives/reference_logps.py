@@ -65,7 +65,8 @@ def _to_device(batch: dict[str, Any], model: Any) -> dict[str, Any]:
 
 def score(model: Any, dataset: Any, batch_size: int = 4, reference: Any | None = None,
           rows: Sequence[int] | np.ndarray | None = None, progress: Callable[[int], None] | None = None,
-          encode_images_once: bool = True, forwards: int | None = None) -> dict[str, np.ndarray]:
+          encode_images_once: bool = True, forwards: int | None = None,
+          logps: Callable[[Any, dict[str, Any]], Mapping[str, Any]] | None = None) -> dict[str, np.ndarray]:
     """Log-probs of scan rows `rows` (default: all) of `dataset` (a PreferenceDataset), in the order given.
 
     Returns arrays: row, dataset, line, chosen_logp, rejected_logp (float32), chosen_tokens, rejected_tokens, and
@@ -77,6 +78,9 @@ def score(model: Any, dataset: Any, batch_size: int = 4, reference: Any | None =
     `forwards`: run exactly this many forwards (at least the batches needed), so every rank of a sharded model
     (ZeRO-3, whose forward gathers weights collectively) runs as many as the others: a rank with fewer pairs, or a
     batch whose pairs all failed to load, runs a filler batch (the dataset's first pair) whose result is dropped.
+
+    `logps(model, batch)`: how a batch is scored (default `pair_logps`); training passes its own reference forward
+    (train/recipe/reference.py) so the stored values are those the live reference would give.
     """
     import torch
 
@@ -117,7 +121,7 @@ def score(model: Any, dataset: Any, batch_size: int = 4, reference: Any | None =
                     if dataset.on_error == "strict":
                         raise PreferenceDataError(f"{where}: {e} (changed since the pre-flight scan; "
                                                   "data.on_error=skip skips such pairs)") from e
-                    dataset.load_failures[getattr(e, "reason", "corrupt_media")] += 1
+                    dataset.load_failures.add(getattr(e, "reason", "corrupt_media"))
             if not items and forwards is None:
                 continue  # nothing loaded, and no other rank waits for this forward
             if not items and not filler:
@@ -125,7 +129,9 @@ def score(model: Any, dataset: Any, batch_size: int = 4, reference: Any | None =
             batch = collate_pairs(items or filler, pad)
             idx = np.asarray(positions, dtype=np.int64)
             for prefix, m in models:
-                result = pair_logps(m, _to_device(batch, m), encode_images_once=encode_images_once)
+                on_device = _to_device(batch, m)
+                result = (logps(m, on_device) if logps is not None
+                          else pair_logps(m, on_device, encode_images_once=encode_images_once))
                 if not items:
                     continue  # a filler forward: kept in step with the other ranks, its result dropped
                 for side in ("chosen", "rejected"):
@@ -144,7 +150,9 @@ def rank_share(n: int, rank: int, world: int) -> np.ndarray:
 
 
 def score_distributed(model: Any, dataset: Any, batch_size: int = 4, reference: Any | None = None,
-                      progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray] | None:
+                      progress: Callable[[int], None] | None = None,
+                      logps: Callable[[Any, dict[str, Any]], Mapping[str, Any]] | None = None
+                      ) -> dict[str, np.ndarray] | None:
     """`score` over every scan row, split across the initialised process group (if any): each rank scores its
     `rank_share` and rank 0 returns all rows in data order; the other ranks return None. Every rank must call it
     (a collective)."""
@@ -156,7 +164,8 @@ def score_distributed(model: Any, dataset: Any, batch_size: int = 4, reference: 
     # Every rank runs as many forwards as the largest share needs (a sharded model's forward is a collective).
     largest_share = math.ceil(n / world)
     forwards = math.ceil(largest_share / batch_size) if group is not None else None
-    local = score(model, dataset, batch_size, reference, rank_share(n, rank, world), progress, forwards=forwards)
+    local = score(model, dataset, batch_size, reference, rank_share(n, rank, world), progress, forwards=forwards,
+                  logps=logps)
     if group is None:
         return local
     gathered: list[Any] | None = [None] * world if rank == 0 else None
@@ -335,26 +344,38 @@ def from_scores(scores: Mapping[str, np.ndarray], key: dict[str, Any], prefix: s
                           scores[f"{prefix}rejected_logp"][ok])
 
 
-def precompute(reference: Any, dataset: Any, weights_dir: str | Path, cache_dir: str | Path, batch_size: int = 4,
-               progress: Callable[[int], None] | None = None) -> ReferenceLogps:
-    """The reference log-probs of every pair of `dataset`: reused from `cache_dir` when the key matches, else
-    computed by all ranks (`score_distributed`), written by rank 0 and sent to every rank. Every rank must
-    call it (a collective)."""
+def stored_everywhere(dataset: Any, weights_dir: str | Path, cache_dir: str | Path, dtype: str,
+                      **key_extra: Any) -> ReferenceLogps | None:
+    """The store of this key when every rank finds it, else None on every rank (a collective: a rank that saw the
+    store while another did not would leave the others waiting in the pass that computes it)."""
     from internvl_exp import dist as ranks
 
-    dtype = str(next(reference.parameters()).dtype).removeprefix("torch.")
-    key = reference_key(weights_dir, dataset, dtype)
-    found = cached(cache_dir, key)
+    found = cached(cache_dir, reference_key(weights_dir, dataset, dtype, **key_extra))
     group = ranks.process_group()
-    # Agree on whether to compute: a rank that saw the store while another did not would hang the others.
     have = [found is not None]
     if group is not None:
         seen: list[Any] = [None] * group.get_world_size()
         group.all_gather_object(seen, have[0])
         have = seen
-    if all(have):
+    return found if all(have) else None
+
+
+def precompute(reference: Any, dataset: Any, weights_dir: str | Path, cache_dir: str | Path, batch_size: int = 4,
+               progress: Callable[[int], None] | None = None,
+               logps: Callable[[Any, dict[str, Any]], Mapping[str, Any]] | None = None, dtype: str | None = None,
+               **key_extra: Any) -> ReferenceLogps:
+    """The reference log-probs of every pair of `dataset`: reused from `cache_dir` when the key matches, else
+    computed by all ranks (`score_distributed`), written by rank 0 and sent to every rank. Every rank must
+    call it (a collective)."""
+    from internvl_exp import dist as ranks
+
+    dtype = dtype or str(next(reference.parameters()).dtype).removeprefix("torch.")
+    key = reference_key(weights_dir, dataset, dtype, **key_extra)
+    found = stored_everywhere(dataset, weights_dir, cache_dir, dtype, **key_extra)
+    if found is not None:
         return found
-    scores = score_distributed(reference, dataset, batch_size, progress=progress)
+    group = ranks.process_group()
+    scores = score_distributed(reference, dataset, batch_size, progress=progress, logps=logps)
     store = None
     if scores is not None:  # rank 0
         store = from_scores(scores, key)

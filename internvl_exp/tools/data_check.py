@@ -196,15 +196,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_tok = cfg.resolved.tokens_per_tile
     settings = image_settings(cfg, n_tok)
     d = cfg.data
-    try:
-        entries = dataset_entries(cfg)
+    from internvl_exp.data.preference_data import is_preference_data, pair_entries
+    from internvl_exp.tools.data_check_pairs import check_pairs, objective_kind
+
+    pair_objective = objective_kind(cfg) in ("dpo", "mpo")
+    try:  # a preference objective reads its data as training does (data=demo_pref generates the pair demo)
+        entries = pair_entries(cfg) if pair_objective else dataset_entries(cfg)
     except DataConfigError as e:
         console.print(f"data config error: {e}", markup=False, style="red")
         return 2
-    from internvl_exp.data.preference_from_config import is_preference_data
-    from internvl_exp.tools.data_check_pairs import check_pairs, objective_kind
-
-    if args.pairs or objective_kind(cfg) in ("dpo", "mpo") or is_preference_data(entries):
+    if args.pairs or pair_objective or is_preference_data(entries):
         return check_pairs(console, args, cfg, entries, tokenizer, n_tok)
     opts = scan_options(cfg)
     dataset, report = scan(entries, tokenizer, cfg.model.template, settings, d.max_seq_length, d.length_policy,

@@ -30,38 +30,23 @@ def objective_kind(cfg: Any) -> str | None:
     return str(kind) if kind else None
 
 
-def scan_pairs(entries: list, encoder: Any) -> dict[str, Any]:
-    """Plan every line of every data set as training's PreferenceDataset does. Per usable pair only integers are
-    kept, in packed arrays (millions of lines), with where to re-read it (`--show`, `--decode`); every problem
-    is kept with its file:line."""
-    from array import array
+def scan_pairs(entries: list, encoder: Any, cache_dir: str | None = None, workers: int | None = 1) -> dict[str, Any]:
+    """Every line planned by training's scan (data/preference_scan.py, cached and shared with training under
+    `cache_dir`): per usable pair only integers in packed arrays, with where to re-read it (`--show`,
+    `--decode`); every problem with its file:line."""
+    from internvl_exp.data.preference_scan import cached_scan
 
-    from internvl_exp.data.preference import PairSkip, _lines
-
-    fields = ("dataset", "line_no", "offset", "nbytes", "chosen", "rejected", "tiles", "images", "sup_chosen",
-              "sup_rejected")
-    cols = {k: array("q") for k in fields}
+    scan, _ = cached_scan(entries, encoder, cache_dir, workers)
+    r = scan.rows
+    rows = {"dataset": r["dataset"], "line_no": r["line_no"], "offset": r["offset"], "nbytes": r["nbytes"],
+            "chosen": r["chosen_length"], "rejected": r["rejected_length"], "tiles": r["tiles"], "images": r["images"],
+            "sup_chosen": r["chosen_supervised"], "sup_rejected": r["rejected_supervised"]}
     skipped: list[Counter] = [Counter() for _ in entries]
-    problems: list[dict[str, Any]] = []
-    for d, entry in enumerate(entries):
-        for line_no, offset, raw in _lines(entry.annotation):
-            where = f"{entry.annotation}:{line_no}"
-            try:
-                pair = encoder.plan(entry, raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                skipped[d]["invalid_json"] += 1
-                problems.append({"where": where, "reason": "invalid_json", "detail": "not UTF-8 text", "dataset": d})
-                continue
-            except PairSkip as e:
-                skipped[d][e.reason] += 1
-                problems.append({"where": where, "reason": e.reason, "detail": e.detail, "dataset": d})
-                continue
-            for key, value in (("dataset", d), ("line_no", line_no), ("offset", offset), ("nbytes", len(raw)),
-                               ("chosen", pair.lengths[0]), ("rejected", pair.lengths[1]), ("tiles", sum(pair.tiles)),
-                               ("images", len(pair.images)), ("sup_chosen", pair.supervised[0]),
-                               ("sup_rejected", pair.supervised[1])):
-                cols[key].append(value)
-    rows = {k: np.frombuffer(v, dtype=np.int64) if len(v) else np.zeros(0, np.int64) for k, v in cols.items()}
+    problems = []
+    for p in scan.problems:
+        skipped[p["dataset"]][p["reason"]] += 1
+        problems.append({"where": f"{entries[p['dataset']].annotation}:{p['line_no']}", "reason": p["reason"],
+                         "detail": p["detail"], "dataset": p["dataset"]})
     return {"rows": rows, "skipped": skipped, "problems": problems}
 
 
@@ -127,12 +112,12 @@ def check_pairs(console: Any, args: Any, cfg: Any, entries: list, tokenizer: Any
     """The preference data report; the exit status as for SFT data (0 ok, 1 training would stop on the data)."""
     from rich.table import Table
 
-    from internvl_exp.data.preference_from_config import preference_encoder
+    from internvl_exp.data.preference_data import preference_encoder
     from internvl_exp.train.reporting.console_header import data_line
 
     d = cfg.data
     encoder = preference_encoder(cfg, tokenizer, n_tok)
-    scanned = scan_pairs(entries, encoder)
+    scanned = scan_pairs(entries, encoder, cfg.paths.cache_dir if d.plan_cache else None, d.scan_workers)
     rows = dataset_rows(entries, scanned)
     kind = objective_kind(cfg)
     console.print(data_line(cfg), markup=False, soft_wrap=True)  # where the data (and the eval data) come from

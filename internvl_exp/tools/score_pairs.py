@@ -152,7 +152,7 @@ def _score(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from internvl_exp import dist as ranks
-    from internvl_exp.data.preference_from_config import preference_dataset
+    from internvl_exp.data.preference_data import build_pairs
     from internvl_exp.launch.precheck import compose_config
     from internvl_exp.objectives.reference_logps import rank_share, score_distributed
     from internvl_exp.tools.predict import compose_for
@@ -170,7 +170,7 @@ def _score(args: argparse.Namespace) -> int:
     if main_process:
         print(f"loaded {policy.source} (template {cfg.model.template})"
               + (f", reference {reference.source}" if reference else ""), file=sys.stderr)
-    dataset = preference_dataset(cfg, policy.processor.tokenizer, cfg.resolved.tokens_per_tile)
+    dataset = build_pairs(cfg, policy.processor.tokenizer, cfg.resolved.tokens_per_tile)
     n = len(dataset.rows["dataset"])
     world = ranks.world_size()
     share = len(rank_share(n, ranks.rank(), world))

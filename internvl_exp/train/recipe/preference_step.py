@@ -184,7 +184,7 @@ class PreferenceStep:
                     batch = trainer._prepare_inputs(batch)
                     with trainer.compute_loss_context_manager():
                         policy = batch_logps(model, unwrapped, batch, self.chunked)
-                        ref = self.reference.logps(batch, self.chunked)
+                        ref = self.reference.logps(batch, self.chunked, split="eval")
                     pc, pr = policy["chosen_logps"].double(), policy["rejected_logps"].double()
                     rc = ref["chosen_logps"].double().to(pc.device)
                     rr = ref["rejected_logps"].double().to(pc.device)
@@ -290,16 +290,32 @@ def preference_history(log_history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def preference_training(cfg: Any, args: Any, model: torch.nn.Module, dataset: Any, tokenizer: Any,
-                        reference_loaded: torch.nn.Module | None) -> tuple[Any, Any, PreferenceStep]:
+                        reference_loaded: torch.nn.Module | None, eval_dataset: Any = None,
+                        start_checkpoint: Path | None = None, stored: Any = None) -> tuple[Any, Any, PreferenceStep]:
     """(train dataset, collator, step) of a dpo|mpo run: the pairs as they are, `collate_pairs`, and the step with
-    its reference (train/recipe/reference.py; `reference_loaded` from load_reference before the policy changed)."""
+    its reference (train/recipe/reference.py; `reference_loaded` from load_reference before the policy changed).
+    With objective.reference=precomputed the reference scores the train and eval pairs once here and is released:
+    the step looks its log-probs up (the caller must drop its own `reference_loaded` too); `stored`: the lookup
+    when every store already exists (reference.stored_reference; then no reference was loaded)."""
     from internvl_exp.config.chunked_loss import use_chunked_loss
     from internvl_exp.data.preference import collate_pairs
-    from internvl_exp.train.recipe.reference import build_reference, held_parameters
+    from internvl_exp.train.recipe.reference import build_reference, held_parameters, is_precomputed, precompute_reference
 
-    reference = build_reference(cfg, args, model, reference_loaded)
-    step = PreferenceStep(objective_of(cfg), reference, use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name))
-    step.parameters_held = held_parameters(model, reference.module)
+    chunked = use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name)
+    reference = stored if stored is not None else build_reference(cfg, args, model, reference_loaded)
+    reference_loaded = None  # the live Reference holds it now (and only it, for precomputed)
+    if is_precomputed(cfg) and stored is None:
+        live = reference
+        reference = precompute_reference(cfg, args, live, {"train": dataset, "eval": eval_dataset},
+                                         Path(start_checkpoint), chunked)
+        if live.kind == "zero3":
+            live.call.destroy()  # the engine's hooks and partitioned weights go with it
+        del live
+        import gc
+
+        gc.collect()
+    step = PreferenceStep(objective_of(cfg), reference, chunked)
+    step.parameters_held = held_parameters(model, *([reference.module] if reference.module is not None else []))
     log.info("objective %s: %s; reference: %s; parameters held by policy and reference: %s", cfg.objective.kind,
              step.objective, reference.kind, f"{step.parameters_held:,}")
     return dataset, functools.partial(collate_pairs, pad_token_id=tokenizer.pad_token_id), step

@@ -12,10 +12,12 @@ whole replica on each device, in the dtype the policy trains in (DeepSpeed's bf1
 dtype under autocast). Under ZeRO-3 it is sharded like the policy: loaded partitioned (zero.Init is active) and
 wrapped by `deepspeed.initialize` with a ZeRO-3 config that has no optimizer.
 
-Not wired yet: `objective.reference=precomputed` (refused by config/objective_rules.py). Its seam is `Reference`:
-a kind whose `logps(batch, chunked)` looks the batch's `pair_ids` (collate_pairs: dataset index, 1-based line) up
-in a store of reference log-probs computed once before training (objectives/reference_logps.py, tools.score_pairs),
-with a second store for the eval pairs (PreferenceStep.evaluate calls the same `logps`).
+- precomputed: the starting weights as for null, but used once, before training: every rank scores its share of
+  the train pairs (and of the eval pairs, a second store) with the reference built as above and the forward the
+  live reference uses, through objectives/reference_logps.py precompute (stored under
+  `<paths.cache_dir>/reference_logps/`); then the reference module is released and training looks each batch's
+  `pair_ids` up (`PrecomputedReference`). A re-run with the same weights, data and settings finds the stores
+  before loading anything (`stored_reference`) and never loads the reference.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,9 +40,20 @@ def uses_lora(cfg: Any) -> bool:
     return "lora" in dict(cfg.freeze.parts).values()
 
 
+def is_precomputed(cfg: Any) -> bool:
+    from internvl_exp.config.objective_rules import PRECOMPUTED
+
+    return cfg.objective.reference == PRECOMPUTED
+
+
+def starts_from_weights(cfg: Any) -> bool:
+    """True when the reference is the starting weights (null, or precomputed from them)."""
+    return cfg.objective.reference is None or is_precomputed(cfg)
+
+
 def adapters_are_reference(cfg: Any) -> bool:
     """True when the reference is the LoRA policy with its adapters disabled (no copy is loaded)."""
-    return cfg.objective.reference is None and uses_lora(cfg)
+    return starts_from_weights(cfg) and uses_lora(cfg)
 
 
 def reference_checkpoint(cfg: Any) -> Path:
@@ -64,7 +78,11 @@ def load_reference(cfg: Any, tokenizer: Any, start_checkpoint: Path | None, fres
 
     if adapters_are_reference(cfg):
         return None
-    if cfg.objective.reference is not None:
+    if is_precomputed(cfg) and (start_checkpoint is None or cfg.model.random_init):
+        raise ConfigError("objective.reference=precomputed with model.random_init=true: the stored log-probs are keyed "
+                          "by the reference's checkpoint files, and a random start has none; start from a checkpoint "
+                          "(model.path=DIR) or use objective.reference=null")
+    if not starts_from_weights(cfg):
         where = reference_checkpoint(cfg)
         log.info("preference: reference model from %s (objective.reference)", where)
         return load_model(cfg.model, tokenizer, where)
@@ -98,11 +116,79 @@ class Reference:
         finally:
             self.module.train(was)
 
-    def logps(self, batch: dict[str, Any], chunked: bool) -> dict[str, torch.Tensor]:
+    def logps(self, batch: dict[str, Any], chunked: bool, split: str = "train") -> dict[str, torch.Tensor]:
         from internvl_exp.train.recipe.preference_step import batch_logps
 
         with torch.no_grad(), self._as_reference():
             return batch_logps(self.call, self.module, batch, chunked)
+
+
+class PrecomputedReference:
+    """The reference's log-probs looked up by the batch's `pair_ids` in stores computed before training (one for
+    the train pairs, one for the eval pairs: their pair ids may coincide). Holds no module."""
+
+    kind = "precomputed"
+    module = None
+
+    def __init__(self, stores: dict[str, Any]):
+        self.stores = stores  # split ("train" | "eval") -> objectives/reference_logps.py ReferenceLogps
+
+    def logps(self, batch: dict[str, Any], chunked: bool, split: str = "train") -> dict[str, torch.Tensor]:
+        if "pair_ids" not in batch:
+            raise ValueError("a precomputed reference needs the batch's pair_ids (collate_pairs adds them)")
+        ids = batch["pair_ids"]
+        chosen, rejected = self.stores[split].lookup(ids, device=batch["input_ids"].device)
+        return {"chosen_logps": chosen, "rejected_logps": rejected}
+
+
+def _store_settings(cfg: Any, args: Any, chunked: bool) -> dict[str, Any]:
+    """What, besides the weights and the data, decides the stored log-probs: how the reference would be built and
+    run (from the config, so a re-run can find its stores without loading the reference first)."""
+    kind = "adapters_disabled" if adapters_are_reference(cfg) else ("zero3" if cfg.deepspeed.stage == 3 else "copy")
+    return {"dtype": str(cfg.model.dtype), "deepspeed_stage": cfg.deepspeed.stage, "bf16": bool(args.bf16),
+            "fp16": bool(args.fp16), "reference_kind": kind, "chunked": bool(chunked)}
+
+
+def stored_reference(cfg: Any, args: Any, datasets: dict[str, Any], weights_dir: Path,
+                     chunked: bool) -> PrecomputedReference | None:
+    """The lookup when every split's store exists on every rank (a re-run with the same weights, data and
+    settings): then the reference is never loaded. None otherwise (a collective: every rank must call it)."""
+    from internvl_exp.objectives import reference_logps as rl
+
+    stores = {}
+    for split, dataset in datasets.items():
+        if dataset is None:
+            continue
+        found = rl.stored_everywhere(dataset, weights_dir, cfg.paths.cache_dir, **_store_settings(cfg, args, chunked))
+        if found is None:
+            return None
+        stores[split] = found
+    log.info("preference: the reference log-probs of every pair are stored (%s): the reference model is not "
+             "loaded", ", ".join(str(s.path) for s in stores.values()))
+    return PrecomputedReference(stores)
+
+
+def precompute_reference(cfg: Any, args: Any, live: Reference, datasets: dict[str, Any], weights_dir: Path,
+                         chunked: bool) -> PrecomputedReference:
+    """Score every pair of `datasets` (split -> PreferenceDataset) with the `live` reference on all ranks (each
+    its share; every rank the same number of forwards), store or reuse the results, and return the lookup. The
+    caller drops `live` afterwards so no reference weights stay in memory during training."""
+    from internvl_exp.objectives import reference_logps as rl
+
+    def forward(_model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return live.logps(batch, chunked)
+
+    stores = {}
+    for split, dataset in datasets.items():
+        if dataset is None:
+            continue
+        started = time.perf_counter()
+        stores[split] = rl.precompute(live.module, dataset, weights_dir, cfg.paths.cache_dir,
+                                      batch_size=int(args.per_device_eval_batch_size), logps=forward,
+                                      **_store_settings(cfg, args, chunked))
+        log.info("preference: reference log-probs of %d %s pairs ready in %.1f s (%s)", len(stores[split]), split,
+                 time.perf_counter() - started, stores[split].path)
+    return PrecomputedReference(stores)
 
 
 

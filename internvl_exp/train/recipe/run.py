@@ -54,7 +54,7 @@ from internvl_exp.train.recipe.deepspeed_env import (
 )
 from internvl_exp.train.recipe.evaluation import eval_history
 from internvl_exp.train.recipe.preference_step import preference_history, preference_training
-from internvl_exp.train.recipe.reference import load_reference
+from internvl_exp.train.recipe.reference import is_precomputed, load_reference, stored_reference
 from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
 from internvl_exp.train.recipe.trainer import InternVLTrainer
 from internvl_exp.train.reporting.console_header import training_header
@@ -157,9 +157,13 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
             f"gives {num_tokens_per_tile}; check model.image_size / model.downsample_ratio"
         )
     # The reference (objective dpo|mpo) from the starting weights, before anything changes the policy.
-    reference_loaded = None
+    reference_loaded = stored = None
     if preference:
-        reference_loaded = load_reference(cfg, tokenizer, checkpoint, model)
+        if is_precomputed(cfg):  # a re-run whose reference log-probs are all stored loads no reference
+            stored = stored_reference(cfg, args, {"train": dataset, "eval": eval_dataset}, checkpoint,
+                                      use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name))
+        if stored is None:
+            reference_loaded = load_reference(cfg, tokenizer, checkpoint, model)
     processor = load_processor(cfg.model, tokenizer, num_tokens_per_tile, checkpoint, cfg.data.system_message,
                                cfg.data.resize_backend)  # final/'s processor computes the training pixels
 
@@ -180,8 +184,9 @@ def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     keep_vision_in_graph(model)  # text-only batches still run the vision path (DDP/ZeRO-3 never hang)
     # Padded or packed batches, with the per-token loss weights of data.loss_reduction (data/packing.py).
     if preference:  # pairs, collate_pairs, and the step with its frozen reference (train/recipe/preference_step.py)
-
-        train_dataset, collator, step = preference_training(cfg, args, model, dataset, tokenizer, reference_loaded)
+        reference_loaded = [reference_loaded]  # precomputed: preference_training holds the only reference, then frees it
+        train_dataset, collator, step = preference_training(cfg, args, model, dataset, tokenizer,
+                                                            reference_loaded.pop(), eval_dataset, checkpoint, stored)
         del reference_loaded
     else:
         train_dataset, collator = training_data(cfg, dataset, args)
