@@ -71,6 +71,8 @@ def test_named_choices_match_what_implements_them():
 # machine: torch 1.3 s, transformers 0.5 s, wandb 0.4 s, timm 3.3 s; numpy, PIL, tqdm < 0.1 s each). Every other
 # import of the package sits at the top of its module.
 _TRAINING = "torch + transformers + peft (~2 s): loaded only once training starts"
+_TOOL = "torch (1.3 s): the tool's --help, argument and config errors come first"
+_CODE_HASH = "the cache key hashes these modules' sources, some of which import torch (1.3 s)"
 LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("launch/job.py", "internvl_exp.train.recipe.run"):
         f"{_TRAINING}; the job answers a bad config, --cfg job and a locked run directory before",
@@ -79,11 +81,25 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
         f"{_TRAINING}; a worker catches preemption signals from its first instruction, before torch loads",
     ("launch/worker.py", "internvl_exp.train.reporting.loggers"): _TRAINING,
     ("launch/worker.py", "internvl_exp.train.recipe.args"): "torch, for the CPU process group only",
-    ("tools/predict.py", "internvl_exp.data.from_config"): "torch: --help and argument errors come first",
+    ("tools/predict.py", "internvl_exp.data.from_config"): _TOOL,
     ("train/planning/memory_plan.py", "internvl_exp.train.tuning.trainable"):
         "torch: the planner's arithmetic is light; only a plan that builds the model in-process needs it",
     ("train/tuning/trainable.py", "internvl_exp.train.tuning.drop_path"):
         "timm (3.3 s, with wandb): only when model.drop_path_rate > 0",
+    ("tools/data_check.py", "internvl_exp.data.dataset"): _TOOL,
+    ("tools/data_check.py", "internvl_exp.data.from_config"): _TOOL,
+    ("tools/data_check.py", "internvl_exp.data.preference_data"): _TOOL,
+    ("tools/data_check_pairs.py", "internvl_exp.data.preference_data"): _TOOL,
+    ("tools/data_check_pairs.py", "internvl_exp.data.preference"): _TOOL,
+    ("tools/score_pairs.py", "internvl_exp.data.preference_data"): _TOOL,
+    ("data/preference_scan.py", "internvl_exp.data.preference"):
+        "torch (the pair dataset is a torch Dataset): finding a cached pair scan stays light",
+    ("data/preference_scan.py", "internvl_exp.data"): _CODE_HASH,
+    ("objectives/reference_logps.py", "internvl_exp.data.preference"):
+        "torch: the store's key and look-ups stay light; only scoring needs it (and a model)",
+    ("objectives/reference_logps.py", "internvl_exp.objectives.sequence_logps"): "torch: as above",
+    ("objectives/reference_logps.py", "internvl_exp.data"): _CODE_HASH,
+    ("objectives/reference_logps.py", "internvl_exp.objectives"): _CODE_HASH,
     ("models/convert/tokenizer.py", "internvl_exp.models.convert.sentencepiece"):
         "guards an optional dependency: only a sentencepiece checkpoint needs the protobuf converter",
 }

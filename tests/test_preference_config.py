@@ -143,7 +143,7 @@ def test_drop_path_draws_one_mask_for_both_answers(tmp_path, tokenizer) -> None:
     from internvl_exp.models.loading import load_model
     from internvl_exp.models.registry import get_family
     from internvl_exp.objectives.sequence_logps import pair_logps
-    from internvl_exp.train.recipe.preference_step import batch_logps
+    from internvl_exp.train.recipe.pair_forward import batch_logps
     from internvl_exp.train.tuning.trainable import make_trainable
 
     cfg = compose(["objective=mpo", "data=demo_pref", "freeze=full", "model.drop_path_rate=0.5"], tmp_path)

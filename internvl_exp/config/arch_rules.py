@@ -6,8 +6,6 @@ dim is null, and random init on such a preset is refused with the list of missin
 
 from __future__ import annotations
 
-from typing import Any
-
 from internvl_exp.config.schema import ModelConfig
 from internvl_exp.errors import ConfigError
 

@@ -9,8 +9,6 @@ Light on purpose (imported by config validation): no torch import here.
 
 from __future__ import annotations
 
-from typing import Any
-
 from internvl_exp.config.schema import TrainerConfig
 from internvl_exp.errors import ConfigError
 

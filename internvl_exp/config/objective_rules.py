@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+
+from internvl_exp.config.schema import Config
 
 OBJECTIVES = ("sft", "dpo", "mpo")
 PREFERENCE = ("dpo", "mpo")
@@ -14,12 +15,12 @@ PAIR_DEMO = "demo_pref"
 SFT_DEMOS = ("demo", "demo_eval", "demo_large", "mix")  # conversations (data=mix: the demo datasets inline)
 
 
-def is_preference(cfg: Any) -> bool:
+def is_preference(cfg: Config) -> bool:
     """True when the run trains on pairs (objective dpo or mpo)."""
     return str(cfg.objective.kind) in PREFERENCE
 
 
-def objective_problems(cfg: Any) -> list[str]:
+def objective_problems(cfg: Config) -> list[str]:
     o = cfg.objective
     kind = str(o.kind)
     if kind not in OBJECTIVES:

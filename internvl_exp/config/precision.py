@@ -13,8 +13,6 @@ Light: no torch import (used by config validation).
 
 from __future__ import annotations
 
-from typing import Any
-
 from internvl_exp.config.schema import Config
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

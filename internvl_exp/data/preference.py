@@ -30,11 +30,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from internvl_exp.data.collator import pixel_values
 from internvl_exp.data.image_header import HeaderCache
 from internvl_exp.data.images import image_to_tiles_u8, load_rgb
 from internvl_exp.data.mixture import epoch_indices, epoch_slots
 from internvl_exp.data.plan import LineReader
 from internvl_exp.data.planner import ImageSettings
+from internvl_exp.data.preference_scan import cached_scan
 from internvl_exp.data.report import LoadFailures
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, ConversationError, count_turns, tokenize_turns
@@ -206,8 +208,6 @@ class PreferenceDataset(torch.utils.data.Dataset):
                  cache_dir: str | Path | None = None, scan_workers: int | None = 1):
         """Scan (or, with `cache_dir`, load the cached scan of: data/preference_scan.py) every line of `entries`,
         with `scan_workers` processes (None: every core)."""
-        from internvl_exp.data.preference_scan import cached_scan
-
         if on_error not in ("strict", "skip"):
             raise ValueError(f"data.on_error must be 'strict' or 'skip', got {on_error!r}")
         self.entries, self.encoder, self.on_error = list(entries), encoder, on_error
@@ -312,8 +312,6 @@ def collate_pairs(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict
     every pair's tiles once, in pair order: `sequence_logps` encodes them once and gives the features to both
     halves. `pair_ids` (long [B, 2]: dataset index, 1-based jsonl line) names each pair when its items carry a
     `pair_id` (PreferenceDataset's do)."""
-    from internvl_exp.data.collator import pixel_values
-
     seqs = [f[f"{side}_input_ids"] for side in SIDES for f in features]
     labels = [f[f"{side}_labels"] for side in SIDES for f in features]
     width = max(len(s) for s in seqs)

@@ -21,8 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from internvl_exp.config.eval_settings import has_eval_datasets
+from internvl_exp.config.schema import Config
 from internvl_exp.data.dataset import DataError
+from internvl_exp.data.demo_pref import generate_pair_demo
 from internvl_exp.data.eval_data import eval_entries, line_draws
+from internvl_exp.data.from_config import image_settings, scan_options
 from internvl_exp.data.preference import PreferenceDataset, PreferenceEncoder
 from internvl_exp.data.report import DataReport
 from internvl_exp.data.sources import DatasetEntry, load_entries
@@ -63,14 +67,12 @@ def _drop_problem(dataset: PreferenceDataset, max_share: float, max_seq_length: 
             "model.max_dynamic_patch, or accept the loss with data.max_drop_share=1")
 
 
-def pair_entries(cfg: Any) -> list[DatasetEntry]:
+def pair_entries(cfg: Config) -> list[DatasetEntry]:
     """The training datasets of a preference run; `data.generate_demo` writes the pair demo (data=demo_pref) to
     `<paths.demo_data_dir>_pref` first."""
     from omegaconf import OmegaConf
 
     if cfg.data.generate_demo:
-        from internvl_exp.data.demo_pref import generate_pair_demo
-
         generate_pair_demo(f"{cfg.paths.demo_data_dir}_pref")
     inline = OmegaConf.to_container(cfg.data.datasets, resolve=True) if cfg.data.datasets else None
     return load_entries(cfg.data.meta_path, inline)
@@ -106,21 +108,18 @@ def is_preference_data(entries: list[DatasetEntry]) -> bool:
     return False
 
 
-def preference_encoder(cfg: Any, tokenizer: Any, num_tokens_per_tile: int) -> PreferenceEncoder:
+def preference_encoder(cfg: Config, tokenizer: Any, num_tokens_per_tile: int) -> PreferenceEncoder:
     """The encoder of the config's template, tiling, max_seq_length and system message."""
-    from internvl_exp.data.from_config import image_settings
-
     return PreferenceEncoder(tokenizer, cfg.model.template, image_settings(cfg, num_tokens_per_tile),
                              cfg.data.max_seq_length, cfg.data.system_message, cfg.data.seed)
 
 
-def build_pairs(cfg: Any, tokenizer: Any, num_tokens_per_tile: int,
+def build_pairs(cfg: Config, tokenizer: Any, num_tokens_per_tile: int,
                 entries: list[DatasetEntry] | None = None) -> PreferenceDataset:
     """Scan every pair of the config's datasets (or `entries`) and check the length drops; raises on bad data."""
     encoder = preference_encoder(cfg, tokenizer, num_tokens_per_tile)
     # The scan is cached under paths.cache_dir like the SFT plan (data.plan_cache): one process scans, the other
     # ranks and later runs load it (data/preference_scan.py).
-    from internvl_exp.data.from_config import scan_options
 
     opts = scan_options(cfg)
     dataset = PreferenceDataset(pair_entries(cfg) if entries is None else entries, encoder, cfg.data.on_error,
@@ -134,11 +133,9 @@ def build_pairs(cfg: Any, tokenizer: Any, num_tokens_per_tile: int,
     return dataset
 
 
-def preference_train_and_eval(cfg: Any, tokenizer: Any, num_tokens_per_tile: int):
+def preference_train_and_eval(cfg: Config, tokenizer: Any, num_tokens_per_tile: int):
     """(train pairs, report, eval pairs or None, eval report or None) of a preference run."""
     from omegaconf import OmegaConf
-
-    from internvl_exp.config.eval_settings import has_eval_datasets
 
     train = build_pairs(cfg, tokenizer, num_tokens_per_tile)
     fraction = float(cfg.data.eval_fraction)

@@ -32,7 +32,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from internvl_exp.data.prescan import (
+    MAX_CHUNK,
+    MIN_CHUNK,
+    PLAN_SETTINGS,
+    ScanWorkerError,
+    _fresh,
+    _init_worker,
+    _locked,
+    _stat_identity,
+    _write_manifest,
+    available_cores,
+    chunk_file,
+    file_fingerprint,
+    tokenizer_fingerprint,
+)
 from internvl_exp.data.sources import DatasetEntry
+from internvl_exp.redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +119,6 @@ def _run(tasks: list, workers: int) -> list:
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    from internvl_exp.data.prescan import ScanWorkerError, _init_worker
-
     pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("fork"),
                                initializer=_init_worker, initargs=(os.getpid(),))
     try:
@@ -121,8 +135,6 @@ def scan_pairs(entries: Sequence[DatasetEntry], encoder: Any, workers: int | Non
     """Plan every line (no cache): the usable pairs' rows and every bad line, in file order. The files are cut
     into byte chunks at line ends and planned by `workers` processes (None: every core); the result does not
     depend on the number of workers or the chunk size."""
-    from internvl_exp.data.prescan import MAX_CHUNK, MIN_CHUNK, available_cores, chunk_file
-
     entries = list(entries)
     workers = workers or available_cores()
     if chunk_bytes is None:
@@ -151,8 +163,6 @@ def _code_version() -> str:
 
 
 def scan_key(entries: Sequence[DatasetEntry], encoder: Any) -> str:
-    from internvl_exp.data.prescan import PLAN_SETTINGS, tokenizer_fingerprint
-
     spec = {
         "code": _code_version(),
         "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
@@ -181,9 +191,6 @@ def cached_scan(entries: Sequence[DatasetEntry], encoder: Any, cache_dir: str | 
                 workers: int | None = 1) -> tuple[PairScan, str]:
     """The scan, and where it came from: "scan" (no cache dir), "cache-miss" (scanned, then cached) or
     "cache-hit" (loaded; another process or an earlier run scanned it)."""
-    from internvl_exp.data.prescan import _fresh, _locked, _stat_identity, _write_manifest, file_fingerprint
-    from internvl_exp.redact import scrub
-
     entries = list(entries)
     if cache_dir is None:
         return scan_pairs(entries, encoder, workers), "scan"

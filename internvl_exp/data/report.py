@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from internvl_exp.dist import process_group
+
 # Reasons a planned sample can still fail when its pixels are loaded (files change, or only a full
 # decode finds the damage: the pre-flight scan reads image headers and video metadata only).
 # tile_mismatch: the image decoded to another tile count than planned (it changed since the scan).
@@ -37,8 +39,6 @@ class LoadFailures:
             counts = list(self._counts[:])
         if all_ranks:
             import torch
-
-            from internvl_exp.dist import process_group
 
             dist = process_group()
             if dist is not None:

@@ -29,6 +29,7 @@ Light at import (validation imports `slurm_problems`): submitit is imported only
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -370,22 +371,22 @@ def run_slurm(cfg: Config, run_dir: RunDir) -> dict[str, Any] | None:
         return None
     if d.executor != "slurm":  # submitit's local executor: its own wait
         return _outcome(job, run_dir, job.result, since=submitted)
-    return wait_for(job, run_dir, since=submitted)
+    return wait_for(job, run_dir, since=submitted, requeue=bool(d.requeue))
 
 
 POLL_MIN_S, POLL_MAX_S = 2.0, 30.0
 
 
-def wait_for(job: Any, run_dir: RunDir, since: float = 0.0) -> dict[str, Any]:
+def wait_for(job: Any, run_dir: RunDir, since: float = 0.0, requeue: bool = True) -> dict[str, Any]:
     """Wait for the job (requeues included) and return rank 0's metrics.json; a failure with the job's error.
 
     The job's result file says it finished; squeue (no accounting needed) says while it lives what it is doing,
     printed when that changes, and that it ended without a result (cancelled, failed, timed out). A job pending
     for a reason that cannot resolve is cancelled with an error. Ctrl-C leaves the job running and says so;
     a second Ctrl-C within 5 s cancels it. `since`: when it was submitted (an older metrics.json is an earlier
-    attempt's)."""
+    attempt's). `requeue`: distributed.requeue (a preempted run then comes back)."""
     try:
-        ended = _watch(job)
+        ended = _watch(job, lambda: requeue and _requeue_expected(run_dir, since))
     except KeyboardInterrupt:
         _interrupted(job, run_dir)
     # (_watch looked for the result file a further SETTLE_S after the job ended: a shared filesystem may show
@@ -398,15 +399,16 @@ def wait_for(job: Any, run_dir: RunDir, since: float = 0.0) -> dict[str, Any]:
     return _outcome(job, run_dir, None, state, since=since)
 
 
-def _watch(job: Any) -> Any:
-    """Until the job's result file appears (None) or the job leaves the queue without one (its last state)."""
+def _watch(job: Any, requeue_expected: Any = lambda: False) -> Any:
+    """Until the job's result file appears (None) or the job leaves the queue without one (its last state).
+    `requeue_expected()`: whether the run says it stopped to be requeued (then an ended state is waited on longer)."""
     started, last, next_poll, seen = time.monotonic(), None, 0.0, None
     while not job.paths.result_pickle.exists():
         now = time.monotonic()
         if now >= next_poll:
             state = job_state(str(job.job_id))
             if state is None or not state.alive:
-                state = _settled(job, state)
+                state = _settled(job, state, REQUEUE_SETTLE_S if requeue_expected() else SETTLE_S)
             if state is None or not state.alive:
                 return state or seen or JobState("UNKNOWN", "None")
             seen = state
@@ -428,13 +430,26 @@ def _watch(job: Any) -> Any:
     return None
 
 
-SETTLE_S = 10.0
+# How long a job seen ended without a result is looked at again: while a requeue takes effect squeue can show the
+# ending attempt (FAILED, NonZeroExitCode) before the job is PENDING again; longer when the run itself says it
+# stopped to be requeued (a busy slurmctld took over 10 s on the 2-core test machine).
+SETTLE_S, REQUEUE_SETTLE_S = 10.0, 120.0
 
 
-def _settled(job: Any, state: Any) -> Any:
-    """A job seen ended without a result, looked at again for SETTLE_S: while a requeue takes effect squeue can
-    show the ending attempt (FAILED, NonZeroExitCode) for a moment before the job is PENDING again."""
-    deadline = time.monotonic() + SETTLE_S
+def _requeue_expected(run_dir: RunDir, since: float) -> bool:
+    """The run's metrics.json (this attempt's) says it was preempted by a signal that requeues it."""
+    try:
+        if run_dir.metrics.stat().st_mtime < since:
+            return False
+        metrics = json.loads(run_dir.metrics.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and metrics.get("status") == "preempted" and requeues(metrics.get("signal"))
+
+
+def _settled(job: Any, state: Any, patience_s: float = SETTLE_S) -> Any:
+    """A job seen ended without a result, looked at again for `patience_s` (see SETTLE_S)."""
+    deadline = time.monotonic() + patience_s
     while time.monotonic() < deadline and not job.paths.result_pickle.exists():
         time.sleep(1.0)
         again = job_state(str(job.job_id))

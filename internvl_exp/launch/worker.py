@@ -22,7 +22,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 

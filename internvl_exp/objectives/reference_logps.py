@@ -28,6 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from internvl_exp import dist as ranks
+from internvl_exp.data.prescan import tokenizer_fingerprint
 from internvl_exp.errors import UserError
 
 STORE_DIR = "reference_logps"  # under paths.cache_dir
@@ -156,8 +158,6 @@ def score_distributed(model: Any, dataset: Any, batch_size: int = 4, reference: 
     """`score` over every scan row, split across the initialised process group (if any): each rank scores its
     `rank_share` and rank 0 returns all rows in data order; the other ranks return None. Every rank must call it
     (a collective)."""
-    from internvl_exp import dist as ranks
-
     group = ranks.process_group()
     world, rank = (group.get_world_size(), group.get_rank()) if group is not None else (1, 0)
     n = len(dataset.rows["dataset"])
@@ -207,8 +207,6 @@ def _code_version() -> str:
 def data_fingerprint(dataset: Any) -> dict[str, Any]:
     """The data plan of a PreferenceDataset as far as per-pair log-probs depend on it (repeat_time, seed and
     on_error decide which pairs an epoch serves, not their log-probs; the scanned lines are in `lines`)."""
-    from internvl_exp.data.prescan import tokenizer_fingerprint
-
     enc = dataset.encoder
     rows = dataset.rows
     lines = hashlib.blake2b(np.ascontiguousarray(rows["dataset"]).tobytes()
@@ -348,8 +346,6 @@ def stored_everywhere(dataset: Any, weights_dir: str | Path, cache_dir: str | Pa
                       **key_extra: Any) -> ReferenceLogps | None:
     """The store of this key when every rank finds it, else None on every rank (a collective: a rank that saw the
     store while another did not would leave the others waiting in the pass that computes it)."""
-    from internvl_exp import dist as ranks
-
     found = cached(cache_dir, reference_key(weights_dir, dataset, dtype, **key_extra))
     group = ranks.process_group()
     have = [found is not None]
@@ -367,8 +363,6 @@ def precompute(reference: Any, dataset: Any, weights_dir: str | Path, cache_dir:
     """The reference log-probs of every pair of `dataset`: reused from `cache_dir` when the key matches, else
     computed by all ranks (`score_distributed`), written by rank 0 and sent to every rank. Every rank must
     call it (a collective)."""
-    from internvl_exp import dist as ranks
-
     dtype = dtype or str(next(reference.parameters()).dtype).removeprefix("torch.")
     key = reference_key(weights_dir, dataset, dtype, **key_extra)
     found = stored_everywhere(dataset, weights_dir, cache_dir, dtype, **key_extra)

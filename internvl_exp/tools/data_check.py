@@ -23,6 +23,16 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from internvl_exp.config.validate import ConfigError, validate
+from internvl_exp.data.sources import DataConfigError
+from internvl_exp.errors import UserError
+from internvl_exp.launch.precheck import compose_config
+from internvl_exp.models.loading import load_tokenizer, native_checkpoint
+from internvl_exp.models.resolve import resolve_weights
+from internvl_exp.tools.data_check_pairs import check_pairs, objective_kind
+from internvl_exp.tools.token_text import token_text
+from internvl_exp.train.reporting.console_header import data_line
+
 ROOT = Path(__file__).resolve().parents[2]  # the folder of launch.py and conf/
 
 EPILOG = """\
@@ -115,33 +125,6 @@ def dataset_stats(entries, dataset, report) -> list[dict[str, Any]]:
     return rows
 
 
-def token_text(ids: Sequence[int], labels: Sequence[int], tokenizer, marks: bool):
-    """Tokens as rich Text: supervised stretches bold green (or [[bracketed]] when `marks`), image spans collapsed."""
-    from rich.text import Text
-
-    from internvl_exp.data.templates import IGNORE_INDEX, IMG_CONTEXT
-
-    ctx = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
-    text = Text()
-    i = 0
-    while i < len(ids):
-        if ids[i] == ctx:
-            j = i
-            while j < len(ids) and ids[j] == ctx:
-                j += 1
-            text.append(f"{IMG_CONTEXT}×{j - i}", style="magenta")
-            i = j
-            continue
-        sup = labels[i] != IGNORE_INDEX
-        j = i
-        while j < len(ids) and ids[j] != ctx and (labels[j] != IGNORE_INDEX) == sup:
-            j += 1
-        piece = tokenizer.decode(ids[i:j])
-        text.append(f"[[{piece}]]" if sup and marks else piece, style="bold green" if sup else "dim")
-        i = j
-    return text
-
-
 def render_sample(console, sample, item, tokenizer, index: int) -> None:
     """The sample's tokens as text: supervised tokens in bold green, image spans collapsed."""
     from rich.panel import Panel
@@ -165,14 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.table import Table
 
     console = Console(highlight=False)
-    from internvl_exp.config.validate import ConfigError, validate
 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        from internvl_exp.launch.precheck import compose_config
-
         cfg = compose_config(args.overrides, args.config_dir)
         validate(cfg)
     except (ConfigError, HydraException, OmegaConfBaseException) as e:  # bad key, type, group option or rule
@@ -181,11 +161,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from internvl_exp.data.dataset import fatal_problems, length_drop_problems, scan
     from internvl_exp.data.from_config import dataset_entries, image_settings, scan_options
-    from internvl_exp.data.sources import DataConfigError
-    from internvl_exp.models.loading import load_tokenizer, native_checkpoint
-    from internvl_exp.models.resolve import resolve_weights
-
-    from internvl_exp.errors import UserError
 
     try:
         weights = resolve_weights(cfg)
@@ -197,7 +172,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = image_settings(cfg, n_tok)
     d = cfg.data
     from internvl_exp.data.preference_data import is_preference_data, pair_entries
-    from internvl_exp.tools.data_check_pairs import check_pairs, objective_kind
 
     pair_objective = objective_kind(cfg) in ("dpo", "mpo")
     try:  # a preference objective reads its data as training does (data=demo_pref generates the pair demo)
@@ -212,8 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                            d.system_message, d.seed, opts["scan_workers"], opts["cache_dir"])
     dataset.on_error = "skip"
     epoch = dataset.samples
-
-    from internvl_exp.train.reporting.console_header import data_line
 
     console.print(data_line(cfg), markup=False, soft_wrap=True)  # where the data (and the eval data) come from
     console.print(

@@ -17,13 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from internvl_exp.tools.data_check import token_text
+from internvl_exp.config.schema import Config
+from internvl_exp.data.preference_scan import cached_scan
+from internvl_exp.tools.token_text import token_text
+from internvl_exp.train.reporting.console_header import data_line
 
 PAIR_REASONS_FATAL_UNDER_STRICT = frozenset({"invalid_json", "bad_pair", "bad_media_field", "image_count_mismatch",
                                              "missing_media", "corrupt_media"})  # too_long is always a skip
 
 
-def objective_kind(cfg: Any) -> str | None:
+def objective_kind(cfg: Config) -> str | None:
     """`objective.kind` when the config has the objective group (sft | dpo | mpo), else None."""
     objective = cfg.get("objective") if hasattr(cfg, "get") else None
     kind = objective.get("kind") if objective is not None and hasattr(objective, "get") else None
@@ -34,8 +37,6 @@ def scan_pairs(entries: list, encoder: Any, cache_dir: str | None = None, worker
     """Every line planned by training's scan (data/preference_scan.py, cached and shared with training under
     `cache_dir`): per usable pair only integers in packed arrays, with where to re-read it (`--show`,
     `--decode`); every problem with its file:line."""
-    from internvl_exp.data.preference_scan import cached_scan
-
     scan, _ = cached_scan(entries, encoder, cache_dir, workers)
     r = scan.rows
     rows = {"dataset": r["dataset"], "line_no": r["line_no"], "offset": r["offset"], "nbytes": r["nbytes"],
@@ -108,12 +109,11 @@ def render_pair(console: Any, item: dict[str, Any], tokenizer: Any, title: str) 
                         subtitle=legend))
 
 
-def check_pairs(console: Any, args: Any, cfg: Any, entries: list, tokenizer: Any, n_tok: int) -> int:
+def check_pairs(console: Any, args: Any, cfg: Config, entries: list, tokenizer: Any, n_tok: int) -> int:
     """The preference data report; the exit status as for SFT data (0 ok, 1 training would stop on the data)."""
     from rich.table import Table
 
     from internvl_exp.data.preference_data import preference_encoder
-    from internvl_exp.train.reporting.console_header import data_line
 
     d = cfg.data
     encoder = preference_encoder(cfg, tokenizer, n_tok)

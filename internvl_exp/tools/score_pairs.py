@@ -18,6 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from internvl_exp import dist as ranks
+from internvl_exp.config.geometry import tokens_per_tile
+from internvl_exp.config.schema import Config
+from internvl_exp.errors import UserError
+from internvl_exp.inference.load import load_for_inference
+from internvl_exp.launch.precheck import compose_config
+from internvl_exp.models.convert import ensure_converted, is_original_layout
+from internvl_exp.objectives.reference_logps import rank_share, score_distributed
+from internvl_exp.tools.predict import compose_for
+
 EPILOG = """\
 MODEL and REF are each one of:
   a run directory        outputs/<experiment>/<run_name> (its final/: full fine-tune or LoRA adapter)
@@ -78,8 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from internvl_exp.errors import UserError
-
     try:
         return _score(args)
     except (UserError, HydraException, OmegaConfBaseException) as e:
@@ -103,22 +111,16 @@ def _init_distributed(device: str | None) -> str | None:
     return f"cuda:{local}" if cuda else (device or "cpu")
 
 
-def load_target(target: str, cfg: Any, device: str | None, dtype: str | None) -> Any:
+def load_target(target: str, cfg: Config, device: str | None, dtype: str | None) -> Any:
     """load_for_inference, with an original-layout model directory converted into the config's paths.cache_dir."""
-    from internvl_exp.inference.load import load_for_inference
-    from internvl_exp.models.convert import ensure_converted, is_original_layout
-
     path = Path(target)
     if path.is_dir() and not (path / "final").is_dir() and is_original_layout(path):
         target = str(ensure_converted(path, Path(cfg.paths.cache_dir)))
     return load_for_inference(target, device, dtype)
 
 
-def check_geometry(cfg: Any, model: Any, name: str) -> None:
+def check_geometry(cfg: Config, model: Any, name: str) -> None:
     """The config tiles images for the model: its tile size and image tokens per tile are the model's."""
-    from internvl_exp.errors import UserError
-    from internvl_exp.config.geometry import tokens_per_tile
-
     config = model.config
     vision = config.vision_config
     size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
@@ -151,11 +153,7 @@ def records(scores: dict[str, Any], names: Sequence[str], with_reference: bool):
 def _score(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from internvl_exp import dist as ranks
     from internvl_exp.data.preference_data import build_pairs
-    from internvl_exp.launch.precheck import compose_config
-    from internvl_exp.objectives.reference_logps import rank_share, score_distributed
-    from internvl_exp.tools.predict import compose_for
 
     device = _init_distributed(args.device)
     main_process = ranks.is_main_process()

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from internvl_exp.config.chunked_loss import chunk_rows_for
 from internvl_exp.data.templates import IGNORE_INDEX
 from internvl_exp.errors import ConfigError
-from internvl_exp.config.chunked_loss import chunk_rows_for
 
 
 def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:

@@ -2,7 +2,7 @@
 
 One policy forward runs over the chosen and the rejected rows together (collate_pairs' [chosen; rejected] batch),
 through the wrapped model (DDP / DeepSpeed see an ordinary forward). The pixels are in the batch once: the vision
-tower encodes them once and both halves get the same features (`images_encoded_once`), so a stochastic
+tower encodes them once and both halves get the same features (pair_forward.py `images_encoded_once`), so a stochastic
 drop-path draws one mask per image for both answers (InternVL encodes each image twice, with two masks).
 The reference's log-probs come without gradient from the same batch (train/recipe/reference.py builds it).
 The loss is objectives/preference_loss.py's for the micro-batch; its δ (BCO-pair's running mean) is updated once
@@ -15,17 +15,19 @@ evaluates).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from internvl_exp.config.chunked_loss import use_chunked_loss
+from internvl_exp.config.schema import Config
+from internvl_exp.data.preference import collate_pairs
 from internvl_exp.objectives.preference_loss import (
     PreferenceObjective,
     RunningMean,
@@ -34,7 +36,8 @@ from internvl_exp.objectives.preference_loss import (
     preference_loss,
     sigmoid_dpo_losses,
 )
-from internvl_exp.objectives.sequence_logps import sequence_logps_from_logits
+from internvl_exp.train.recipe.pair_forward import batch_logps
+from internvl_exp.train.recipe.reference import build_reference, held_parameters, is_precomputed, precompute_reference
 
 log = logging.getLogger(__name__)
 
@@ -45,68 +48,13 @@ RENAME = {"nll_loss": "nll", "bco_pair/delta": "delta"}
 LAST_VALUE = ("delta",)
 
 
-def objective_of(cfg: Any) -> PreferenceObjective:
+def objective_of(cfg: Config) -> PreferenceObjective:
     """The run's `objective` group as the loss module's PreferenceObjective."""
     o = cfg.objective
     weights = {k: float(v) for k, v in (("sigmoid", o.weights.sigmoid), ("bco_pair", o.weights.bco_pair)) if v}
     return PreferenceObjective(beta=float(o.beta), weights=weights,
                                rpo_alpha=None if o.rpo_alpha is None else float(o.rpo_alpha),
                                label_smoothing=float(o.label_smoothing), nll_normalisation=str(o.nll_normalisation))
-
-
-def _vlm(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The module whose forward encodes the images (transformers' InternVLModel: get_image_features and
-    get_placeholder_mask), under any wrapper (PEFT, DDP, DeepSpeed)."""
-    for module in model.modules():
-        if hasattr(module, "get_image_features") and hasattr(module, "get_placeholder_mask"):
-            return module
-    return None
-
-
-@contextlib.contextmanager
-def images_encoded_once(unwrapped: torch.nn.Module) -> Iterator[bool]:
-    """For one forward of a pair batch (pixels once): the image features are computed once and given to the
-    chosen rows and again to the rejected rows. Yields False when the model has no such hook (then the caller
-    repeats the pixels instead)."""
-    inner = _vlm(unwrapped)
-    if inner is None:
-        yield False
-        return
-    encode = inner.get_image_features
-
-    def twice(*args: Any, **kwargs: Any) -> Any:
-        out = encode(*args, **kwargs)
-        out.pooler_output = torch.cat([out.pooler_output, out.pooler_output])
-        return out
-
-    inner.get_image_features = twice  # an instance attribute, found before the class's method
-    try:
-        yield True
-    finally:
-        del inner.get_image_features
-
-
-def batch_logps(model: Any, unwrapped: torch.nn.Module, batch: dict[str, Any], chunked: bool) -> dict[str, torch.Tensor]:
-    """Summed log-probs and supervised counts of the chosen and rejected halves of `batch`, from one forward of
-    `model` (a wrapper, or the module itself) over all 2B rows."""
-    b = int(batch["num_pairs"])
-    labels = batch["labels"]
-    inputs: dict[str, Any] = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    pixels = batch.get("pixel_values")
-    with images_encoded_once(unwrapped) as once:
-        if pixels is not None:
-            inputs["pixel_values"] = pixels if once else torch.cat([pixels, pixels])
-        if chunked:
-            from internvl_exp.train.recipe.chunked_loss import model_sequence_logps
-
-            sums, counts, _ = model_sequence_logps(model, unwrapped, inputs, labels)
-        else:
-            logits = model(**inputs, use_cache=False).logits
-            sums, counts = sequence_logps_from_logits(logits, labels)
-    if sums.shape[0] != 2 * b:
-        raise ValueError(f"the batch has {sums.shape[0]} rows for {b} pairs; expected [chosen; rejected] = {2 * b}")
-    return {"chosen_logps": sums[:b], "rejected_logps": sums[b:], "chosen_counts": counts[:b],
-            "rejected_counts": counts[b:]}
 
 
 class PreferenceStep:
@@ -266,8 +214,6 @@ class PairShard(torch.utils.data.Dataset):
 
 
 def _collate_real(features: list[dict[str, Any]], pad_token_id: int) -> tuple[dict[str, Any], torch.Tensor]:
-    from internvl_exp.data.preference import collate_pairs
-
     return collate_pairs(features, pad_token_id), torch.tensor([bool(f["_real"]) for f in features])
 
 
@@ -289,7 +235,7 @@ def preference_history(log_history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 
-def preference_training(cfg: Any, args: Any, model: torch.nn.Module, dataset: Any, tokenizer: Any,
+def preference_training(cfg: Config, args: Any, model: torch.nn.Module, dataset: Any, tokenizer: Any,
                         reference_loaded: torch.nn.Module | None, eval_dataset: Any = None,
                         start_checkpoint: Path | None = None, stored: Any = None) -> tuple[Any, Any, PreferenceStep]:
     """(train dataset, collator, step) of a dpo|mpo run: the pairs as they are, `collate_pairs`, and the step with
@@ -297,10 +243,6 @@ def preference_training(cfg: Any, args: Any, model: torch.nn.Module, dataset: An
     With objective.reference=precomputed the reference scores the train and eval pairs once here and is released:
     the step looks its log-probs up (the caller must drop its own `reference_loaded` too); `stored`: the lookup
     when every store already exists (reference.stored_reference; then no reference was loaded)."""
-    from internvl_exp.config.chunked_loss import use_chunked_loss
-    from internvl_exp.data.preference import collate_pairs
-    from internvl_exp.train.recipe.reference import build_reference, held_parameters, is_precomputed, precompute_reference
-
     chunked = use_chunked_loss(cfg.trainer.chunked_loss, cfg.model.name)
     reference = stored if stored is not None else build_reference(cfg, args, model, reference_loaded)
     reference_loaded = None  # the live Reference holds it now (and only it, for precomputed)

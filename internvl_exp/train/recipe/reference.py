@@ -31,36 +31,38 @@ from typing import Any, Iterator
 
 import torch
 
+from internvl_exp.config.objective_rules import PRECOMPUTED
+from internvl_exp.config.schema import Config
 from internvl_exp.errors import ConfigError
+from internvl_exp.models.loading import load_model, native_checkpoint
+from internvl_exp.models.resolve import read_checkpoint
+from internvl_exp.objectives import reference_logps as rl
+from internvl_exp.train.recipe.pair_forward import batch_logps
+from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
 
 log = logging.getLogger(__name__)
 
 
-def uses_lora(cfg: Any) -> bool:
+def uses_lora(cfg: Config) -> bool:
     return "lora" in dict(cfg.freeze.parts).values()
 
 
-def is_precomputed(cfg: Any) -> bool:
-    from internvl_exp.config.objective_rules import PRECOMPUTED
-
+def is_precomputed(cfg: Config) -> bool:
     return cfg.objective.reference == PRECOMPUTED
 
 
-def starts_from_weights(cfg: Any) -> bool:
+def starts_from_weights(cfg: Config) -> bool:
     """True when the reference is the starting weights (null, or precomputed from them)."""
     return cfg.objective.reference is None or is_precomputed(cfg)
 
 
-def adapters_are_reference(cfg: Any) -> bool:
+def adapters_are_reference(cfg: Config) -> bool:
     """True when the reference is the LoRA policy with its adapters disabled (no copy is loaded)."""
     return starts_from_weights(cfg) and uses_lora(cfg)
 
 
-def reference_checkpoint(cfg: Any) -> Path:
+def reference_checkpoint(cfg: Config) -> Path:
     """The native-layout directory of `objective.reference` (a run directory's final/, a checkpoint)."""
-    from internvl_exp.models.loading import native_checkpoint
-    from internvl_exp.models.resolve import read_checkpoint
-
     path = Path(str(cfg.objective.reference)).expanduser()
     if (path / "final").is_dir() and not (path / "config.json").is_file():
         path = path / "final"
@@ -71,11 +73,9 @@ def reference_checkpoint(cfg: Any) -> Path:
     return native_checkpoint(weights, Path(cfg.paths.cache_dir))
 
 
-def load_reference(cfg: Any, tokenizer: Any, start_checkpoint: Path | None, fresh_policy: torch.nn.Module):
+def load_reference(cfg: Config, tokenizer: Any, start_checkpoint: Path | None, fresh_policy: torch.nn.Module):
     """The reference module (not yet frozen or placed), or None when the LoRA adapters serve as the reference.
     Called right after the policy is loaded and before anything changes it (`fresh_policy`)."""
-    from internvl_exp.models.loading import load_model
-
     if adapters_are_reference(cfg):
         return None
     if is_precomputed(cfg) and (start_checkpoint is None or cfg.model.random_init):
@@ -117,8 +117,6 @@ class Reference:
             self.module.train(was)
 
     def logps(self, batch: dict[str, Any], chunked: bool, split: str = "train") -> dict[str, torch.Tensor]:
-        from internvl_exp.train.recipe.preference_step import batch_logps
-
         with torch.no_grad(), self._as_reference():
             return batch_logps(self.call, self.module, batch, chunked)
 
@@ -141,7 +139,7 @@ class PrecomputedReference:
         return {"chosen_logps": chosen, "rejected_logps": rejected}
 
 
-def _store_settings(cfg: Any, args: Any, chunked: bool) -> dict[str, Any]:
+def _store_settings(cfg: Config, args: Any, chunked: bool) -> dict[str, Any]:
     """What, besides the weights and the data, decides the stored log-probs: how the reference would be built and
     run (from the config, so a re-run can find its stores without loading the reference first)."""
     kind = "adapters_disabled" if adapters_are_reference(cfg) else ("zero3" if cfg.deepspeed.stage == 3 else "copy")
@@ -149,12 +147,10 @@ def _store_settings(cfg: Any, args: Any, chunked: bool) -> dict[str, Any]:
             "fp16": bool(args.fp16), "reference_kind": kind, "chunked": bool(chunked)}
 
 
-def stored_reference(cfg: Any, args: Any, datasets: dict[str, Any], weights_dir: Path,
+def stored_reference(cfg: Config, args: Any, datasets: dict[str, Any], weights_dir: Path,
                      chunked: bool) -> PrecomputedReference | None:
     """The lookup when every split's store exists on every rank (a re-run with the same weights, data and
     settings): then the reference is never loaded. None otherwise (a collective: every rank must call it)."""
-    from internvl_exp.objectives import reference_logps as rl
-
     stores = {}
     for split, dataset in datasets.items():
         if dataset is None:
@@ -168,13 +164,11 @@ def stored_reference(cfg: Any, args: Any, datasets: dict[str, Any], weights_dir:
     return PrecomputedReference(stores)
 
 
-def precompute_reference(cfg: Any, args: Any, live: Reference, datasets: dict[str, Any], weights_dir: Path,
+def precompute_reference(cfg: Config, args: Any, live: Reference, datasets: dict[str, Any], weights_dir: Path,
                          chunked: bool) -> PrecomputedReference:
     """Score every pair of `datasets` (split -> PreferenceDataset) with the `live` reference on all ranks (each
     its share; every rank the same number of forwards), store or reuse the results, and return the lookup. The
     caller drops `live` afterwards so no reference weights stay in memory during training."""
-    from internvl_exp.objectives import reference_logps as rl
-
     def forward(_model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return live.logps(batch, chunked)
 
@@ -211,7 +205,7 @@ def _zero3_config(args: Any) -> dict[str, Any]:
             "fp16": {"enabled": bool(args.fp16)}, "steps_per_print": 10**9}
 
 
-def build_reference(cfg: Any, args: Any, policy: torch.nn.Module, loaded: torch.nn.Module | None) -> Reference:
+def build_reference(cfg: Config, args: Any, policy: torch.nn.Module, loaded: torch.nn.Module | None) -> Reference:
     """The Reference of a run: `policy` is the trainable model (PEFT-wrapped under LoRA), `loaded` what
     load_reference returned."""
     if loaded is None:
@@ -230,8 +224,6 @@ def build_reference(cfg: Any, args: Any, policy: torch.nn.Module, loaded: torch.
     stage = cfg.deepspeed.stage
     if stage == 3:
         import deepspeed
-
-        from internvl_exp.train.recipe.same_graph import keep_vision_in_graph
 
         keep_vision_in_graph(ref)  # text-only batches still gather the vision weights on every rank
         engine, *_ = deepspeed.initialize(model=ref, config=_zero3_config(args))

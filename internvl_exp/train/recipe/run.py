@@ -22,6 +22,7 @@ from typing import Any
 from internvl_exp.config.chunked_loss import use_chunked_loss
 from internvl_exp.config.objective_rules import is_preference
 from internvl_exp.config.precision import pure_half_precision
+from internvl_exp.config.schema import Config
 from internvl_exp.data.collator import Collator
 from internvl_exp.data.eval_data import train_and_eval_data
 from internvl_exp.data.packing import training_data
@@ -92,7 +93,7 @@ class Recipe:
     loss_windows: Any
 
 
-def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
+def run(cfg: Config, run_dir: RunDir) -> dict[str, Any]:
     # Signals are caught from the start (a SIGTERM during the model load stops at step 1, with a checkpoint).
     preemption = PreemptionCallback()
     preemption.install()
@@ -110,7 +111,7 @@ def run(cfg: Any, run_dir: RunDir) -> dict[str, Any]:
         preemption.restore()
 
 
-def setup(cfg: Any, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
+def setup(cfg: Config, run_dir: RunDir, preemption: PreemptionCallback) -> Recipe:
     from transformers import set_seed
 
     if world_size() != cfg.resolved.world_size:
@@ -240,7 +241,7 @@ def train(recipe: Recipe, preemption: PreemptionCallback) -> tuple[Any, bool]:
     return result, preempted
 
 
-def summarise(cfg: Any, run_dir: RunDir, recipe: Recipe, result: Any, preempted_by: str | None,
+def summarise(cfg: Config, run_dir: RunDir, recipe: Recipe, result: Any, preempted_by: str | None,
               started: float) -> dict[str, Any]:
     """metrics.json (main process), returned; a preempted run raises Preempted after writing it."""
     trainer, args, throughput = recipe.trainer, recipe.args, recipe.throughput
