@@ -72,7 +72,6 @@ def test_named_choices_match_what_implements_them():
 # import of the package sits at the top of its module.
 _TRAINING = "torch + transformers + peft (~2 s): loaded only once training starts"
 _TOOL = "torch (1.3 s): the tool's --help, argument and config errors come first"
-_CODE_HASH = "the cache key hashes these modules' sources, some of which import torch (1.3 s)"
 LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("launch/job.py", "internvl_exp.train.recipe.run"):
         f"{_TRAINING}; the job answers a bad config, --cfg job and a locked run directory before",
@@ -94,12 +93,9 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("tools/score_pairs.py", "internvl_exp.data.preference_data"): _TOOL,
     ("data/preference_scan.py", "internvl_exp.data.preference"):
         "torch (the pair dataset is a torch Dataset): finding a cached pair scan stays light",
-    ("data/preference_scan.py", "internvl_exp.data"): _CODE_HASH,
     ("objectives/reference_logps.py", "internvl_exp.data.preference"):
         "torch: the store's key and look-ups stay light; only scoring needs it (and a model)",
     ("objectives/reference_logps.py", "internvl_exp.objectives.sequence_logps"): "torch: as above",
-    ("objectives/reference_logps.py", "internvl_exp.data"): _CODE_HASH,
-    ("objectives/reference_logps.py", "internvl_exp.objectives"): _CODE_HASH,
     ("models/convert/tokenizer.py", "internvl_exp.models.convert.sentencepiece"):
         "guards an optional dependency: only a sentencepiece checkpoint needs the protobuf converter",
 }

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from internvl_exp.code_version import source_digest
 from internvl_exp.data.prescan import (
     MAX_CHUNK,
     MIN_CHUNK,
@@ -152,14 +153,9 @@ def scan_pairs(entries: Sequence[DatasetEntry], encoder: Any, workers: int | Non
 
 
 def _code_version() -> str:
-    """Hash of the modules that decide a pair's plan: editing any of them invalidates cached scans."""
-    from internvl_exp.data import image_header, preference, sources, templates, tiling, token_count
-
-    digest = hashlib.blake2b(digest_size=16)
-    for module in (image_header, preference, sources, templates, tiling, token_count):
-        digest.update(Path(module.__file__).read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    return digest.hexdigest()
+    """The modules that decide a pair's plan: editing any of them invalidates cached scans."""
+    return source_digest(*(f"internvl_exp.data.{m}" for m in ("image_header", "preference", "sources", "templates",
+                                                               "tiling", "token_count")), __name__)
 
 
 def scan_key(entries: Sequence[DatasetEntry], encoder: Any) -> str:

@@ -44,9 +44,9 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from internvl_exp.data import image_header, plan, planner, sources, templates, tiling, token_count, video
+from internvl_exp.code_version import source_digest
 from internvl_exp.data.plan import ROW_FIELDS, Plan
-from internvl_exp.data.planner import ImageSettings, Planner
+from internvl_exp.data.planner import Planner
 from internvl_exp.data.report import Problem
 from internvl_exp.data.sources import DatasetEntry, RawLine
 from internvl_exp.data.templates import count_turns, refresh_token_counts
@@ -273,11 +273,8 @@ def _run_pool(tasks: list, workers: int) -> Iterator[dict[str, Any]]:
 
 def _code_version() -> str:
     """Hash of the source of every module that decides a plan: editing any of them invalidates old plans."""
-    digest = hashlib.blake2b(digest_size=16)
-    for source in [Path(m.__file__) for m in (image_header, plan, planner, sources, templates, tiling, token_count,
-                                               video)] + [Path(__file__)]:
-        digest.update(source.read_bytes())
-    return digest.hexdigest()
+    return source_digest(*(f"internvl_exp.data.{m}" for m in ("image_header", "plan", "planner", "sources", "templates",
+                                                               "tiling", "token_count", "video")), __name__)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

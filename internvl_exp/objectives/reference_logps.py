@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from internvl_exp import dist as ranks
+from internvl_exp.code_version import source_digest
 from internvl_exp.data.prescan import tokenizer_fingerprint
 from internvl_exp.errors import UserError
 
@@ -194,14 +195,9 @@ def weights_fingerprint(directory: str | Path) -> dict[str, Any]:
 
 def _code_version() -> str:
     """Editing any module that decides a pair's tokens, pixels or log-probs invalidates stored results."""
-    from internvl_exp.data import image_header, images, preference, templates, tiling
-    from internvl_exp.objectives import sequence_logps
-
-    digest = hashlib.blake2b(digest_size=16)
-    for module in (image_header, images, preference, templates, tiling, sequence_logps):
-        digest.update(Path(module.__file__).read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    return digest.hexdigest()
+    return source_digest(*(f"internvl_exp.data.{m}" for m in ("image_header", "images", "preference", "templates",
+                                                               "tiling")), "internvl_exp.objectives.sequence_logps",
+                         __name__)
 
 
 def data_fingerprint(dataset: Any) -> dict[str, Any]:
