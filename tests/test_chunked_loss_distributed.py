@@ -39,6 +39,7 @@ def plain_single(tmp_path_factory, demo_dir, tiny_checkpoint):
     return _metrics(out, "plain")
 
 
+@pytest.mark.slow  # 2 processes, or a signal-driven end-to-end run (make test-fast leaves it out)
 @pytest.mark.parametrize("deepspeed", ["none", "zero3"])
 def test_chunked_two_processes_match_the_plain_path(deepspeed, tmp_path, demo_dir, tiny_checkpoint, plain_single):
     res = run_launch(_common(tmp_path, demo_dir, tiny_checkpoint, "chunked") + [

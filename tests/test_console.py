@@ -77,6 +77,7 @@ def _until(proc: subprocess.Popen, text: str) -> str:
     raise AssertionError("".join(seen)[-3000:])
 
 
+@pytest.mark.slow  # 2 processes, or a signal-driven end-to-end run (make test-fast leaves it out)
 def test_ctrl_c_saves_and_prints_the_resume_command_a_second_stops_at_once(tmp_path, demo_dir, start):
     from internvl_exp.train.checkpointing import checkpoints
 

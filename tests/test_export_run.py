@@ -84,6 +84,7 @@ def test_layout_native_copies_final(full_run, tmp_path):
     assert not (tmp_path / "native" / "training_args.bin").exists()
 
 
+@pytest.mark.slow  # 2 processes, or a signal-driven end-to-end run (make test-fast leaves it out)
 def test_lora_run_is_merged_then_exported(tmp_path, demo_dir):
     from internvl_exp.models.convert import convert_checkpoint
 

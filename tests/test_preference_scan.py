@@ -3,6 +3,8 @@ loads the cache, and an edited line invalidates it. The oracle is the uncached s
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import shutil
 import subprocess
@@ -43,6 +45,7 @@ def _result(proc: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 2 processes, or a signal-driven end-to-end run (make test-fast leaves it out)
 def test_two_processes_scan_once_then_a_run_reuses_it_and_an_edit_invalidates_it(tmp_path) -> None:
     data = tmp_path / "data"
     shutil.copytree(GOLDEN / "data", data)

@@ -67,6 +67,7 @@ def _quiet(out: str) -> None:
     assert "find_unused_parameters" not in out  # DDP's warning: every rank runs the same graph
 
 
+@pytest.mark.slow  # 2 processes, or a signal-driven end-to-end run (make test-fast leaves it out)
 def test_a_killed_rank_is_named_with_its_signal(launched, tmp_path):
     proc, before, worker = launched("killed")
     worker.send_signal(signal.SIGKILL)
@@ -79,6 +80,7 @@ def test_a_killed_rank_is_named_with_its_signal(launched, tmp_path):
     assert metrics["status"] == "failed" and "rank 1" in metrics["error"] and "SIGKILL" in metrics["error"]
 
 
+@pytest.mark.slow  # 2 processes, or a signal-driven end-to-end run (make test-fast leaves it out)
 def test_a_stalled_rank_is_named_after_the_collective_timeout(launched, tmp_path):
     proc, before, worker = launched("stalled")
     worker.send_signal(signal.SIGSTOP)  # alive, never answers: the job would hang for gloo's 30 min default
@@ -96,6 +98,7 @@ def test_a_stalled_rank_is_named_after_the_collective_timeout(launched, tmp_path
     _quiet(out)
 
 
+@pytest.mark.slow  # 2 processes, or a signal-driven end-to-end run (make test-fast leaves it out)
 def test_ctrl_c_saves_on_every_rank_and_two_sigterms_stop_at_once(launched, tmp_path):
     from pathlib import Path
 
