@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,30 @@ def launch_importing(args: list[str], env: dict | None = None, timeout: int = 60
     imported by then (for checks that a failure comes before the heavy imports)."""
     return subprocess.run([sys.executable, "-c", _HEAVY_PROBE.format(launch=str(ROOT / "launch.py")), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or {**os.environ})
+
+
+@contextlib.contextmanager
+def held_launch(args: list[str], env: dict, sentinel: Path):
+    """Run tests/hold_launch.py until it holds (writes `sentinel`); yield the process, then kill -9 it."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "hold_launch.py"), *args], cwd=ROOT,
+                            env={**os.environ, **env, "HOLD_SENTINEL": str(sentinel)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not sentinel.exists():
+            assert proc.poll() is None, "the run ended before reaching the hold"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.kill()  # SIGKILL: nothing runs after it
+        proc.wait()
+
+
+def kill_at_hold(args: list[str], env: dict, sentinel: Path) -> None:
+    """kill -9 the launch exactly where tests/hold_launch.py holds it (env: HOLD_AT_STEP=N or HOLD_FINAL=1)."""
+    with held_launch(args, env, sentinel):
+        pass
 
 
 def run_launch(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -5,15 +5,11 @@ once (a torchrun start costs ~10-20 s of imports per process)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_launch
+from conftest import kill_at_hold, run_launch
 
 pytestmark = pytest.mark.slow  # launch.py runs: torchrun, DeepSpeed, killed and resumed
 
@@ -103,19 +99,7 @@ def test_killed_run_resumes_with_delta_continued(tmp_path, demo_dir, tiny_checkp
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
     args = _common(tmp_path, demo_dir, tiny_checkpoint, "killed") + extra
     run_dir = tmp_path / "default" / "killed"
-    sentinel = tmp_path / "held"
-    env = {**os.environ, "HOLD_AT_STEP": "4", "HOLD_SENTINEL": str(sentinel)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "hold_launch.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 600
-        while not sentinel.exists():
-            assert proc.poll() is None, "the run ended before reaching checkpoint-4"
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    finally:
-        proc.kill()  # SIGKILL: nothing runs after it
-        proc.wait()
+    kill_at_hold(args, {"HOLD_AT_STEP": "4"}, tmp_path / "held")
     saved = _state(run_dir / "checkpoints" / "checkpoint-2")["running_mean"]
     assert saved["count"] == pytest.approx(2)
     res = run_launch(args)

@@ -4,7 +4,6 @@ run's weights, bit for bit (deterministic CPU float32)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose, run_launch
+from conftest import ROOT, compose, held_launch, kill_at_hold, run_launch
 from internvl_exp.train.checkpointing import checkpoints
 from internvl_exp.train.checkpointing.resume import RunRefused, fresh_run_dir, plan_resume
 
@@ -147,19 +146,7 @@ def test_killed_during_a_save_resumes_to_the_same_weights(uninterrupted, tmp_pat
     command skips the partial checkpoint-4 with a warning, resumes from checkpoint-2 and ends with W."""
     args = _args(tmp_path, demo_dir, "killed")
     run_dir = tmp_path / "default" / "killed"
-    sentinel = tmp_path / "held"
-    env = {**os.environ, "HOLD_AT_STEP": "4", "HOLD_SENTINEL": str(sentinel)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "hold_launch.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 600
-        while not sentinel.exists():
-            assert proc.poll() is None, "the run ended before reaching checkpoint-4"
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    finally:
-        proc.kill()  # SIGKILL: nothing runs after it
-        proc.wait()
+    kill_at_hold(args, {"HOLD_AT_STEP": "4"}, tmp_path / "held")
     found = checkpoints.list_checkpoints(run_dir / "checkpoints")
     assert found.complete == [run_dir / "checkpoints" / "checkpoint-2"]
     assert found.incomplete == []  # the save happens under checkpoints/.partial/
@@ -191,29 +178,6 @@ def _assert_whole_run_summaries(metrics: dict, uninterrupted: Path) -> None:
     assert tp["seconds"] > 0 and 0 < tp["tokens_per_s"] < 1e9
 
 
-@contextlib.contextmanager
-def _held(args: list[str], env: dict, sentinel: Path):
-    """Run tests/hold_launch.py until it holds (writes `sentinel`); yield the process, then kill -9 it."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "hold_launch.py"), *args], cwd=ROOT,
-                            env={**os.environ, **env, "HOLD_SENTINEL": str(sentinel)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 600
-        while not sentinel.exists():
-            assert proc.poll() is None, "the run ended before reaching the hold"
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        yield proc
-    finally:
-        proc.kill()  # SIGKILL: nothing runs after it
-        proc.wait()
-
-
-def _hold_and_kill(args: list[str], env: dict, sentinel: Path) -> None:
-    with _held(args, env, sentinel):
-        pass
-
-
 def test_a_second_launch_of_a_running_run_refuses_before_writing(tmp_path, demo_dir):
     """Two launches with one run_name: the second refuses in one line naming the first (host, pid) and writes
     nothing; the lock goes with the first process (kill -9), so a later launch is not blocked."""
@@ -221,7 +185,7 @@ def test_a_second_launch_of_a_running_run_refuses_before_writing(tmp_path, demo_
 
     args = _args(tmp_path, demo_dir, "twice")
     run_dir = tmp_path / "default" / "twice"
-    with _held(args, {"HOLD_AT_STEP": "2"}, tmp_path / "held") as first:
+    with held_launch(args, {"HOLD_AT_STEP": "2"}, tmp_path / "held") as first:
         before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*")}
         res = run_launch(args, timeout=300)
         assert res.returncode != 0
@@ -242,7 +206,7 @@ def test_killed_while_saving_final_resumes_and_finishes(uninterrupted, tmp_path,
     step, saves final/ completely and ends with the uninterrupted run's weights and summaries."""
     args = _args(tmp_path, demo_dir, "final_killed")
     run_dir = tmp_path / "default" / "final_killed"
-    _hold_and_kill(args, {"HOLD_FINAL": "1"}, tmp_path / "held")
+    kill_at_hold(args, {"HOLD_FINAL": "1"}, tmp_path / "held")
     assert not checkpoints.is_complete(run_dir / "final")  # no complete final/ (the partial one is elsewhere)
     assert not (run_dir / "metrics.json").exists()
 
