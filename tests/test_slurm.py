@@ -184,6 +184,38 @@ def test_preemption_chains_a_previous_handler_after_the_save():
         signal.signal(signal.SIGUSR1, old)
 
 
+STOPPED_THEN_CTRL_C = """
+import os, signal, sys
+from internvl_exp.train.checkpointing.preemption import PreemptionCallback
+cb = PreemptionCallback()
+assert cb.install()
+if sys.argv[1] == "stopping":
+    os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: caught, the run saves and stops
+    assert cb.received == "SIGINT"
+cb.restore()  # the run is over; metrics.json is written next
+print("restored", flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+print("still here", flush=True)
+"""
+
+
+@pytest.mark.parametrize("case", ["stopping", "finished"])
+def test_ctrl_c_after_the_run_stopped_still_stops_at_once(case):
+    """After a caught signal the run's handlers are restored while the process still has work to do (the
+    checkpoint is saved; metrics.json is not yet written): a Ctrl-C then ends it at once with one line, not
+    KeyboardInterrupt's traceback (CI saw one when the second Ctrl-C came right after the save). A run that ended
+    on its own gives Python's KeyboardInterrupt back."""
+    proc = subprocess.run([sys.executable, "-c", STOPPED_THEN_CTRL_C, case], capture_output=True, text=True,
+                          timeout=120)
+    assert "restored" in proc.stdout and "still here" not in proc.stdout
+    if case == "stopping":
+        assert proc.returncode == -signal.SIGINT, proc.stderr
+        assert "SIGINT again: stopping now, without a checkpoint" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    else:
+        assert "KeyboardInterrupt" in proc.stderr
+
+
 CHILD = """
 import signal, sys, time
 from pathlib import Path

@@ -179,22 +179,38 @@ class Held:
     forwarded: bool = False
 
 
-def _stop_now(held: Held, signum: int) -> None:
+def stop_now(signum: int, what: str = "stopping now") -> None:
+    """End this process at once by `signum` (its default action), saying so first. Signal-safe: os.write only."""
+    name = signal.Signals(signum).name
+    os.write(2, f"\n{name} again: {what}, without a checkpoint (the last complete one, if any, is what a re-run "
+                f"resumes from)\n".encode())
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def stop_now_handler(signum: int, frame: Any) -> None:
+    """SIGINT's handler once a stop is under way and the run's own handlers are put back (the checkpoint saved,
+    the last files still to write): Ctrl-C still means "now", in one line, not KeyboardInterrupt's traceback."""
+    stop_now(signum)
+
+
+def handler_after_stop(sig: int, handler: Any, received: str | None) -> Any:
+    """The handler to put back for `sig` when the run's handlers are removed."""
+    return stop_now_handler if sig == signal.SIGINT and received is not None else handler
+
+
+def _stop_workers_now(held: Held, signum: int) -> None:
     """A second preemption signal or Ctrl-C while the workers save: kill them (and torchrun) at once, then end
     this process by the same signal, as a single process does (train/checkpointing/preemption.py)."""
     import psutil
 
-    name = signal.Signals(signum).name
-    os.write(2, f"\n{name} again: stopping the workers now, without a checkpoint (the last complete one, if any, "
-                f"is what a re-run resumes from)\n".encode())
     if held.workers_of is not None:
         with contextlib.suppress(psutil.Error):
             parent = psutil.Process(held.workers_of)
             for proc in [*parent.children(recursive=True), parent]:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    stop_now(signum, "stopping the workers now")
 
 
 def _forward(held: Held) -> None:
@@ -228,7 +244,7 @@ def hold_signals() -> Iterator[Held]:
     def handle(signum: int, frame: Any) -> None:
         sig = signal.Signals(signum)
         if held.received is not None and (sig == signal.SIGINT or sig.name == held.received):
-            _stop_now(held, signum)
+            _stop_workers_now(held, signum)
         held.received = held.received or sig.name
         if not (in_slurm_step() and sig in PREEMPTION_SIGNALS):
             _forward(held)
@@ -244,7 +260,7 @@ def hold_signals() -> Iterator[Held]:
         yield held
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler_after_stop(sig, handler, held.received))
 
 
 def passes_to_submitit(signal_name: str | None) -> bool:
@@ -263,8 +279,8 @@ def pass_on(signal_name: str | None) -> int | None:
     if not isinstance(sig, signal.Signals):
         return None
     handler = signal.getsignal(sig)
-    if not callable(handler) or handler is signal.default_int_handler or is_early_handler(handler):  # Ctrl-C's KeyboardInterrupt: nothing to pass
-        return None
+    if not callable(handler) or handler in (signal.default_int_handler, stop_now_handler) or is_early_handler(handler):
+        return None  # Ctrl-C's KeyboardInterrupt or our own: nothing to pass on
     log.info("preemption: the checkpoint is saved; passing %s on to the handler installed before ours (%s)",
              signal_name, getattr(handler, "__qualname__", handler))
     try:

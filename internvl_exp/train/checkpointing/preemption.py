@@ -37,19 +37,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from internvl_exp.launch.signals import PREEMPTION_SIGNALS as SIGNALS, caught_signals, early_signal, is_early_handler  # noqa: F401
+from internvl_exp.launch.signals import PREEMPTION_SIGNALS as SIGNALS  # noqa: F401
+from internvl_exp.launch.signals import caught_signals, early_signal, handler_after_stop, is_early_handler, stop_now
 from internvl_exp.train.checkpointing.resume import PREEMPTED_EXIT_CODE, Preempted  # noqa: F401  (light: job.py imports them)
 
 log = logging.getLogger(__name__)
-
-
-def _stop_now(signum: int) -> None:
-    """End this process at once by `signum` (its default action), saying so first. Signal-safe: os.write only."""
-    name = signal.Signals(signum).name
-    os.write(2, f"\n{name} again: stopping now, without a checkpoint (the last complete one, if any, "
-                f"is what a re-run resumes from)\n".encode())
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
 
 
 class PreemptionCallback(TrainerCallback):
@@ -88,7 +80,7 @@ class PreemptionCallback(TrainerCallback):
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler_after_stop(sig, handler, self.received))
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -102,7 +94,7 @@ class PreemptionCallback(TrainerCallback):
             return
         if signum == signal.SIGINT:
             if self.received is not None:  # Ctrl-C while waiting for the step to end: the user means now
-                _stop_now(signum)
+                stop_now(signum)
             self.received = self.received or "SIGINT"
             return
         self.received = self.received or signal.Signals(signum).name  # the first one is what stopped the run
