@@ -9,6 +9,8 @@ own exit handlers, which run whatever their order relative to this one.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 
 def skip_final_collection() -> None:
     """Call in a command's `__main__` block: at exit, every object alive is frozen out of the last collection."""
@@ -16,3 +18,24 @@ def skip_final_collection() -> None:
     import gc
 
     atexit.register(gc.freeze)  # frozen objects are never examined by a collection, the interpreter's last included
+
+
+def exit_without_teardown(status: int) -> NoReturn:
+    """End a process that ran a gloo process group with `status`, skipping the interpreter's and C++'s teardown.
+
+    At exit gloo's worker threads can be destroyed still joinable ("terminate called without an active exception",
+    SIGABRT), even after destroy_process_group: CI saw a requeued SLURM job fail this way after its run had
+    finished. The run's own outputs are written and closed by now; what exit would still do is flush logging and
+    the standard streams, done here first.
+    """
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(status)

@@ -93,10 +93,13 @@ def _reason(job_id: str) -> str:
 
 def _finish_requeued(proc: subprocess.Popen, job_id: str, timeout: float = 300) -> str:
     """Wait for the launch while its job is requeued: SLURM holds a requeued job for ~2 minutes (BeginTime);
-    the test lets it start at once, as an idle cluster would after that delay."""
+    the test lets it start 2 s after the requeue, as an idle cluster would after that delay. Not at once: slurmd
+    refuses a job started within the second its previous run was killed ("Job 85 already killed, do not launch
+    batch job"; the job then fails with "Job credential revoked"), which failed this test in CI."""
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         if _reason(job_id) == "PENDING BeginTime":
+            time.sleep(2)
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
         time.sleep(0.5)
     return _finish(proc, timeout=max(1.0, deadline - time.monotonic()))

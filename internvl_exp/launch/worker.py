@@ -64,9 +64,8 @@ def _barrier() -> None:
 
 
 def _leave_process_group() -> None:
-    """Every rank done, then the process group torn down before the interpreter exits: left to process exit,
-    gloo's worker threads are destroyed still joinable and a rank can abort ("terminate called without an active
-    exception", SIGABRT) after a run that succeeded."""
+    """Every rank done, then the process group torn down (the process then exits without the interpreter's
+    teardown, shutdown.exit_without_teardown: gloo's threads can abort a rank there after a run that succeeded)."""
     dist = process_group()
     if dist is not None:
         dist.barrier()
@@ -159,7 +158,6 @@ def _record_for_the_agent(error: BaseException) -> None:
 
 
 if __name__ == "__main__":
-    from internvl_exp.shutdown import skip_final_collection
+    from internvl_exp.shutdown import exit_without_teardown
 
-    skip_final_collection()
-    sys.exit(main(sys.argv[1:]))
+    exit_without_teardown(main(sys.argv[1:]))

@@ -200,7 +200,6 @@ def _score(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from internvl_exp.shutdown import skip_final_collection
+    from internvl_exp.shutdown import exit_without_teardown
 
-    skip_final_collection()
-    sys.exit(main())
+    exit_without_teardown(main())
