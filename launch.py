@@ -39,11 +39,9 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     from internvl_exp.launch.precheck import check_cfg_request, check_override_keys
-    from internvl_exp.shutdown import skip_final_collection
-
-    skip_final_collection()
+    from internvl_exp.shutdown import finish
 
     check_override_keys(sys.argv[1:], Path(__file__).resolve().parent / "conf")  # "did you mean", in one line
     # Hydra's --cfg runs no callback: validate here, so `--cfg job` fails exactly like the launch would.
     check_cfg_request(sys.argv[1:], Path(__file__).resolve().parent / "conf")
-    main()
+    finish(main)  # under an outside torchrun (`torchrun launch.py ...`) each rank exits without teardown

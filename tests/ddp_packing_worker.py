@@ -39,4 +39,6 @@ def main(tmp: str, demo: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    from internvl_exp.shutdown import finish
+
+    finish(lambda: main(sys.argv[1], sys.argv[2]))  # as the training workers do: gloo can abort a rank at teardown

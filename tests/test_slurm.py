@@ -257,6 +257,31 @@ def test_launcher_outlives_the_signal_and_forwards_it_once(tmp_path, monkeypatch
             parent.wait()
 
 
+CAUGHT_BEFORE_HOLD = """
+import os, signal, sys
+from internvl_exp.launch import signals
+os.environ.update(SLURM_JOB_ID="7", SLURM_STEP_ID="0")
+signals.catch_early((signal.SIGTERM,))  # the node task's start-up catcher
+signals.mark_for_workers(sys.argv[1], "7.0")
+assert signals.early_signal() is None  # the node task's check: nothing yet, so it starts the workers
+os.kill(os.getpid(), signal.SIGTERM)  # scancel, before hold_signals replaces the catcher
+with signals.hold_signals() as held:
+    print(held.received, flush=True)
+"""
+
+
+def test_a_signal_between_the_start_up_check_and_hold_signals_reaches_the_workers(tmp_path):
+    """SLURM signals the step's processes once: a SIGTERM the node task catches after its own 'anything during
+    start-up?' check but before hold_signals counts as caught, and the note tells the workers about to start (CI
+    saw such a scancel go unseen: the run trained on until SLURM killed it)."""
+    note = tmp_path / ".preempt-node0"
+    proc = subprocess.run([sys.executable, "-c", CAUGHT_BEFORE_HOLD, str(note)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "SIGTERM"
+    assert note.read_text().split() == ["7.0", "SIGTERM"]
+
+
 # -- end to end: submitit's local executor runs the per-node function ----------------------------------------------
 
 

@@ -238,7 +238,7 @@ def hold_signals() -> Iterator[Held]:
     back on exit; call `pass_on` afterwards to run the one that was there before."""
     import psutil  # noqa: F401  (for _forward, which runs inside the handler)
 
-    held = Held(received=early_signal())  # one caught during start-up counts as caught here
+    held = Held()
     previous: dict[int, Any] = {}
 
     def handle(signum: int, frame: Any) -> None:
@@ -256,6 +256,13 @@ def hold_signals() -> Iterator[Held]:
             previous[sig] = signal.signal(sig, handle)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Ctrl-C: save like SIGTERM
             previous[signal.SIGINT] = signal.signal(signal.SIGINT, handle)
+    # One caught before these handlers were in place (during start-up, or a moment ago: the caller's own check
+    # for it came first) counts as caught here. SLURM signalled this step's processes then, before the workers
+    # existed: the note is how they learn it (CI: a `scancel` 9 ms after the task's check went unseen, and the
+    # run trained on until SLURM killed it).
+    held.received = held.received or early_signal()
+    if held.received is not None and in_slurm_step():
+        _write_marker(held.received)
     try:
         yield held
     finally:

@@ -158,6 +158,6 @@ def _record_for_the_agent(error: BaseException) -> None:
 
 
 if __name__ == "__main__":
-    from internvl_exp.shutdown import exit_without_teardown
+    from internvl_exp.shutdown import finish
 
-    exit_without_teardown(main(sys.argv[1:]))
+    finish(lambda: main(sys.argv[1:]))

@@ -200,6 +200,6 @@ def _score(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from internvl_exp.shutdown import exit_without_teardown
+    from internvl_exp.shutdown import finish
 
-    exit_without_teardown(main())
+    finish(main)
