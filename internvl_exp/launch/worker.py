@@ -65,7 +65,7 @@ def _barrier() -> None:
 
 def _leave_process_group() -> None:
     """Every rank done, then the process group torn down (the process then exits without the interpreter's
-    teardown, shutdown.exit_without_teardown: gloo's threads can abort a rank there after a run that succeeded)."""
+    teardown, shutdown.finish: gloo's threads can abort a rank there after a run that succeeded)."""
     dist = process_group()
     if dist is not None:
         dist.barrier()
