@@ -121,6 +121,51 @@ def test_a_changed_annotation_file_invalidates_the_cache(tmp_path, tokenizer):
     assert r3.plan_source == "cache-miss" and len(grown) == len(ds) + 1
 
 
+def test_a_file_edited_during_the_scan_is_scanned_again_next_time(tmp_path, tokenizer, monkeypatch):
+    """The cache records each file's stat from before the scan read it: a line appended while the scan ran (minutes
+    at millions of lines) makes the next build scan again and see it, never load the plan of the older bytes."""
+    import internvl_exp.data.prescan as prescan
+
+    cache, ann = tmp_path / "cache", tmp_path / "d.jsonl"
+    rows = _mixed_rows(tmp_path, 30)
+    scan = prescan.scan_files
+
+    def scan_then_edit(*args, **kwargs):
+        result = scan(*args, **kwargs)
+        write_jsonl(ann, rows + [{"conversations": conv("Appended while scanning?", "Yes.")}])
+        return result
+
+    monkeypatch.setattr(prescan, "scan_files", scan_then_edit)
+    first, r1 = _build(tmp_path, tokenizer, rows, cache_dir=cache)
+    monkeypatch.setattr(prescan, "scan_files", scan)
+    assert r1.plan_source == "cache-miss" and len(first) == len(rows)
+    again, r2 = _build(tmp_path, tokenizer, None, cache_dir=cache)
+    assert r2.plan_source == "cache-miss" and len(again) == len(rows) + 1
+
+
+def test_a_file_edited_while_its_touch_is_checked_is_scanned_again_next_time(tmp_path, tokenizer, monkeypatch):
+    """A touched file is hashed to see whether its bytes changed; the stat recorded for it is the one from before
+    the hash, so an edit landing meanwhile is caught by the next build."""
+    import internvl_exp.data.prescan as prescan
+
+    cache, ann = tmp_path / "cache", tmp_path / "d.jsonl"
+    rows = _mixed_rows(tmp_path, 30)
+    _build(tmp_path, tokenizer, rows, cache_dir=cache)
+    os.utime(ann, ns=(1, 1))  # touched: same bytes, another stat
+    fingerprint = prescan.file_fingerprint
+
+    def hash_then_edit(path):
+        digest = fingerprint(path)
+        write_jsonl(ann, rows + [{"conversations": conv("Appended while hashing?", "Yes.")}])
+        return digest
+
+    monkeypatch.setattr(prescan, "file_fingerprint", hash_then_edit)
+    assert _build(tmp_path, tokenizer, None, cache_dir=cache)[1].plan_source == "cache-hit"  # the old bytes matched
+    monkeypatch.setattr(prescan, "file_fingerprint", fingerprint)
+    again, report = _build(tmp_path, tokenizer, None, cache_dir=cache)
+    assert report.plan_source == "cache-miss" and len(again) == len(rows) + 1
+
+
 def test_the_key_covers_tokenizer_and_settings(tmp_path, tokenizer):
     from internvl_exp.models.tiny_tokenizer import load_tiny_tokenizer
 

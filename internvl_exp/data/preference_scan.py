@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from array import array
 from collections import Counter
@@ -41,15 +40,14 @@ from internvl_exp.data.prescan import (
     _fresh,
     _init_worker,
     _locked,
-    _stat_identity,
-    _write_manifest,
     available_cores,
     chunk_file,
     file_fingerprint,
+    publish,
+    snapshot,
     tokenizer_fingerprint,
 )
 from internvl_exp.data.sources import DatasetEntry
-from internvl_exp.redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -200,17 +198,12 @@ def cached_scan(entries: Sequence[DatasetEntry], encoder: Any, cache_dir: str | 
             log.info("preference data: cache hit, %d pairs loaded from %s in %.2f s", len(scan.rows["dataset"]),
                      directory, time.perf_counter() - started)
             return scan, "cache-hit"
-        # Fingerprints before the scan: a file edited during the scan then fails the next freshness check.
-        files = [{"path": scrub(str(e.annotation.resolve())), "fingerprint": file_fingerprint(e.annotation),
-                  "stat": _stat_identity(e.annotation)} for e in entries]
+        # Stats and fingerprints before the scan: a file edited during the scan then fails the next freshness check.
+        stats = snapshot(entries)
+        fingerprints = [file_fingerprint(e.annotation) for e in entries]
         scan = scan_pairs(entries, encoder, workers)
         log.info("preference data: scanned %d line(s) in %.2f s", len(scan.rows["dataset"]) + len(scan.problems),
                  time.perf_counter() - started)
-        tmp = root / f"{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        _save(scan, tmp)
-        _write_manifest(tmp, {"key": key, "files": files, "created": time.time(), "pid": os.getpid()})
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
+        publish(root, key, entries, stats, fingerprints, lambda tmp: _save(scan, tmp))
         log.info("preference data: scan cached at %s", directory)
         return scan, "cache-miss"

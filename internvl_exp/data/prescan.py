@@ -39,7 +39,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -325,14 +325,40 @@ def _fresh(directory: Path, entries: list[DatasetEntry]) -> bool:
         return False
     changed = False
     for e, rec in zip(entries, files):  # in dataset order (the plan key covers the paths themselves)
-        if rec["stat"] != _stat_identity(e.annotation):
+        now = _stat_identity(e.annotation)  # before the bytes are read (`snapshot`)
+        if rec["stat"] != now:
             if file_fingerprint(e.annotation) != rec["fingerprint"]:
                 return False
-            rec["stat"] = _stat_identity(e.annotation)  # touched or copied, same bytes: still valid
+            rec["stat"] = now  # touched or copied, same bytes: still valid
             changed = True
     if changed:
         _write_manifest(directory, manifest)
     return True
+
+
+def snapshot(entries: list[DatasetEntry]) -> list[list[int]]:
+    """Each annotation file's stat identity, taken before the scan reads it: a file edited during the scan then
+    fails the next freshness check (its stat has changed) instead of passing it with the edited file's stat and
+    the fingerprint of what was scanned."""
+    return [_stat_identity(e.annotation) for e in entries]
+
+
+def publish(root: Path, key: str, entries: list[DatasetEntry], stats: list[list[int]], fingerprints: list[str],
+            save: Callable[[Path], None]) -> Path:
+    """Put a scan's cache entry in place at `root/key` at once (hold `_locked` around it): `save` writes it into
+    a temporary directory, the manifest joins it, and it replaces any older entry. The manifest lists each file in
+    dataset order with the `snapshot` stat and the fingerprint of the bytes scanned; its path only for a reader,
+    and scrubbed: a cache must not keep a secret found in a path (redact.py)."""
+    directory = root / key
+    tmp = root / f"{key}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    files = [{"path": scrub(str(e.annotation.resolve())), "fingerprint": fingerprint, "stat": stat}
+             for e, stat, fingerprint in zip(entries, stats, fingerprints, strict=True)]
+    _write_manifest(tmp, {"key": key, "files": files, "created": time.time(), "pid": os.getpid()})
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+    return directory
 
 
 def _write_manifest(directory: Path, manifest: dict) -> None:
@@ -371,20 +397,10 @@ def build_plan(entries: list[DatasetEntry], planner: Planner, workers: int | Non
             log.info("data plan: cache hit, %d planned samples loaded from %s in %.2f s", len(plan), directory,
                      time.perf_counter() - started)
             return plan, "cache-hit"
+        stats = snapshot(entries)
         plan, fingerprints = scan_files(entries, planner, workers)
         _log_scan(plan, workers, time.perf_counter() - started)
-        tmp = root / f"{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        plan.save(tmp)
-        # Listed in dataset order, the path only for a reader and scrubbed: a cache must not keep a secret
-        # found in a path (redact.py); matching is by position, since the plan key already hashes the paths.
-        files = []
-        for e in entries:
-            path = str(e.annotation.resolve())
-            files.append({"path": scrub(path), "fingerprint": fingerprints[path], "stat": _stat_identity(Path(path))})
-        _write_manifest(tmp, {"key": key, "files": files, "created": time.time(), "pid": os.getpid()})
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
+        publish(root, key, entries, stats, [fingerprints[str(e.annotation.resolve())] for e in entries], plan.save)
         log.info("data plan: cached at %s", directory)
         return Plan.load(directory), "cache-miss"
 
