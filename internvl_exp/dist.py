@@ -47,3 +47,19 @@ def local_rank() -> int:
 def is_main_process() -> bool:
     """True on global rank 0: the one process that writes files, talks to trackers and prints summaries."""
     return rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every process gets here (at once in a single process)."""
+    dist = process_group()
+    if dist is not None:
+        dist.barrier()
+
+
+def leave_process_group() -> None:
+    """Every process done, then the process group torn down. The process then ends by shutdown.finish, without
+    the interpreter's teardown, where gloo's threads can abort a rank after a run that succeeded."""
+    dist = process_group()
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from internvl_exp.config.resolve import load_run_config
 from internvl_exp.config.schema import Config
-from internvl_exp.dist import is_main_process, process_group, rank
+from internvl_exp.dist import barrier, is_main_process, leave_process_group, rank
 from internvl_exp.launch.collective import is_peer_loss, peer_loss_message
 from internvl_exp.launch.job import record_failure
 from internvl_exp.outputs import RunDir
@@ -57,21 +57,6 @@ def setup_logging(run_dir: RunDir) -> None:
         hf_logging.set_verbosity_warning()
 
 
-def _barrier() -> None:
-    dist = process_group()
-    if dist is not None:
-        dist.barrier()
-
-
-def _leave_process_group() -> None:
-    """Every rank done, then the process group torn down (the process then exits without the interpreter's
-    teardown, shutdown.finish: gloo's threads can abort a rank there after a run that succeeded)."""
-    dist = process_group()
-    if dist is not None:
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def main(argv: list[str]) -> int:
     started = time.time()
     if len(argv) != 1:
@@ -92,11 +77,11 @@ def main(argv: list[str]) -> int:
     try:
         with experiment_logger(cfg, rd, OmegaConf.to_container(cfg), is_main=is_main_process()):
             run(cfg, rd)
-        _leave_process_group()
+        leave_process_group()
     except Preempted:  # the checkpoint is saved and rank 0 wrote metrics.json (status: preempted)
         # Leave together: torchrun stops the other ranks as soon as one exits non-zero, and rank 0 may still be
         # writing metrics.json.
-        _barrier()
+        barrier()
         return PREEMPTED_EXIT_CODE
     except Exception as e:
         if is_peer_loss(e):  # another rank stopped answering or died: one line naming it, no traceback here

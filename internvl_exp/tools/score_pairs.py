@@ -192,10 +192,7 @@ def _score(args: argparse.Namespace) -> int:
               + (f"; skipped by the scan: {skipped}" if skipped else "")
               + (f"; {failed} failed to load (changed since the scan; data.on_error=skip)" if failed else ""),
               file=sys.stderr)
-    group = ranks.process_group()
-    if group is not None:
-        group.barrier()
-        group.destroy_process_group()
+    ranks.leave_process_group()
     return 0
 
 
