@@ -342,7 +342,11 @@ def stored_everywhere(dataset: Any, weights_dir: str | Path, cache_dir: str | Pa
                       **key_extra: Any) -> ReferenceLogps | None:
     """The store of this key when every rank finds it, else None on every rank (a collective: a rank that saw the
     store while another did not would leave the others waiting in the pass that computes it)."""
-    found = cached(cache_dir, reference_key(weights_dir, dataset, dtype, **key_extra))
+    return _found_everywhere(cache_dir, reference_key(weights_dir, dataset, dtype, **key_extra))
+
+
+def _found_everywhere(cache_dir: str | Path, key: Mapping[str, Any]) -> ReferenceLogps | None:
+    found = cached(cache_dir, key)
     group = ranks.process_group()
     have = [found is not None]
     if group is not None:
@@ -361,7 +365,7 @@ def precompute(reference: Any, dataset: Any, weights_dir: str | Path, cache_dir:
     call it (a collective)."""
     dtype = dtype or str(next(reference.parameters()).dtype).removeprefix("torch.")
     key = reference_key(weights_dir, dataset, dtype, **key_extra)
-    found = stored_everywhere(dataset, weights_dir, cache_dir, dtype, **key_extra)
+    found = _found_everywhere(cache_dir, key)
     if found is not None:
         return found
     group = ranks.process_group()
