@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import ROOT
 from data_media import conv, write_image, write_jsonl
-from internvl_exp.tools.data_check import main, percentile
+from internvl_exp.tools.data_check import main
+from internvl_exp.tools.stats import percentile
 
 
 def _bad_meta(tmp_path):
@@ -34,6 +35,7 @@ def test_percentile_nearest_rank():
     assert percentile([5], 95) == 5
     assert percentile(list(range(1, 101)), 50) == 50 and percentile(list(range(1, 101)), 95) == 95
     assert percentile([3, 1, 2], 100) == 3
+    assert percentile(np.array([3, 1, 2]), 50) == 2  # the pairs report passes arrays
 
 
 def test_report_matches_the_training_scan(tmp_path, demo_dir, tokenizer):

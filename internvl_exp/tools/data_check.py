@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -30,6 +29,7 @@ from internvl_exp.launch.precheck import compose_config
 from internvl_exp.models.loading import load_tokenizer, native_checkpoint
 from internvl_exp.models.resolve import resolve_weights
 from internvl_exp.tools.data_check_pairs import check_pairs, objective_kind
+from internvl_exp.tools.stats import percentile
 from internvl_exp.tools.token_text import token_text
 from internvl_exp.train.reporting.console_header import data_line
 
@@ -75,15 +75,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
-def percentile(values: Sequence[int], q: float) -> int:
-    """Nearest-rank percentile (0 for no values)."""
-    if not values:
-        return 0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))  # the smallest value with at least q% of values <= it
-    return ordered[rank - 1]
-
-
 def dataset_stats(entries, dataset, report) -> list[dict[str, Any]]:
     """One row per dataset (plus a total): counts, and lengths/tiles/tokens over the samples of one epoch."""
     import numpy as np
@@ -101,7 +92,7 @@ def dataset_stats(entries, dataset, report) -> list[dict[str, Any]]:
         skipped[p.dataset][p.reason] += 1
 
     def row(name: str, mask, usable: int, skip: Counter) -> dict[str, Any]:
-        lengths = lengths_all[mask].tolist()
+        lengths = lengths_all[mask]
         tiles = tiles_all[mask]
         return {
             "dataset": name,
@@ -113,7 +104,7 @@ def dataset_stats(entries, dataset, report) -> list[dict[str, Any]]:
             "truncated": int(truncated[mask].sum()),
             "length_p50": percentile(lengths, 50),
             "length_p95": percentile(lengths, 95),
-            "length_max": max(lengths, default=0),
+            "length_max": int(lengths.max()) if len(lengths) else 0,
             "tiles_mean": round(float(tiles.mean()), 2) if len(tiles) else 0.0,
             "tiles_max": int(tiles.max()) if len(tiles) else 0,
             "tokens_per_epoch": int(lengths_all[mask].sum()),

@@ -10,7 +10,6 @@ or `--pairs`).
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from internvl_exp.config.schema import Config
 from internvl_exp.data.preference_scan import cached_scan
+from internvl_exp.tools.stats import percentile
 from internvl_exp.tools.token_text import token_text
 from internvl_exp.train.reporting.console_header import data_line
 
@@ -51,14 +51,6 @@ def scan_pairs(entries: list, encoder: Any, cache_dir: str | None = None, worker
     return {"rows": rows, "skipped": skipped, "problems": problems}
 
 
-def _nearest_rank(values: np.ndarray, q: float) -> int:
-    """data_check's percentile (nearest rank), on an array."""
-    if not len(values):
-        return 0
-    ordered = np.sort(values)
-    return int(ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1])
-
-
 def dataset_rows(entries: list, scanned: dict[str, Any]) -> list[dict[str, Any]]:
     r = scanned["rows"]
     out = []
@@ -67,9 +59,9 @@ def dataset_rows(entries: list, scanned: dict[str, Any]) -> list[dict[str, Any]]
         c, rej, t, img = r["chosen"][m], r["rejected"][m], r["tiles"][m], r["images"][m]
         out.append({"dataset": entry.name, "pairs": int(m.sum()), "skipped": dict(scanned["skipped"][d]),
                     "images": int(img.sum()), "text_only": int((img == 0).sum()),
-                    "chosen_p50": _nearest_rank(c, 50), "chosen_max": int(c.max()) if len(c) else 0,
-                    "rejected_p50": _nearest_rank(rej, 50), "rejected_max": int(rej.max()) if len(rej) else 0,
-                    "longer_p95": _nearest_rank(np.maximum(c, rej), 95), "tiles_max": int(t.max()) if len(t) else 0,
+                    "chosen_p50": percentile(c, 50), "chosen_max": int(c.max()) if len(c) else 0,
+                    "rejected_p50": percentile(rej, 50), "rejected_max": int(rej.max()) if len(rej) else 0,
+                    "longer_p95": percentile(np.maximum(c, rej), 95), "tiles_max": int(t.max()) if len(t) else 0,
                     "supervised_chosen": int(r["sup_chosen"][m].sum()),
                     "supervised_rejected": int(r["sup_rejected"][m].sum())})
     return out
