@@ -105,9 +105,7 @@ def _early_handler(signum: int, frame: Any) -> None:
         return
     name = signal.Signals(signum).name
     if _early["received"] == name:  # the same signal twice: stop now, as once training runs
-        os.write(2, f"\n{name} again during start-up: stopping now, without a checkpoint\n".encode())
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        stop_now(signum, "stopping now, during start-up")
     _early["received"] = _early["received"] or name
 
 
