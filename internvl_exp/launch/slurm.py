@@ -436,15 +436,22 @@ def _watch(job: Any, requeue_expected: Any = lambda: False) -> Any:
 SETTLE_S, REQUEUE_SETTLE_S = 10.0, 120.0
 
 
-def _requeue_expected(run_dir: RunDir, since: float) -> bool:
-    """The run's metrics.json (this attempt's) says it was preempted by a signal that requeues it."""
+def _metrics_since(run_dir: RunDir, since: float) -> dict[str, Any] | None:
+    """The run's metrics.json when it was written after `since` (this submission's; 1 s of slack for file
+    systems that keep whole-second times), else None."""
     try:
-        if run_dir.metrics.stat().st_mtime < since:
-            return False
+        if run_dir.metrics.stat().st_mtime < since - 1:
+            return None
         metrics = json.loads(run_dir.metrics.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(metrics, dict) and metrics.get("status") == "preempted" and requeues(metrics.get("signal"))
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def _requeue_expected(run_dir: RunDir, since: float) -> bool:
+    """The run's metrics.json (this attempt's) says it was preempted by a signal that requeues it."""
+    metrics = _metrics_since(run_dir, since)
+    return metrics is not None and metrics.get("status") == "preempted" and requeues(metrics.get("signal"))
 
 
 def _settled(job: Any, state: Any, patience_s: float = SETTLE_S) -> Any:
@@ -478,8 +485,6 @@ def _interrupted(job: Any, run_dir: RunDir) -> None:
 def _outcome(job: Any, run_dir: RunDir, result: Any, state: str | None = None, since: float = 0.0) -> dict[str, Any]:
     """Rank 0's metrics once the job ended: `result` (submitit's) raises the job's failure; without one the job
     ended without a result (`state` says how). A metrics.json older than `since` is an earlier attempt's."""
-    import json
-
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
     error = None
@@ -488,8 +493,7 @@ def _outcome(job: Any, run_dir: RunDir, result: Any, state: str | None = None, s
             result()
     except (FailedJobError, UncompletedJobError) as e:
         error = str(e).strip().splitlines()[-1:] or [""]
-    fresh = run_dir.metrics.is_file() and run_dir.metrics.stat().st_mtime >= since - 1
-    metrics = json.loads(run_dir.metrics.read_text()) if fresh else None
+    metrics = _metrics_since(run_dir, since)
     if error is None and result is not None:
         if metrics is None:
             raise WorkerFailure(f"SLURM job {job.job_id} ended but rank 0 wrote no {run_dir.metrics}")
